@@ -1,0 +1,85 @@
+"""Preprocessing shared by training and the runtime (numpy only): intensity scaling and the
+in-plane window that puts each slice at the model's slice size around the head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def minmax_scale(volume: np.ndarray, dtype=np.float32) -> np.ndarray:
+    """Per-volume min-max scaling to [0, 1] (method.md section 5). A constant volume maps to 0."""
+    lo, hi = float(volume.min()), float(volume.max())
+    out = volume.astype(dtype, copy=True)
+    out -= lo
+    if hi > lo:
+        out /= hi - lo
+    return out
+
+
+def head_center(volume: np.ndarray, fraction: float = 0.1) -> tuple[float, ...]:
+    """Centre of the bounding box of voxels brighter than ``fraction`` of the robust range, so a
+    head off the array centre is still centred in the window. Falls back to the array centre."""
+    lo, hi = float(volume.min()), float(np.percentile(volume, 99.5))
+    fg = volume > lo + fraction * (hi - lo)
+    if not fg.any():
+        return tuple((n - 1) / 2 for n in volume.shape)
+    center = []
+    for axis in range(volume.ndim):
+        present = np.flatnonzero(fg.any(axis=tuple(a for a in range(volume.ndim) if a != axis)))
+        center.append((present[0] + present[-1]) / 2)
+    return tuple(center)
+
+
+@dataclass(frozen=True)
+class Window:
+    """Maps a source range of one array axis onto a window of ``size``: ``dst = src + shift``.
+    Crops when the axis is longer than ``size``, pads when shorter."""
+
+    length: int  # source axis length
+    size: int  # window size
+    shift: int
+
+    @classmethod
+    def around(cls, length: int, size: int, center: float) -> "Window":
+        shift = int(round(size / 2 - 0.5 - center))
+        lo, hi = sorted((0, size - length))  # keep the window inside a long axis, the axis inside a short window
+        return cls(length, size, min(max(shift, lo), hi))
+
+    @property
+    def src(self) -> slice:
+        return slice(max(0, -self.shift), min(self.length, self.size - self.shift))
+
+    @property
+    def dst(self) -> slice:
+        s = self.src
+        return slice(s.start + self.shift, s.stop + self.shift)
+
+
+def plane_windows(shape: tuple[int, ...], axis: int, size: int, center: tuple[float, ...]) -> dict[int, Window]:
+    """The two in-plane windows (keyed by array axis) for slices cut along ``axis``."""
+    return {a: Window.around(shape[a], size, center[a]) for a in range(3) if a != axis}
+
+
+def to_slices(volume: np.ndarray, axis: int, windows: dict[int, Window], fill: float = 0) -> np.ndarray:
+    """(X, Y, Z) -> (S, size, size): slices along ``axis``, each cropped/padded by ``windows``."""
+    (a1, w1), (a2, w2) = sorted(windows.items())
+    moved = np.moveaxis(volume, axis, 0)
+    out = np.full((moved.shape[0], w1.size, w2.size), fill, dtype=volume.dtype)
+    out[:, w1.dst, w2.dst] = moved[:, w1.src, w2.src]
+    return out
+
+
+def from_slices(slices: np.ndarray, shape: tuple[int, ...], axis: int, windows: dict[int, Window],
+                fill: float = 0) -> np.ndarray:
+    """Inverse of :func:`to_slices` for (S, [C,] size, size) stacks: back onto the (X, Y, Z) grid,
+    with any extra channel axis placed first: (C, X, Y, Z)."""
+    (a1, w1), (a2, w2) = sorted(windows.items())
+    extra = slices.shape[1:-2]
+    moved_shape = (shape[axis],) + extra + tuple(shape[a] for a in (a1, a2))
+    out = np.full(moved_shape, fill, dtype=slices.dtype)
+    out[..., w1.src, w2.src] = slices[..., w1.dst, w2.dst]
+    # (S, *extra, A1, A2) -> (*extra, X, Y, Z)
+    out = np.moveaxis(out, 0, len(extra))  # (*extra, S, A1, A2)
+    return np.moveaxis(out, len(extra), len(extra) + axis)

@@ -1,0 +1,48 @@
+"""Subject-level splits (all sessions of a subject on one side) and the fully labelled draw."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .dhcp import Session
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[Session, ...]
+    val: tuple[Session, ...]
+    test: tuple[Session, ...]
+    fully_labelled: frozenset[str]  # training subjects that keep their full labels
+
+    def is_full(self, session: Session) -> bool:
+        return session.subject in self.fully_labelled
+
+
+def split_subjects(subjects: list[str], fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[list[str], list[str], list[str]]:
+    """Shuffle subjects by seed and cut them train/val/test; val and test get at least one each."""
+    subjects = sorted(set(subjects))
+    if len(subjects) < 3:
+        raise ValueError(f"need at least 3 subjects for a train/val/test split, found {len(subjects)}")
+    order = [subjects[i] for i in np.random.default_rng(seed).permutation(len(subjects))]
+    n_val = max(1, round(fractions[1] * len(order)))
+    n_test = max(1, round(fractions[2] * len(order)))
+    return order[n_val + n_test:], order[:n_val], order[n_val:n_val + n_test]
+
+
+def choose_fully_labelled(train_subjects: list[str], fraction: float, draw: int = 0) -> frozenset[str]:
+    """The training subjects that stay fully labelled: ``fraction`` of them (at least one when
+    fraction > 0), random by ``draw``; the rest are coarsened to partial labels."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fully labelled fraction must be in [0, 1], got {fraction}")
+    n = 0 if fraction == 0 else max(1, round(fraction * len(train_subjects)))
+    rng = np.random.default_rng(10_007 + draw)
+    return frozenset(rng.choice(sorted(train_subjects), size=n, replace=False).tolist())
+
+
+def make_split(sessions: list[Session], full_fraction: float, seed: int = 0, draw: int = 0,
+               fractions=(0.8, 0.1, 0.1)) -> Split:
+    train, val, test = split_subjects([s.subject for s in sessions], fractions, seed)
+    pick = lambda names: tuple(s for s in sessions if s.subject in set(names))  # noqa: E731
+    return Split(pick(train), pick(val), pick(test), choose_fully_labelled(train, full_fraction, draw))

@@ -1,0 +1,88 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from neoseg.train import checkpoint
+from neoseg.train.config import TrainConfig
+from neoseg.train.loop import RunExistsError, train
+
+
+def tiny_config(data, **kw) -> TrainConfig:
+    base = dict(data=str(data), slice_size=32, widths=[8, 16], epochs=2, batch_size=8, full_fraction=0.25,
+                device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+def test_train_writes_the_run_and_evaluates(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny_config(tiny_dataset), out, progress=False)
+    for name in ("best.pt", "last.pt", "config.json", "metrics.csv", "split.json", "evaluation.csv", "evaluation.md"):
+        assert (out / name).is_file(), name
+    with (out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    split = json.loads((out / "split.json").read_text())
+    assert len(split["fully_labelled"]) == 1 and set(split["fully_labelled"]) <= set(split["train"])
+    assert {r["structure"] for r in result.rows} == set(checkpoint.load(out / "best.pt").hierarchy.names)
+    assert len(result.rows) == 11 * len(split["test"])
+    assert "dice" in result.table.lower() or "Dice" in result.table
+    loaded = checkpoint.load(out / "best.pt")
+    assert loaded.config == TrainConfig.from_json((out / "config.json").read_text())
+    assert loaded.spacing == (2.0, 2.0, 2.0)
+
+
+def test_training_is_deterministic_by_seed(tiny_dataset, tmp_path):
+    a = train(tiny_config(tiny_dataset, epochs=1), tmp_path / "a", progress=False)
+    b = train(tiny_config(tiny_dataset, epochs=1), tmp_path / "b", progress=False)
+    wa = checkpoint.load(a.out / "best.pt").model.state_dict()
+    wb = checkpoint.load(b.out / "best.pt").model.state_dict()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_existing_run_is_never_overwritten_and_resume_continues(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_config(tiny_dataset, epochs=1), out, progress=False)
+    before = (out / "best.pt").read_bytes()
+    with pytest.raises(RunExistsError, match="--resume"):
+        train(tiny_config(tiny_dataset, epochs=1), out, progress=False)
+    assert (out / "best.pt").read_bytes() == before
+    # resume: the stored config rules; raise its epoch budget as a user would by editing nothing
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["epochs"] = 2
+    (out / "config.json").write_text(json.dumps(cfg))
+    train(tiny_config(tiny_dataset), out, resume=True, progress=False)
+    with (out / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1", "2"]
+    # an uninterrupted 2-epoch run ends with the same weights as 1 epoch + resume
+    straight = train(tiny_config(tiny_dataset, epochs=2), tmp_path / "straight", progress=False)
+    wa = checkpoint.load(out / "last.pt").model.state_dict()
+    wb = checkpoint.load(straight.out / "last.pt").model.state_dict()
+    assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
+
+
+def test_foreign_folder_is_refused(tiny_dataset, tmp_path):
+    (tmp_path / "mine.txt").write_text("keep me")
+    with pytest.raises(RunExistsError, match="not empty"):
+        train(tiny_config(tiny_dataset), tmp_path, progress=False)
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+def test_checkpoint_refuses_arbitrary_pickles(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("executed",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "x": Evil()}))
+    with pytest.raises(ValueError, match="not a loadable neoseg checkpoint"):
+        checkpoint.load(path)
+
+
+def test_bad_slice_size_is_a_clear_error(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="divisible by 16"):
+        train(tiny_config(tiny_dataset, slice_size=40, widths=[8, 16, 32, 64, 128]), tmp_path / "r", progress=False)

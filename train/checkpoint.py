@@ -1,0 +1,53 @@
+"""Checkpoints that load without executing pickled code (``torch.load(weights_only=True)``):
+tensors, numbers and strings only; the config and hierarchy travel as JSON text."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from neoseg.core.hierarchy import Hierarchy
+from neoseg.core.io import atomic_path
+
+from .config import TrainConfig
+from .models import create_model
+
+FORMAT = "neoseg-checkpoint/1"
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    config: TrainConfig
+    hierarchy: Hierarchy
+    spacing: tuple[float, float, float]  # voxel size (mm) of the training data
+    state: dict  # everything else stored (epoch, optimizer state, ...)
+
+
+def save(path: str | Path, model: nn.Module, config: TrainConfig, hierarchy: Hierarchy,
+         spacing: tuple[float, ...], **extra) -> None:
+    payload = {"format": FORMAT, "model_state": model.state_dict(), "config": config.to_json(),
+               "hierarchy": hierarchy.to_json(), "spacing": [float(s) for s in spacing], **extra}
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.save(payload, tmp)
+
+
+def load(path: str | Path, map_location: str = "cpu") -> Loaded:
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"checkpoint {path} does not exist; pass the best.pt written by neoseg-train")
+    try:
+        payload = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unpickling failure means: not our file
+        raise ValueError(f"{path} is not a loadable neoseg checkpoint ({type(e).__name__}: {e})") from None
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a neoseg checkpoint (expected format {FORMAT})")
+    config = TrainConfig.from_json(payload.pop("config"))
+    hierarchy = Hierarchy.from_json(payload.pop("hierarchy"))
+    model = create_model(config.model, 1, len(hierarchy), **config.model_kwargs())
+    model.load_state_dict(payload.pop("model_state"))
+    model.eval()
+    return Loaded(model, config, hierarchy, tuple(payload.pop("spacing")), payload)

@@ -1,0 +1,68 @@
+"""One resolved configuration per run, written beside the checkpoint and into exported models."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+PROFILES = ("cpu", "paper")
+
+
+@dataclass
+class TrainConfig:
+    # data
+    data: str | None = None  # dHCP-layout root; None = the built-in synthetic cohort
+    cohort_subjects: int = 40  # built-in cohort only
+    cohort_grid: int = 64  # built-in cohort only: voxels per side over a 128 mm field of view
+    cohort_seed: int = 0
+    cache: str | None = None  # slice-stack cache folder; None = <out>/cache
+    hierarchy: str = "dhcp-drawem9"  # built-in name or JSON file
+    full_fraction: float = 0.1  # training subjects kept fully labelled; the rest are coarsened
+    draw: int = 0  # which random draw of fully labelled subjects
+    axis: int = 0  # slice axis of the canonical (RAS+) volume; 0 = sagittal, as the prototype
+    slice_size: int = 64  # slices are cropped/padded to slice_size^2 around the head
+    # model
+    model: str = "unet"
+    widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
+    # optimisation
+    loss: str = "iuc"
+    reduction: str = "mean"
+    lr: float = 5e-3
+    batch_size: int = 16
+    epochs: int = 12
+    patience: int = 30
+    max_minutes: float | None = None  # stop training (keeping the best weights) after this long
+    train_subjects: list[str] | None = None  # restrict training to these subjects (supervised baseline)
+    seed: int = 0
+    device: str = "auto"
+
+    @classmethod
+    def profile(cls, name: str, **overrides) -> "TrainConfig":
+        """``cpu``: minutes on 2 cores (64^3 cohort, 64^2 slices, 12 epochs).
+        ``paper``: method.md section 5 (256^3 cohort at 0.5 mm, 256^2 slices, up to 200 epochs,
+        early stopping with patience 30)."""
+        if name not in PROFILES:
+            raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
+        base = cls() if name == "cpu" else cls(cohort_subjects=100, cohort_grid=256, slice_size=256,
+                                               epochs=200, patience=30, batch_size=32)
+        return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+    def model_kwargs(self) -> dict:
+        return {"widths": list(self.widths)} if self.model == "unet" else {}
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrainConfig":
+        raw = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise ValueError(f"config has unknown keys {sorted(unknown)}; was it written by a newer neoseg?")
+        return cls(**raw)
+
+    def digest(self) -> str:
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

@@ -1,0 +1,102 @@
+"""Losses for multi-label targets with unknown children (method.md section 3).
+
+Targets are uint8 {0, 1, 2}: 1 present, 0 absent, 2 unknown (UNKNOWN). With
+B(t, x) = t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)) computed from logits x:
+
+- ``bce``:    -B(y, x) everywhere; the supervised baseline, refuses unknown entries.
+- ``iuc``:    -B(y, x) on observed entries only; unknown entries contribute nothing.
+- ``huc``:    as iuc, plus a hard pseudo-target on unknown children: inside a parent that is
+              (observed or pseudo-) present, 1 for the most probable sibling and 0 for the others;
+              children of an absent parent get 0.
+- ``weight``: as iuc, plus unknown entries with the model's own p as target (NOT detached, as in
+              the authors' prototype: detaching would zero the term's gradient).
+- ``wnorm``:  as weight, with the target p_c / sum(p over the sibling group), also not detached.
+
+Reduction ``mean`` (the paper's 1/|N| and the prototype's mean over every entry, unknown ones
+included in the denominator, then over the batch) is the faithful default. ``observed`` divides
+by the number of entries that carry a term instead (observed, plus pseudo-targeted ones for huc,
+weight and wnorm), so the loss scale does not drift with the unknown fraction.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from neoseg.core.hierarchy import UNKNOWN, Hierarchy
+
+LOSSES = ("bce", "iuc", "huc", "weight", "wnorm")
+REDUCTIONS = ("mean", "observed")
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def neg_log_likelihood(target: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """-B(t, x), elementwise and stable; differentiable in the target too (weight, wnorm)."""
+    return -(target * F.logsigmoid(logits) + (1 - target) * F.logsigmoid(-logits))
+
+
+def _reduce(terms: torch.Tensor, counted: torch.Tensor, reduction: str) -> torch.Tensor:
+    if reduction == "mean":
+        return terms.sum() / terms.numel()
+    return terms.sum() / counted.sum().clamp_min(1)
+
+
+def _hard_children_targets(logits: torch.Tensor, target: torch.Tensor, hierarchy: Hierarchy) -> torch.Tensor:
+    """HUC pseudo-targets: observed entries keep theirs; unknown children are resolved top-down."""
+    effective = target.clone()
+    for parent, kids in hierarchy.sibling_groups:
+        unknown = effective[:, kids] == UNKNOWN
+        if not unknown.any():
+            continue
+        winner = logits[:, kids].argmax(dim=1, keepdim=True)
+        one_hot = torch.zeros_like(unknown, dtype=effective.dtype).scatter_(1, winner, 1)
+        inside = (effective[:, parent:parent + 1] == 1).to(effective.dtype)
+        effective[:, kids] = torch.where(unknown, one_hot * inside, effective[:, kids])
+    return effective
+
+
+def _soft_children_targets(probs: torch.Tensor, hierarchy: Hierarchy, normalise: bool) -> torch.Tensor:
+    """WEIGHT/WNORM targets for unknown entries: p itself, or p over its sibling group's sum."""
+    if not normalise:
+        return probs
+    soft = probs
+    for _, kids in hierarchy.sibling_groups:
+        group = probs[:, kids]
+        soft = soft.index_copy(1, torch.tensor(kids, device=probs.device),
+                               group / group.sum(dim=1, keepdim=True).clamp_min(1e-7))
+    return soft
+
+
+def make_loss(name: str, hierarchy: Hierarchy, reduction: str = "mean") -> LossFn:
+    """Return ``loss(logits, target)`` for logits (N, C, ...) float and target (N, C, ...) uint8."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss '{name}'; available: {', '.join(LOSSES)}")
+    if reduction not in REDUCTIONS:
+        raise ValueError(f"unknown reduction '{reduction}'; available: {', '.join(REDUCTIONS)}")
+
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if logits.shape != target.shape:
+            raise ValueError(f"logits {tuple(logits.shape)} and targets {tuple(target.shape)} differ in shape")
+        unknown = target == UNKNOWN
+        observed = ~unknown
+        if name == "bce" and unknown.any():
+            raise ValueError("bce needs fully labelled targets but these hold unknown (2) entries; "
+                             "use a partial-label loss (iuc, huc, weight, wnorm) or fully labelled data")
+        y = torch.where(observed, target, torch.zeros_like(target)).to(logits.dtype)
+        terms = observed * neg_log_likelihood(y, logits)
+        counted = observed
+        if name == "huc":
+            pseudo = _hard_children_targets(logits.detach(), target, hierarchy)
+            resolved = unknown & (pseudo != UNKNOWN)
+            terms = terms + resolved * neg_log_likelihood(pseudo.clamp_max(1).to(logits.dtype), logits)
+            counted = observed | resolved
+        elif name in ("weight", "wnorm"):
+            soft = _soft_children_targets(torch.sigmoid(logits), hierarchy, normalise=name == "wnorm")
+            terms = terms + unknown * neg_log_likelihood(soft, logits)
+            counted = observed | unknown
+        return _reduce(terms, counted, reduction)
+
+    return loss

@@ -1,0 +1,79 @@
+"""Preprocessed slice stacks on disk, memory-mapped, so 200 subjects of 256^3 never sit in RAM
+as float32. Each session is loaded once, put in canonical (RAS+) orientation, min-max scaled,
+cut into slices along ``axis`` and cropped/padded in-plane to ``size`` around the head; the image
+is stored as float16 and the labels as uint8, as .npy files that ``np.load(mmap_mode='r')`` maps."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from neoseg.core.io import atomic_path
+from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
+from neoseg.data.dhcp import Session
+
+SLICE_MARGIN = 2  # empty slices kept on each side of the labelled ones
+
+
+def load_canonical(path: Path, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]:
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    data = np.asanyarray(img.dataobj)
+    if data.ndim == 4 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if data.ndim != 3:
+        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
+    return (data if dtype is None else data.astype(dtype, copy=False)), img
+
+
+@dataclass(frozen=True)
+class SliceStack:
+    session: Session
+    image: np.ndarray  # (S, size, size) float16 in [0, 1], memory-mapped
+    labels: np.ndarray  # (S, size, size) uint8, memory-mapped
+    spacing: tuple[float, float, float]  # canonical voxel size in mm
+
+
+class VolumeCache:
+    """Builds (once) and maps the slice stacks of sessions, keyed by file identity and geometry."""
+
+    def __init__(self, folder: str | Path, axis: int, size: int):
+        self.folder, self.axis, self.size = Path(folder), axis, size
+
+    def _key(self, session: Session) -> str:
+        ident = [self.axis, self.size]
+        for p in (session.t2, session.labels):
+            st = p.stat()
+            ident += [str(p.resolve()), st.st_size, st.st_mtime_ns]
+        return f"{session.key}-{hashlib.sha1(json.dumps(ident).encode()).hexdigest()[:12]}"
+
+    def get(self, session: Session) -> SliceStack:
+        base = self.folder / self._key(session)
+        meta_path = base.with_suffix(".json")
+        if not meta_path.is_file():
+            self._build(session, base)
+        meta = json.loads(meta_path.read_text())
+        return SliceStack(session, np.load(f"{base}.image.npy", mmap_mode="r"),
+                          np.load(f"{base}.labels.npy", mmap_mode="r"), tuple(meta["spacing"]))
+
+    def _build(self, session: Session, base: Path) -> None:
+        image, img = load_canonical(session.t2, np.float32)
+        labels, _ = load_canonical(session.labels)
+        if labels.shape != image.shape:
+            raise ValueError(f"{session.labels}: label map shape {labels.shape} differs from the T2's {image.shape}")
+        windows = plane_windows(image.shape, self.axis, self.size, head_center(image))
+        image = to_slices(minmax_scale(image), self.axis, windows)
+        labels = to_slices(np.asarray(labels, np.uint8), self.axis, windows)
+        present = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
+        keep = slice(max(0, present[0] - SLICE_MARGIN), present[-1] + SLICE_MARGIN + 1) if present.size else slice(0, 0)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for suffix, array in ((".image.npy", image[keep].astype(np.float16)), (".labels.npy", labels[keep])):
+            with atomic_path(f"{base}{suffix}", overwrite=True) as tmp:
+                np.save(tmp, array)
+        spacing = [float(z) for z in img.header.get_zooms()[:3]]
+        with atomic_path(base.with_suffix(".json"), overwrite=True) as tmp:  # written last: marks completion
+            tmp.write_text(json.dumps({"spacing": spacing, "t2": str(session.t2)}))
