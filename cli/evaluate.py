@@ -22,6 +22,7 @@ def evaluate(
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write per-volume rows to this CSV.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
     """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group."""
     setup_logging()
@@ -49,7 +50,7 @@ def evaluate(
             sessions = list(getattr(split, subset))
         dev = resolve_device(device)
         rows = evaluate_sessions(loaded.model.to(dev), loaded.hierarchy, sessions, config.axis, config.slice_size,
-                                 dev, progress=True)
+                                 dev, progress=not quiet)
         if out is not None:
             write_rows(out, rows, overwrite)
     typer.echo(report(rows))

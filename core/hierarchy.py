@@ -180,6 +180,12 @@ class Hierarchy:
         return order
 
     @property
+    def outside_channel(self) -> int | None:
+        """The channel of label value 0 (outside the brain mask), if any: what voxels that no
+        slice window covers are set to."""
+        return next((i for i, c in enumerate(self.channels) if 0 in c.values), None)
+
+    @property
     def label_values(self) -> list[int]:
         return sorted(v for c in self.channels for v in c.values)
 

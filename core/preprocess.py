@@ -18,18 +18,41 @@ def minmax_scale(volume: np.ndarray, dtype=np.float32) -> np.ndarray:
     return out
 
 
-def head_center(volume: np.ndarray, fraction: float = 0.1) -> tuple[float, ...]:
-    """Centre of the bounding box of voxels brighter than ``fraction`` of the robust range, so a
-    head off the array centre is still centred in the window. Falls back to the array centre."""
-    lo, hi = float(volume.min()), float(np.percentile(volume, 99.5))
+ROBUST_SAMPLE_STEP = 7  # the robust maximum is read off every 7th voxel: same rule, 7x cheaper
+
+
+def foreground_profiles(volume: np.ndarray, fraction: float = 0.1) -> list[np.ndarray]:
+    """Per axis, the number of voxels in each plane brighter than ``fraction`` of the robust
+    intensity range (minimum to the 99.5th percentile): the head, not stray bright voxels."""
+    lo = float(volume.min())
+    hi = float(np.percentile(volume.reshape(-1)[::ROBUST_SAMPLE_STEP], 99.5))
     fg = volume > lo + fraction * (hi - lo)
-    if not fg.any():
-        return tuple((n - 1) / 2 for n in volume.shape)
-    center = []
-    for axis in range(volume.ndim):
-        present = np.flatnonzero(fg.any(axis=tuple(a for a in range(volume.ndim) if a != axis)))
-        center.append((present[0] + present[-1]) / 2)
-    return tuple(center)
+    return [np.count_nonzero(fg, axis=tuple(a for a in range(volume.ndim) if a != axis)) for axis in range(volume.ndim)]
+
+
+def head_box(profiles: list[np.ndarray], share: float = 0.0) -> tuple[tuple[int, int], ...] | None:
+    """Per axis (first, last) plane holding more than ``share`` of the fullest plane's foreground;
+    ``share`` 0 gives the plain bounding box. None when there is no foreground."""
+    box = []
+    for counts in profiles:
+        present = np.flatnonzero(counts > share * counts.max()) if counts.max() else []
+        if not len(present):
+            return None
+        box.append((int(present[0]), int(present[-1])))
+    return tuple(box)
+
+
+def box_center(box, shape) -> tuple[float, ...]:
+    """Centre of ``box``, or of the array when there is none."""
+    if box is None:
+        return tuple((n - 1) / 2 for n in shape)
+    return tuple((a + b) / 2 for a, b in box)
+
+
+def head_center(volume: np.ndarray, fraction: float = 0.1) -> tuple[float, ...]:
+    """Centre of the head's bounding box, so a head off the array centre is still centred in the
+    slice window (training and the runtime both place their windows with this)."""
+    return box_center(head_box(foreground_profiles(volume, fraction)), volume.shape)
 
 
 @dataclass(frozen=True)

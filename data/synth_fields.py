@@ -23,7 +23,7 @@ class WaveField:
 
     @classmethod
     def random(cls, rng: np.random.Generator, n_waves: int, wavelength_mm: float, dims: int = 3,
-               spread: float = 0.25) -> "WaveField":
+               spread: float = 0.25) -> WaveField:
         """Isotropic directions, wavelengths ``wavelength_mm * (1 ± spread)``."""
         direction = rng.standard_normal((n_waves, dims))
         direction /= np.linalg.norm(direction, axis=1, keepdims=True)
@@ -78,19 +78,24 @@ def tube_sdf(x: np.ndarray, y: np.ndarray, z: np.ndarray, nodes, radii) -> np.nd
     return best
 
 
-def linear_weights(fine: np.ndarray, coarse: np.ndarray) -> np.ndarray:
-    """(len(fine), len(coarse)) matrix of linear interpolation weights (ends clamped)."""
+def linear_taps(fine: np.ndarray, coarse: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Left neighbour index and weight of the right neighbour for linear interpolation from the
+    sorted positions ``coarse`` to ``fine`` (ends clamped)."""
     pos = np.interp(fine, coarse, np.arange(len(coarse), dtype=float))
-    lo = np.clip(np.floor(pos).astype(int), 0, len(coarse) - 2)
-    frac = pos - lo
-    w = np.zeros((len(fine), len(coarse)), F32)
-    w[np.arange(len(fine)), lo] = 1 - frac
-    w[np.arange(len(fine)), lo + 1] += frac
-    return w
+    lo = np.clip(np.floor(pos).astype(np.intp), 0, len(coarse) - 2)
+    return lo, (pos - lo).astype(F32)
 
 
-def upsample(field: np.ndarray, w0: np.ndarray, w1: np.ndarray, w2: np.ndarray) -> np.ndarray:
-    """Separable linear interpolation of a coarse 3D field with weight matrices from :func:`linear_weights`."""
-    out = np.tensordot(w0, field, axes=(1, 0))  # (m, c1, c2)
-    out = out @ w2.T  # (m, c1, n2)
-    return np.einsum("ij,mjk->mik", w1, out, optimize=True).astype(F32, copy=False)
+def _lerp(field: np.ndarray, taps: tuple[np.ndarray, np.ndarray], axis: int) -> np.ndarray:
+    lo, frac = taps
+    shape = [1, 1, 1]
+    shape[axis] = len(lo)
+    frac = frac.reshape(shape)
+    left = np.take(field, lo, axis=axis)
+    return left + (np.take(field, lo + 1, axis=axis) - left) * frac
+
+
+def upsample(field: np.ndarray, taps0, taps1, taps2) -> np.ndarray:
+    """Separable linear interpolation of a coarse 3D field (taps from :func:`linear_taps`, one per
+    axis). Elementwise only, no BLAS: the result is bit-identical on every machine."""
+    return _lerp(_lerp(_lerp(field, taps0, 0), taps1, 1), taps2, 2)

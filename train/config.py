@@ -34,7 +34,15 @@ class TrainConfig:
     epochs: int = 12
     patience: int = 30
     max_minutes: float | None = None  # stop training (keeping the best weights) after this long
+    steps_per_epoch: int | None = None  # None: an epoch is one pass over the slices; N: N batches
+    # (drawn from fresh shuffles), so runs on 1 or 40 subjects get the same number of optimizer steps
     train_subjects: list[str] | None = None  # restrict training to these subjects (supervised baseline)
+    prior_bias: bool = False  # start the output biases at each channel's log prior odds in the training
+    # targets (observed entries), so rare structures are not first pushed to "absent"; not in the paper,
+    # it makes short (CPU-scale) trainings learn small structures at all
+    init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning), not resumed
+    pseudo_labels: str | None = None  # dHCP-layout folder of *_desc-drawem9_dseg.nii.gz label maps for the
+    # partially labelled training sessions, used as their full labels (the semi-supervised baseline)
     seed: int = 0
     device: str = "auto"
 

@@ -18,11 +18,6 @@ from neoseg.data.dhcp import Session
 from .volumes import load_canonical
 
 
-def outside_channel(hierarchy: Hierarchy) -> int | None:
-    """The channel of label value 0 (outside the brain mask), set where the slice window is not."""
-    return next((i for i, c in enumerate(hierarchy.channels) if 0 in c.values), None)
-
-
 @torch.no_grad()
 def predict_volume(model: nn.Module, image: np.ndarray, hierarchy: Hierarchy, axis: int, size: int,
                    batch: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
@@ -36,7 +31,7 @@ def predict_volume(model: nn.Module, image: np.ndarray, hierarchy: Hierarchy, ax
         out[start:start + batch] = torch.sigmoid(model(x).float()).cpu().numpy()
     probs = from_slices(out, image.shape, axis, windows)
     inside = from_slices(np.ones((len(slices), size, size), np.uint8), image.shape, axis, windows)
-    fill = outside_channel(hierarchy)
+    fill = hierarchy.outside_channel
     if fill is not None:
         probs[fill][inside == 0] = 1.0
     return probs

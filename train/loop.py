@@ -1,22 +1,32 @@
 """The training run: data, model, Adam, early stopping on the validation loss, best and last
-checkpoints (resumable), per-epoch metrics log, and the test evaluation at the end."""
+checkpoints (resumable), per-epoch metrics log, and the test evaluation at the end.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) the same function trains with DistributedDataParallel:
+every rank draws the same global batches (same seed, same shuffle) and takes its contiguous share
+of each, the loss of a share is weighted by its size so the summed gradient equals that of the
+global batch, losses and Dice are summed across ranks, and only rank 0 writes. BatchNorm becomes
+SyncBatchNorm on GPUs; on CPU (gloo) torch has no SyncBatchNorm, so each rank normalises with the
+statistics of its own share and results agree with one process only within a tolerance.
+"""
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Sampler
 
 from neoseg.core import hierarchy as hier
 from neoseg.core.io import write_text
-from neoseg.data.dhcp import Session, find_sessions
+from neoseg.data.dhcp import LABEL_SUFFIX, Session, find_sessions
 from neoseg.data.splits import Split, make_split
 
 from . import checkpoint
@@ -46,11 +56,92 @@ class RunResult:
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """``auto`` is the GPU when torch sees one; under torchrun ``auto``/``cuda`` is this rank's GPU."""
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:
+        name = f"cuda:{int(os.environ['LOCAL_RANK'])}"
     return torch.device(name)
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """This process's place among the training processes (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def sum(self, values: torch.Tensor) -> torch.Tensor:
+        """Elementwise sum over ranks (float64 on the CPU of this process)."""
+        values = values.detach().to("cpu", torch.float64)
+        if self.world > 1:
+            torch.distributed.all_reduce(values)
+        return values
+
+    def any(self, flag: bool) -> bool:
+        return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
+
+
+def init_ranks(device: torch.device) -> tuple[Ranks, bool]:
+    """Join the process group that torchrun describes in the environment (gloo on CPU, nccl on
+    GPU). Returns the ranks and whether this call created the group (and so must destroy it)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return Ranks(), False
+    import torch.distributed as dist
+
+    created = not dist.is_initialized()
+    if created:
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return Ranks(dist.get_rank(), dist.get_world_size()), created
+
+
+class ShardedBatches(Sampler):
+    """Batch sampler: global batches of ``batch_size`` slice indices from shuffles drawn with
+    ``generator``; rank ``rank`` of ``world`` yields its contiguous share of each, so ``world``
+    processes see together exactly the batches that one process would. ``steps`` fixes the
+    batches per epoch (drawn from as many fresh shuffles as needed; the rest of the last shuffle
+    is dropped), else an epoch is one shuffle. A global batch with fewer slices than ranks (at
+    most the last of an epoch) is skipped by every rank."""
+
+    def __init__(self, n: int, batch_size: int, generator: torch.Generator, rank: int = 0, world: int = 1,
+                 steps: int | None = None):
+        self.n, self.batch_size, self.generator = n, batch_size, generator
+        self.rank, self.world, self.steps = rank, world, steps
+
+    def global_batches(self) -> list[list[int]]:
+        if self.steps is None:
+            order = torch.randperm(self.n, generator=self.generator).tolist()
+        else:
+            order = []
+            while len(order) < self.steps * self.batch_size:
+                order += torch.randperm(self.n, generator=self.generator).tolist()
+            order = order[: self.steps * self.batch_size]
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        return [b for b in batches if len(b) >= self.world]
+
+    def __iter__(self):
+        for batch in self.global_batches():
+            share, extra = divmod(len(batch), self.world)
+            start = self.rank * share + min(self.rank, extra)
+            yield batch[start:start + share + (self.rank < extra)]
+
+    def __len__(self) -> int:
+        if self.steps is not None:
+            return self.steps
+        return self.n // self.batch_size + (self.n % self.batch_size >= self.world)
 
 
 def dataset_sessions(config: TrainConfig, progress: bool) -> list[Session]:
@@ -78,8 +169,10 @@ def _dice_2d(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     return inter, size
 
 
-def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="") -> tuple[float, float]:
-    """One pass; trains when an optimizer is given. Returns (mean loss, macro Dice over channels)."""
+def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="",
+              ranks: Ranks = Ranks()) -> tuple[float, float]:
+    """One pass; trains when an optimizer is given. Returns (mean loss, macro Dice over channels),
+    summed over all ranks."""
     from tqdm import tqdm
 
     training = optimizer is not None
@@ -92,14 +185,21 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
             logits = model(image)
             loss = loss_fn(logits, target)
             if training:
+                step_loss = loss
+                if ranks.world > 1:  # DDP averages gradients over ranks: weight each share by its size
+                    n_global = ranks.sum(torch.tensor([float(len(image))])).item()
+                    step_loss = loss * (ranks.world * len(image) / n_global)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                step_loss.backward()
                 optimizer.step()
             total += loss.item() * len(image)
             count += len(image)
             i, s = _dice_2d(logits.detach(), target)
             inter, size = inter + i, size + s
             bar.set_postfix(loss=f"{total / count:.4f}")
+    if ranks.world > 1:
+        total, count = ranks.sum(torch.tensor([total, float(count)])).tolist()
+        inter, size = ranks.sum(torch.as_tensor(inter)), ranks.sum(torch.as_tensor(size))
     dice = (2 * inter / torch.clamp(size, min=1)).float()[size > 0].mean() if count else torch.tensor(math.nan)
     return total / max(count, 1), float(dice)
 
@@ -119,39 +219,128 @@ def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> TrainConfig
     return config
 
 
+def pseudo_label_path(root: str | Path, session: Session) -> Path:
+    """Where a pseudo label map of ``session`` lies in a dHCP-layout folder."""
+    return Path(root) / f"sub-{session.subject}" / f"ses-{session.session}" / "anat" / f"{session.key}{LABEL_SUFFIX}"
+
+
+def _with_pseudo_labels(sessions: list[Session], partial: list[bool], root: str) -> list[Session]:
+    out = []
+    for session, is_partial in zip(sessions, partial):
+        if is_partial:
+            path = pseudo_label_path(root, session)
+            if not path.is_file():
+                raise ValueError(f"pseudo_labels folder {root} has no label map for {session.key} (expected {path}); "
+                                 f"write them with neoseg.train.baselines.write_pseudo_labels first")
+            session = dataclasses.replace(session, labels=path)
+        out.append(session)
+    return out
+
+
+def _load_initial_weights(model: torch.nn.Module, config: TrainConfig, hierarchy: hier.Hierarchy) -> None:
+    start = checkpoint.load(config.init_from)
+    if (start.config.model, start.config.model_kwargs()) != (config.model, config.model_kwargs()):
+        raise ValueError(f"init_from {config.init_from} holds a '{start.config.model}' {start.config.model_kwargs()} "
+                         f"but this run trains a '{config.model}' {config.model_kwargs()}; they must match")
+    if start.hierarchy.names != hierarchy.names:
+        raise ValueError(f"init_from {config.init_from} predicts {start.hierarchy.names}, this run {hierarchy.names}")
+    model.load_state_dict(start.model.state_dict())
+
+
+def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset) -> None:
+    """Set the output layer's biases to log(p / (1 - p)), p = each channel's fraction of 1s among
+    its observed (not unknown) target entries over every training slice."""
+    table = dataset.table.astype(np.int64)
+    counts = np.zeros(len(table), np.int64)
+    for stack, partial in zip(dataset.stacks, dataset.partial):
+        values = np.bincount(np.asarray(stack.labels).ravel(), minlength=len(table))[: len(table)]
+        if partial:
+            values = np.bincount(dataset.coarse_lut, weights=values, minlength=len(table)).astype(np.int64)
+        counts += values
+    positive = (counts[:, None] * (table == 1)).sum(axis=0)
+    observed = (counts[:, None] * (table != hier.UNKNOWN)).sum(axis=0)
+    p = np.clip(positive / np.maximum(observed, 1), 1e-4, 1 - 1e-4)
+    channels = table.shape[1]
+    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None
+             and getattr(m, "out_channels", getattr(m, "out_features", None)) == channels]
+    if not heads:
+        raise ValueError(f"prior_bias: found no output layer with {channels} biased outputs in {type(model).__name__}")
+    with torch.no_grad():
+        heads[-1].bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=heads[-1].bias.dtype))
+
+
 def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
           split: Split | None = None) -> RunResult:
     """Train per ``config`` into ``out``. With ``resume`` an interrupted run continues from its last
-    epoch (with the config stored in ``out``). ``split`` overrides the subject split."""
+    epoch (with the config stored in ``out``). ``split`` overrides the subject split. Under torchrun
+    every rank calls this; rank 0 writes the run and returns the test evaluation, the others
+    return empty ``rows``."""
     out = Path(out)
-    config = prepare_run_dir(out, config, resume)
-    seed_everything(config.seed)
     device = resolve_device(config.device)
+    ranks, created_group = init_ranks(device)
+    try:
+        return _train(config, out, resume, progress and ranks.main, split, device, ranks)
+    finally:
+        if created_group:
+            torch.distributed.destroy_process_group()
+
+
+def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: Split | None,
+           device: torch.device, ranks: Ranks) -> RunResult:
+    if ranks.main:  # rank 0 creates the run folder and, if needed, the built-in cohort; then the others follow
+        config = prepare_run_dir(out, config, resume)
+        sessions = dataset_sessions(config, progress)
+    ranks.barrier()
+    if not ranks.main:
+        config = TrainConfig.from_json((out / "config.json").read_text())
+        sessions = dataset_sessions(config, progress)
+    seed_everything(config.seed)
     hierarchy = hier.resolve(config.hierarchy)
 
-    sessions = dataset_sessions(config, progress)
     if split is None:
         split = make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
     train_sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
     if not train_sessions:
         raise ValueError("no training sessions left; check --train-subjects")
-    write_text(out / "split.json", _split_json(split), overwrite=True)
+    partial = [not split.is_full(s) for s in train_sessions]
+    if config.pseudo_labels is not None:
+        train_sessions = _with_pseudo_labels(train_sessions, partial, config.pseudo_labels)
+        partial = [False] * len(train_sessions)
+    if ranks.main:
+        write_text(out / "split.json", _split_json(split), overwrite=True)
 
-    model = create_model(config.model, 1, len(hierarchy), **config.model_kwargs()).to(device)
+    model = create_model(config.model, 1, len(hierarchy), **config.model_kwargs())
     if config.slice_size % input_divisor(model):
         raise ValueError(f"slice size {config.slice_size} must be divisible by {input_divisor(model)} "
                          f"for model '{config.model}'; pass e.g. --slice-size "
                          f"{-(-config.slice_size // input_divisor(model)) * input_divisor(model)}")
+    if config.init_from is not None and not (resume and (out / "last.pt").is_file()):
+        _load_initial_weights(model, config, hierarchy)
+    model.to(device)
     cache = VolumeCache(Path(config.cache) if config.cache else out / "cache", config.axis, config.slice_size)
+    if not ranks.main:
+        ranks.barrier()  # rank 0 builds the slice cache first
     train_stacks = [cache.get(s) for s in train_sessions]
     val_stacks = [cache.get(s) for s in split.val]
+    if ranks.main:
+        ranks.barrier()
     spacing = tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())
-    train_set = SliceDataset(train_stacks, hierarchy, [not split.is_full(s) for s in train_sessions])
+    train_set = SliceDataset(train_stacks, hierarchy, partial)
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))
+    if config.prior_bias and config.init_from is None:
+        set_prior_bias(model, train_set)
     shuffle = torch.Generator().manual_seed(config.seed)
-    train_loader = DataLoader(train_set, batch_size=config.batch_size, shuffle=True, generator=shuffle,
-                              pin_memory=device.type == "cuda")
-    val_loader = DataLoader(val_set, batch_size=config.batch_size * 2)
+    batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world, config.steps_per_epoch)
+    train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
+    val_loader = DataLoader(torch.utils.data.Subset(val_set, range(ranks.rank, len(val_set), ranks.world)),
+                            batch_size=config.batch_size * 2)
+    bare = model
+    if ranks.world > 1:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            bare = model
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
 
     loss_fn = make_loss(config.loss, hierarchy, config.reduction)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -159,36 +348,43 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
         last = checkpoint.load(last_path, map_location=str(device))
-        model.load_state_dict(last.model.state_dict())
+        bare.load_state_dict(last.model.state_dict())
         state = last.state
         optimizer.load_state_dict(state["optimizer_state"])
         start, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         shuffle.set_state(state["shuffle_state"])
         torch.set_rng_state(state["torch_rng"])
-        _truncate_metrics(out / "metrics.csv", start)
+        if ranks.main:
+            _truncate_metrics(out / "metrics.csv", start)
         log.info("resuming %s at epoch %d (best val loss %.4f at epoch %d)", out, start, best_loss, best_epoch)
 
-    log.info("%d train sessions (%d fully labelled subjects), %d val, %d test; %d train slices of %d^2 on %s",
-             len(train_sessions), len(split.fully_labelled), len(split.val), len(split.test), len(train_set),
-             config.slice_size, device)
+    if ranks.main:
+        log.info("%d train sessions (%d fully labelled subjects%s), %d val, %d test; %d train slices of %d^2 on %s%s",
+                 len(train_sessions), len(split.fully_labelled), ", the rest pseudo-labelled" if config.pseudo_labels
+                 else "", len(split.val), len(split.test), len(train_set), config.slice_size, device,
+                 f" x {ranks.world} processes" if ranks.world > 1 else "")
     metrics_path = out / "metrics.csv"
     began = time.monotonic()
     for epoch in range(start, config.epochs + 1):
         if epoch - best_epoch > config.patience and best_epoch > 0:
             log.info("early stop: no validation improvement for %d epochs", config.patience)
             break
-        if config.max_minutes is not None and (time.monotonic() - began) / 60 > config.max_minutes:
+        if config.max_minutes is not None and ranks.any((time.monotonic() - began) / 60 > config.max_minutes):
             log.info("time budget of %.1f min reached", config.max_minutes)
             break
         t0 = time.monotonic()
         train_loss, _ = run_epoch(model, train_loader, loss_fn, device, optimizer, progress,
-                                  f"epoch {epoch}/{config.epochs}")
-        val_loss, val_dice = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate")
+                                  f"epoch {epoch}/{config.epochs}", ranks)
+        val_loss, val_dice = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate",
+                                       ranks=ranks)
         improved = val_loss < best_loss
         if improved:
             best_loss, best_epoch = val_loss, epoch
-            checkpoint.save(best_path, model, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss)
-        checkpoint.save(last_path, model, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
+        if not ranks.main:
+            continue
+        if improved:
+            checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss)
+        checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                         best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
                         shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state())
         _append_metrics(metrics_path, {"epoch": epoch, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
@@ -197,6 +393,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f%s (%.0f s)", epoch, train_loss,
                  val_loss, val_dice, " *" if improved else "", time.monotonic() - t0)
 
+    if not ranks.main:
+        return RunResult(out, best_epoch, best_loss, [], "")
     if not best_path.is_file():
         raise RuntimeError(f"no epoch finished, so {best_path} was never written; raise --epochs or --max-minutes")
     best = checkpoint.load(best_path, map_location=str(device))

@@ -1,0 +1,394 @@
+"""The paper's experiments from one command (Tables 1-3, Figure 4, Appendix A)::
+
+    python -m neoseg.benchmarks.experiments --profile cpu --out runs/experiments
+
+Runs (paper section 5.1): fully labelled fractions 2/5/10 % of the training subjects, five random
+draws of them per fraction, plus one 100 % reference; model kinds
+
+* supervised: BCE on the fully labelled subjects only (U-Net: 2/5/10 % and 100 %),
+* semi-supervised: the supervised model of the same fraction and draw pseudo-labels the partially
+  labelled scans (corrected with the known parent), then is fine-tuned on all of them (2/5/10 %),
+* ours: IUC (2/5/10 %), HUC, WEIGHT, WNORM (2/5 %), and IUC with the ``observed`` reduction (2 %),
+* SegFormer-B0: supervised, semi-supervised and IUC (2/5 %).
+
+Every run lives in ``OUT/runs/<name>/`` (a ``neoseg-train`` run folder) and is finished when its
+``done.json`` exists; an interrupted command continues where it stopped (finished runs are kept,
+an interrupted one resumes from its last epoch). At the end ``OUT/results.csv`` (tidy: one row per
+run, test session and structure) is rebuilt from the finished runs and ``OUT/REPORT.md`` with its
+figure is written by :mod:`neoseg.benchmarks.report`.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import os
+import platform
+import time
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+log = logging.getLogger("neoseg.experiments")
+
+RESULT_FIELDS = ["run", "model", "kind", "loss", "reduction", "budget", "fraction", "draw", "subject", "session",
+                 "scan_age",
+                 "age_group", "structure", "dice", "hd95", "hd100", "vol_diff_ml", "vol_true_ml", "missed",
+                 "truth_empty"]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    model: str  # unet | segformer
+    kind: str  # supervised | semi | partial
+    loss: str
+    fraction: float  # fully labelled fraction of the training subjects
+    draw: int
+    reduction: str = "mean"
+    budget: int = 1  # times the profile's training steps
+
+    @property
+    def name(self) -> str:
+        loss = self.loss + ("-observed" if self.reduction == "observed" else "") + \
+            (f"-x{self.budget}" if self.budget != 1 else "")
+        return f"{self.model}-{self.kind}-{loss}-f{round(self.fraction * 100):03d}-d{self.draw}"
+
+    @property
+    def needs(self) -> str | None:
+        """The run whose model this one starts from (the semi-supervised fine-tuning)."""
+        if self.kind != "semi":
+            return None
+        return dataclasses.replace(self, kind="supervised", loss="bce", reduction="mean", budget=1).name
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Scale of the experiment. Steps, not epochs, set the budget when ``steps_per_epoch`` is set,
+    so a model trained on 1 subject and one trained on 40 get the same number of optimizer steps."""
+
+    name: str
+    cohort_subjects: int
+    cohort_grid: int
+    slice_size: dict  # per model
+    widths: list[int]
+    batch_size: int
+    epochs: dict  # per model
+    steps_per_epoch: int | None
+    patience: int
+    lr: float = 5e-3
+    prior_bias: bool = False
+    max_minutes: float | None = None  # per run: a safety cap on a loaded machine (the runs record their epochs)
+    deadline_minutes: float | None = None  # start no run after this long; the report lists what is left
+    fractions: tuple[float, ...] = (0.02, 0.05, 0.10)
+    draws: int = 5
+    workers: int = 1
+    threads: int | None = None
+    extra_observed: bool = True  # IUC with reduction=observed at 2 %, the named option of method.md
+    extra_budget: int | None = None  # IUC at 2 % once more with this many times the steps
+    fewer_draws: dict = field(default_factory=dict)  # "segformer" / "budget": draws for those runs, if fewer
+    notes: list[str] = field(default_factory=list)
+
+
+PROFILES = {
+    "cpu": Profile(
+        name="cpu", cohort_subjects=40, cohort_grid=32, slice_size={"unet": 32, "segformer": 32},
+        widths=[8, 16, 32, 64], batch_size=8, epochs={"unet": 10, "segformer": 6}, steps_per_epoch=50,
+        patience=10, prior_bias=True, max_minutes=2.0, deadline_minutes=38.0, extra_budget=4,
+        fewer_draws={"segformer": 3, "budget": 3}, workers=2, threads=1,
+        notes=["built-in cohort of 40 subjects (52 sessions; 32 training, 4 validation, 4 test subjects) on a "
+               "32^3 grid of 4 mm voxels, instead of ~250 subjects at 256^3 of 0.5 mm",
+               "2D slices of 32^2 along the sagittal axis, as the prototype but at 1/8 of the resolution",
+               "U-Net widths 8-16-32-64 (4 levels, 0.12 M parameters) instead of 16-32-64-128-256",
+               "every U-Net run: 10 epochs of 50 batches of 8 slices (500 Adam steps, lr 5e-3), whatever the "
+               "number of training subjects; every SegFormer-B0 run: 6 such epochs (300 steps); the epoch of "
+               "the lowest validation loss is kept; no early stopping (the paper: up to 200 epochs, patience 30)",
+               "the semi-supervised fine-tuning gets the same number of steps again, starting from the "
+               "supervised model",
+               "output biases start at the training labels' log prior odds (`prior_bias`, not in the paper; "
+               "without it, 1500 steps do not learn DGM even with 100 % labels)",
+               "SegFormer-B0 with 3 draws of the fully labelled subjects per fraction instead of 5",
+               "extra rows beyond the paper: IUC with reduction=observed at 2 % (5 draws), and IUC at 2 % with "
+               "4x the steps (2000; 3 draws), to see what the step budget does",
+               "a run stops after 2 min of training (x4 for the 4x runs; a guard for a loaded machine; the epochs "
+               "each run trained are in its metrics.csv); no run is started after 36 min"]),
+    "paper": Profile(
+        name="paper", cohort_subjects=250, cohort_grid=256, slice_size={"unet": 256, "segformer": 256},
+        widths=[16, 32, 64, 128, 256], batch_size=32, epochs={"unet": 200, "segformer": 200}, steps_per_epoch=None,
+        patience=30, workers=1,
+        notes=["the paper's protocol: 250 subjects (200 training: 2 % = 4 fully labelled), 256^3 volumes at "
+               "0.5 mm, 256^2 slices, U-Net 16-32-64-128-256, Adam 5e-3, batch 32, up to 200 epochs with early "
+               "stopping (patience 30) on the validation loss"]),
+}
+
+
+def plan(profile: Profile) -> list[RunSpec]:
+    """The run grid of the paper's Tables 1-3 and Appendix A, in the order they are started."""
+    fractions, draws = profile.fractions, range(profile.draws)
+    low = [f for f in fractions if f <= 0.05]
+    runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
+    for f in fractions:  # Figure 4 first: supervised, IUC, semi-supervised (started once its supervised run is done)
+        for d in draws:
+            runs += [RunSpec("unet", kind, loss, f, d) for kind, loss in
+                     (("supervised", "bce"), ("partial", "iuc"), ("semi", "bce"))]
+    for f in low:  # Tables 1-2: the other losses
+        for d in draws:
+            runs += [RunSpec("unet", "partial", loss, f, d) for loss in ("weight", "wnorm", "huc")]
+    if profile.extra_observed and fractions:
+        runs += [RunSpec("unet", "partial", "iuc", fractions[0], d, "observed") for d in draws]
+    for f in low:  # Table 3
+        for d in range(profile.fewer_draws.get("segformer", profile.draws)):
+            runs += [RunSpec("segformer", kind, loss, f, d) for kind, loss in
+                     (("supervised", "bce"), ("partial", "iuc"), ("semi", "bce"))]
+    if profile.extra_budget and fractions:  # last: the deadline drops these first
+        runs += [RunSpec("unet", "partial", "iuc", fractions[0], d, budget=profile.extra_budget)
+                 for d in range(profile.fewer_draws.get("budget", profile.draws))]
+    return runs
+
+
+# ---------------------------------------------------------------------------------------- one run
+def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, sessions, device: str):
+    from neoseg.data.splits import make_split
+    from neoseg.train.baselines import supervised_config
+    from neoseg.train.config import TrainConfig
+
+    config = TrainConfig(
+        data=str(data), cache=str(cache), full_fraction=spec.fraction, draw=spec.draw,
+        slice_size=profile.slice_size[spec.model], model=spec.model, widths=list(profile.widths), loss=spec.loss,
+        reduction=spec.reduction, lr=profile.lr, batch_size=profile.batch_size, epochs=profile.epochs[spec.model] * spec.budget,
+        steps_per_epoch=profile.steps_per_epoch, patience=profile.patience, prior_bias=profile.prior_bias,
+        max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None, seed=0, device=device)
+    if spec.kind == "supervised" and spec.fraction < 1.0:
+        config = supervised_config(config, make_split(sessions, spec.fraction, seed=config.seed, draw=spec.draw))
+    return config
+
+
+def _init_worker(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
+    """Train (or resume) one run into ``OUT/runs/<name>``; returns what ``done.json`` records."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.data.splits import make_split
+    from neoseg.train.baselines import semi_supervised_config, write_pseudo_labels
+    from neoseg.train.loop import train
+
+    began = time.monotonic()
+    run_dir = out / "runs" / spec.name
+    handler = logging.FileHandler(out / "logs" / f"{spec.name}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    train_log = logging.getLogger("neoseg.train")
+    train_log.addHandler(handler)
+    train_log.setLevel(logging.INFO)
+    train_log.propagate = False  # the run's log goes to its file; the runner prints one line per run
+    try:
+        sessions = find_sessions(data)
+        config = run_config(spec, profile, data, out / "cache", sessions, device)
+        if spec.kind == "semi":
+            supervised = out / "runs" / spec.needs / "best.pt"
+            pseudo = out / "pseudo" / spec.needs
+            if not (pseudo / "done").is_file():
+                split = make_split(sessions, spec.fraction, seed=config.seed, draw=spec.draw)
+                write_pseudo_labels(supervised, [s for s in split.train if not split.is_full(s)], pseudo, device)
+                (pseudo / "done").write_text("")
+            config = semi_supervised_config(config, supervised, pseudo)
+        result = train(config, run_dir, resume=(run_dir / "config.json").is_file(), progress=False)
+    finally:
+        train_log.removeHandler(handler)
+        train_log.propagate = True
+        handler.close()
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        epochs = len(list(csv.DictReader(f)))
+    record = {"run": spec.name, "seconds": round(time.monotonic() - began, 1), "best_epoch": result.best_epoch,
+              "epochs": epochs, "best_val_loss": result.best_val_loss, **dataclasses.asdict(spec)}
+    (run_dir / "done.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+# ---------------------------------------------------------------------------------------- the grid
+def prepare_data(profile: Profile, out: Path, data: Path | None, progress: bool):
+    """The dataset (``data``, or the built-in cohort written to ``OUT/cohort``) and its slice cache."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.train.volumes import VolumeCache
+
+    if data is None:
+        from neoseg.data.synth import CohortSpec, generate_cohort
+
+        data = generate_cohort(out / "cohort", CohortSpec(n_subjects=profile.cohort_subjects,
+                                                          grid=profile.cohort_grid, seed=0), progress=progress)
+    sessions = find_sessions(data)
+    for size in sorted(set(profile.slice_size.values())):
+        cache = VolumeCache(out / "cache", 0, size)
+        for s in sessions:
+            cache.get(s)
+    return Path(data), sessions
+
+
+def run_all(profile: Profile, out: Path, data: Path | None = None, device: str = "cpu", workers: int | None = None,
+            only: str | None = None, progress: bool = True) -> dict:
+    """Run every unfinished run of the grid, then rebuild ``results.csv`` and ``REPORT.md``."""
+    from . import report
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "logs").mkdir(exist_ok=True)
+    began, started_at = time.monotonic(), datetime.now(timezone.utc)
+    meta_path = out / "experiment.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"profile": profile.name, "invocations": []}
+    if meta["profile"] != profile.name:
+        raise ValueError(f"{out} holds a '{meta['profile']}' experiment; use --profile {meta['profile']} or another --out")
+    data, sessions = prepare_data(profile, out, data, progress)
+    setup_seconds = time.monotonic() - began
+    runs = [r for r in plan(profile) if only is None or only in r.name]
+    done = {r.name for r in runs if (out / "runs" / r.name / "done.json").is_file()}
+    todo = [r for r in runs if r.name not in done]
+    failed: dict[str, str] = {}
+    log.info("%s: %d runs in the grid, %d finished, %d to run", out, len(runs), len(done), len(todo))
+    gpus = _gpu_count() if device == "cuda" else 0
+    workers = workers or (max(gpus, 1) if device == "cuda" else profile.workers)
+    with ProcessPoolExecutor(workers, mp_context=_spawn(), initializer=_init_worker,
+                             initargs=(profile.threads,)) as pool:
+        running, slots = {}, {}  # future -> spec; future -> GPU index (runs spread over the GPUs)
+        while todo or running:
+            late = profile.deadline_minutes is not None and (time.monotonic() - began) / 60 > profile.deadline_minutes
+            if late and todo:
+                log.warning("%.0f min deadline reached: %d runs not started", profile.deadline_minutes, len(todo))
+                todo = []
+            for spec in [r for r in todo if r.needs is None or r.needs in done]:
+                if len(running) >= workers:
+                    break
+                todo.remove(spec)
+                on = device
+                if gpus > 1:
+                    free = sorted(set(range(gpus)) - set(slots.values()))
+                    on = f"cuda:{free[0] if free else 0}"
+                future = pool.submit(execute, spec, profile, out, data, on)
+                running[future] = spec
+                if gpus > 1:
+                    slots[future] = int(on.split(":")[1])
+            for spec in [r for r in todo if r.needs in failed]:
+                todo.remove(spec)
+                failed[spec.name] = f"needs {spec.needs}, which failed"
+            if not running:
+                break
+            finished, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in finished:
+                spec = running.pop(future)
+                slots.pop(future, None)
+                try:
+                    record = future.result()
+                except Exception as e:  # noqa: BLE001 - one failed run must not stop the grid
+                    failed[spec.name] = f"{type(e).__name__}: {e}"
+                    log.error("%s failed: %s (log: %s)", spec.name, failed[spec.name], out / "logs" / f"{spec.name}.log")
+                    continue
+                done.add(spec.name)
+                log.info("[%d/%d] %s: %.0f s, best epoch %d of %d", len(done), len(runs), spec.name,
+                         record["seconds"], record["best_epoch"], record["epochs"])
+    rows = collect_results(out, runs)
+    meta["invocations"].append({"started": started_at.isoformat(timespec="seconds"),
+                                "seconds": round(time.monotonic() - began, 1), "setup_seconds": round(setup_seconds, 1),
+                                "workers": workers, "threads": profile.threads, "device": device,
+                                "failed": failed, "machine": machine()})
+    meta["profile_settings"] = dataclasses.asdict(profile)
+    meta["data"] = str(data)
+    meta["sessions"] = len(sessions)
+    meta_path.write_text(json.dumps(meta, indent=2))
+    report.write_report(out, rows, meta, [r.name for r in runs])
+    meta["invocations"][-1]["seconds"] = round(time.monotonic() - began, 1)  # with the report
+    meta_path.write_text(json.dumps(meta, indent=2))
+    return meta
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _spawn():
+    import multiprocessing
+
+    return multiprocessing.get_context("spawn")  # never fork a process that may hold OpenMP threads
+
+
+def collect_results(out: Path, runs: list[RunSpec]) -> list[dict]:
+    """Rebuild ``OUT/results.csv`` from the evaluation of every finished run."""
+    rows = []
+    for spec in runs:
+        run_dir = out / "runs" / spec.name
+        if not (run_dir / "done.json").is_file():
+            continue
+        with (run_dir / "evaluation.csv").open(newline="") as f:
+            for r in csv.DictReader(f):
+                rows.append({"run": spec.name, "model": spec.model, "kind": spec.kind, "loss": spec.loss,
+                             "reduction": spec.reduction, "budget": spec.budget, "fraction": spec.fraction,
+                             "draw": spec.draw, **{k: r[k] for k in RESULT_FIELDS[8:]}})
+    if rows:
+        with (out / "results.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def machine() -> dict:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "gpu": gpu, "torch": torch.__version__,
+            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
+
+
+# ---------------------------------------------------------------------------------------- CLI
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+
+
+@app.command()
+def main(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (runs, results.csv, REPORT.md).")],
+    profile: Annotated[str, typer.Option(help="cpu: about 45 min on 2 cores; paper: the paper's scale (GPU).")] = "cpu",
+    data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
+                                                 help="dHCP-layout dataset; default: the built-in cohort.")] = None,
+    device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
+    workers: Annotated[Optional[int], typer.Option(help="Runs trained at once (default: the profile's).")] = None,
+    draws: Annotated[Optional[int], typer.Option(help="Random draws per fraction (default 5).")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Run only the runs whose name contains this.")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Run the paper's experiment grid (resumable) and write results.csv and REPORT.md."""
+    from neoseg.cli.common import setup_logging, user_errors
+
+    setup_logging()
+    with user_errors("neoseg.benchmarks.experiments"):
+        if profile not in PROFILES:
+            raise ValueError(f"unknown profile '{profile}'; available: {', '.join(PROFILES)}")
+        chosen = PROFILES[profile]
+        if draws is not None:
+            chosen = dataclasses.replace(chosen, draws=draws)
+        from neoseg.train.loop import resolve_device
+
+        meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet)
+    typer.echo(f"{out / 'REPORT.md'} written ({meta['invocations'][-1]['seconds'] / 60:.1f} min)")
+
+
+if __name__ == "__main__":
+    app()

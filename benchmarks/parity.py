@@ -1,0 +1,120 @@
+"""Dice parity between inference paths on whole cohort volumes: torch FP32 (the training-side
+reference, ``predict_volume``), ONNX Runtime FP32 through the runtime (with and without the head
+crop), and every FP16 path available (torch CUDA FP16, a TensorRT engine). Reports per structure
+the Dice of each path against torch FP32 (worst volume) and each path's Dice against the ground
+truth (mean), beside torch FP32's.
+
+    python -m neoseg.benchmarks.parity --checkpoint best.pt [--data ROOT] [--engine m.engine] [--out DIR]
+
+Without --data a small synthetic cohort is generated at the checkpoint's grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from neoseg.export.parity import agreement
+
+from .common import cohort, machine, table, write_results
+
+REFERENCE = "torch fp32"
+
+
+def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str) -> dict:
+    """name -> Segmenter over the runtime backends available here."""
+    from neoseg.runtime.backends import open_backend
+    from neoseg.runtime.pipeline import Segmenter
+
+    out = {"ort-cpu fp32": Segmenter(open_backend(onnx, "ort-cpu")),
+           "ort-cpu fp32, all slices": Segmenter(open_backend(onnx, "ort-cpu"), skip_empty=False),
+           "ort-cpu fp32, --crop-plane": Segmenter(open_backend(onnx, "ort-cpu"), crop_plane=True)}
+    if device == "cuda":
+        out["torch-cuda fp16 (runtime)"] = Segmenter(open_backend(ckpt, "torch-cuda"))
+    if engine is not None:
+        out["tensorrt fp16 engine"] = Segmenter(open_backend(engine, "tensorrt"))
+    return out
+
+
+def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", log=print) -> dict:
+    import torch
+
+    from neoseg.export.onnx_export import export_onnx
+    from neoseg.runtime.model import info_from_checkpoint
+    from neoseg.train import checkpoint
+    from neoseg.train.evaluate import predict_volume
+    from neoseg.train.volumes import load_canonical
+
+    loaded = checkpoint.load(ckpt)
+    info = info_from_checkpoint(loaded)
+    h = info.hierarchy
+    onnx = Path(tempfile.mkdtemp(prefix="neoseg-parity-")) / "model.onnx"
+    export_onnx(loaded.model, info, onnx)
+    runners = paths(ckpt, onnx, engine, device)
+    model = loaded.model.to(device)
+    vs_ref = {name: [] for name in runners}
+    vs_truth = {name: [] for name in [REFERENCE, *runners]}
+    for s in sessions:
+        image, img = load_canonical(s.t2, np.float32)
+        labels, _ = load_canonical(s.labels)
+        truth = (h.encode(np.asarray(labels, np.int64)) == 1)
+        with torch.no_grad():
+            ref = h.masks(predict_volume(model, image, h, info.axis, info.slice_size, device=device), info.thresholds)
+        vs_truth[REFERENCE].append(agreement(ref, truth, h.names))
+        for name, runner in runners.items():
+            seg = runner.segment(image, img.affine, img.header.get_zooms()[:3])  # already canonical
+            masks = np.moveaxis(seg.masks, -1, 0)
+            vs_ref[name].append(agreement(masks, ref, h.names))
+            vs_truth[name].append(agreement(masks, truth, h.names))
+        log(f"  {s.key}: " + ", ".join(f"{n} min Dice vs torch {min(vs_ref[n][-1].values()):.4f}" for n in runners))
+    result = {"machine": machine(), "device": device, "checkpoint": str(ckpt), "volumes": [s.key for s in sessions],
+              "dice_vs_torch_fp32_worst": {n: _worst(v) for n, v in vs_ref.items()},
+              "dice_vs_truth_mean": {n: _mean(v) for n, v in vs_truth.items()}}
+    return result
+
+
+def _worst(rows: list[dict]) -> dict:
+    return {k: min(r[k] for r in rows) for k in rows[0]}
+
+
+def _mean(rows: list[dict]) -> dict:
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+
+
+def markdown(result: dict) -> str:
+    m = result["machine"]
+    names = list(result["dice_vs_truth_mean"][REFERENCE])
+    text = f"Machine: {m.get('gpu', m['cpu'])}, {len(result['volumes'])} volumes\n\n"
+    text += "Per-structure Dice against torch FP32 (worst volume):\n\n" + table(
+        ["path", *names], [[p, *d.values()] for p, d in result["dice_vs_torch_fp32_worst"].items()])
+    text += "\nPer-structure Dice against ground truth (mean over volumes):\n\n" + table(
+        ["path", *names], [[p, *d.values()] for p, d in result["dice_vs_truth_mean"].items()])
+    return text
+
+
+def main(argv=None) -> None:
+    import torch
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--data", type=Path, help="dHCP-layout folder; default: a generated synthetic cohort")
+    p.add_argument("--volumes", type=int, default=3)
+    p.add_argument("--engine", type=Path)
+    p.add_argument("--out", type=Path, default=Path("bench-results"))
+    args = p.parse_args(argv)
+    from neoseg.train import checkpoint
+
+    loaded = checkpoint.load(args.checkpoint)
+    grid = int(round(128 / loaded.spacing[0]))
+    sessions = cohort(args.data, max(2, args.volumes), grid)[-args.volumes:]
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    result = run(args.checkpoint, sessions, args.engine, device)
+    write_results(args.out, f"parity-{device}", result, markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()

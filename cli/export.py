@@ -1,0 +1,96 @@
+"""``neoseg-export CHECKPOINT -o model.onnx [--trt]``: a self-describing, verified ONNX model
+(and an FP16 TensorRT engine beside it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import user_errors
+from .infer import _as_user_error
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="best.pt from neoseg-train")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX model to write (.onnx)")],
+    trt: Annotated[bool, typer.Option("--trt", help="also build an FP16 TensorRT engine (needs TensorRT + GPU)")] = False,
+    engine: Annotated[Optional[Path], typer.Option(help="engine path; default: OUTPUT with .engine")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache, reused and updated")] = None,
+    thresholds: Annotated[Optional[str], typer.Option(help="one value or one per channel, comma-separated; "
+                                                           "default: the checkpoint's, else 0.5")] = None,
+    data: Annotated[Optional[Path], typer.Option(help="dHCP-layout folder whose scans verify the export; "
+                                                      "default: the training data")] = None,
+    verify_scans: Annotated[int, typer.Option(min=0, help="scans to verify on; 0 skips verification")] = 2,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+) -> None:
+    """Export CHECKPOINT to ONNX (and TensorRT), verified against PyTorch on real scans."""
+    from neoseg.core.io import check_writable
+    from neoseg.export.onnx_export import ParityError
+    from neoseg.export.trt_engine import EngineBuildError
+    from neoseg.runtime.backends import BackendUnavailable
+
+    with user_errors("neoseg-export"), _as_user_error(BackendUnavailable, ParityError, EngineBuildError):
+        if output.suffix != ".onnx":
+            raise ValueError(f"-o {output}: the ONNX model's name must end in .onnx")
+        engine = engine or output.with_suffix(".engine")
+        check_writable(output, overwrite)
+        if trt:
+            from neoseg.runtime.trt_backend import gpu_identity, import_tensorrt
+
+            import_tensorrt(), gpu_identity()  # before anything is written
+            check_writable(engine, overwrite)
+        _export(checkpoint, output, engine if trt else None, timing_cache, thresholds, data, verify_scans, overwrite)
+
+
+def _export(checkpoint, output, engine, timing_cache, thresholds, data, verify_scans, overwrite) -> None:
+    from neoseg.export.onnx_export import export_onnx, verification_slices
+    from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
+    from neoseg.train import checkpoint as ckpt
+
+    loaded = ckpt.load(checkpoint)
+    chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
+    info = info_from_checkpoint(loaded, chosen)
+    x = verification_slices(_volumes(loaded.config, data, verify_scans), info) if verify_scans else None
+    report = export_onnx(loaded.model, info, output, verify_on=x, overwrite=overwrite)
+    typer.echo(f"wrote {output} ({info.architecture}, {len(info.hierarchy)} channels, slices {info.slice_size}^2 "
+               f"along axis {info.axis}, spacing {'x'.join(f'{s:g}' for s in info.spacing)} mm, "
+               f"config {info.config_digest})")
+    for line in report.lines() if report else ["not verified (--verify-scans 0)"]:
+        typer.echo(line)
+    if engine is not None:
+        from neoseg.export.trt_engine import build_engine
+
+        report = build_engine(output, info, engine, timing_cache, verify_on=x, overwrite=overwrite)
+        typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
+        for line in report.lines() if report else []:
+            typer.echo(line)
+
+
+def _volumes(config, data: Path | None, n: int) -> list:
+    """The first ``n`` scans of --data, else of the checkpoint's training data, canonical."""
+    import numpy as np
+
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.train.volumes import load_canonical
+
+    if data is not None:
+        sessions = find_sessions(data, require_labels=False)
+    else:
+        from neoseg.train.loop import dataset_sessions
+        try:
+            sessions = dataset_sessions(config, progress=False)
+        except (ImportError, ValueError, OSError) as e:
+            raise ValueError(f"cannot find the training scans to verify the export on ({e}); "
+                             f"pass --data ROOT or --verify-scans 0") from None
+    if not sessions:
+        raise ValueError("no scans to verify the export on; pass --data ROOT or --verify-scans 0")
+    return [load_canonical(s.t2, np.float32)[0] for s in sessions[:n]]
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,131 @@
+"""Execution backends: (N, 1, H, W) float32 slices in, (N, C, H, W) float32 logits out.
+
+``ort-*`` run an exported ``.onnx`` through ONNX Runtime with one explicit provider, ``tensorrt``
+a native engine from ``neoseg-export --trt``, ``torch-*`` a training checkpoint (``.pt``; needs
+torch and the training code). A requested backend is used or an error says why not: nothing
+falls back silently. ``auto`` tries the fastest candidates for the model file in order.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .model import INPUT, ModelInfo
+
+BACKENDS = ("auto", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch-cuda", "torch-cpu")
+ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
+                 "ort-trt": "TensorrtExecutionProvider"}
+# Candidates of ``auto`` by model file kind, fastest first. ort-trt is left out: it builds an engine
+# on first use (minutes); ``neoseg-export --trt`` builds it once instead.
+AUTO = {"onnx": ("ort-cuda", "ort-cpu"), "engine": ("tensorrt",), "checkpoint": ("torch-cuda", "torch-cpu")}
+KIND_LABEL = {"onnx": "an .onnx model", "engine": "a TensorRT engine from neoseg-export --trt",
+              "checkpoint": "a .pt checkpoint"}
+KIND_OF = {**{b: "onnx" for b in ORT_PROVIDERS}, "tensorrt": "engine", "torch-cuda": "checkpoint",
+           "torch-cpu": "checkpoint"}
+
+
+class BackendUnavailable(RuntimeError):
+    """The requested backend cannot run here; the message says what is missing."""
+
+
+class Backend:
+    """Base: ``info`` (the model's metadata), ``name`` (what actually runs), ``batch`` (default
+    slices per call) and ``fixed_size`` (None when any multiple of ``info.divisor`` is accepted)."""
+
+    info: ModelInfo
+    name: str
+    batch: int = 256
+    fixed_size: int | None = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def model_kind(path: Path) -> str:
+    from .engine import is_engine
+
+    if is_engine(path):
+        return "engine"
+    if path.suffix == ".onnx":
+        return "onnx"
+    if path.suffix in (".pt", ".pth"):
+        return "checkpoint"
+    raise ValueError(f"{path}: unknown model file; pass an .onnx model or an engine from neoseg-export, "
+                     f"or a .pt checkpoint for the torch backends")
+
+
+def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None) -> Backend:
+    """Open ``path`` with ``backend`` (one of :data:`BACKENDS`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"model {path} does not exist; export one with neoseg-export CHECKPOINT -o model.onnx")
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
+    kind = model_kind(path)
+    if backend != "auto":
+        if KIND_OF[backend] != kind:
+            raise ValueError(f"backend {backend} runs {KIND_LABEL[KIND_OF[backend]]} but {path} is "
+                             f"{KIND_LABEL[kind]}; pass --backend auto or a matching model file")
+        return _open(path, backend, threads)
+    reasons = []
+    for candidate in AUTO[kind]:
+        try:
+            return _open(path, candidate, threads)
+        except BackendUnavailable as e:
+            reasons.append(f"{candidate}: {e}")
+    raise BackendUnavailable(f"no backend can run {path}: " + "; ".join(reasons))
+
+
+def _open(path: Path, backend: str, threads: int | None) -> Backend:
+    if backend in ORT_PROVIDERS:
+        return OrtBackend(path, backend, threads)
+    if backend == "tensorrt":
+        from .trt_backend import TensorRTBackend
+        return TensorRTBackend(path)
+    from .torch_backend import TorchBackend
+    return TorchBackend(path, device=backend.removeprefix("torch-"))
+
+
+def physical_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class OrtBackend(Backend):
+    """ONNX Runtime with exactly one requested execution provider (CPU kept only for shape ops)."""
+
+    def __init__(self, path: Path, backend: str = "ort-cpu", threads: int | None = None):
+        import onnxruntime as ort
+
+        provider = ORT_PROVIDERS[backend]
+        if provider not in ort.get_available_providers():
+            raise BackendUnavailable(
+                f"ONNX Runtime here has no {provider} (available: {', '.join(ort.get_available_providers())}); "
+                + ("install onnxruntime-gpu on a machine with CUDA" if backend != "ort-cpu" else ""))
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        options.intra_op_num_threads = threads or physical_cores()
+        options.log_severity_level = 3
+        providers: list = [provider] if backend == "ort-cpu" else [provider, "CPUExecutionProvider"]
+        if backend == "ort-trt":
+            cache = Path.home() / ".cache" / "neoseg" / "ort-trt"
+            providers[0] = (provider, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
+                                       "trt_engine_cache_path": str(cache)})
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=providers)
+        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
+            raise BackendUnavailable(f"ONNX Runtime could not load {path} with {provider}: {e}") from None
+        active = self.session.get_providers()
+        if active[0] != provider:  # ORT drops a provider that fails to initialise and carries on
+            raise BackendUnavailable(f"ONNX Runtime did not activate {provider} (active: {', '.join(active)}); "
+                                     f"check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs")
+        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
+        self.name = f"onnxruntime {ort.__version__} [{provider}]"
+        self.batch = 8 if backend == "ort-cpu" else 256  # CPU: same speed, far less memory
+        if backend == "ort-trt" or not self.info.flexible:
+            self.fixed_size = self.info.slice_size  # one engine shape / a graph of fixed size
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {INPUT: np.ascontiguousarray(x, np.float32)})[0]

@@ -1,0 +1,127 @@
+"""What a model file says about itself: everything inference needs besides the weights.
+
+Stored as JSON strings in the ONNX model's ``metadata_props`` (and in a TensorRT engine's header),
+read back through ONNX Runtime's ``custom_metadata_map``, so the runtime needs neither torch nor
+the ``onnx`` package.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from neoseg.core.hierarchy import Hierarchy
+
+FORMAT = "neoseg-onnx/1"
+INPUT, OUTPUT = "image", "logits"  # graph tensor names: (N, 1, H, W) float32 -> (N, C, H, W) logits
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """Label hierarchy, decoding thresholds and slicing geometry of an exported network."""
+
+    hierarchy: Hierarchy
+    thresholds: tuple[float, ...]  # one per channel, on the sigmoid probability
+    axis: int  # slice axis of the canonical (RAS+) volume
+    slice_size: int  # slices are cropped/padded to slice_size^2 around the head
+    divisor: int  # in-plane sizes the network accepts are multiples of this
+    spacing: tuple[float, float, float]  # canonical voxel size (mm) the model was trained at
+    architecture: str
+    version: str  # neoseg version that exported the model
+    config_digest: str
+    config: str = "{}"  # the resolved training config, JSON
+    scaling: str = "minmax"  # per-volume intensity scaling to [0, 1]
+    head_fraction: float = 0.1  # foreground = brighter than this fraction of the robust range
+    flexible: bool = False  # the graph takes any in-plane size divisible by ``divisor`` (U-Net)
+
+    def __post_init__(self):
+        if len(self.thresholds) != len(self.hierarchy):
+            raise ValueError(f"model metadata: {len(self.thresholds)} thresholds for {len(self.hierarchy)} "
+                             f"channels ({', '.join(self.hierarchy.names)}); give one per channel")
+        if not all(0.0 <= t <= 1.0 for t in self.thresholds):
+            raise ValueError(f"model metadata: thresholds must lie in [0, 1], got {list(self.thresholds)}")
+        if self.axis not in (0, 1, 2) or self.slice_size % self.divisor:
+            raise ValueError(f"model metadata: slice axis {self.axis} / size {self.slice_size} / divisor "
+                             f"{self.divisor} are inconsistent")
+        if self.scaling != "minmax":
+            raise ValueError(f"model metadata: unknown intensity scaling '{self.scaling}' (this neoseg knows "
+                             f"'minmax'); upgrade neoseg")
+
+    @property
+    def logit_thresholds(self) -> np.ndarray:
+        """sigmoid(x) >= t  <=>  x >= log(t / (1 - t)): decoding needs no sigmoid."""
+        t = np.asarray(self.thresholds, np.float64)
+        with np.errstate(divide="ignore"):
+            return (np.log(t) - np.log1p(-t)).astype(np.float32)
+
+    # ---- (de)serialisation -----------------------------------------------------------------
+    def to_metadata(self) -> dict[str, str]:
+        preprocess = {"scaling": self.scaling, "head_fraction": self.head_fraction, "orientation": "RAS",
+                      "axis": self.axis, "slice_size": self.slice_size, "divisor": self.divisor,
+                      "spacing": list(self.spacing), "flexible": self.flexible}
+        return {
+            "neoseg.format": FORMAT,
+            "neoseg.hierarchy": self.hierarchy.to_json(),
+            "neoseg.thresholds": json.dumps(list(self.thresholds)),
+            "neoseg.preprocess": json.dumps(preprocess),
+            "neoseg.output": json.dumps({"input": INPUT, "output": OUTPUT, "activation": "sigmoid"}),
+            "neoseg.architecture": self.architecture,
+            "neoseg.version": self.version,
+            "neoseg.config_digest": self.config_digest,
+            "neoseg.config": self.config,
+        }
+
+    @classmethod
+    def from_metadata(cls, meta: dict[str, str], source: str = "model") -> "ModelInfo":
+        if meta.get("neoseg.format") != FORMAT:
+            found = meta.get("neoseg.format", "no neoseg metadata")
+            raise ValueError(f"{source} is not a neoseg model ({found}; expected {FORMAT}); "
+                             f"export one with neoseg-export CHECKPOINT -o model.onnx")
+        try:
+            pre = json.loads(meta["neoseg.preprocess"])
+            return cls(hierarchy=Hierarchy.from_json(meta["neoseg.hierarchy"]),
+                       thresholds=tuple(float(t) for t in json.loads(meta["neoseg.thresholds"])),
+                       axis=int(pre["axis"]), slice_size=int(pre["slice_size"]), divisor=int(pre["divisor"]),
+                       spacing=tuple(float(s) for s in pre["spacing"]), architecture=meta["neoseg.architecture"],
+                       version=meta["neoseg.version"], config_digest=meta["neoseg.config_digest"],
+                       config=meta.get("neoseg.config", "{}"), scaling=pre["scaling"],
+                       head_fraction=float(pre["head_fraction"]), flexible=bool(pre.get("flexible", False)))
+        except (KeyError, TypeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{source}: incomplete neoseg metadata ({type(e).__name__}: {e}); re-export it") from None
+
+
+def parse_thresholds(text: str | None, n: int, default: float = 0.5) -> tuple[float, ...]:
+    """'0.5' (all channels) or '0.5,0.4,...' (one per channel) -> n thresholds."""
+    if text is None:
+        return (default,) * n
+    try:
+        values = [float(v) for v in str(text).split(",")]
+    except ValueError:
+        raise ValueError(f"thresholds '{text}': expected one number or {n} comma-separated numbers") from None
+    if len(values) == 1:
+        values *= n
+    if len(values) != n or not all(math.isfinite(v) for v in values):
+        raise ValueError(f"thresholds '{text}': expected one number or {n} comma-separated numbers")
+    return tuple(values)
+
+
+def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) -> ModelInfo:
+    """The metadata of a loaded training checkpoint (``neoseg.train.checkpoint.Loaded``);
+    thresholds default to those stored in the checkpoint, else 0.5."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        neoseg_version = version("neoseg")
+    except PackageNotFoundError:
+        neoseg_version = "unknown"
+    config, hierarchy = loaded.config, loaded.hierarchy
+    if thresholds is None:
+        thresholds = tuple(loaded.state.get("thresholds", (0.5,) * len(hierarchy)))
+    return ModelInfo(hierarchy=hierarchy, thresholds=tuple(float(t) for t in thresholds), axis=config.axis,
+                     slice_size=config.slice_size, divisor=int(getattr(loaded.model, "divisor", 32)),
+                     spacing=tuple(float(s) for s in loaded.spacing), architecture=config.model,
+                     version=neoseg_version, config_digest=config.digest(), config=config.to_json(),
+                     flexible=config.model == "unet")

@@ -1,0 +1,44 @@
+"""The training-side commands, driven as a user would (Typer's CliRunner)."""
+
+from typer.testing import CliRunner
+
+from neoseg.cli.evaluate import app as eval_app
+from neoseg.cli.train import app as train_app
+
+runner = CliRunner()
+TINY = ["--slice-size", "32", "--widths", "8,16", "--epochs", "1", "--batch-size", "8", "--quiet", "--device", "cpu"]
+
+
+def test_train_then_eval_from_the_command_line(tiny_dataset, tmp_path):
+    out = tmp_path / "run"
+    result = runner.invoke(train_app, ["--out", str(out), "--data", str(tiny_dataset), *TINY])
+    assert result.exit_code == 0, result.output
+    assert "Test evaluation" in result.output and "cgm" in result.output
+    # the numbers printed are the ones written
+    table = (out / "evaluation.md").read_text()
+    assert table.split("\n\n", 1)[1].strip() in result.output
+
+    csv_out = tmp_path / "eval.csv"
+    result = runner.invoke(eval_app, [str(out / "best.pt"), "--out", str(csv_out), "--device", "cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    assert csv_out.read_text().startswith("subject,session,scan_age,age_group,structure,dice")
+    # the same checkpoint on the same test subjects gives the same table as at the end of training
+    assert result.output.strip() in (out / "evaluation.md").read_text()
+    # an existing output is never overwritten unasked
+    result = runner.invoke(eval_app, [str(out / "best.pt"), "--out", str(csv_out), "--device", "cpu", "-q"])
+    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+
+
+def test_user_errors_are_one_line_with_nonzero_exit(tiny_dataset, tmp_path):
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), "--data", str(tmp_path), *TINY])
+    assert result.exit_code == 2
+    assert "neoseg-train: error: no sessions" in result.output and "Traceback" not in result.output
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "r2"), "--data", str(tiny_dataset), *TINY,
+                                       "--widths", "8,x"])
+    assert result.exit_code == 2 and "comma-separated integers" in result.output
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "r3"), "--data", str(tiny_dataset), *TINY,
+                                       "--hierarchy", str(tmp_path / "none.json")])
+    assert result.exit_code == 2 and "does not exist" in result.output
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "r4"), "--data", str(tiny_dataset), *TINY,
+                                       "--loss", "dice"])
+    assert result.exit_code == 2 and "dice" in result.output

@@ -1,0 +1,146 @@
+import csv
+import dataclasses
+import json
+from collections import Counter
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from neoseg.benchmarks import experiments, report
+from neoseg.core.hierarchy import builtin
+from neoseg.data.dhcp import find_sessions
+from neoseg.data.splits import make_split
+from neoseg.train import checkpoint
+from neoseg.train.baselines import correct_with_parent, write_pseudo_labels
+from neoseg.train.config import TrainConfig
+from neoseg.train.loop import ShardedBatches, pseudo_label_path, train
+
+H = builtin()
+CGM, WM, DGM, TCV = (H.index(n) for n in ("cgm", "wm", "dgm", "tcv"))
+
+
+def tiny_config(data, **kw) -> TrainConfig:
+    base = dict(data=str(data), slice_size=32, widths=[8, 16], epochs=1, batch_size=8, full_fraction=0.25,
+                device="cpu")
+    return TrainConfig(**{**base, **kw})
+
+
+# ------------------------------------------------------------------------------ semi-supervised baseline
+def test_correction_keeps_known_labels_and_picks_one_child_inside_the_parent():
+    partial = np.array([10, 10, 10, 1, 4, 5])  # three TCV voxels, then csf, background, ventricles
+    probs = np.full((len(H), 6), 0.1, np.float32)
+    probs[CGM, 0], probs[WM, 1], probs[DGM, 2] = 0.9, 0.6, 0.3  # the most probable child of each TCV voxel
+    probs[DGM, 3:] = 0.99  # a confident child outside TCV must not be placed there
+    assert correct_with_parent(probs, partial, H).tolist() == [2, 3, 7, 1, 4, 5]
+
+
+def test_correction_refuses_mismatched_shapes():
+    with pytest.raises(ValueError, match="do not match"):
+        correct_with_parent(np.zeros((3, 4)), np.zeros(4, int), H)
+
+
+def test_pseudo_labels_are_written_and_used_for_fine_tuning(tiny_dataset, tmp_path):
+    sessions = find_sessions(tiny_dataset)
+    split = make_split(sessions, 0.25, seed=0)
+    supervised = train(tiny_config(tiny_dataset, loss="bce", train_subjects=sorted(split.fully_labelled)),
+                       tmp_path / "sup", progress=False)
+    partial = [s for s in split.train if not split.is_full(s)]
+    root = write_pseudo_labels(supervised.out / "best.pt", partial, tmp_path / "pseudo")
+    for s in partial:
+        truth = np.asarray(nib.load(s.labels).dataobj)
+        pseudo = np.asarray(nib.load(pseudo_label_path(root, s)).dataobj)
+        inside = np.isin(truth, (2, 3, 7))
+        assert np.array_equal(pseudo[~inside], truth[~inside])  # the known labels outside TCV
+        assert np.isin(pseudo[inside], (2, 3, 7)).all()  # one child of TCV inside it
+    # fine-tuning starts from the supervised weights: with lr 0 the parameters stay as they were
+    tuned = train(tiny_config(tiny_dataset, loss="bce", lr=0.0, init_from=str(supervised.out / "best.pt"),
+                              pseudo_labels=str(root)), tmp_path / "semi", progress=False)
+    before = checkpoint.load(supervised.out / "best.pt").model
+    after = checkpoint.load(tuned.out / "best.pt").model
+    for (name, a), b in zip(before.named_parameters(), after.parameters()):
+        assert torch.equal(a, b), name
+
+
+def test_missing_pseudo_labels_and_mismatched_init_are_clear_errors(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="has no label map"):
+        train(tiny_config(tiny_dataset, pseudo_labels=str(tmp_path / "nothing")), tmp_path / "a", progress=False)
+    first = train(tiny_config(tiny_dataset), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="must match"):
+        train(tiny_config(tiny_dataset, widths=[8, 16, 32], init_from=str(first.out / "best.pt")), tmp_path / "c",
+              progress=False)
+
+
+# ------------------------------------------------------------------------------ sampler
+def test_sharded_batches_split_the_single_process_batches():
+    single = list(ShardedBatches(21, 8, torch.Generator().manual_seed(3)))
+    assert [len(b) for b in single] == [8, 8, 5] and sorted(sum(single, [])) == list(range(21))
+    shards = [list(ShardedBatches(21, 8, torch.Generator().manual_seed(3), rank=r, world=2)) for r in range(2)]
+    assert [a + b for a, b in zip(*shards)] == single
+    assert [len(b) for b in shards[0]] == [4, 4, 3] and [len(b) for b in shards[1]] == [4, 4, 2]
+    fixed = ShardedBatches(21, 8, torch.Generator().manual_seed(3), steps=5)
+    batches = list(fixed)
+    assert len(fixed) == 5 and len(batches) == 5 and all(len(b) == 8 for b in batches)
+    assert Counter(sum(batches, [])).most_common(1)[0][1] == 2  # 40 draws of 21 slices: fresh shuffles
+
+
+# ------------------------------------------------------------------------------ the grid and the report
+def test_plan_is_the_papers_grid():
+    runs = experiments.plan(experiments.PROFILES["cpu"])
+    count = Counter((r.model, r.kind, r.loss, r.reduction) for r in runs if r.budget == 1)
+    assert count[("unet", "supervised", "bce", "mean")] == 16  # 3 fractions x 5 draws + the 100 % reference
+    assert count[("unet", "semi", "bce", "mean")] == 15
+    assert count[("unet", "partial", "iuc", "mean")] == 15
+    for loss in ("huc", "weight", "wnorm"):
+        assert count[("unet", "partial", loss, "mean")] == 10  # 2 % and 5 %
+    for kind, loss in (("supervised", "bce"), ("semi", "bce"), ("partial", "iuc")):
+        assert count[("segformer", kind, loss, "mean")] == 6  # 2 % and 5 %, 3 draws in the CPU profile
+    assert count[("unet", "partial", "iuc", "observed")] == 5
+    assert sum(r.budget > 1 for r in runs) == 3  # IUC at 2 % with a larger step budget, beyond the paper
+    assert len({r.name for r in runs}) == len(runs) == 102
+    paper = experiments.plan(experiments.PROFILES["paper"])
+    assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 111
+    names = [r.name for r in runs]
+    assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
+
+
+def test_anova_and_marks_follow_the_paper():
+    rows = []
+    for kind, loss, base in (("supervised", "bce", 0.5), ("semi", "bce", 0.52), ("partial", "iuc", 0.9)):
+        for i in range(6):
+            rows.append({"model": "unet", "kind": kind, "loss": loss, "reduction": "mean", "fraction": 0.02,
+                         "age_group": "preterm", "structure": "dgm", "dice": base + 0.01 * i, "truth_empty": False, "budget": 1})
+    assert report.anova(report.values(rows, "unet", report.IUC, 0.02, "preterm", "dgm"),
+                        report.values(rows, "unet", report.SUPERVISED, 0.02, "preterm", "dgm")) < 1e-6
+    assert report._marks(rows, "unet", report.IUC, 0.02, "preterm", "dgm") == "*^"
+    assert report._marks(rows, "unet", report.SEMI, 0.02, "preterm", "dgm") == ""
+    assert np.isnan(report.anova(np.array([0.5]), np.array([0.4, 0.6])))
+
+
+def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
+    profile = dataclasses.replace(
+        experiments.PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        batch_size=8, epochs={"unet": 1, "segformer": 1}, steps_per_epoch=2, patience=1, fractions=(0.05,), draws=1, workers=1, threads=1)
+    out = tmp_path / "exp"
+    experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
+    planned = experiments.plan(profile)
+    assert len(planned) == 12
+    with (out / "results.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == experiments.RESULT_FIELDS
+    assert {r["run"] for r in rows} == {r.name for r in planned}
+    text = (out / "REPORT.md").read_text()
+    for needle in ("Table 1", "Table 3", "Appendix A", "figure4.png", "Wall time", "Ours: IUC", "Semi-supervised"):
+        assert needle in text, needle
+    assert (out / "figure4.png").stat().st_size > 1000
+    # semi-supervised runs start from their supervised run and train on pseudo labels
+    semi = json.loads((out / "runs" / "unet-semi-bce-f005-d0" / "config.json").read_text())
+    assert semi["init_from"].endswith("unet-supervised-bce-f005-d0/best.pt") and semi["pseudo_labels"]
+    # finished runs are not redone; a run without its marker is resumed
+    stamp = (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns
+    (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
+    meta = experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
+    assert (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns == stamp
+    assert (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
+    assert len(meta["invocations"]) == 2 and not meta["invocations"][-1]["failed"]

@@ -1,0 +1,83 @@
+"""neoseg-infer driven as a user would, and the runtime without torch installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import nibabel as nib
+import pytest
+from typer.testing import CliRunner
+
+from neoseg.cli.infer import app
+from neoseg.data.dhcp import find_sessions
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dataset, tmp_path_factory):
+    from neoseg.benchmarks.toy import toy_onnx
+
+    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
+
+
+@pytest.fixture(scope="module")
+def scans(tiny_dataset):
+    return [s.t2 for s in find_sessions(tiny_dataset)[4:6]]
+
+
+def test_infer_writes_results_and_reports_the_backend(model, scans, tmp_path):
+    result = runner.invoke(app, [*map(str, scans), "-m", str(model), "-o", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert "backend: onnxruntime" in result.output and "[CPUExecutionProvider]" in result.output
+    for scan in scans:
+        name = scan.name.replace("_desc-restore_T2w.nii.gz", "")
+        dseg = nib.load(tmp_path / f"{name}_desc-neoseg_dseg.nii.gz")
+        assert dseg.shape == nib.load(scan).shape and (tmp_path / f"{name}_desc-neoseg_mask.nii.gz").is_file()
+        assert f"{scan.name}: " in result.output and "network" in result.output
+    # nothing is overwritten unasked, and the refusal comes before any work
+    before = (tmp_path / dseg.get_filename().split("/")[-1]).stat().st_mtime_ns
+    result = runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(tmp_path)])
+    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+    assert (tmp_path / dseg.get_filename().split("/")[-1]).stat().st_mtime_ns == before
+    result = runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(tmp_path), "--overwrite", "--batch", "5",
+                                 "--backend", "ort-cpu", "--probabilities"])
+    assert result.exit_code == 0, result.output
+    assert any(p.name.endswith("_desc-neoseg_probseg.nii.gz") for p in tmp_path.iterdir())
+
+
+def test_user_errors_are_one_line(model, scans, tmp_path):
+    cases = [
+        (["--backend", "ort-cuda"], "CUDAExecutionProvider"),
+        (["--backend", "tensorrt"], "runs a TensorRT engine"),
+        (["--backend", "torch-cuda"], "runs a .pt checkpoint"),
+    ]
+    for extra, message in cases:
+        result = runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(tmp_path), *extra])
+        assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+    twin = tmp_path / "twin" / scans[0].name
+    twin.parent.mkdir()
+    twin.write_bytes(scans[0].read_bytes())
+    result = runner.invoke(app, [str(scans[0]), str(twin), "-m", str(model), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "would both write" in result.output
+    result = runner.invoke(app, [str(scans[0]), "-m", str(scans[1]), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "unknown model file" in result.output
+
+
+BLOCK = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+
+
+def test_runtime_runs_without_torch_or_onnx(model, scans, tmp_path):
+    """What a scanner-side install has: numpy, scipy, nibabel, typer, onnxruntime."""
+    code = BLOCK + ("from neoseg.cli.infer import main; "
+                    f"sys.argv = ['neoseg-infer', {str(scans[0])!r}, '-m', {str(model)!r}, '-o', {str(tmp_path)!r}]; "
+                    "main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "backend: onnxruntime" in done.stdout and any(tmp_path.glob("*_desc-neoseg_dseg.nii.gz"))
+    # and the torch backend says what is missing instead of failing obscurely
+    code = BLOCK + ("from neoseg.runtime.backends import open_backend; "
+                    f"open_backend({str(model.with_suffix('.pt'))!r}, 'torch-cpu')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0 and "torch is not installed: pip install 'neoseg[train]'" in done.stderr

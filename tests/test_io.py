@@ -1,0 +1,64 @@
+import gzip
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neoseg.core import io
+
+
+def test_parallel_gzip_nifti_reads_back_identically(tmp_path, monkeypatch):
+    monkeypatch.setattr(io, "GZIP_CHUNK", 1000)  # many gzip members even for a small image
+    data = (np.arange(30 * 20 * 10 * 3) % 7).reshape(30, 20, 10, 3).astype(np.uint8)
+    img = nib.Nifti1Image(data, np.diag([0.5, 0.7, 2.0, 1.0]))
+    path = io.save_nifti(img, tmp_path / "m.nii.gz")
+    back = nib.load(path)
+    assert np.array_equal(np.asanyarray(back.dataobj), data)
+    assert np.allclose(back.affine, img.affine) and back.header.get_data_dtype() == np.uint8
+    raw, reference = gzip.decompress(path.read_bytes()), img.to_bytes()  # as an uncompressed .nii
+    assert len(raw) == len(reference) and raw[352:] == reference[352:]
+
+
+@pytest.mark.parametrize("layout", ["channels-last view", "3d int16 with input scaling"])
+def test_fast_path_writes_what_nibabel_writes(tmp_path, monkeypatch, layout):
+    monkeypatch.setattr(io, "GZIP_CHUNK", 500)
+    rng = np.random.default_rng(1)
+    if layout == "channels-last view":  # as the runtime hands its masks over: a non-contiguous view
+        data = np.moveaxis(rng.integers(0, 2, (4, 9, 8, 7), dtype=np.uint8), 0, -1)
+    else:
+        data = rng.integers(-5, 300, (9, 8, 7)).astype(np.int16)
+    header = nib.Nifti1Header()
+    header.set_data_dtype(data.dtype)
+    header.set_slope_inter(2.0, 1.0)  # copied from an input scan: must not rescale our labels
+    img = nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0]), header)
+    io.write_nifti(img, tmp_path / "fast.nii.gz")
+    back = nib.load(tmp_path / "fast.nii.gz")
+    assert np.array_equal(np.asanyarray(back.dataobj), data) and back.dataobj.slope == 1.0
+    assert back.header.get_data_dtype() == data.dtype and back.shape == data.shape
+    reference = tmp_path / "ref.nii.gz"
+    nib.Nifti1Image(data, img.affine, header).to_filename(str(reference))
+    assert np.array_equal(np.asanyarray(nib.load(reference).dataobj), data)
+
+
+def test_output_files_get_ordinary_permissions(tmp_path):
+    import os
+    import stat
+
+    path = io.write_text(tmp_path / "a.txt", "x")
+    expected = 0o666 & ~io._umask()
+    assert stat.S_IMODE(os.stat(path).st_mode) == expected
+
+
+def test_atomic_write_never_overwrites_unasked_and_leaves_no_partial_file(tmp_path):
+    target = tmp_path / "out.txt"
+    target.write_text("mine")
+    with pytest.raises(io.OutputExistsError, match="--overwrite"):
+        io.write_text(target, "new")
+    assert target.read_text() == "mine"
+    with pytest.raises(RuntimeError):
+        with io.atomic_path(tmp_path / "half.nii.gz") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("crash while writing")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
+    io.write_text(target, "new", overwrite=True)
+    assert target.read_text() == "new"

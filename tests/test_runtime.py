@@ -1,0 +1,193 @@
+"""The torch-free runtime: geometry, restack order, orientation and spacing round trips, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neoseg.core.io import OutputExistsError
+from neoseg.core.preprocess import box_center, foreground_profiles, head_box, head_center
+from neoseg.data.dhcp import find_sessions
+from neoseg.runtime import geometry
+from neoseg.runtime.backends import Backend, BackendUnavailable, OrtBackend, open_backend
+from neoseg.runtime.files import output_paths, segment_file, stem
+from neoseg.runtime.pipeline import Segmenter
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dataset, tmp_path_factory):
+    from neoseg.benchmarks.toy import toy_onnx
+
+    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
+
+
+@pytest.fixture(scope="module")
+def scan(tiny_dataset):
+    return find_sessions(tiny_dataset)[5].t2
+
+
+# ---- geometry ------------------------------------------------------------------------------
+def test_head_box_centre_is_the_training_head_centre():
+    rng = np.random.default_rng(1)
+    for _ in range(3):
+        vol = rng.normal(0, 0.01, (20, 24, 18)).astype(np.float32)
+        lo = rng.integers(0, 6, 3)
+        vol[lo[0]:lo[0] + 9, lo[1]:lo[1] + 7, lo[2]:lo[2] + 5] += 1
+        profiles = foreground_profiles(vol)
+        assert box_center(head_box(profiles), vol.shape) == head_center(vol)
+        vol[0, 0, 0] = 1  # a stray bright voxel widens the plain box, not the head's
+        assert head_box(foreground_profiles(vol), 0.1) == tuple((a, a + k - 1) for a, k in zip(lo, (9, 7, 5)))
+
+
+def test_resize_linear_keeps_the_field_of_view():
+    ramp = np.arange(8, dtype=np.float32)[:, None, None] * np.ones((1, 3, 2), np.float32)
+    up = geometry.resize_linear(ramp, (16, 3, 2))
+    assert up.shape == (16, 3, 2)
+    # voxel edges aligned: fine centres at (k + 0.5) / 2 - 0.5 in coarse voxels, borders clamped
+    np.testing.assert_allclose(up[1:-1, 0, 0], (np.arange(1, 15) + 0.5) / 2 - 0.5, atol=1e-6)
+    np.testing.assert_allclose(geometry.resize_linear(up, (8, 3, 2))[1:-1], ramp[1:-1], atol=1e-6)  # interior
+
+
+# ---- restack order -------------------------------------------------------------------------
+ROOT_VALUES = [1, 4, 5, 6, 8, 9]  # drawem9 channels without parent
+
+
+class SliceIndexBackend(Backend):
+    """A fake network whose output names the slice it was given: a slice whose head square holds
+    the value (i + 1) / n (after min-max scaling) is labelled ROOT_VALUES[i % 6] inside the square, outside elsewhere."""
+
+    def __init__(self, info, n_slices):
+        self.info, self.n, self.name, self.batch = info, n_slices, "slice-index", 3
+        self.calls = []
+
+    def run(self, x):
+        self.calls.append(x.shape)
+        names = self.info.hierarchy.names
+        out = np.full((len(x), len(names)) + x.shape[2:], -10.0, np.float32)
+        for k, sl in enumerate(x[:, 0]):
+            i = int(round(sl.max() * self.n)) - 1
+            value = ROOT_VALUES[i % len(ROOT_VALUES)]
+            channel = next(c for c, ch in enumerate(self.info.hierarchy.channels) if ch.value == value)
+            out[k, channel][sl > 0] = 10.0
+            out[k, names.index("unlabelled")][sl == 0] = 10.0
+        return out
+
+
+def test_restack_puts_every_slice_back_where_it_came_from(model):
+    info = OrtBackend(model).info  # axis 0, 32^2 slices
+    n = 30
+    image = np.zeros((n, 40, 36), np.float32)
+    for i in range(3, n - 3):  # the head: slices 3..26, a 10 x 12 square off the array centre
+        image[i, 22:32, 4:16] = i + 1
+    backend = SliceIndexBackend(info, int(image.max()))  # min-max scaling divides by the largest value
+    labels = Segmenter(backend, crop_plane=True).predict(image)[0].labels
+    for i in range(n):
+        expected = np.zeros((40, 36), np.uint8)
+        if 3 <= i < n - 3:
+            expected[22:32, 4:16] = ROOT_VALUES[i % len(ROOT_VALUES)]
+        assert np.array_equal(labels[i], expected), f"slice {i}"
+    # only the head's slices (with a margin) were computed, in batches of 3, on a cropped plane
+    assert sum(shape[0] for shape in backend.calls) == n
+    assert all(shape[2] < 32 or shape[3] < 32 for shape in backend.calls)
+
+
+# ---- orientation and spacing ---------------------------------------------------------------
+def _reoriented(img: nib.Nifti1Image, codes: str) -> nib.Nifti1Image:
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                           nib.orientations.axcodes2ornt(tuple(codes)))
+    return img.as_reoriented(ornt)
+
+
+def test_same_scan_in_another_axis_order_gives_the_same_segmentation(model, scan, tmp_path):
+    img = nib.load(scan)
+    other = _reoriented(img, "PIL")
+    nib.save(other, tmp_path / "other_T2w.nii.gz")
+    runner = Segmenter(open_backend(model))
+    paths_a, _ = segment_file(scan, runner, tmp_path / "a")
+    paths_b, _ = segment_file(tmp_path / "other_T2w.nii.gz", runner, tmp_path / "b")
+    a, b = nib.load(paths_a["dseg"]), nib.load(paths_b["dseg"])
+    assert b.shape == other.shape and np.allclose(b.affine, other.affine)  # the input's own grid
+    assert np.array_equal(np.asarray(_reoriented(b, "RAS").dataobj), np.asarray(a.dataobj))
+    ma, mb = nib.load(paths_a["mask"]), nib.load(paths_b["mask"])
+    assert np.array_equal(np.asarray(_reoriented(mb, "RAS").dataobj), np.asarray(ma.dataobj))
+    assert len(np.unique(np.asarray(a.dataobj))) > 3  # a real segmentation, not a constant
+
+
+def test_scan_at_another_spacing_is_segmented_on_its_own_grid(model, scan, tmp_path):
+    img = nib.load(scan)  # 2 mm, as the model
+    data = geometry.resize_linear(np.asarray(img.dataobj, np.float32), tuple(2 * n for n in img.shape))
+    fine = nib.Nifti1Image(data, img.affine @ np.diag([0.5, 0.5, 0.5, 1]))
+    runner = Segmenter(open_backend(model))
+    coarse_seg = runner.segment(np.asarray(img.dataobj), img.affine, img.header.get_zooms())
+    fine_seg = runner.segment(data, fine.affine, fine.header.get_zooms())
+    assert fine_seg.labels.shape == data.shape
+    nearest = coarse_seg.labels.repeat(2, 0).repeat(2, 1).repeat(2, 2)
+    assert (fine_seg.labels == nearest).mean() > 0.9
+
+
+# ---- decoding and outputs ------------------------------------------------------------------
+def test_thresholds_on_logits_equal_thresholds_on_probabilities(model):
+    runner = Segmenter(open_backend(model))
+    logits = np.random.default_rng(0).normal(0, 3, (4, 11, 5, 5)).astype(np.float32)
+    probs = 1 / (1 + np.exp(-logits.astype(np.float64)))
+    decoded = runner.decode(logits, 1, probabilities=True)
+    h = runner.info.hierarchy
+    assert np.array_equal(decoded.masks, h.masks(probs, runner.info.thresholds, 1))
+    assert np.array_equal(decoded.labels, h.to_labels(probs, 1))
+    np.testing.assert_allclose(decoded.probs, probs, atol=1e-6)
+
+
+def test_outputs_are_named_typed_and_written_all_or_nothing(model, scan, tmp_path):
+    runner = Segmenter(open_backend(model))
+    paths, seg = segment_file(scan, runner, tmp_path, probabilities=True)
+    assert paths["dseg"].name == "sub-T05_ses-1_desc-neoseg_dseg.nii.gz"
+    dseg, mask, prob = (nib.load(paths[k]) for k in ("dseg", "mask", "probseg"))
+    img = nib.load(scan)
+    assert dseg.get_data_dtype() == np.uint8 and dseg.shape == img.shape and np.allclose(dseg.affine, img.affine)
+    assert mask.get_data_dtype() == np.uint8 and mask.shape == img.shape + (11,)
+    assert set(np.unique(np.asarray(dseg.dataobj))) <= set(range(10))
+    p = prob.get_fdata()
+    assert p.min() >= 0 and p.max() <= 1.0001
+    agree = (p >= 0.5) == np.asarray(mask.dataobj).astype(bool)
+    assert agree.mean() > 0.999  # up to uint8 rounding right at the threshold
+    sidecar = json.loads(paths["sidecar"].read_text())
+    assert sidecar["Channels"][-1] == "tcv" and "onnxruntime" in sidecar["Model"]["backend"]
+    with pytest.raises(OutputExistsError):
+        segment_file(scan, runner, tmp_path)
+
+    class Broken(Backend):
+        info, name, batch = runner.info, "broken", 4
+
+        def run(self, x):
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        segment_file(scan, Segmenter(Broken()), tmp_path / "new")
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+
+
+def test_output_stem_keeps_bids_entities():
+    assert stem("sub-1_ses-2_desc-restore_T2w.nii.gz") == "sub-1_ses-2"
+    assert stem("scan.nii.gz") == "scan" and stem("sub-1_T2w.nii") == "sub-1"
+    assert set(output_paths("a_T2w.nii.gz", "o")) == {"dseg", "mask", "sidecar"}
+
+
+# ---- backends ------------------------------------------------------------------------------
+def test_backends_never_fall_back_silently(model, monkeypatch):
+    import onnxruntime as ort
+
+    assert "CPUExecutionProvider" in open_backend(model, "auto").name
+    with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
+        open_backend(model, "ort-cuda")
+    with pytest.raises(ValueError, match="engine"):
+        open_backend(model, "tensorrt")
+    # ORT drops a provider that fails to load and carries on on CPU: that must be an error
+    real = ort.InferenceSession
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    monkeypatch.setattr(ort, "InferenceSession",
+                        lambda path, options, providers: real(path, options, providers=["CPUExecutionProvider"]))
+    with pytest.raises(BackendUnavailable, match="did not activate CUDAExecutionProvider"):
+        open_backend(model, "ort-cuda")
