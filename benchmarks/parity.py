@@ -40,6 +40,18 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str) -> dict:
 
 
 def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", log=print) -> dict:
+    """Per-structure Dice of every runtime path against strict-FP32 torch and against the truth."""
+    import torch
+
+    tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict FP32 reference
+    try:
+        return _run(ckpt, sessions, engine, device, log)
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
     import torch
 
     from neoseg.export.onnx_export import export_onnx

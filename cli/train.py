@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -61,6 +62,9 @@ def train(
     grid: Annotated[Optional[int], typer.Option(help="Built-in cohort: voxels per side over 128 mm.")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Slice cache folder (default OUT/cache).")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
+    prior_bias: Annotated[Optional[bool], typer.Option("--prior-bias/--no-prior-bias",
+                                                       help="Start output biases at the labels' prior odds "
+                                                       "(default on in the cpu profile; not in the paper).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in OUT.")] = False,
@@ -78,10 +82,12 @@ def train(
             reduction=reduction.value if reduction else None, full_fraction=full_fraction, draw=draw, epochs=epochs,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cache=str(cache) if cache else None,
-            max_minutes=max_minutes, seed=seed, device=device)
+            max_minutes=max_minutes, prior_bias=prior_bias, seed=seed, device=device)
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid
         result = run(config, out, resume=resume, progress=not quiet)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
+        return
     typer.echo(f"\nTest evaluation (best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}):\n")
     typer.echo(result.table)
     typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, "

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -54,8 +53,28 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return Path(path)
 
 
+try:  # ISA-L: the same gzip format, several times faster to write and read
+    from isal import igzip as gzip_codec
+    from isal import isal_zlib as zlib
+except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
+    import gzip as gzip_codec
+    import zlib
+
 GZIP_CHUNK = 8 << 20  # bytes compressed per thread and gzip member
 GZIP_LEVEL = 1  # nibabel's own default: large label volumes compress well even at level 1
+
+
+def load_nifti(path: str | Path):
+    """Load a NIfTI file fully into memory (``.nii.gz`` decompressed with ISA-L when present)."""
+    import nibabel as nib
+
+    path = Path(path)
+    if path.suffix != ".gz":
+        return nib.load(str(path))
+    raw = gzip_codec.decompress(path.read_bytes())
+    nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))  # sizeof_hdr
+    kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
+    return kind.from_bytes(raw)
 
 
 def write_nifti(img, path: str | Path, threads: int | None = None) -> None:

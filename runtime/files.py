@@ -10,7 +10,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_path, check_writable, write_nifti
+from neoseg.core.io import atomic_path, check_writable, load_nifti, write_nifti
 
 from .pipeline import Segmentation, Segmenter
 
@@ -44,7 +44,7 @@ def load_scan(path: str | Path) -> nib.Nifti1Image:
     if not path.is_file():
         raise ValueError(f"scan {path} does not exist")
     try:
-        img = nib.load(str(path))
+        img = load_nifti(path)
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for unreadable files
         raise ValueError(f"{path} is not a readable NIfTI file ({e})") from None
     if len(img.shape) == 4 and img.shape[3] == 1:

@@ -72,6 +72,25 @@ def test_missing_pseudo_labels_and_mismatched_init_are_clear_errors(tiny_dataset
               progress=False)
 
 
+# ------------------------------------------------------------------------------ prior bias
+def test_prior_bias_estimates_hidden_children_through_their_parent():
+    from neoseg.train.dataset import SliceDataset
+    from neoseg.train.loop import set_prior_bias
+    from neoseg.train.models import create_model
+    from neoseg.train.volumes import SliceStack
+
+    image = np.zeros((1, 2, 2), np.float16)
+    full = SliceStack(None, image, np.array([[[2, 3], [7, 4]]], np.uint8), (1.0, 1.0, 1.0))
+    partial = SliceStack(None, image, np.array([[[2, 2], [0, 0]]], np.uint8), (1.0, 1.0, 1.0))  # -> tcv, tcv, 0, 0
+    model = create_model("unet", 1, len(H), widths=[8, 16])
+    set_prior_bias(model, SliceDataset([full, partial], H, [False, True]))
+    p = torch.sigmoid(model.head.bias).detach().numpy()
+    assert p[TCV] == pytest.approx(5 / 8)  # 3 of 4 full voxels, 2 of 4 partial ones
+    for child in (CGM, WM, DGM):  # p(tcv) x p(child | tcv) on the full slices, not 1 of 6 observed entries
+        assert p[child] == pytest.approx(5 / 8 / 3)
+    assert p[H.index("unlabelled")] == pytest.approx(2 / 8) and p[H.index("background")] == pytest.approx(1 / 8)
+
+
 # ------------------------------------------------------------------------------ sampler
 def test_sharded_batches_split_the_single_process_batches():
     single = list(ShardedBatches(21, 8, torch.Generator().manual_seed(3)))
@@ -121,7 +140,8 @@ def test_anova_and_marks_follow_the_paper():
 def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     profile = dataclasses.replace(
         experiments.PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
-        batch_size=8, epochs={"unet": 1, "segformer": 1}, steps_per_epoch=2, patience=1, fractions=(0.05,), draws=1, workers=1, threads=1)
+        batch_size=8, epochs={"unet": 1, "segformer": 1}, steps_per_epoch=2, patience=1, fractions=(0.05,), draws=1, workers=1,
+        threads=1, extra_budget=2, fewer_draws={})
     out = tmp_path / "exp"
     experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     planned = experiments.plan(profile)
@@ -144,3 +164,12 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     assert (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns == stamp
     assert (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
     assert len(meta["invocations"]) == 2 and not meta["invocations"][-1]["failed"]
+
+
+def test_command_line_lists_the_profiles():
+    from typer.testing import CliRunner
+
+    result = CliRunner().invoke(experiments.app, ["--help"])
+    assert result.exit_code == 0 and "paper" in result.output and "--only" in result.output
+    result = CliRunner().invoke(experiments.app, ["--out", "x", "--profile", "gpu"])
+    assert result.exit_code == 2

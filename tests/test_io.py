@@ -62,3 +62,14 @@ def test_atomic_write_never_overwrites_unasked_and_leaves_no_partial_file(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.txt"]
     io.write_text(target, "new", overwrite=True)
     assert target.read_text() == "new"
+
+
+def test_load_nifti_reads_gzip_members_and_plain_files(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.int16).reshape(4, 5, 6)
+    img = nib.Nifti1Image(data, np.diag([1.0, 2.0, 3.0, 1.0]))
+    io.save_nifti(img, tmp_path / "a.nii.gz")
+    img.to_filename(str(tmp_path / "b.nii"))
+    nib.Nifti2Image(data, img.affine).to_filename(str(tmp_path / "c.nii.gz"))
+    for name in ("a.nii.gz", "b.nii", "c.nii.gz"):
+        back = io.load_nifti(tmp_path / name)
+        assert np.array_equal(np.asanyarray(back.dataobj), data) and np.allclose(back.affine, img.affine), name

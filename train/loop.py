@@ -18,6 +18,7 @@ import math
 import os
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,8 @@ def init_ranks(device: torch.device) -> tuple[Ranks, bool]:
     if created:
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        # the long timeout covers the final barrier, while rank 0 evaluates the test set
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(hours=3))
     return Ranks(dist.get_rank(), dist.get_world_size()), created
 
 
@@ -248,18 +250,28 @@ def _load_initial_weights(model: torch.nn.Module, config: TrainConfig, hierarchy
 
 
 def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset) -> None:
-    """Set the output layer's biases to log(p / (1 - p)), p = each channel's fraction of 1s among
-    its observed (not unknown) target entries over every training slice."""
+    """Set the output layer's biases to log(p / (1 - p)), p = each channel's prior over the training
+    slices. A channel's p is its fraction of 1s among its observed (not unknown) target entries,
+    except for children: partially labelled slices hide them exactly where their parent is present,
+    so that fraction underestimates them; a child's p is p(parent) x p(child | parent), the latter
+    counted on the fully labelled slices (the same number as the plain fraction when all are full)."""
     table = dataset.table.astype(np.int64)
-    counts = np.zeros(len(table), np.int64)
+    every, full = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64)
     for stack, partial in zip(dataset.stacks, dataset.partial):
         values = np.bincount(np.asarray(stack.labels).ravel(), minlength=len(table))[: len(table)]
         if partial:
-            values = np.bincount(dataset.coarse_lut, weights=values, minlength=len(table)).astype(np.int64)
-        counts += values
-    positive = (counts[:, None] * (table == 1)).sum(axis=0)
-    observed = (counts[:, None] * (table != hier.UNKNOWN)).sum(axis=0)
-    p = np.clip(positive / np.maximum(observed, 1), 1e-4, 1 - 1e-4)
+            every += np.bincount(dataset.coarse_lut, weights=values, minlength=len(table)).astype(np.int64)
+        else:
+            every += values
+            full += values
+    positive = (every[:, None] * (table == 1)).sum(axis=0)
+    observed = (every[:, None] * (table != hier.UNKNOWN)).sum(axis=0)
+    p = positive / np.maximum(observed, 1)
+    full_positive = (full[:, None] * (table == 1)).sum(axis=0)
+    for parent, kids in dataset.hierarchy.sibling_groups:  # top-down
+        if full_positive[parent] > 0:
+            p[kids] = p[parent] * full_positive[kids] / full_positive[parent]
+    p = np.clip(p, 1e-4, 1 - 1e-4)
     channels = table.shape[1]
     heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None
              and getattr(m, "out_channels", getattr(m, "out_features", None)) == channels]
@@ -279,7 +291,9 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     device = resolve_device(config.device)
     ranks, created_group = init_ranks(device)
     try:
-        return _train(config, out, resume, progress and ranks.main, split, device, ranks)
+        result = _train(config, out, resume, progress and ranks.main, split, device, ranks)
+        ranks.barrier()  # while rank 0 evaluates, the others wait: none leaves the group early
+        return result
     finally:
         if created_group:
             torch.distributed.destroy_process_group()

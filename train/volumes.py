@@ -13,7 +13,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_path
+from neoseg.core.io import atomic_path, load_nifti
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
 from neoseg.data.dhcp import Session
 
@@ -21,7 +21,7 @@ SLICE_MARGIN = 2  # empty slices kept on each side of the labelled ones
 
 
 def load_canonical(path: Path, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]:
-    img = nib.as_closest_canonical(nib.load(str(path)))
+    img = nib.as_closest_canonical(load_nifti(path))
     data = np.asanyarray(img.dataobj)
     if data.ndim == 4 and data.shape[-1] == 1:
         data = data[..., 0]
