@@ -249,7 +249,7 @@ class Hierarchy:
             where = node == parent
             if where.any():
                 node[where] = np.asarray(kids)[np.argmax(probs[kids][:, where], axis=0)]
-        values = np.array([c.value if c.value is not None else 0 for c in self.channels], np.int16)
+        values = np.array([c.value if c.value is not None else 0 for c in self.channels], np.int32)
         return values[node]
 
 

@@ -101,7 +101,7 @@ def compare_engine(engine_path, onnx_path, info: ModelInfo, x: np.ndarray) -> Pa
 
     ref_backend, engine = OrtBackend(Path(onnx_path), "ort-cpu"), TensorRTBackend(Path(engine_path))
     ref = np.concatenate([ref_backend.run(x[i:i + 8]) for i in range(0, len(x), 8)])
-    got = engine.run(x)
+    got = np.concatenate([engine.run(x[i:i + engine.max_batch]) for i in range(0, len(x), engine.max_batch)])
     t, h = info.logit_thresholds, info.hierarchy
     dice = agreement(h.masks(got, t, 1), h.masks(ref, t, 1), h.names, axis=1)
     return ParityReport("ONNX Runtime FP32", engine.name, len(x), float(np.abs(got - ref).max()), dice)

@@ -49,18 +49,22 @@ class Segmentation:
 
 class Segmenter:
     """Runs a backend over volumes. ``batch`` defaults to the backend's. ``skip_empty`` computes
-    only the slices that hold head (the others are "outside"; each slice is computed on its own,
-    so this changes no computed slice). ``crop_plane`` also cuts each slice to the head's box:
+    only the slices that hold head: planes with at least ``HEAD_SHARE`` of the fullest plane's
+    foreground, plus ``MARGIN``; the others are set to "outside" (slices are computed one by one,
+    so the computed ones do not change, but a structure reaching into a skipped plane is cut
+    there; the parity benchmark measures it). ``crop_plane`` also cuts each slice to the head's box:
     faster for a small head in a large field of view, but the network then sees less context at
     the cut, which changes results there; off by default."""
 
     def __init__(self, backend: Backend, batch: int | None = None, skip_empty: bool = True,
                  crop_plane: bool = False):
-        self.backend, self.info = backend, backend.info
-        self.batch = batch or backend.batch
-        self.skip_empty, self.crop_plane = skip_empty, crop_plane
         if batch is not None and batch < 1:
             raise ValueError(f"--batch must be at least 1, got {batch}")
+        self.backend, self.info = backend, backend.info
+        if batch is not None:
+            backend.batch = batch  # backends that size buffers or CUDA graphs by it use the same
+        self.batch = backend.batch
+        self.skip_empty, self.crop_plane = skip_empty, crop_plane
         if backend.fixed_size not in (None, self.info.slice_size):
             raise ValueError(f"{backend.name} runs {backend.fixed_size}^2 slices but the model's slice size is "
                              f"{self.info.slice_size}")

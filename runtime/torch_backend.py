@@ -83,7 +83,7 @@ class TorchBackend(Backend):
             node = roots[logits.index_select(1, roots).argmax(1)]
             for parent, kids in groups:
                 node = torch.where(node == parent, kids[logits.index_select(1, kids).argmax(1)], node)
-            labels = values[node].to(torch.uint8 if int(values.max()) <= 255 else torch.int16)
+            labels = values[node].to(torch.uint8 if int(values.max()) <= 255 else torch.int32)
             return labels.cpu().numpy(), masks.cpu().numpy()
 
     def _logits(self, x: np.ndarray):

@@ -86,6 +86,10 @@ class Ranks:
         """Elementwise sum over ranks (float64 on the CPU of this process)."""
         values = values.detach().to("cpu", torch.float64)
         if self.world > 1:
+            if torch.distributed.get_backend() == "nccl":  # NCCL reduces CUDA tensors only
+                on_gpu = values.to(torch.device("cuda", torch.cuda.current_device()))
+                torch.distributed.all_reduce(on_gpu)
+                return on_gpu.cpu()
             torch.distributed.all_reduce(values)
         return values
 

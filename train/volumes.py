@@ -18,6 +18,7 @@ from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_
 from neoseg.data.dhcp import Session
 
 SLICE_MARGIN = 2  # empty slices kept on each side of the labelled ones
+CACHE_VERSION = 2  # bump when preprocessing changes, so that older stacks are rebuilt
 
 
 def load_canonical(path: Path, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -45,7 +46,7 @@ class VolumeCache:
         self.folder, self.axis, self.size = Path(folder), axis, size
 
     def _key(self, session: Session) -> str:
-        ident = [self.axis, self.size]
+        ident = [CACHE_VERSION, self.axis, self.size]
         for p in (session.t2, session.labels):
             st = p.stat()
             ident += [str(p.resolve()), st.st_size, st.st_mtime_ns]
