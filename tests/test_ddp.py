@@ -17,13 +17,16 @@ from neoseg.train import checkpoint
 from neoseg.train.config import TrainConfig
 
 SCRIPT = """
+import os
 import sys
 import torch
 torch.set_num_threads(1)
 from neoseg.train.config import TrainConfig
 from neoseg.train.loop import train
 result = train(TrainConfig.from_json(open(sys.argv[1]).read()), sys.argv[2], progress=False)
-print("RANK-ROWS", len(result.rows))
+# one file per rank: lines printed by two processes to one pipe can interleave
+with open(f"{sys.argv[2]}.rank{os.environ.get('RANK', '0')}.rows", "w") as f:
+    f.write(str(len(result.rows)))
 """
 
 
@@ -45,8 +48,8 @@ def test_two_gloo_processes_train_like_one(tiny_dataset, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # rank 0 evaluated and wrote; rank 1 returned no rows and wrote nothing twice
-    assert sorted(line for line in ddp.stdout.splitlines() if line.startswith("RANK-ROWS")) == \
-        ["RANK-ROWS 0", f"RANK-ROWS {11 * 1}"]
+    rows = [(tmp_path / f"two.rank{r}.rows").read_text() for r in (0, 1)]
+    assert rows == [str(11 * 1), "0"]
     one, two = _metrics(tmp_path / "one" / "metrics.csv"), _metrics(tmp_path / "two" / "metrics.csv")
     assert [r["epoch"] for r in two] == ["1"]
     for a, b in zip(one, two):
