@@ -24,7 +24,6 @@ import csv
 import dataclasses
 import json
 import logging
-import os
 import platform
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -35,6 +34,8 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from . import common
 
 log = logging.getLogger("neoseg.experiments")
 
@@ -347,19 +348,8 @@ def collect_results(out: Path, runs: list[RunSpec]) -> list[dict]:
 
 
 def machine() -> dict:
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cpu": cpu, "cores": len(os.sched_getaffinity(0)), "gpu": gpu, "torch": torch.__version__,
-            "python": platform.python_version(), "system": f"{platform.system()} {platform.release()}"}
+    """The shared benchmark description of this machine, plus the operating system."""
+    return {**common.machine(), "system": f"{platform.system()} {platform.release()}"}
 
 
 # ---------------------------------------------------------------------------------------- CLI

@@ -244,7 +244,12 @@ class Hierarchy:
         then descend into the most probable child until a leaf; write that leaf's value."""
         probs = np.moveaxis(probs, axis, 0)
         roots = self.roots
-        node = np.asarray(roots)[np.argmax(probs[roots], axis=0)]
+        return self.descend(np.asarray(roots)[np.argmax(probs[roots], axis=0)], probs)
+
+    def descend(self, node: np.ndarray, probs: np.ndarray) -> np.ndarray:
+        """From channel indices ``node`` (...) down to leaves: wherever a node is a parent, take its
+        most probable child (``probs`` (C, ...)), group by group, top-down (``node`` is updated in
+        place); return the leaves' label values."""
         for parent, kids in self.sibling_groups:
             where = node == parent
             if where.any():

@@ -66,12 +66,7 @@ def correct_with_parent(probs: np.ndarray, partial_labels: np.ndarray, hierarchy
     if (node < 0).any():
         bad = np.unique(partial_labels[node < 0]).tolist()
         raise ValueError(f"partial label map holds values {bad} that hierarchy '{hierarchy.name}' does not name")
-    for parent, kids in hierarchy.sibling_groups:  # top-down, so a chosen child that is a parent descends further
-        where = node == parent
-        if where.any():
-            node[where] = np.asarray(kids)[np.argmax(probs[kids][:, where], axis=0)]
-    values = np.array([c.value if c.value is not None else 0 for c in hierarchy.channels], np.int64)
-    return values[node]
+    return hierarchy.descend(node, probs)
 
 
 def write_pseudo_labels(supervised_checkpoint: str | Path, sessions: list[Session], out: str | Path,
