@@ -1,21 +1,31 @@
 """The paper's experiments from one command (Tables 1-3, Figure 4, Appendix A)::
 
-    python -m neoseg.benchmarks.experiments --profile cpu --out runs/experiments
+    python -m neoseg.benchmarks.experiments --out runs/experiments             # the headline cells
+    python -m neoseg.benchmarks.experiments --out runs/experiments --grid full # Tables 1-3, Appendix A
 
-Runs (paper section 5.1): fully labelled fractions 2/5/10 % of the training subjects, five random
-draws of them per fraction, plus one 100 % reference; model kinds
+The default profile ``cpu`` is the paper's protocol at 2 mm: every model trains for the same maximum
+number of epochs over *its own* training set (the supervised model: the fully labelled subjects;
+IUC and the other partial-label losses: every training subject; the semi-supervised fine-tuning:
+every subject, with pseudo labels), with early stopping on the validation loss, keeping the
+best-validation weights. ``equal-steps`` is the earlier CPU protocol (the same number of optimizer
+steps for every run, 4 mm), kept as an ablation; ``paper`` is the paper's full scale, for GPUs.
 
-* supervised: BCE on the fully labelled subjects only (U-Net: 2/5/10 % and 100 %),
+Runs (paper section 5.1): fully labelled fractions of the training subjects, random draws of them
+per fraction, plus one 100 % reference; model kinds
+
+* supervised: BCE on the fully labelled subjects only,
 * semi-supervised: the supervised model of the same fraction and draw pseudo-labels the partially
-  labelled scans (corrected with the known parent), then is fine-tuned on all of them (2/5/10 %),
-* ours: IUC (2/5/10 %), HUC, WEIGHT, WNORM (2/5 %), and IUC with the ``observed`` reduction (2 %),
-* SegFormer-B0: supervised, semi-supervised and IUC (2/5 %).
+  labelled scans (corrected with the known parent), then is fine-tuned on all of them,
+* ours: IUC; in the full grid also HUC, WEIGHT, WNORM (2/5 %) and IUC with the ``observed`` reduction,
+* SegFormer-B0 (full grid): supervised, semi-supervised and IUC (2/5 %).
 
-Every run lives in ``OUT/runs/<name>/`` (a ``neoseg-train`` run folder) and is finished when its
-``done.json`` exists; an interrupted command continues where it stopped (finished runs are kept,
-an interrupted one resumes from its last epoch). At the end ``OUT/results.csv`` (tidy: one row per
-run, test session and structure) is rebuilt from the finished runs and ``OUT/REPORT.md`` with its
-figure is written by :mod:`neoseg.benchmarks.report`.
+The headline grid is 2 %: supervised, semi-supervised and IUC over the profile's draws, plus the
+100 % reference. Every run lives in ``OUT/runs/<name>/`` (a ``neoseg-train`` run folder) and is
+finished when its ``done.json`` exists; an interrupted command continues where it stopped (finished
+runs are kept, an interrupted one resumes from its last epoch, with the same result as an
+uninterrupted run). At the end ``OUT/results.csv`` (tidy: one row per run, test session and
+structure) is rebuilt from the finished runs and ``OUT/REPORT.md`` with its figure is written by
+:mod:`neoseg.benchmarks.report`.
 """
 
 from __future__ import annotations
@@ -73,10 +83,12 @@ class RunSpec:
 
 @dataclass(frozen=True)
 class Profile:
-    """Scale of the experiment. Steps, not epochs, set the budget when ``steps_per_epoch`` is set,
-    so a model trained on 1 subject and one trained on 40 get the same number of optimizer steps."""
+    """Scale and protocol of the experiment. Epochs over each run's own training set set the budget
+    (the paper's protocol), unless ``steps_per_epoch`` is set: then a model trained on 1 subject and
+    one trained on 40 get the same number of optimizer steps (the ``equal-steps`` ablation)."""
 
     name: str
+    protocol: str  # one line for the report
     cohort_subjects: int
     cohort_grid: int
     slice_size: dict  # per model
@@ -96,12 +108,38 @@ class Profile:
     extra_observed: bool = True  # IUC with reduction=observed at 2 %, the named option of method.md
     extra_budget: int | None = None  # IUC at 2 % once more with this many times the steps
     fewer_draws: dict = field(default_factory=dict)  # "segformer" / "budget": draws for those runs, if fewer
+    grid: str = "full"  # headline: 2 % supervised / semi / IUC + the 100 % reference; full: Tables 1-3
     notes: list[str] = field(default_factory=list)
 
 
+EQUAL_EPOCHS = ("equal epochs: every model trains for at most the same number of epochs over its own training set, "
+                "with early stopping on the validation loss; the best-validation weights are kept")
+
 PROFILES = {
     "cpu": Profile(
-        name="cpu", cohort_subjects=40, cohort_grid=32, slice_size={"unet": 32, "segformer": 32},
+        name="cpu", protocol=EQUAL_EPOCHS, cohort_subjects=40, cohort_grid=64,
+        slice_size={"unet": 64, "segformer": 64}, widths=[8, 16, 32, 64, 128], batch_size=16,
+        epochs={"unet": 30, "segformer": 30}, steps_per_epoch=None, patience=10, prior_bias=True,
+        draws=3, workers=2, threads=1, grid="headline",
+        notes=["built-in cohort of 40 subjects (52 sessions; 32 training, 4 validation, 4 test subjects) on a "
+               "64^3 grid of 2 mm voxels, instead of ~250 subjects at 256^3 of 0.5 mm; 2 % of 32 training "
+               "subjects is 1 subject (the paper: 4 of about 200)",
+               "2D sagittal slices of 64^2 (the paper: 256^2); U-Net widths 8-16-32-64-128 (half the paper's)",
+               "Adam 5e-3 and batch 16 (the paper: batch 32); at most 30 epochs with early stopping after 10 "
+               "epochs without a lower validation loss (the paper: 200 and 30), the same for every model over "
+               "its own training set: the supervised model's epoch is the fully labelled subject's slices, an "
+               "IUC epoch every training slice",
+               "the semi-supervised fine-tuning gets the same epoch budget again, starting from the supervised "
+               "model",
+               "output biases start at the training labels' log prior odds (`prior_bias`, not in the paper; the "
+               "same for every model); a child's prior is p(parent) x p(child | parent), the latter from the "
+               "fully labelled slices",
+               "3 draws of the fully labelled subject (the paper: 5); the full grid (`--grid full`) adds "
+               "5 % and 10 %, HUC, WEIGHT, WNORM and SegFormer-B0 under the same protocol"]),
+    "equal-steps": Profile(
+        name="equal-steps", protocol="equal steps: every run gets the same number of optimizer steps, whatever "
+                                     "the size of its training set (an ablation, not the paper's protocol)",
+        cohort_subjects=40, cohort_grid=32, slice_size={"unet": 32, "segformer": 32},
         widths=[8, 16, 32, 64], batch_size=8, epochs={"unet": 10, "segformer": 6}, steps_per_epoch=50,
         patience=10, prior_bias=True, max_minutes=2.0, deadline_minutes=38.0, extra_budget=16,
         fewer_draws={"segformer": 3, "budget": 3}, workers=2, threads=1,
@@ -124,7 +162,7 @@ PROFILES = {
                "a run stops after 2 min of training (x16 for the 16x runs; a guard for a loaded machine; the epochs "
                "each run trained are in its metrics.csv); no run is started after 38 min"]),
     "paper": Profile(
-        name="paper", cohort_subjects=250, cohort_grid=256, slice_size={"unet": 256, "segformer": 256},
+        name="paper", protocol=EQUAL_EPOCHS, cohort_subjects=250, cohort_grid=256, slice_size={"unet": 256, "segformer": 256},
         widths=[16, 32, 64, 128, 256], batch_size=32, epochs={"unet": 200, "segformer": 200}, steps_per_epoch=None,
         patience=30, workers=1,
         notes=["the paper's protocol: 250 subjects (200 training: 2 % = 4 fully labelled), 256^3 volumes at "
@@ -134,6 +172,24 @@ PROFILES = {
 
 
 def plan(profile: Profile) -> list[RunSpec]:
+    """The runs of the profile's grid, in the order they are started."""
+    if profile.grid == "headline":
+        return plan_headline(profile)
+    return plan_full(profile)
+
+
+def plan_headline(profile: Profile) -> list[RunSpec]:
+    """2 %: supervised, IUC and semi-supervised per draw, plus the 100 % reference. The long runs
+    (over every training subject) come first, so that two workers finish close together."""
+    fraction, draws = profile.fractions[0], range(profile.draws)
+    runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
+    runs += [RunSpec("unet", "supervised", "bce", fraction, d) for d in draws]
+    for d in draws:
+        runs += [RunSpec("unet", "partial", "iuc", fraction, d), RunSpec("unet", "semi", "bce", fraction, d)]
+    return runs
+
+
+def plan_full(profile: Profile) -> list[RunSpec]:
     """The run grid of the paper's Tables 1-3 and Appendix A, in the order they are started."""
     fractions, draws = profile.fractions, range(profile.draws)
     low = [f for f in fractions if f <= 0.05]
@@ -217,7 +273,8 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     with (run_dir / "metrics.csv").open(newline="") as f:
         epochs = len(list(csv.DictReader(f)))
     record = {"run": spec.name, "seconds": round(time.monotonic() - began, 1), "best_epoch": result.best_epoch,
-              "epochs": epochs, "best_val_loss": result.best_val_loss, **dataclasses.asdict(spec)}
+              "epochs": epochs, "stopped_by": result.stopped_by, "best_val_loss": result.best_val_loss,
+              **dataclasses.asdict(spec)}
     (run_dir / "done.json").write_text(json.dumps(record, indent=2))
     return record
 
@@ -251,6 +308,7 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
     began, started_at = time.monotonic(), datetime.now(timezone.utc)
     meta_path = out / "experiment.json"
     meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {"profile": profile.name, "invocations": []}
+    meta["grid"] = profile.grid
     if meta["profile"] != profile.name:
         raise ValueError(f"{out} holds a '{meta['profile']}' experiment; use --profile {meta['profile']} or another --out")
     data, sessions = prepare_data(profile, out, data, progress)
@@ -262,6 +320,11 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
     log.info("%s: %d runs in the grid, %d finished, %d to run", out, len(runs), len(done), len(todo))
     gpus = _gpu_count() if device == "cuda" else 0
     workers = workers or (max(gpus, 1) if device == "cuda" else profile.workers)
+    if todo:
+        passes = sum(slice_passes(r, profile, sessions, out / "cache") for r in todo)
+        rate = calibrate(profile, device)
+        log.info("estimated time: at most %.0f min (%.2g slice passes at %.0f slices/s per run, %d runs at once; "
+                 "early stopping usually ends runs sooner)", passes / rate / workers / 60, passes, rate, workers)
     with ProcessPoolExecutor(workers, mp_context=_spawn(), initializer=_init_worker,
                              initargs=(profile.threads,)) as pool:
         running, slots = {}, {}  # future -> spec; future -> GPU index (runs spread over the GPUs)
@@ -315,6 +378,51 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
     return meta
 
 
+def slice_passes(spec: RunSpec, profile: Profile, sessions, cache: Path) -> float:
+    """Training slices one run processes at most (its epoch cap), plus its validation passes at a
+    third of the cost (no backward pass); the pseudo-labelling of a semi-supervised run is left out."""
+    from neoseg.data.splits import make_split
+    from neoseg.train.volumes import VolumeCache
+
+    split = make_split(sessions, spec.fraction, seed=0, draw=spec.draw)
+    stacks = VolumeCache(cache, 0, profile.slice_size[spec.model])
+    count = lambda ss: sum(len(stacks.get(s).image) for s in ss)  # noqa: E731
+    own = [s for s in split.train if spec.kind != "supervised" or split.is_full(s)]
+    per_epoch = profile.steps_per_epoch * profile.batch_size if profile.steps_per_epoch else count(own)
+    return profile.epochs[spec.model] * spec.budget * (per_epoch + count(split.val) / 3)
+
+
+def calibrate(profile: Profile, device: str, steps: int = 3) -> float:
+    """Training slices per second of one run (U-Net, the profile's batch, slice size and threads)."""
+    import torch
+
+    from neoseg.core.hierarchy import builtin
+    from neoseg.train.losses import make_loss
+    from neoseg.train.models import create_model
+
+    threads = torch.get_num_threads()
+    if profile.threads and device == "cpu":
+        torch.set_num_threads(profile.threads)
+    try:
+        hierarchy = builtin()
+        model = create_model("unet", 1, len(hierarchy), widths=list(profile.widths)).to(device)
+        optimizer, loss = torch.optim.Adam(model.parameters()), make_loss("iuc", hierarchy)
+        size, n = profile.slice_size["unet"], profile.batch_size
+        image = torch.rand(n, 1, size, size, device=device)
+        target = torch.randint(0, 3, (n, len(hierarchy), size, size), dtype=torch.uint8, device=device)
+        for i in range(steps + 1):
+            if i == 1:  # the first step warms up
+                began = time.perf_counter()
+            optimizer.zero_grad()
+            loss(model(image), target).backward()
+            optimizer.step()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return steps * n / (time.perf_counter() - began)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _gpu_count() -> int:
     import torch
 
@@ -358,14 +466,24 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 class ProfileName(str, Enum):
     cpu = "cpu"
+    equal_steps = "equal-steps"
     paper = "paper"
+
+
+class GridName(str, Enum):
+    headline = "headline"
+    full = "full"
 
 
 @app.command()
 def main(
     out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (runs, results.csv, REPORT.md).")],
-    profile: Annotated[ProfileName, typer.Option(help="cpu: about 30 min on 2 cores (at most 45); paper: the paper's "
-                                                 "scale, for GPU machines.")] = ProfileName.cpu,
+    profile: Annotated[ProfileName, typer.Option(help="cpu: the paper's protocol (equal epochs, early stopping) at "
+                                                 "2 mm, for 2 CPU cores; equal-steps: the equal-step ablation at 4 mm; "
+                                                 "paper: the paper's scale, for GPU machines.")] = ProfileName.cpu,
+    grid: Annotated[Optional[GridName], typer.Option(help="headline: 2 % supervised / semi-supervised / IUC and the "
+                                                     "100 % reference; full: Tables 1-3 and Appendix A (5 and 10 %, "
+                                                     "HUC, WEIGHT, WNORM, SegFormer-B0). Default: the profile's.")] = None,
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                  help="dHCP-layout dataset; default: the built-in cohort.")] = None,
     device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
@@ -382,6 +500,8 @@ def main(
         chosen = PROFILES[profile.value]
         if draws is not None:
             chosen = dataclasses.replace(chosen, draws=draws)
+        if grid is not None:
+            chosen = dataclasses.replace(chosen, grid=grid.value)
         from neoseg.train.loop import resolve_device
 
         meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet)

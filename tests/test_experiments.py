@@ -105,8 +105,25 @@ def test_sharded_batches_split_the_single_process_batches():
 
 
 # ------------------------------------------------------------------------------ the grid and the report
-def test_plan_is_the_papers_grid():
+def test_headline_plan_is_two_percent_and_the_reference():
     runs = experiments.plan(experiments.PROFILES["cpu"])
+    count = Counter((r.kind, r.loss, r.fraction) for r in runs)
+    assert count == {("supervised", "bce", 1.0): 1, ("supervised", "bce", 0.02): 3, ("partial", "iuc", 0.02): 3,
+                     ("semi", "bce", 0.02): 3}
+    names = [r.name for r in runs]
+    assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
+    full = experiments.plan(dataclasses.replace(experiments.PROFILES["cpu"], grid="full"))
+    assert set(names) < {r.name for r in full}  # the headline runs are the full grid's, so a folder can grow
+
+
+def test_equal_epoch_protocol_has_no_step_budget_or_time_guard():
+    cpu = experiments.PROFILES["cpu"]
+    assert cpu.steps_per_epoch is None and cpu.max_minutes is None and cpu.deadline_minutes is None
+    assert cpu.cohort_grid == 64 and cpu.slice_size["unet"] == 64 and cpu.patience < cpu.epochs["unet"]
+
+
+def test_plan_is_the_papers_grid():
+    runs = experiments.plan(experiments.PROFILES["equal-steps"])
     count = Counter((r.model, r.kind, r.loss, r.reduction) for r in runs if r.budget == 1)
     assert count[("unet", "supervised", "bce", "mean")] == 16  # 3 fractions x 5 draws + the 100 % reference
     assert count[("unet", "semi", "bce", "mean")] == 15
@@ -139,9 +156,9 @@ def test_anova_and_marks_follow_the_paper():
 
 def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     profile = dataclasses.replace(
-        experiments.PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        experiments.PROFILES["equal-steps"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
         batch_size=8, epochs={"unet": 1, "segformer": 1}, steps_per_epoch=2, patience=1, fractions=(0.05,), draws=1, workers=1,
-        threads=1, extra_budget=2, fewer_draws={})
+        threads=1, extra_budget=2, fewer_draws={}, deadline_minutes=None)
     out = tmp_path / "exp"
     experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     planned = experiments.plan(profile)
@@ -173,3 +190,32 @@ def test_command_line_lists_the_profiles():
     assert result.exit_code == 0 and "paper" in result.output and "--only" in result.output
     result = CliRunner().invoke(experiments.app, ["--out", "x", "--profile", "gpu"])
     assert result.exit_code == 2
+
+
+def test_headline_runner_on_the_equal_epoch_protocol(tiny_dataset, tmp_path):
+    profile = dataclasses.replace(
+        experiments.PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        batch_size=8, epochs={"unet": 2, "segformer": 2}, patience=1, fractions=(0.25,), draws=1, workers=1)
+    out = tmp_path / "exp"
+    experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
+    runs = out / "runs"
+    assert {p.name for p in runs.iterdir()} == {r.name for r in experiments.plan(profile)}
+    sup = json.loads((runs / "unet-supervised-bce-f025-d0" / "split.json").read_text())
+    iuc = json.loads((runs / "unet-partial-iuc-f025-d0" / "split.json").read_text())
+    assert sup["fully_labelled"] == iuc["fully_labelled"] and sup["test"] == iuc["test"]
+    assert {k.split("_")[0] for k in sup["trained_on"]} == {f"sub-{s}" for s in sup["fully_labelled"]}
+    assert len(iuc["trained_on"]) > len(sup["trained_on"])
+    for record in map(json.loads, (p.read_text() for p in runs.glob("*/done.json"))):
+        assert record["stopped_by"] in ("early stopping", "epoch cap") and record["epochs"] <= 2
+    text = (out / "REPORT.md").read_text()
+    assert "equal epochs" in text and "How the runs ended" in text and "Table 3" not in text
+
+
+def test_slice_passes_count_each_runs_own_training_set(tiny_dataset, tmp_path):
+    profile = dataclasses.replace(experiments.PROFILES["cpu"], slice_size={"unet": 32}, epochs={"unet": 2})
+    sessions = find_sessions(tiny_dataset)
+    experiments.prepare_data(dataclasses.replace(profile, slice_size={"unet": 32}), tmp_path, tiny_dataset, False)
+    sup, iuc = (experiments.slice_passes(experiments.RunSpec("unet", kind, loss, 0.25, 0), profile, sessions,
+                                         tmp_path / "cache") for kind, loss in (("supervised", "bce"), ("partial", "iuc")))
+    assert 0 < sup < iuc
+    assert experiments.calibrate(dataclasses.replace(profile, widths=[8, 16], batch_size=2), "cpu", steps=1) > 0

@@ -86,3 +86,39 @@ def test_checkpoint_refuses_arbitrary_pickles(tmp_path):
 def test_bad_slice_size_is_a_clear_error(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="divisible by 16"):
         train(tiny_config(tiny_dataset, slice_size=40, widths=[8, 16, 32, 64, 128]), tmp_path / "r", progress=False)
+
+
+def test_bce_with_partial_labels_is_the_supervised_baseline(tiny_dataset, tmp_path):
+    """--loss bce --full-fraction F trains on the fully labelled subjects only, with the very split
+    and draw of an IUC run of the same fraction, draw and seed."""
+    sup = train(tiny_config(tiny_dataset, loss="bce", epochs=1, draw=1), tmp_path / "sup", progress=False)
+    iuc = train(tiny_config(tiny_dataset, loss="iuc", epochs=1, draw=1), tmp_path / "iuc", progress=False)
+    s_split, i_split = (json.loads((r.out / "split.json").read_text()) for r in (sup, iuc))
+    assert s_split["fully_labelled"] == i_split["fully_labelled"] and s_split["test"] == i_split["test"]
+    assert {k.split("_")[0] for k in s_split["trained_on"]} == {f"sub-{s}" for s in s_split["fully_labelled"]}
+    assert len(i_split["trained_on"]) == len(i_split["train"]) > len(s_split["trained_on"])
+    stored = TrainConfig.from_json((sup.out / "config.json").read_text())
+    assert stored.train_subjects == s_split["fully_labelled"]
+    assert [r["structure"] for r in sup.rows] == [r["structure"] for r in iuc.rows]  # same test evaluation
+
+
+def test_early_stopping_keeps_the_best_epoch_and_resume_gives_the_same_run(tiny_dataset, tmp_path):
+    config = tiny_config(tiny_dataset, epochs=12, patience=1, lr=0.02)
+    straight = train(config, tmp_path / "straight", progress=False)
+    with (straight.out / "metrics.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["val_loss"]) for r in rows]
+    best = losses.index(min(losses)) + 1
+    assert straight.stopped_by == "early stopping" and len(rows) == best + config.patience < config.epochs
+    assert straight.best_epoch == best == checkpoint.load(straight.out / "best.pt").state["epoch"]
+    # the same run interrupted after 2 epochs and resumed ends identically
+    out = tmp_path / "interrupted"
+    train(tiny_config(tiny_dataset, epochs=2, patience=1, lr=0.02), out, progress=False)
+    stored = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**stored, "epochs": 12}))
+    resumed = train(config, out, resume=True, progress=False)
+    assert (resumed.best_epoch, resumed.stopped_by) == (straight.best_epoch, straight.stopped_by)
+    wa = checkpoint.load(out / "best.pt").model.state_dict()
+    wb = checkpoint.load(straight.out / "best.pt").model.state_dict()
+    assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
+    assert [r["dice"] for r in resumed.rows] == [r["dice"] for r in straight.rows]

@@ -54,6 +54,7 @@ class RunResult:
     best_val_loss: float
     rows: list[dict]  # test evaluation, one per session and structure
     table: str  # markdown summary of ``rows``
+    stopped_by: str = "epoch cap"  # or "early stopping", "time budget"
 
 
 def resolve_device(name: str) -> torch.device:
@@ -317,6 +318,15 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
 
     if split is None:
         split = make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
+    if config.loss == "bce" and config.pseudo_labels is None and config.train_subjects is None \
+            and any(not split.is_full(s) for s in split.train):
+        from .baselines import supervised_config
+
+        config = supervised_config(config, split)  # the paper's supervised baseline: fully labelled subjects only
+        if ranks.main:
+            write_text(out / "config.json", config.to_json(), overwrite=True)
+        log.info("loss bce with %g %% fully labelled: the supervised baseline, trained on the %d fully labelled "
+                 "subject(s) only", 100 * config.full_fraction, len(config.train_subjects))
     train_sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
     if not train_sessions:
         raise ValueError("no training sessions left; check --train-subjects")
@@ -325,7 +335,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         train_sessions = _with_pseudo_labels(train_sessions, partial, config.pseudo_labels)
         partial = [False] * len(train_sessions)
     if ranks.main:
-        write_text(out / "split.json", _split_json(split), overwrite=True)
+        write_text(out / "split.json", _split_json(split, train_sessions), overwrite=True)
 
     model = create_model(config.model, 1, len(hierarchy), **config.model_kwargs())
     if config.slice_size % input_divisor(model):
@@ -382,13 +392,15 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
                  else "", len(split.val), len(split.test), len(train_set), config.slice_size, device,
                  f" x {ranks.world} processes" if ranks.world > 1 else "")
     metrics_path = out / "metrics.csv"
-    began = time.monotonic()
+    began, stopped_by = time.monotonic(), "epoch cap"
     for epoch in range(start, config.epochs + 1):
         if epoch - best_epoch > config.patience and best_epoch > 0:
             log.info("early stop: no validation improvement for %d epochs", config.patience)
+            stopped_by = "early stopping"
             break
         if config.max_minutes is not None and ranks.any((time.monotonic() - began) / 60 > config.max_minutes):
             log.info("time budget of %.1f min reached", config.max_minutes)
+            stopped_by = "time budget"
             break
         t0 = time.monotonic()
         train_loss, _ = run_epoch(model, train_loader, loss_fn, device, optimizer, progress,
@@ -412,7 +424,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
                  val_loss, val_dice, " *" if improved else "", time.monotonic() - t0)
 
     if not ranks.main:
-        return RunResult(out, best_epoch, best_loss, [], "")
+        return RunResult(out, best_epoch, best_loss, [], "", stopped_by)
     if not best_path.is_file():
         raise RuntimeError(f"no epoch finished, so {best_path} was never written; raise --epochs or --max-minutes")
     best = checkpoint.load(best_path, map_location=str(device))
@@ -422,7 +434,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     table = report(rows)
     write_text(out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']})\n\n"
                f"{table}\n", overwrite=True)
-    return RunResult(out, best.state["epoch"], best.state["best_val_loss"], rows, table)
+    return RunResult(out, best.state["epoch"], best.state["best_val_loss"], rows, table, stopped_by)
 
 
 def _append_metrics(path: Path, row: dict) -> None:
@@ -444,9 +456,10 @@ def _truncate_metrics(path: Path, start: int) -> None:
             _append_metrics(path, row)
 
 
-def _split_json(split: Split) -> str:
+def _split_json(split: Split, trained_on: list[Session]) -> str:
     import json
 
     names = lambda ss: sorted({s.subject for s in ss})  # noqa: E731
     return json.dumps({"train": names(split.train), "val": names(split.val), "test": names(split.test),
-                       "fully_labelled": sorted(split.fully_labelled)}, indent=2)
+                       "fully_labelled": sorted(split.fully_labelled),
+                       "trained_on": sorted(s.key for s in trained_on)}, indent=2)
