@@ -256,7 +256,8 @@ def test_cli_threshold_errors_are_one_line_and_write_nothing(big_run, tmp_path):
 
     _, out = big_run
     model = tmp_path / "model.onnx"
-    done = runner.invoke(export_app, [str(out / "best.pt"), "-o", str(model), "--thresholds", "1", "--verify-scans", "0"])
+    done = runner.invoke(export_app, [str(out / "best.pt"), "-o", str(model), "--thresholds", "1",
+                                      "--verify-scans", "0"])
     assert done.exit_code == 2 and "outside [1e-06, 0.999999]" in done.output and len(done.output.splitlines()) == 1
     assert not model.exists()
     done = runner.invoke(eval_app, [str(out / "best.pt"), "--thresholds", "0", "-q"])
