@@ -92,7 +92,7 @@ class ModelInfo:
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{source}: incomplete neoseg metadata ({type(e).__name__}: {e}); re-export it") from None
         except ValueError as e:
-            raise ValueError(f"{source}: {e}; re-export it (neoseg-export --thresholds sets thresholds)") from None
+            raise ValueError(f"{source}: {e}; re-export the model with neoseg-export") from None
 
 
 def parse_thresholds(text: str | None, n: int, default: float = 0.5) -> tuple[float, ...]:
