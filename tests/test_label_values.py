@@ -184,6 +184,23 @@ def test_values_above_255_and_32767_from_label_file_to_neoseg_infer(big_run, big
         assert np.mean(labels == expected) > 0.99, backend
 
 
+@pytest.mark.slow
+def test_pseudo_label_maps_keep_values_above_255(big_run, big_dataset, tmp_path):
+    from neoseg.train.baselines import write_pseudo_labels
+    from neoseg.train.loop import pseudo_label_path
+
+    _, out = big_run
+    root, hierarchy_file = big_dataset
+    session = find_sessions(root)[1]  # stored as int32
+    write_pseudo_labels(out / "best.pt", [session], tmp_path)
+    img = nib.load(pseudo_label_path(tmp_path, session))
+    assert img.get_data_dtype() == np.uint16
+    pseudo, truth = np.asarray(img.dataobj).astype(np.int64), file_labels(session.labels)
+    inside = np.isin(truth, [1044, 40000, 44])  # tcv: the model picks the child
+    assert np.isin(pseudo[inside], [1044, 40000, 44]).all() and np.array_equal(pseudo[~inside], truth[~inside])
+    assert {1044, 40000} <= set(np.unique(pseudo[inside]).tolist())
+
+
 # ---- unnamed values are reported before training ------------------------------------------------
 def test_unnamed_label_values_are_reported_by_file_before_training(tmp_path):
     from neoseg.train.loop import train
