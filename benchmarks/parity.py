@@ -58,7 +58,7 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train import checkpoint
     from neoseg.train.evaluate import predict_volume
-    from neoseg.train.volumes import load_canonical
+    from neoseg.train.volumes import load_canonical, load_labels
 
     loaded = checkpoint.load(ckpt)
     info = info_from_checkpoint(loaded)
@@ -71,8 +71,8 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
     vs_truth = {name: [] for name in [REFERENCE, *runners]}
     for s in sessions:
         image, img = load_canonical(s.t2, np.float32)
-        labels, _ = load_canonical(s.labels)
-        truth = (h.encode(np.asarray(labels, np.int64)) == 1)
+        labels, _ = load_labels(s.labels)
+        truth = (h.encode(labels) == 1)
         with torch.no_grad():
             ref = h.masks(predict_volume(model, image, h, info.axis, info.slice_size, device=device), info.thresholds)
         vs_truth[REFERENCE].append(agreement(ref, truth, h.names))

@@ -16,7 +16,7 @@ from neoseg.data.dhcp import Session
 from neoseg.train import checkpoint
 from neoseg.train.config import TrainConfig
 from neoseg.train.models import create_model
-from neoseg.train.volumes import load_canonical
+from neoseg.train.volumes import load_canonical, load_labels
 
 
 def training_slices(sessions: list[Session], axis: int, size: int) -> tuple[np.ndarray, np.ndarray, tuple]:
@@ -24,10 +24,10 @@ def training_slices(sessions: list[Session], axis: int, size: int) -> tuple[np.n
     images, labels, spacings = [], [], []
     for s in sessions:
         image, img = load_canonical(s.t2, np.float32)
-        label, _ = load_canonical(s.labels)
+        label, _ = load_labels(s.labels)
         windows = plane_windows(image.shape, axis, size, head_center(image))
         images.append(to_slices(minmax_scale(image), axis, windows))
-        labels.append(to_slices(np.asarray(label, np.uint8), axis, windows))
+        labels.append(to_slices(label, axis, windows))
         spacings.append(img.header.get_zooms()[:3])
     return np.concatenate(images)[:, None], np.concatenate(labels), tuple(np.median(spacings, axis=0).tolist())
 

@@ -40,3 +40,16 @@ def parse_ints(text: str | None, what: str) -> list[int] | None:
     if not values:
         raise ValueError(f"{what} is empty")
     return values
+
+
+def parse_floats(text: str | None, what: str) -> float | list[float] | None:
+    """'0.5' -> 0.5, '0.5,0.4' -> [0.5, 0.4]; None stays None."""
+    if text is None:
+        return None
+    try:
+        values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"{what} must be one number or comma-separated numbers like 0.5,0.4, got '{text}'") from None
+    if not values:
+        raise ValueError(f"{what} is empty")
+    return values[0] if len(values) == 1 else values

@@ -21,6 +21,8 @@ def evaluate(
                                                   "default test, or all with --data.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write per-volume rows to this CSV.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+    thresholds: Annotated[Optional[str], typer.Option(help="One value or one per channel, comma-separated, in "
+                                                      "[1e-6, 1 - 1e-6]; default: the checkpoint's.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
@@ -35,12 +37,15 @@ def evaluate(
             check_writable(out, overwrite)
         from neoseg.data.dhcp import find_sessions
         from neoseg.data.splits import make_split
+        from neoseg.runtime.model import parse_thresholds
         from neoseg.train import checkpoint as ckpt
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
         from neoseg.train.loop import dataset_sessions, resolve_device
 
         loaded = ckpt.load(checkpoint)
         config = loaded.config
+        chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds \
+            else loaded.state.get("thresholds", config.thresholds)
         if data is not None:
             sessions = find_sessions(data)
         else:
@@ -50,7 +55,7 @@ def evaluate(
             sessions = list(getattr(split, subset))
         dev = resolve_device(device)
         rows = evaluate_sessions(loaded.model.to(dev), loaded.hierarchy, sessions, config.axis, config.slice_size,
-                                 dev, progress=not quiet)
+                                 dev, thresholds=chosen, progress=not quiet)
         if out is not None:
             write_rows(out, rows, overwrite)
     typer.echo(report(rows))

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import parse_ints, setup_logging, user_errors
+from .common import parse_floats, parse_ints, setup_logging, user_errors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
@@ -45,6 +45,9 @@ def train(
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                  help="dHCP-layout dataset root; default: built-in synthetic cohort.")] = None,
     hierarchy: Annotated[Optional[str], typer.Option(help="Built-in hierarchy name or JSON file.")] = None,
+    thresholds: Annotated[Optional[str], typer.Option(help="Decision thresholds of the test evaluation (and of "
+                                                      "neoseg-eval/-export): one, or one per channel, "
+                                                      "comma-separated, in [1e-6, 1 - 1e-6]. Default 0.5.")] = None,
     model: Annotated[Optional[Model], typer.Option(help="Network.")] = None,
     widths: Annotated[Optional[str], typer.Option(help="U-Net widths per level, e.g. 16,32,64,128,256.")] = None,
     loss: Annotated[Optional[Loss], typer.Option(help="Loss; iuc is the paper's method, bce the supervised one.")] = None,
@@ -82,7 +85,8 @@ def train(
             reduction=reduction.value if reduction else None, full_fraction=full_fraction, draw=draw, epochs=epochs,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cache=str(cache) if cache else None,
-            max_minutes=max_minutes, prior_bias=prior_bias, seed=seed, device=device)
+            max_minutes=max_minutes, prior_bias=prior_bias, seed=seed, device=device,
+            thresholds=parse_floats(thresholds, "--thresholds"))
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid
         result = run(config, out, resume=resume, progress=not quiet)

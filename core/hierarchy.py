@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .labels import MAX_LABEL_VALUE, label_dtype
+
 UNKNOWN = 2  # target value of an unobserved (child) entry
 
 
@@ -189,6 +191,16 @@ class Hierarchy:
     def label_values(self) -> list[int]:
         return sorted(v for c in self.channels for v in c.values)
 
+    @property
+    def label_dtype(self) -> np.dtype:
+        """The smallest unsigned integer type that holds every label value (uint8 or uint16)."""
+        return label_dtype(max(self.label_values))
+
+    def unnamed(self, values) -> list[int]:
+        """Those of ``values`` (label values found in a map) that no channel names."""
+        known = set(self.label_values)
+        return sorted(int(v) for v in values if int(v) not in known)
+
     # ---- targets ---------------------------------------------------------------------------
     def target_table(self) -> np.ndarray:
         """(max value + 1, C) uint8 lookup: row v is the {0,1,2} target of a voxel labelled v.
@@ -218,10 +230,16 @@ class Hierarchy:
 
     def coarsen(self, labels: np.ndarray, parents: list[str] | None = None) -> np.ndarray:
         """Simulate partial labels: every descendant of each parent takes the parent's value.
-        ``parents`` defaults to every parent that has a label value."""
+        ``parents`` defaults to every parent that has a label value. Returns the hierarchy's
+        :attr:`label_dtype`."""
         chosen = {i for i, _ in self.sibling_groups if self.channels[i].values} if parents is None \
             else {self.index(p) for p in parents}
-        lut = np.arange(max(self.label_values) + 1, dtype=labels.dtype)
+        labels = np.asarray(labels)
+        top = max(self.label_values)
+        if labels.size and (labels.min() < 0 or labels.max() > top):
+            raise ValueError(f"label map holds values outside {self.label_values} "
+                             f"(found {int(labels.min())}..{int(labels.max())}) for hierarchy '{self.name}'")
+        lut = np.arange(top + 1, dtype=self.label_dtype)  # holds every value, whatever the map's type
         bottom_up = [i for i, _ in reversed(self.sibling_groups) if i in chosen]  # so the outermost wins
         for p in bottom_up:
             value = self.channels[p].value
@@ -264,9 +282,10 @@ def _parse_channel(i: int, c: dict) -> Channel:
     if "value" in c and "values" in c:
         raise ValueError(f"hierarchy channel '{c['name']}': give 'value' or 'values', not both")
     raw = c.get("values", [c["value"]] if "value" in c else [])
-    if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 65536
-                                            for v in raw):
-        raise ValueError(f"hierarchy channel '{c['name']}': label values must be integers in 0..65535, got {raw!r}")
+    if not isinstance(raw, list) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                            and 0 <= v <= MAX_LABEL_VALUE for v in raw):
+        raise ValueError(f"hierarchy channel '{c['name']}': label values must be integers in "
+                         f"0..{MAX_LABEL_VALUE}, got {raw!r}")
     children = c.get("children", [])
     if not isinstance(children, list) or not all(isinstance(n, str) for n in children):
         raise ValueError(f"hierarchy channel '{c['name']}': 'children' must be a list of channel names")

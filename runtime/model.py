@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from neoseg.core.hierarchy import Hierarchy
+from neoseg.core.thresholds import check_thresholds
 
 FORMAT = "neoseg-onnx/1"
 INPUT, OUTPUT = "image", "logits"  # graph tensor names: (N, 1, H, W) float32 -> (N, C, H, W) logits
@@ -41,8 +42,7 @@ class ModelInfo:
         if len(self.thresholds) != len(self.hierarchy):
             raise ValueError(f"model metadata: {len(self.thresholds)} thresholds for {len(self.hierarchy)} "
                              f"channels ({', '.join(self.hierarchy.names)}); give one per channel")
-        if not all(0.0 <= t <= 1.0 for t in self.thresholds):
-            raise ValueError(f"model metadata: thresholds must lie in [0, 1], got {list(self.thresholds)}")
+        check_thresholds(self.thresholds, self.hierarchy.names, "model metadata")
         if self.axis not in (0, 1, 2) or self.slice_size % self.divisor:
             raise ValueError(f"model metadata: slice axis {self.axis} / size {self.slice_size} / divisor "
                              f"{self.divisor} are inconsistent")
@@ -91,6 +91,8 @@ class ModelInfo:
                        head_fraction=float(pre["head_fraction"]), flexible=bool(pre.get("flexible", False)))
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{source}: incomplete neoseg metadata ({type(e).__name__}: {e}); re-export it") from None
+        except ValueError as e:
+            raise ValueError(f"{source}: {e}; re-export the model with neoseg-export") from None
 
 
 def parse_thresholds(text: str | None, n: int, default: float = 0.5) -> tuple[float, ...]:
@@ -105,12 +107,12 @@ def parse_thresholds(text: str | None, n: int, default: float = 0.5) -> tuple[fl
         values *= n
     if len(values) != n or not all(math.isfinite(v) for v in values):
         raise ValueError(f"thresholds '{text}': expected one number or {n} comma-separated numbers")
-    return tuple(values)
+    return check_thresholds(values, what=f"thresholds '{text}'")
 
 
 def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) -> ModelInfo:
     """The metadata of a loaded training checkpoint (``neoseg.train.checkpoint.Loaded``);
-    thresholds default to those stored in the checkpoint, else 0.5."""
+    thresholds default to those stored in the checkpoint, else its training config's."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
@@ -119,9 +121,9 @@ def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) ->
         neoseg_version = "unknown"
     config, hierarchy = loaded.config, loaded.hierarchy
     if thresholds is None:
-        thresholds = tuple(loaded.state.get("thresholds", (0.5,) * len(hierarchy)))
-    return ModelInfo(hierarchy=hierarchy, thresholds=tuple(float(t) for t in thresholds), axis=config.axis,
-                     slice_size=config.slice_size, divisor=int(getattr(loaded.model, "divisor", 32)),
+        thresholds = loaded.state.get("thresholds", config.thresholds)
+    return ModelInfo(hierarchy=hierarchy, thresholds=check_thresholds(thresholds, hierarchy.names, "thresholds"),
+                     axis=config.axis, slice_size=config.slice_size, divisor=int(getattr(loaded.model, "divisor", 32)),
                      spacing=tuple(float(s) for s in loaded.spacing), architecture=config.model,
                      version=neoseg_version, config_digest=config.digest(), config=config.to_json(),
                      flexible=config.model == "unet")

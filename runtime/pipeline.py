@@ -217,5 +217,5 @@ def _fit(first: int, last: int, size: int, divisor: int) -> slice:
     return slice(start, start + length)
 
 
-def _label_dtype(info) -> type:
-    return np.uint8 if max(info.hierarchy.label_values) <= 255 else np.uint16
+def _label_dtype(info) -> np.dtype:
+    return info.hierarchy.label_dtype

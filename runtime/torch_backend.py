@@ -66,7 +66,7 @@ class TorchBackend(Backend):
             return self._logits(x).cpu().numpy()
 
     def run_decoded(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Thresholds and the hierarchy's label decoding on the device, so only uint8 labels
+        """Thresholds and the hierarchy's label decoding on the device, so only uint8 (or uint16) labels
         (N, H, W) and masks (N, C, H, W) cross back to the host (12 bytes a voxel fewer than
         float32 logits). Same rules as ``Hierarchy.to_labels`` and ``Hierarchy.masks``."""
         torch = self.torch
@@ -84,7 +84,7 @@ class TorchBackend(Backend):
             for parent, kids in groups:
                 node = torch.where(node == parent, kids[logits.index_select(1, kids).argmax(1)], node)
             labels = values[node].to(torch.uint8 if int(values.max()) <= 255 else torch.int32)
-            return labels.cpu().numpy(), masks.cpu().numpy()
+            return labels.cpu().numpy().astype(self.info.hierarchy.label_dtype, copy=False), masks.cpu().numpy()
 
     def _logits(self, x: np.ndarray):
         torch = self.torch

@@ -26,7 +26,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .evaluate import predict_volume
 from .loop import pseudo_label_path
-from .volumes import load_canonical
+from .volumes import load_canonical, load_labels
 
 log = logging.getLogger("neoseg.train")
 
@@ -84,10 +84,10 @@ def write_pseudo_labels(supervised_checkpoint: str | Path, sessions: list[Sessio
     model, hierarchy, config = loaded.model.to(device), loaded.hierarchy, loaded.config
     for session in tqdm(sessions, desc="pseudo labels", disable=not progress, leave=False):
         image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_canonical(session.labels)
-        partial = hierarchy.coarsen(np.asarray(labels))
+        labels, _ = load_labels(session.labels)
+        partial = hierarchy.coarsen(labels)
         probs = predict_volume(model, image, hierarchy, config.axis, config.slice_size, device=device)
-        pseudo = correct_with_parent(probs, partial, hierarchy).astype(np.uint8)
+        pseudo = correct_with_parent(probs, partial, hierarchy).astype(hierarchy.label_dtype)
         save_nifti(nib.Nifti1Image(pseudo, img.affine), pseudo_label_path(out, session), overwrite=True)
     log.info("wrote %d pseudo label maps to %s", len(sessions), out)
     return Path(out)

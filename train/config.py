@@ -7,6 +7,8 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 
+from neoseg.core.thresholds import check_thresholds
+
 PROFILES = ("cpu", "paper")
 
 
@@ -19,6 +21,8 @@ class TrainConfig:
     cohort_seed: int = 0
     cache: str | None = None  # slice-stack cache folder; None = <out>/cache
     hierarchy: str = "dhcp-drawem9"  # built-in name or JSON file
+    thresholds: float | list[float] = 0.5  # on the sigmoid probability, one or one per channel, in
+    # [1e-6, 1 - 1e-6]: the test evaluation's, and neoseg-eval's and neoseg-export's default
     full_fraction: float = 0.1  # training subjects kept fully labelled; the rest are coarsened
     draw: int = 0  # which random draw of fully labelled subjects
     axis: int = 0  # slice axis of the canonical (RAS+) volume; 0 = sagittal, as the prototype
@@ -45,6 +49,9 @@ class TrainConfig:
     # partially labelled training sessions, used as their full labels (the semi-supervised baseline)
     seed: int = 0
     device: str = "auto"
+
+    def __post_init__(self):
+        check_thresholds(self.thresholds, what="config thresholds")
 
     @classmethod
     def profile(cls, name: str, **overrides) -> "TrainConfig":

@@ -22,7 +22,7 @@ class SliceDataset(Dataset):
             raise ValueError("one partial flag per stack is needed")
         self.stacks, self.partial = stacks, partial
         self.table = hierarchy.target_table()
-        identity = np.arange(len(self.table), dtype=np.uint8)
+        identity = np.arange(len(self.table), dtype=hierarchy.label_dtype)  # every value, none wrapped
         self.coarse_lut = hierarchy.coarsen(identity)
         self.hierarchy = hierarchy
         self.index = [(s, k) for s, stack in enumerate(stacks) for k in range(len(stack.image))]

@@ -12,10 +12,12 @@ from torch import nn
 from neoseg.core import metrics
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import atomic_path
+from neoseg.core.labels import present_values
 from neoseg.core.preprocess import from_slices, head_center, minmax_scale, plane_windows, to_slices
+from neoseg.core.thresholds import check_thresholds
 from neoseg.data.dhcp import Session
 
-from .volumes import load_canonical
+from .volumes import load_canonical, load_labels
 
 
 @torch.no_grad()
@@ -40,17 +42,23 @@ def predict_volume(model: nn.Module, image: np.ndarray, hierarchy: Hierarchy, ax
 def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Session], axis: int, size: int,
                       device: str | torch.device = "cpu", thresholds=0.5, progress: bool = False) -> list[dict]:
     """One row per session and structure: Dice, HD95/HD100 (mm), volume difference; truth is the
-    fully labelled map (parents filled in), prediction the thresholded sigmoid."""
+    fully labelled map (parents filled in), prediction the sigmoid at ``thresholds`` (one, or one
+    per channel, in [1e-6, 1 - 1e-6])."""
     from tqdm import tqdm
 
+    thresholds = np.asarray(check_thresholds(thresholds, hierarchy.names), np.float32)
     table = hierarchy.target_table()
     rows = []
     for session in tqdm(sessions, desc="evaluate", disable=not progress, leave=False):
         image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_canonical(session.labels)
+        labels, _ = load_labels(session.labels)
+        unnamed = hierarchy.unnamed(present_values(labels))
+        if unnamed:
+            raise ValueError(f"{session.labels}: label values {unnamed} are not named by hierarchy "
+                             f"'{hierarchy.name}' (known: {hierarchy.label_values}); pass the matching hierarchy")
         probs = predict_volume(model, image, hierarchy, axis, size, device=device)
         pred = hierarchy.masks(probs, thresholds)
-        truth = (hierarchy.encode(np.asarray(labels, np.int64), table) == 1).astype(np.uint8)
+        truth = (hierarchy.encode(labels, table) == 1).astype(np.uint8)
         spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
         for row in metrics.evaluate_volume(pred, truth, hierarchy.names, spacing):
             rows.append({"subject": session.subject, "session": session.session, "scan_age": session.scan_age,

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import logging
 import math
 import os
@@ -31,6 +32,7 @@ from neoseg.data.dhcp import LABEL_SUFFIX, Session, find_sessions
 from neoseg.data.splits import Split, make_split
 
 from . import checkpoint
+from .checks import check_before_training
 from .config import TrainConfig
 from .dataset import SliceDataset
 from .evaluate import evaluate_sessions, report, write_rows
@@ -352,6 +354,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     val_stacks = [cache.get(s) for s in split.val]
     if ranks.main:
         ranks.barrier()
+    check_before_training(config, hierarchy, train_stacks + val_stacks, list(split.test))
     spacing = tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())
     train_set = SliceDataset(train_stacks, hierarchy, partial)
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))
@@ -412,14 +415,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
             best_loss, best_epoch = val_loss, epoch
         if not ranks.main:
             continue
+        # the row before last.pt: a stop in between reruns this epoch on --resume (dropping the row),
+        # whereas a last.pt without its row would lose the row for good
+        _append_metrics(metrics_path, {"epoch": epoch, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
+                                       "val_dice": f"{val_dice:.4f}", "best": int(improved),
+                                       "seconds": f"{time.monotonic() - t0:.1f}"})
         if improved:
             checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss)
         checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                         best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
                         shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state())
-        _append_metrics(metrics_path, {"epoch": epoch, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
-                                       "val_dice": f"{val_dice:.4f}", "best": int(improved),
-                                       "seconds": f"{time.monotonic() - t0:.1f}"})
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f%s (%.0f s)", epoch, train_loss,
                  val_loss, val_dice, " *" if improved else "", time.monotonic() - t0)
 
@@ -429,7 +434,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         raise RuntimeError(f"no epoch finished, so {best_path} was never written; raise --epochs or --max-minutes")
     best = checkpoint.load(best_path, map_location=str(device))
     rows = evaluate_sessions(best.model.to(device), hierarchy, list(split.test), config.axis, config.slice_size,
-                             device, progress=progress)
+                             device, thresholds=config.thresholds, progress=progress)
     write_rows(out / "evaluation.csv", rows)
     table = report(rows)
     write_text(out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']})\n\n"
@@ -447,13 +452,15 @@ def _append_metrics(path: Path, row: dict) -> None:
 
 
 def _truncate_metrics(path: Path, start: int) -> None:
-    """Drop rows of epochs that the resumed checkpoint does not include."""
+    """Drop rows of epochs that the resumed checkpoint does not include (replacing the file at once)."""
     if path.is_file():
         with path.open(newline="") as f:
             rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start]
-        path.unlink()
-        for row in rows:
-            _append_metrics(path, row)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRICS_FIELDS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, text.getvalue(), overwrite=True)
 
 
 def _split_json(split: Split, trained_on: list[Session]) -> str:

@@ -1,7 +1,8 @@
 """Preprocessed slice stacks on disk, memory-mapped, so 200 subjects of 256^3 never sit in RAM
 as float32. Each session is loaded once, put in canonical (RAS+) orientation, min-max scaled,
 cut into slices along ``axis`` and cropped/padded in-plane to ``size`` around the head; the image
-is stored as float16 and the labels as uint8, as .npy files that ``np.load(mmap_mode='r')`` maps."""
+is stored as float16 and the labels as uint8, or uint16 where a value exceeds 255 (every value in
+0..65535 unchanged), as .npy files that ``np.load(mmap_mode='r')`` maps."""
 
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import nibabel as nib
 import numpy as np
 
 from neoseg.core.io import atomic_path, load_nifti
+from neoseg.core.labels import as_label_map, present_values
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
 from neoseg.data.dhcp import Session
 
 SLICE_MARGIN = 2  # empty slices kept on each side of the labelled ones
-CACHE_VERSION = 2  # bump when preprocessing changes, so that older stacks are rebuilt
+CACHE_VERSION = 3  # bump when preprocessing changes, so that older stacks are rebuilt
 
 
 def load_canonical(path: Path, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]:
@@ -31,12 +33,20 @@ def load_canonical(path: Path, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]
     return (data if dtype is None else data.astype(dtype, copy=False)), img
 
 
+def load_labels(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A label map in canonical orientation as uint8/uint16 (values unchanged); refuses negative,
+    fractional or > 65535 values, naming the file."""
+    data, img = load_canonical(path)
+    return as_label_map(data, path), img
+
+
 @dataclass(frozen=True)
 class SliceStack:
     session: Session
     image: np.ndarray  # (S, size, size) float16 in [0, 1], memory-mapped
-    labels: np.ndarray  # (S, size, size) uint8, memory-mapped
+    labels: np.ndarray  # (S, size, size) uint8 or uint16 (values > 255), memory-mapped
     spacing: tuple[float, float, float]  # canonical voxel size in mm
+    values: tuple[int, ...] = ()  # the label values of the whole file, slices kept or not
 
 
 class VolumeCache:
@@ -59,16 +69,18 @@ class VolumeCache:
             self._build(session, base)
         meta = json.loads(meta_path.read_text())
         return SliceStack(session, np.load(f"{base}.image.npy", mmap_mode="r"),
-                          np.load(f"{base}.labels.npy", mmap_mode="r"), tuple(meta["spacing"]))
+                          np.load(f"{base}.labels.npy", mmap_mode="r"), tuple(meta["spacing"]),
+                          tuple(meta["values"]))
 
     def _build(self, session: Session, base: Path) -> None:
         image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_canonical(session.labels)
+        labels, _ = load_labels(session.labels)
         if labels.shape != image.shape:
             raise ValueError(f"{session.labels}: label map shape {labels.shape} differs from the T2's {image.shape}")
         windows = plane_windows(image.shape, self.axis, self.size, head_center(image))
         image = to_slices(minmax_scale(image), self.axis, windows)
-        labels = to_slices(np.asarray(labels, np.uint8), self.axis, windows)
+        values = present_values(labels)
+        labels = to_slices(labels, self.axis, windows)
         present = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
         keep = slice(max(0, present[0] - SLICE_MARGIN), present[-1] + SLICE_MARGIN + 1) if present.size else slice(0, 0)
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -77,4 +89,4 @@ class VolumeCache:
                 np.save(tmp, array)
         spacing = [float(z) for z in img.header.get_zooms()[:3]]
         with atomic_path(base.with_suffix(".json"), overwrite=True) as tmp:  # written last: marks completion
-            tmp.write_text(json.dumps({"spacing": spacing, "t2": str(session.t2)}))
+            tmp.write_text(json.dumps({"spacing": spacing, "t2": str(session.t2), "values": values}))

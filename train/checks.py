@@ -1,0 +1,43 @@
+"""Checks run once before training, so that a run fails in seconds, not at its first bad batch or
+at the test evaluation hours later."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from neoseg.core.hierarchy import Hierarchy
+from neoseg.core.labels import present_values
+from neoseg.core.thresholds import check_thresholds
+from neoseg.data.dhcp import Session
+
+from .config import TrainConfig
+from .volumes import SliceStack, load_labels
+
+SHOWN_FILES = 5  # files listed by name in an error; the rest are counted
+
+
+def check_before_training(config: TrainConfig, hierarchy: Hierarchy, stacks: list[SliceStack],
+                          test_sessions: list[Session]) -> None:
+    """Refuse thresholds that do not fit the hierarchy's channels, and label maps (of the training
+    and validation ``stacks`` and the test sessions' files) with values the hierarchy does not
+    name, each reported by file and value."""
+    check_thresholds(config.thresholds, hierarchy.names, "config thresholds")
+    found: dict[Path, list[int]] = {Path(s.session.labels): list(s.values) for s in stacks}
+    for session in test_sessions:
+        if Path(session.labels) not in found:
+            found[Path(session.labels)] = present_values(load_labels(session.labels)[0])
+    check_label_values(hierarchy, found)
+
+
+def check_label_values(hierarchy: Hierarchy, found: dict[Path, list[int]]) -> None:
+    """``found``: the label values of each label file. Raises ValueError listing the files whose
+    values ``hierarchy`` does not name, with those values."""
+    bad = {path: hierarchy.unnamed(values) for path, values in found.items()}
+    bad = {path: values for path, values in bad.items() if values}
+    if not bad:
+        return
+    listed = "; ".join(f"{path}: {', '.join(map(str, values))}" for path, values in list(bad.items())[:SHOWN_FILES])
+    more = f"; and {len(bad) - SHOWN_FILES} more files" if len(bad) > SHOWN_FILES else ""
+    raise ValueError(f"{len(bad)} label map(s) hold values that hierarchy '{hierarchy.name}' does not name "
+                     f"(it names {hierarchy.label_values}): {listed}{more}; pass the hierarchy the maps were "
+                     f"labelled with (--hierarchy FILE) or fix the maps")
