@@ -71,7 +71,7 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
     vs_truth = {name: [] for name in [REFERENCE, *runners]}
     for s in sessions:
         image, img = load_canonical(s.t2, np.float32)
-        labels, _ = load_canonical(s.labels)
+        labels, _ = load_canonical(s.labels, labels=True)
         truth = (h.encode(np.asarray(labels, np.int64)) == 1)
         with torch.no_grad():
             ref = h.masks(predict_volume(model, image, h, info.axis, info.slice_size, device=device), info.thresholds)

@@ -24,7 +24,7 @@ def training_slices(sessions: list[Session], axis: int, size: int) -> tuple[np.n
     images, labels, spacings = [], [], []
     for s in sessions:
         image, img = load_canonical(s.t2, np.float32)
-        label, _ = load_canonical(s.labels)
+        label, _ = load_canonical(s.labels, labels=True)
         windows = plane_windows(image.shape, axis, size, head_center(image))
         images.append(to_slices(minmax_scale(image), axis, windows))
         labels.append(to_slices(np.asarray(label, np.uint8), axis, windows))

@@ -84,7 +84,7 @@ def write_pseudo_labels(supervised_checkpoint: str | Path, sessions: list[Sessio
     model, hierarchy, config = loaded.model.to(device), loaded.hierarchy, loaded.config
     for session in tqdm(sessions, desc="pseudo labels", disable=not progress, leave=False):
         image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_canonical(session.labels)
+        labels, _ = load_canonical(session.labels, labels=True)
         partial = hierarchy.coarsen(np.asarray(labels))
         probs = predict_volume(model, image, hierarchy, config.axis, config.slice_size, device=device)
         pseudo = correct_with_parent(probs, partial, hierarchy).astype(np.uint8)

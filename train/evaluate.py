@@ -15,7 +15,7 @@ from neoseg.core.io import atomic_path
 from neoseg.core.preprocess import from_slices, head_center, minmax_scale, plane_windows, to_slices
 from neoseg.data.dhcp import Session
 
-from .volumes import load_canonical
+from .volumes import load_session
 
 
 @torch.no_grad()
@@ -46,8 +46,7 @@ def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Ses
     table = hierarchy.target_table()
     rows = []
     for session in tqdm(sessions, desc="evaluate", disable=not progress, leave=False):
-        image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_canonical(session.labels)
+        image, labels, img = load_session(session)
         probs = predict_volume(model, image, hierarchy, axis, size, device=device)
         pred = hierarchy.masks(probs, thresholds)
         truth = (hierarchy.encode(np.asarray(labels, np.int64), table) == 1).astype(np.uint8)
