@@ -64,6 +64,8 @@ def infer(
             try:
                 paths, seg = segment_file(scan, runner, outdir, overwrite, probabilities)
             except USER_ERRORS as e:  # this scan is refused or failed; the others go on
+                if len(scans) == 1:
+                    raise
                 typer.echo(f"neoseg-infer: error: {e}", err=True)
                 failed.append(scan)
                 continue
@@ -88,3 +90,7 @@ def _as_user_error(*kinds):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -144,11 +144,12 @@ def inspect(path: str | Path, what: str = "scan",
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for unreadable files
         raise ScanError(f"{path} is not a readable NIfTI file ({_one_line(e)}); pass a NIfTI-1 or NIfTI-2 "
                         f".nii, .nii.gz or .hdr/.img file") from None
+    if isinstance(img, nib.AnalyzeImage) and not isinstance(img, nib.Nifti1Pair):
+        raise ScanError(f"{path} is an Analyze 7.5 file, which has no orientation; convert it to NIfTI with its "
+                        f"orientation set (e.g. with the scanner's DICOM converter) and pass the .nii.gz")
     if not isinstance(img, nib.Nifti1Pair):
-        kind = "an Analyze 7.5 file, which has no orientation" if isinstance(img, nib.AnalyzeImage) else \
-            f"read by nibabel as {type(img).__name__}, not NIfTI"
-        raise ScanError(f"{path} is {kind}; convert it to NIfTI with its orientation set (e.g. mri_convert or "
-                        f"nibabel) and pass the .nii.gz")
+        raise ScanError(f"{path} is a {type(img).__name__.removesuffix('Image')} file, not a NIfTI volume; pass "
+                        f"a 3D NIfTI scan (.nii, .nii.gz or a .hdr/.img pair)")
     header = img.header
     shape = tuple(int(n) for n in header.get_data_shape())
     dtype = header.get_data_dtype()
@@ -170,10 +171,10 @@ def _check_partner(path: Path) -> None:
     if not name.endswith(PAIR_EXTENSIONS):
         return
     files = nib.Nifti1Pair.filespec_to_file_map(str(path))
-    for role, other in (("header", "image data"), ("image", "header")):
+    for role, label in (("header", "header"), ("image", "image data")):
         partner = Path(files[role].filename)
         if not partner.exists():
-            raise ScanError(f"{path} is half of a .hdr/.img pair, but its {other} file {partner.name} is missing; "
+            raise ScanError(f"{path} is half of a .hdr/.img pair, but its {label} file {partner.name} is missing; "
                             f"keep the two files together, under the same name")
 
 

@@ -37,7 +37,7 @@ from .dataset import SliceDataset
 from .evaluate import evaluate_sessions, report, write_rows
 from .losses import make_loss
 from .models import create_model, input_divisor
-from .volumes import VolumeCache
+from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
 
@@ -369,6 +369,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         try:
             train_stacks = [cache.get(s) for s in train_sessions]
             val_stacks = [cache.get(s) for s in split.val]
+            for session in split.test:  # checked now, not after hours of training
+                load_session(session)
         except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
             error = e
     ranks.after_main(error)
