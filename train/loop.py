@@ -314,14 +314,16 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     out = Path(out)
     device = resolve_device(config.device)
     ranks, created_group = init_ranks(device)
-    fresh = ranks.main and not resume and not (out.exists() and any(out.iterdir()))
+    existed = out.exists()
+    fresh = ranks.main and not resume and not (existed and (not out.is_dir() or any(out.iterdir())))
     try:
         result = _train(config, out, resume, progress and ranks.main, split, device, ranks)
         ranks.barrier()  # while rank 0 evaluates, the others wait: none leaves the group early
         return result
     except (ValueError, FileExistsError):
-        if fresh and not (out / "last.pt").exists():  # refused before any epoch: leave no run folder behind
-            shutil.rmtree(out, ignore_errors=True)
+        if fresh and out.is_dir() and not (out / "last.pt").exists():  # refused before any epoch: leave nothing
+            for path in list(out.iterdir()) if existed else [out]:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
         raise
     finally:
         if created_group:
