@@ -73,12 +73,18 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
                             f"T2-weighted head scan")
     img = checked.image
     start = time.perf_counter()
-    with atomic_paths(paths, overwrite) as tmp:
-        write_nifti(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"])
-        write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
-        if probabilities:  # stored as uint8 with a scale factor of ~1/255
-            write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
-        tmp["sidecar"].write_text(json.dumps(_sidecar(scan, segmenter, seg, checked), indent=2))
+    try:
+        with atomic_paths(paths, overwrite) as tmp:
+            write_nifti(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"])
+            write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
+            if probabilities:  # stored as uint8 with a scale factor of ~1/255
+                write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
+            tmp["sidecar"].write_text(json.dumps(_sidecar(scan, segmenter, seg, checked), indent=2))
+    except FileExistsError:
+        raise
+    except OSError as e:  # a full disk, a read-only folder: nothing was left behind
+        raise ValueError(f"{checked.path}: its results could not be written to {outdir} ({e.strerror or e}); "
+                         f"check the folder's free space and permissions") from None
     seg.timings["write"] = time.perf_counter() - start
     return paths, seg
 
@@ -101,11 +107,16 @@ def working_bytes(segmenter: Segmenter, probabilities: bool = False):
     return estimate
 
 
-def _set_outside(seg: Segmentation, where: np.ndarray, segmenter: Segmenter) -> None:
-    """Voxels that held no value (NaN, +-Inf) are labelled outside, whatever the network said."""
+def _outside(segmenter: Segmenter) -> tuple[int | None, int]:
+    """The "outside" channel and its label value (0 when the hierarchy has none)."""
     h = segmenter.info.hierarchy
     out_ch = h.outside_channel
-    value = 0 if out_ch is None else h.channels[out_ch].value
+    return out_ch, 0 if out_ch is None else h.channels[out_ch].value
+
+
+def _set_outside(seg: Segmentation, where: np.ndarray, segmenter: Segmenter) -> None:
+    """Voxels that held no value (NaN, +-Inf) are labelled outside, whatever the network said."""
+    out_ch, value = _outside(segmenter)
     seg.labels = np.array(seg.labels)
     seg.labels[where] = value
     seg.masks = np.array(seg.masks)
@@ -120,10 +131,7 @@ def _set_outside(seg: Segmentation, where: np.ndarray, segmenter: Segmenter) -> 
 
 
 def _empty(seg: Segmentation, segmenter: Segmenter) -> bool:
-    h = segmenter.info.hierarchy
-    out_ch = h.outside_channel
-    value = 0 if out_ch is None else h.channels[out_ch].value
-    return not np.any(seg.labels != value)
+    return not np.any(seg.labels != _outside(segmenter)[1])
 
 
 def _like(img: nib.Nifti1Image, data: np.ndarray, dtype) -> nib.Nifti1Image:

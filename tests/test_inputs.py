@@ -555,3 +555,23 @@ def test_label_maps_hold_whole_label_numbers(values, words, tiny_dataset, tmp_pa
         load_canonical(path, labels=True)
     assert str(path) in str(refused.value) and "\n" not in str(refused.value)
     assert load_canonical(find_sessions(tiny_dataset)[0].labels, labels=True)[0].max() == 9
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(model, clean, tmp_path, monkeypatch):
+    import errno
+
+    from neoseg.runtime import files
+
+    real_write, written = files.write_nifti, []
+
+    def write_then_fail(img, path, *args, **kwargs):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real_write(img, path, *args, **kwargs)
+        written.append(path)
+
+    monkeypatch.setattr(files, "write_nifti", write_then_fail)
+    path = _save(clean, tmp_path / "in" / "scan.nii.gz")
+    result = runner.invoke(app, [str(path), "-m", str(model), "-o", str(tmp_path / "out")])
+    assert_refused(result, path, ["could not be written", "No space left on device", "free space"], tmp_path / "out")
+    assert written  # the first output had been written before the failure
