@@ -108,11 +108,9 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-try:  # ISA-L: the same gzip format, several times faster to write and read
-    from isal import igzip as gzip_codec
+try:  # ISA-L: the same gzip format, several times faster to write (and, in neoseg.core.scans, read)
     from isal import isal_zlib as zlib
 except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
-    import gzip as gzip_codec
     import zlib
 
 GZIP_CHUNK = 8 << 20  # bytes compressed per thread and gzip member

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import nibabel as nib
 import numpy as np
+
+try:  # ISA-L: the same gzip format, about 3x faster to read
+    from isal import igzip as gzip_codec
+except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
+    import gzip as gzip_codec
 
 # DEFLATE expands at most 1032-fold; gzip headers and several members add a little
 GZIP_MAX_RATIO = 1032
@@ -66,14 +72,8 @@ def human_bytes(n: float) -> str:
 def dtype_name(dtype: np.dtype) -> str:
     if dtype.fields:
         return {3: "RGB24", 4: "RGBA32"}.get(len(dtype.fields), "structured")
-    order = " big-endian" if dtype.byteorder == ">" or (dtype.byteorder == "=" and not _little()) else ""
-    return f"{dtype.newbyteorder('=').name}{order}"
-
-
-def _little() -> bool:
-    import sys
-
-    return sys.byteorder == "little"
+    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+    return f"{dtype.newbyteorder('=').name}{' big-endian' if big else ''}"
 
 
 def _one_line(text: str, limit: int = 200) -> str:
@@ -261,7 +261,7 @@ def read_image(path: str | Path, what: str = "scan", working_bytes=None) -> tupl
             data = np.asanyarray(_from_gzip(h).dataobj)
         else:
             data = np.asanyarray(h.image.dataobj)
-    except ScanError:
+    except ScanError:  # a short gzip stream, said as such
         raise
     except MemoryError:
         raise ScanError(f"{h.path}: ran out of memory reading {human_bytes(h.nbytes)} of voxels; use a machine "
@@ -272,8 +272,6 @@ def read_image(path: str | Path, what: str = "scan", working_bytes=None) -> tupl
 
 
 def _from_gzip(h: Header):
-    from .io import gzip_codec
-
     claimed = h.offset + h.nbytes
     with gzip_codec.open(h.data_file, "rb") as f:
         raw = f.read(claimed)

@@ -432,9 +432,7 @@ def test_gzip_is_not_decompressed_beyond_the_claimed_size(clean, tmp_path, monke
     raw = nib.Nifti1Image(_data(clean), clean.affine).to_bytes()
     path.write_bytes(gzip.compress(raw + bytes(50_000_000), compresslevel=1))
     read = []
-    from neoseg.core import io
-
-    real_open = io.gzip_codec.open
+    real_open = scans.gzip_codec.open
 
     def counting_open(*args, **kwargs):
         f = real_open(*args, **kwargs)
@@ -442,7 +440,7 @@ def test_gzip_is_not_decompressed_beyond_the_claimed_size(clean, tmp_path, monke
         f.read = lambda n=-1: read.append(n) or real_read(n)
         return f
 
-    monkeypatch.setattr(io.gzip_codec, "open", counting_open)
+    monkeypatch.setattr(scans.gzip_codec, "open", counting_open)
     checked = scans.read_scan(path)
     assert read == [len(raw)] and np.array_equal(checked.data, _data(clean))
 
