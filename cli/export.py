@@ -56,18 +56,24 @@ def _export(checkpoint, output, engine, timing_cache, thresholds, data, verify_s
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
     info = info_from_checkpoint(loaded, chosen)
     x = verification_slices(_volumes(loaded.config, data, verify_scans), info) if verify_scans else None
-    report = export_onnx(loaded.model, info, output, verify_on=x, overwrite=overwrite)
+    if engine is None:
+        report = export_onnx(loaded.model, info, output, verify_on=x, overwrite=overwrite)
+        engine_report = None
+    else:  # the model and its engine appear together, or neither does (no .onnx left by a failed build)
+        from neoseg.core.io import atomic_paths
+        from neoseg.export.trt_engine import build_engine
+
+        with atomic_paths({"onnx": output, "engine": engine}, overwrite) as tmp:
+            report = export_onnx(loaded.model, info, tmp["onnx"], verify_on=x, overwrite=True)
+            engine_report = build_engine(tmp["onnx"], info, tmp["engine"], timing_cache, verify_on=x, overwrite=True)
     typer.echo(f"wrote {output} ({info.architecture}, {len(info.hierarchy)} channels, slices {info.slice_size}^2 "
                f"along axis {info.axis}, spacing {'x'.join(f'{s:g}' for s in info.spacing)} mm, "
                f"config {info.config_digest})")
     for line in report.lines() if report else ["not verified (--verify-scans 0)"]:
         typer.echo(line)
     if engine is not None:
-        from neoseg.export.trt_engine import build_engine
-
-        report = build_engine(output, info, engine, timing_cache, verify_on=x, overwrite=overwrite)
         typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
-        for line in report.lines() if report else []:
+        for line in engine_report.lines() if engine_report else []:
             typer.echo(line)
 
 

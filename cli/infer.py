@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import user_errors
+from .common import USER_ERRORS, user_errors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
@@ -26,7 +26,7 @@ class BackendName(str, Enum):
 
 @app.command()
 def infer(
-    scans: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, help="NIfTI scans (.nii/.nii.gz)")],
+    scans: Annotated[list[Path], typer.Argument(dir_okay=False, help="NIfTI scans (.nii, .nii.gz, .hdr/.img)")],
     model: Annotated[Path, typer.Option("-m", "--model", exists=True, dir_okay=False,
                                        help="model.onnx, an engine from neoseg-export --trt, or a .pt checkpoint")],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", file_okay=False, help="folder for the results")],
@@ -59,12 +59,24 @@ def infer(
                 check_writable(path, overwrite)
         runner = Segmenter(open_backend(model, backend.value, threads), batch, skip_empty, crop_plane)
         typer.echo(f"backend: {runner.backend.name}, batch {runner.batch}")
+        failed = []
         for scan in scans:
-            paths, seg = segment_file(scan, runner, outdir, overwrite, probabilities)
+            try:
+                paths, seg = segment_file(scan, runner, outdir, overwrite, probabilities)
+            except USER_ERRORS as e:  # this scan is refused or failed; the others go on
+                if len(scans) == 1:
+                    raise
+                typer.echo(f"neoseg-infer: error: {e}", err=True)
+                failed.append(scan)
+                continue
+            for warning in seg.warnings:
+                typer.echo(f"neoseg-infer: warning: {warning}", err=True)
             total = sum(seg.timings.values())
             parts = ", ".join(f"{k} {v:.2f}" for k, v in seg.timings.items())
             typer.echo(f"{scan.name}: {total:.2f} s ({parts}); {seg.computed_slices} slices computed "
                        f"-> {paths['dseg']}")
+        if failed:
+            raise ValueError(f"{len(failed)} of {len(scans)} scans failed: {', '.join(str(s) for s in failed)}")
 
 
 @contextmanager
@@ -78,3 +90,7 @@ def _as_user_error(*kinds):
 
 def main() -> None:
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,9 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Mapping, TypeVar
+
+K = TypeVar("K")
 
 
 class OutputExistsError(FileExistsError):
@@ -25,20 +27,73 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
 def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.
     The temporary name keeps the suffixes (.nii.gz) so writers that look at them still work."""
-    path = check_writable(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(path.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp)
+    with atomic_paths({0: path}, overwrite) as tmp:
+        yield tmp[0]
+
+
+@contextmanager
+def atomic_paths(paths: Mapping[K, str | Path], overwrite: bool = False) -> Iterator[dict[K, Path]]:
+    """Temporary paths beside a set of outputs. When the block succeeds they all appear at once,
+    as far as a file system allows: each is moved in place, and if one move fails, those already
+    moved are removed and any file they replaced (``overwrite``) is put back. When the block fails,
+    nothing appears. Without ``overwrite`` an output that appeared meanwhile is never replaced."""
+    final = {k: check_writable(p, overwrite) for k, p in paths.items()}
+    tmps: dict[K, Path] = {}
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the usual permissions
-        if path.exists() and not overwrite:  # appeared while we were writing
-            raise OutputExistsError(f"{path} appeared while writing; it was left untouched")
-        os.replace(tmp, path)
+        for k, path in final.items():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmps[k] = _temp_beside(path, ".part")
+        yield dict(tmps)
+        _commit(tmps, final, overwrite)
     finally:
-        tmp.unlink(missing_ok=True)
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)
+
+
+def _temp_beside(path: Path, tag: str) -> Path:
+    suffix = "".join(path.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{tag}{suffix}", dir=path.parent)
+    os.close(fd)
+    return Path(tmp)
+
+
+def _commit(tmps: dict, final: dict, overwrite: bool) -> None:
+    mode = 0o666 & ~_umask()  # mkstemp makes 0600; outputs get the usual permissions
+    for tmp in tmps.values():
+        os.chmod(tmp, mode)
+    placed: list[Path] = []  # outputs that now hold new content
+    saved: list[tuple[Path, Path]] = []  # (backup, output) of replaced files
+    try:
+        for k, path in final.items():
+            if os.path.lexists(path):
+                if not overwrite:  # appeared while we were writing
+                    raise OutputExistsError(f"{path} appeared while writing; it was left untouched")
+                backup = _temp_beside(path, ".old")
+                os.replace(path, backup)
+                saved.append((backup, path))
+            _place(tmps[k], path)
+            placed.append(path)
+    except BaseException:
+        for path in placed:
+            path.unlink(missing_ok=True)
+        for backup, path in saved:
+            os.replace(backup, path)
+        raise
+    for backup, _ in saved:
+        backup.unlink(missing_ok=True)
+
+
+def _place(tmp: Path, path: Path) -> None:
+    """Move ``tmp`` to ``path`` without replacing a file that appeared there meanwhile (a hard
+    link is created only where no file is; file systems without links get a rename)."""
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise OutputExistsError(f"{path} appeared while writing; it was left untouched") from None
+    except OSError:
+        os.replace(tmp, path)
+    else:
+        tmp.unlink()
 
 
 def _umask() -> int:
@@ -53,11 +108,9 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-try:  # ISA-L: the same gzip format, several times faster to write and read
-    from isal import igzip as gzip_codec
+try:  # ISA-L: the same gzip format, several times faster to write (and, in neoseg.core.scans, read)
     from isal import isal_zlib as zlib
 except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
-    import gzip as gzip_codec
     import zlib
 
 GZIP_CHUNK = 8 << 20  # bytes compressed per thread and gzip member
@@ -65,16 +118,12 @@ GZIP_LEVEL = 1  # nibabel's own default: large label volumes compress well even 
 
 
 def load_nifti(path: str | Path):
-    """Load a NIfTI file fully into memory (``.nii.gz`` decompressed with ISA-L when present)."""
-    import nibabel as nib
+    """Load a NIfTI file (.nii, .nii.gz, .hdr/.img; NIfTI-1 or -2) fully into memory as a single-file
+    image, after :mod:`neoseg.core.scans` has checked its header (size, shape, type, orientation);
+    ``.nii.gz`` is decompressed with ISA-L when present, never beyond the size the header claims."""
+    from .scans import load_image
 
-    path = Path(path)
-    if path.suffix != ".gz":
-        return nib.load(str(path))
-    raw = gzip_codec.decompress(path.read_bytes())
-    nifti2 = 540 in (int.from_bytes(raw[:4], "little"), int.from_bytes(raw[:4], "big"))  # sizeof_hdr
-    kind = nib.Nifti2Image if nifti2 else nib.Nifti1Image
-    return kind.from_bytes(raw)
+    return load_image(path)
 
 
 def write_nifti(img, path: str | Path, threads: int | None = None) -> None:

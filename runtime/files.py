@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import json
+import math
 import time
-from contextlib import ExitStack
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_path, check_writable, load_nifti, write_nifti
+from neoseg.core.io import atomic_paths, check_writable, write_nifti
+from neoseg.core.scans import Scan, read_scan
 
+from . import geometry
 from .pipeline import Segmentation, Segmenter
 
 OUTPUTS = {"dseg": "_desc-neoseg_dseg.nii.gz", "mask": "_desc-neoseg_mask.nii.gz",
            "sidecar": "_desc-neoseg_mask.json", "probseg": "_desc-neoseg_probseg.nii.gz"}
+EXTENSIONS = (".nii.gz", ".nii", ".hdr.gz", ".img.gz", ".hdr", ".img")
 
 
 def stem(scan: str | Path) -> str:
     """BIDS entities of a scan's name: ``sub-1_ses-2_desc-restore_T2w.nii.gz`` -> ``sub-1_ses-2``
     (``desc-*`` and the suffix dropped); a plain ``scan.nii.gz`` -> ``scan``."""
     name = Path(scan).name
-    for ext in (".nii.gz", ".nii"):
-        if name.endswith(ext):
+    for ext in EXTENSIONS:
+        if name.lower().endswith(ext):
             name = name[: -len(ext)]
             break
     parts = name.split("_")
@@ -40,42 +43,95 @@ def output_paths(scan: str | Path, outdir: str | Path, probabilities: bool = Fal
 
 
 def load_scan(path: str | Path) -> nib.Nifti1Image:
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"scan {path} does not exist")
-    try:
-        img = load_nifti(path)
-    except Exception as e:  # noqa: BLE001 - nibabel raises many types for unreadable files
-        raise ValueError(f"{path} is not a readable NIfTI file ({e})") from None
-    if len(img.shape) == 4 and img.shape[3] == 1:
-        img = img.slicer[..., 0]
-    if len(img.shape) != 3:
-        raise ValueError(f"{path}: expected a 3D volume, got shape {img.shape}")
-    return img
+    """A scan, checked (:func:`neoseg.core.scans.read_scan`), as a single-file image in memory."""
+    return read_scan(path).image
 
 
 def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, overwrite: bool = False,
                  probabilities: bool = False) -> tuple[dict[str, Path], Segmentation]:
-    """Segment one scan and write its outputs (temporary files renamed only once all are written)."""
+    """Segment one scan and write its outputs: all appear together, or none (temporary files are
+    moved in place only once all are written; see :func:`neoseg.core.io.atomic_paths`). An input
+    neoseg refuses raises ValueError with one line; ``Segmentation.warnings`` says what the user
+    should know about an accepted one (also written into the sidecar)."""
     paths = output_paths(scan, outdir, probabilities)
     for p in paths.values():  # fail before the expensive part
         check_writable(p, overwrite)
     start = time.perf_counter()
-    img = load_scan(scan)
-    data = np.asanyarray(img.dataobj)
+    checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
     read = time.perf_counter() - start
-    seg = segmenter.segment(data, img.affine, img.header.get_zooms()[:3], probabilities)
+    try:
+        seg = segmenter.segment(checked.data, checked.affine, checked.zooms, probabilities)
+    except MemoryError:
+        raise ValueError(f"{checked.path}: ran out of memory while segmenting it; use a machine with more memory, "
+                         f"or crop or downsample the scan") from None
     seg.timings = {"read": read, **seg.timings}
+    seg.warnings = list(checked.notes)
+    if checked.nonfinite is not None:
+        _set_outside(seg, checked.nonfinite, segmenter)
+    if _empty(seg, segmenter):
+        seg.warnings.append(f"{checked.path}: no brain found, every voxel is labelled outside; check that it is a "
+                            f"T2-weighted head scan")
+    img = checked.image
     start = time.perf_counter()
-    with ExitStack() as stack:
-        tmp = {k: stack.enter_context(atomic_path(p, overwrite)) for k, p in paths.items()}
-        write_nifti(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"])
-        write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
-        if probabilities:  # stored as uint8 with a scale factor of ~1/255
-            write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
-        tmp["sidecar"].write_text(json.dumps(_sidecar(scan, segmenter, seg), indent=2))
+    try:
+        with atomic_paths(paths, overwrite) as tmp:
+            write_nifti(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"])
+            write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
+            if probabilities:  # stored as uint8 with a scale factor of ~1/255
+                write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
+            tmp["sidecar"].write_text(json.dumps(_sidecar(scan, segmenter, seg, checked), indent=2))
+    except FileExistsError:
+        raise
+    except OSError as e:  # a full disk, a read-only folder: nothing was left behind
+        raise ValueError(f"{checked.path}: its results could not be written to {outdir} ({e.strerror or e}); "
+                         f"check the folder's free space and permissions") from None
     seg.timings["write"] = time.perf_counter() - start
     return paths, seg
+
+
+def working_bytes(segmenter: Segmenter, probabilities: bool = False):
+    """Estimate of the memory :meth:`Segmenter.segment` needs for a scan of ``shape`` and ``zooms``
+    (stored axis order), besides the data as read: float32 copies of the volume on its grid and on
+    the model's, the slice stacks, and the per-channel results (logits when resampling)."""
+    info = segmenter.info
+    n_ch = len(info.hierarchy)
+
+    def estimate(shape, zooms) -> int:
+        native = math.prod(shape)
+        resample = geometry.needs_resampling(sorted(zooms), sorted(info.spacing))  # axis order aside
+        model = int(native * math.prod(zooms) / math.prod(info.spacing)) if resample else native
+        per_native = 12 + 2 * n_ch + 2 + (8 * n_ch if resample else 0) + (8 * n_ch if probabilities else 0)
+        per_model = 12 + (8 * n_ch if resample else n_ch + 1) + (4 * n_ch if probabilities else 0)
+        return native * per_native + model * per_model
+
+    return estimate
+
+
+def _outside(segmenter: Segmenter) -> tuple[int | None, int]:
+    """The "outside" channel and its label value (0 when the hierarchy has none)."""
+    h = segmenter.info.hierarchy
+    out_ch = h.outside_channel
+    return out_ch, 0 if out_ch is None else h.channels[out_ch].value
+
+
+def _set_outside(seg: Segmentation, where: np.ndarray, segmenter: Segmenter) -> None:
+    """Voxels that held no value (NaN, +-Inf) are labelled outside, whatever the network said."""
+    out_ch, value = _outside(segmenter)
+    seg.labels = np.array(seg.labels)
+    seg.labels[where] = value
+    seg.masks = np.array(seg.masks)
+    seg.masks[where] = 0
+    if seg.probs is not None:
+        seg.probs = np.array(seg.probs)
+        seg.probs[where] = 0
+    if out_ch is not None:
+        seg.masks[where, out_ch] = 1
+        if seg.probs is not None:
+            seg.probs[where, out_ch] = 1
+
+
+def _empty(seg: Segmentation, segmenter: Segmenter) -> bool:
+    return not np.any(seg.labels != _outside(segmenter)[1])
 
 
 def _like(img: nib.Nifti1Image, data: np.ndarray, dtype) -> nib.Nifti1Image:
@@ -87,9 +143,11 @@ def _like(img: nib.Nifti1Image, data: np.ndarray, dtype) -> nib.Nifti1Image:
     return type(img)(data, img.affine, header)
 
 
-def _sidecar(scan, segmenter: Segmenter, seg: Segmentation) -> dict:
+def _sidecar(scan, segmenter: Segmenter, seg: Segmentation, checked: Scan) -> dict:
     info = segmenter.info
     return {"Sources": [str(Path(scan).name)], "Channels": info.hierarchy.names,
             "Thresholds": list(info.thresholds), "Hierarchy": info.hierarchy.to_dict(),
             "Model": {"architecture": info.architecture, "neoseg_version": info.version,
-                      "config_digest": info.config_digest, "backend": segmenter.backend.name}}
+                      "config_digest": info.config_digest, "backend": segmenter.backend.name},
+            "NonFiniteVoxels": checked.nonfinite_count, "Empty": _empty(seg, segmenter),
+            "Warnings": list(seg.warnings)}

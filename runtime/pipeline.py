@@ -45,6 +45,7 @@ class Segmentation:
     probs: np.ndarray | None
     computed_slices: int
     timings: dict[str, float] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # what the user should know (set by segment_file)
 
 
 class Segmenter:

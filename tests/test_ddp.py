@@ -65,3 +65,45 @@ def test_two_gloo_processes_train_like_one(tiny_dataset, tmp_path):
 
 def test_without_torchrun_nothing_distributed_happens():
     assert not torch.distributed.is_initialized()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("failure", ["existing run folder", "bad data"])
+def test_when_rank_0_fails_during_setup_every_rank_stops_with_its_message(failure, tiny_dataset, tmp_path):
+    """Under torchrun, rank 0 prepares the run and checks the data while the others wait; when it
+    fails, the others stop at once with the same one-line message instead of waiting for the
+    process group's timeout (hours)."""
+    import shutil
+
+    import nibabel as nib
+    import numpy as np
+
+    out, data = tmp_path / "run", tiny_dataset
+    if failure == "existing run folder":
+        out.mkdir()
+        (out / "notes.txt").write_text("mine")
+        expected = "exists and is not empty"
+    else:
+        data = tmp_path / "data"
+        shutil.copytree(tiny_dataset, data)
+        t2 = sorted(data.glob("sub-*/ses-*/anat/*_T2w.nii.gz"))[0]
+        img = nib.load(t2)
+        values = np.asanyarray(img.dataobj).copy()
+        values[5, 5, 5] = np.nan
+        nib.save(nib.Nifti1Image(values, img.affine), t2)
+        expected = f"{t2}: 1 of {values.size} voxels"
+    (tmp_path / "cli.py").write_text("import torch\ntorch.set_num_threads(1)\nfrom neoseg.cli.train import main\nmain()\n")
+    logs = tmp_path / "logs"
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "--log-dir", str(logs), "--redirects", "3", str(tmp_path / "cli.py"), "--out", str(out),
+                           "--data", str(data), "--epochs", "1", "--slice-size", "32", "--widths", "4,8",
+                           "--device", "cpu", "--quiet"], capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    for rank in (0, 1):
+        (log,) = logs.glob(f"*/attempt_0/{rank}/stderr.log")
+        lines = [line for line in log.read_text().splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("neoseg-train: error: ") and expected in lines[0], (rank, lines)
+    if failure == "existing run folder":
+        assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
+    else:
+        assert not out.exists()

@@ -3,6 +3,7 @@ refusals (TensorRT itself is not installed here: see the README)."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -175,3 +176,31 @@ def test_torch_backend_matches_the_onnx_model(trained, slices, tmp_path):
     torch_backend = open_backend(ckpt, "torch-cpu")
     assert torch_backend.info == OrtBackend(tmp_path / "m.onnx").info
     np.testing.assert_allclose(torch_backend.run(slices[:4]), OrtBackend(tmp_path / "m.onnx").run(slices[:4]), atol=1e-4)
+
+
+def test_failed_engine_build_leaves_no_onnx_behind(trained, tmp_path, monkeypatch):
+    """--trt writes the model and its engine together: when the engine build fails after the ONNX
+    export succeeded, neither file is left (and an existing model is kept as it was)."""
+    from neoseg.export import trt_engine
+    from neoseg.runtime import trt_backend
+
+    monkeypatch.setattr(trt_backend, "import_tensorrt", lambda: SimpleNamespace(__version__="10.5.0"))
+    monkeypatch.setattr(trt_backend, "gpu_identity", lambda: ("NVIDIA H100", "9.0"))
+    built = []
+
+    def failing_build(onnx_path, info, out, *args, **kwargs):
+        built.append(Path(onnx_path).stat().st_size)  # the ONNX model was written before the build
+        raise trt_engine.EngineBuildError(f"TensorRT failed to build an engine from {onnx_path}")
+
+    monkeypatch.setattr(trt_engine, "build_engine", failing_build)
+    _, ckpt = trained
+    result = runner.invoke(app, [str(ckpt), "-o", str(tmp_path / "m.onnx"), "--trt", "--verify-scans", "0"])
+    assert result.exit_code == 2 and "failed to build an engine" in result.output, result.output
+    assert "Traceback" not in result.output and built and built[0] > 0
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "m.onnx").write_bytes(b"the user's model")
+    result = runner.invoke(app, [str(ckpt), "-o", str(tmp_path / "m.onnx"), "--trt", "--verify-scans", "0",
+                                 "--overwrite"])
+    assert result.exit_code == 2 and len(built) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    assert (tmp_path / "m.onnx").read_bytes() == b"the user's model"

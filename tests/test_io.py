@@ -73,3 +73,46 @@ def test_load_nifti_reads_gzip_members_and_plain_files(tmp_path):
     for name in ("a.nii.gz", "b.nii", "c.nii.gz"):
         back = io.load_nifti(tmp_path / name)
         assert np.array_equal(np.asanyarray(back.dataobj), data) and np.allclose(back.affine, img.affine), name
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_set_of_outputs_appears_together_or_not_at_all(tmp_path, monkeypatch, overwrite):
+    """A failure between moving the second and the third output in place takes the first two back
+    (and, with overwrite, puts back the files they replaced); no temporary file is left."""
+    paths = {k: tmp_path / f"{k}.txt" for k in "abc"}
+    if overwrite:
+        for k, p in paths.items():
+            p.write_text(f"old {k}")
+    real_place, moved = io._place, []
+
+    def failing_place(tmp, path):
+        if len(moved) == 2:
+            raise OSError("disk full")
+        real_place(tmp, path)
+        moved.append(path)
+
+    monkeypatch.setattr(io, "_place", failing_place)
+    with pytest.raises(OSError, match="disk full"):
+        with io.atomic_paths(paths, overwrite) as tmp:
+            for k, t in tmp.items():
+                t.write_text(f"new {k}")
+    assert len(moved) == 2
+    if overwrite:
+        assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {f"{k}.txt": f"old {k}" for k in "abc"}
+    else:
+        assert list(tmp_path.iterdir()) == []
+    monkeypatch.setattr(io, "_place", real_place)
+    with io.atomic_paths(paths, overwrite) as tmp:
+        for k, t in tmp.items():
+            t.write_text(f"new {k}")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {f"{k}.txt": f"new {k}" for k in "abc"}
+
+
+def test_an_output_that_appears_while_writing_is_never_replaced(tmp_path):
+    paths = {"a": tmp_path / "a.txt", "b": tmp_path / "b.txt"}
+    with pytest.raises(io.OutputExistsError, match="appeared while writing"):
+        with io.atomic_paths(paths) as tmp:
+            for t in tmp.values():
+                t.write_text("new")
+            paths["b"].write_text("someone else's")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"b.txt": "someone else's"}

@@ -17,7 +17,7 @@ from neoseg.core.preprocess import from_slices, head_center, minmax_scale, plane
 from neoseg.core.thresholds import check_thresholds
 from neoseg.data.dhcp import Session
 
-from .volumes import load_canonical, load_labels
+from .volumes import load_session
 
 
 @torch.no_grad()
@@ -50,8 +50,7 @@ def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Ses
     table = hierarchy.target_table()
     rows = []
     for session in tqdm(sessions, desc="evaluate", disable=not progress, leave=False):
-        image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_labels(session.labels)
+        image, labels, img = load_session(session)
         unnamed = hierarchy.unnamed(present_values(labels))
         if unnamed:
             raise ValueError(f"{session.labels}: label values {unnamed} are not named by hierarchy "

@@ -17,6 +17,7 @@ import io
 import logging
 import math
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from datetime import timedelta
@@ -38,7 +39,7 @@ from .dataset import SliceDataset
 from .evaluate import evaluate_sessions, report, write_rows
 from .losses import make_loss
 from .models import create_model, input_divisor
-from .volumes import VolumeCache
+from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
 
@@ -98,6 +99,25 @@ class Ranks:
 
     def any(self, flag: bool) -> bool:
         return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
+
+    def after_main(self, error: BaseException | None) -> None:
+        """Where the other ranks wait for a step of rank 0 (``error``: how it failed, if it did):
+        every rank raises rank 0's error, the same kind and message for a user error, instead of
+        waiting at a barrier for a rank that is gone."""
+        if self.world > 1:
+            kind = None if error is None else next((k for k in (FileExistsError, ValueError) if isinstance(error, k)),
+                                                   RuntimeError)
+            sent = [None if error is None else (kind.__name__, type(error).__name__, str(error))]
+            torch.distributed.broadcast_object_list(sent, src=0)
+            if not self.main and sent[0] is not None:
+                kind, name, message = sent[0]
+                if kind == "FileExistsError":
+                    raise RunExistsError(message)
+                if kind == "ValueError":
+                    raise ValueError(message)
+                raise RuntimeError(f"rank 0 failed during setup: {name}: {message}")
+        if error is not None:
+            raise error
 
 
 def init_ranks(device: torch.device) -> tuple[Ranks, bool]:
@@ -297,10 +317,17 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     out = Path(out)
     device = resolve_device(config.device)
     ranks, created_group = init_ranks(device)
+    existed = out.exists()
+    fresh = ranks.main and not resume and not (existed and (not out.is_dir() or any(out.iterdir())))
     try:
         result = _train(config, out, resume, progress and ranks.main, split, device, ranks)
         ranks.barrier()  # while rank 0 evaluates, the others wait: none leaves the group early
         return result
+    except (ValueError, FileExistsError):
+        if fresh and out.is_dir() and not (out / "last.pt").exists():  # refused before any epoch: leave nothing
+            for path in list(out.iterdir()) if existed else [out]:
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        raise
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
@@ -308,10 +335,14 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
 
 def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: Split | None,
            device: torch.device, ranks: Ranks) -> RunResult:
+    error = None
     if ranks.main:  # rank 0 creates the run folder and, if needed, the built-in cohort; then the others follow
-        config = prepare_run_dir(out, config, resume)
-        sessions = dataset_sessions(config, progress)
-    ranks.barrier()
+        try:
+            config = prepare_run_dir(out, config, resume)
+            sessions = dataset_sessions(config, progress)
+        except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
+            error = e
+    ranks.after_main(error)
     if not ranks.main:
         config = TrainConfig.from_json((out / "config.json").read_text())
         sessions = dataset_sessions(config, progress)
@@ -348,13 +379,19 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         _load_initial_weights(model, config, hierarchy)
     model.to(device)
     cache = VolumeCache(Path(config.cache) if config.cache else out / "cache", config.axis, config.slice_size)
+    if ranks.main:  # rank 0 builds the slice cache (and checks the data) first
+        try:
+            train_stacks = [cache.get(s) for s in train_sessions]
+            val_stacks = [cache.get(s) for s in split.val]
+            for session in split.test:  # checked now, not after hours of training
+                load_session(session)
+            check_before_training(config, hierarchy, train_stacks + val_stacks, list(split.test))
+        except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
+            error = e
+    ranks.after_main(error)
     if not ranks.main:
-        ranks.barrier()  # rank 0 builds the slice cache first
-    train_stacks = [cache.get(s) for s in train_sessions]
-    val_stacks = [cache.get(s) for s in split.val]
-    if ranks.main:
-        ranks.barrier()
-    check_before_training(config, hierarchy, train_stacks + val_stacks, list(split.test))
+        train_stacks = [cache.get(s) for s in train_sessions]
+        val_stacks = [cache.get(s) for s in split.val]
     spacing = tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())
     train_set = SliceDataset(train_stacks, hierarchy, partial)
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))

@@ -8,36 +8,55 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_path, load_nifti
-from neoseg.core.labels import as_label_map, present_values
+from neoseg.core.io import atomic_path
+from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
+from neoseg.core.scans import plain_shape, read_labels, read_scan
 from neoseg.data.dhcp import Session
 
 SLICE_MARGIN = 2  # empty slices kept on each side of the labelled ones
 CACHE_VERSION = 3  # bump when preprocessing changes, so that older stacks are rebuilt
 
 
-def load_canonical(path: Path, dtype=None) -> tuple[np.ndarray, nib.Nifti1Image]:
-    img = nib.as_closest_canonical(load_nifti(path))
+def load_canonical(path: Path, dtype=None, labels: bool = False) -> tuple[np.ndarray, nib.Nifti1Image]:
+    """A scan (or, with ``labels``, a label map) checked by :mod:`neoseg.core.scans` and put in
+    canonical (RAS+) orientation. Training data must be clean: non-finite voxels are refused."""
+    if labels:
+        checked = read_labels(path, max_value=MAX_LABEL_VALUE, working_bytes=_working_bytes)
+    else:
+        checked = read_scan(path, working_bytes=_working_bytes, nonfinite="refuse")
+    img = nib.as_closest_canonical(checked.image)
     data = np.asanyarray(img.dataobj)
-    if data.ndim == 4 and data.shape[-1] == 1:
-        data = data[..., 0]
-    if data.ndim != 3:
-        raise ValueError(f"{path}: expected a 3D volume, got shape {data.shape}")
     return (data if dtype is None else data.astype(dtype, copy=False)), img
 
 
 def load_labels(path: Path) -> tuple[np.ndarray, nib.Nifti1Image]:
     """A label map in canonical orientation as uint8/uint16 (values unchanged); refuses negative,
     fractional or > 65535 values, naming the file."""
-    data, img = load_canonical(path)
+    data, img = load_canonical(path, labels=True)
     return as_label_map(data, path), img
+
+
+def load_session(session: Session) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Image]:
+    """A session's T2 (float32) and label map, canonical, checked to lie on the same grid."""
+    image, img = load_canonical(session.t2, np.float32)
+    labels, limg = load_labels(session.labels)
+    if labels.shape != image.shape or not np.allclose(limg.affine, img.affine, atol=1e-3):
+        raise ValueError(f"{session.labels}: the label map lies on another voxel grid than {session.t2.name} "
+                         f"(shape {plain_shape(labels.shape)} vs {plain_shape(image.shape)}, or the affines "
+                         f"differ); resample it onto the T2's grid (nearest neighbour)")
+    return image, labels, img
+
+
+def _working_bytes(shape, zooms) -> int:
+    return 16 * math.prod(shape)  # float32 copies: canonical, scaled, slices
 
 
 @dataclass(frozen=True)
@@ -73,10 +92,7 @@ class VolumeCache:
                           tuple(meta["values"]))
 
     def _build(self, session: Session, base: Path) -> None:
-        image, img = load_canonical(session.t2, np.float32)
-        labels, _ = load_labels(session.labels)
-        if labels.shape != image.shape:
-            raise ValueError(f"{session.labels}: label map shape {labels.shape} differs from the T2's {image.shape}")
+        image, labels, img = load_session(session)
         windows = plane_windows(image.shape, self.axis, self.size, head_center(image))
         image = to_slices(minmax_scale(image), self.axis, windows)
         values = present_values(labels)

@@ -1,0 +1,375 @@
+"""Input checks for scans and label maps (numpy and nibabel only), shared by ``neoseg-infer`` and
+the training and evaluation readers.
+
+A file is inspected by its header before any voxel is read: the claimed data size is compared
+with the file's size (for ``.gz`` with the most that DEFLATE can expand it to, so nothing is
+decompressed first) and with the memory available; shape, data type and orientation are checked;
+only then is the data read, at most the claimed number of bytes. Every refusal is a
+:class:`ScanError` (a ``ValueError``): one line that names the file, the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import nibabel as nib
+import numpy as np
+
+try:  # ISA-L: the same gzip format, about 3x faster to read
+    from isal import igzip as gzip_codec
+except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
+    import gzip as gzip_codec
+
+# DEFLATE expands at most 1032-fold; gzip headers and several members add a little
+GZIP_MAX_RATIO = 1032
+GZIP_SLACK = 1 << 16
+SINGLE_FILE = {nib.Nifti1Pair: nib.Nifti1Image, nib.Nifti2Pair: nib.Nifti2Image}
+PAIR_EXTENSIONS = (".hdr", ".img")
+COMPRESSED = (".gz", ".bz2", ".zst")
+
+
+class ScanError(ValueError):
+    """An input that neoseg refuses; the message is one line: file, problem, fix."""
+
+
+@dataclass
+class Scan:
+    """A checked volume: ``data`` (X, Y, Z) as stored (axis order of the file), the affine that
+    places it in world space, voxel sizes from that affine, and what was noticed."""
+
+    path: Path
+    image: nib.Nifti1Image  # single-file NIfTI image holding ``data``, with the file's header
+    data: np.ndarray
+    affine: np.ndarray
+    zooms: tuple[float, float, float]
+    nonfinite: np.ndarray | None = None  # bool mask of voxels that were NaN or +-Inf (set to background)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def nonfinite_count(self) -> int:
+        return 0 if self.nonfinite is None else int(np.count_nonzero(self.nonfinite))
+
+
+# ---- plain-text formatting --------------------------------------------------------------------
+def plain_shape(shape) -> str:
+    """``(12, 5, 7)``, never ``(np.int64(12), ...)``."""
+    return "(" + ", ".join(str(int(n)) for n in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
+        if abs(n) < 1000 or unit == "PB":
+            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError  # pragma: no cover
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    if dtype.fields:
+        return {3: "RGB24", 4: "RGBA32"}.get(len(dtype.fields), "structured")
+    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
+    return f"{dtype.newbyteorder('=').name}{' big-endian' if big else ''}"
+
+
+def _one_line(text: str, limit: int = 200) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---- memory -------------------------------------------------------------------------------------
+def available_memory() -> int | None:
+    """Bytes this process can still allocate: MemAvailable, capped by a cgroup (container) limit;
+    None where the system does not say."""
+    avail = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    avail = int(line.split()[1]) * 1024
+                    break
+    except OSError:
+        try:
+            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError, AttributeError):
+            return None
+    try:  # cgroup v2: a container's limit, less what it uses
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            free = max(0, int(limit) - used)
+            avail = free if avail is None else min(avail, free)
+    except (OSError, ValueError):
+        pass
+    return avail
+
+
+# ---- header inspection ------------------------------------------------------------------------
+@dataclass
+class Header:
+    path: Path
+    image: nib.Nifti1Pair  # lazily loaded: only the header has been read
+    shape: tuple[int, ...]  # the file's full shape
+    shape3: tuple[int, int, int]  # the 3D volume it holds (trailing singleton axes dropped)
+    dtype: np.dtype
+    data_file: Path
+    offset: int
+    nbytes: int
+    affine: np.ndarray
+    zooms: tuple[float, float, float]
+
+    @property
+    def compressed(self) -> bool:
+        return self.data_file.name.lower().endswith(COMPRESSED)
+
+
+def inspect(path: str | Path, what: str = "scan",
+            working_bytes: Callable[[tuple[int, int, int], tuple[float, float, float]], int] | None = None,
+            ) -> Header:
+    """Read and check the header of ``path``; nothing of the data is read. ``working_bytes``
+    estimates the memory that processing a volume of that shape and voxel size needs besides
+    the data itself."""
+    path = Path(path)
+    if not path.exists():
+        raise ScanError(f"{what} {path} does not exist; check the path")
+    if path.is_dir():
+        raise ScanError(f"{what} {path} is a folder; pass a NIfTI file (.nii, .nii.gz or a .hdr/.img pair)")
+    _check_partner(path)
+    try:
+        img = nib.load(str(path))
+    except Exception as e:  # noqa: BLE001 - nibabel raises many types for unreadable files
+        raise ScanError(f"{path} is not a readable NIfTI file ({_one_line(e)}); pass a NIfTI-1 or NIfTI-2 "
+                        f".nii, .nii.gz or .hdr/.img file") from None
+    if isinstance(img, nib.AnalyzeImage) and not isinstance(img, nib.Nifti1Pair):
+        raise ScanError(f"{path} is an Analyze 7.5 file, which has no orientation; convert it to NIfTI with its "
+                        f"orientation set (e.g. with the scanner's DICOM converter) and pass the .nii.gz")
+    if not isinstance(img, nib.Nifti1Pair):
+        raise ScanError(f"{path} is a {type(img).__name__.removesuffix('Image')} file, not a NIfTI volume; pass "
+                        f"a 3D NIfTI scan (.nii, .nii.gz or a .hdr/.img pair)")
+    header = img.header
+    shape = tuple(int(n) for n in header.get_data_shape())
+    dtype = header.get_data_dtype()
+    shape3 = _check_shape(path, shape)
+    _check_dtype(path, dtype, what)
+    offset = int(img.dataobj.offset)
+    nbytes = math.prod(shape) * dtype.itemsize
+    data_file = Path(img.file_map["image"].filename)
+    affine, zooms = _check_orientation(path, img)
+    found = Header(path, img, shape, shape3, dtype, data_file, offset, nbytes, affine, zooms)
+    _check_size(found, working_bytes)
+    return found
+
+
+def _check_partner(path: Path) -> None:
+    name = path.name.lower()
+    for ext in COMPRESSED:
+        name = name.removesuffix(ext)
+    if not name.endswith(PAIR_EXTENSIONS):
+        return
+    files = nib.Nifti1Pair.filespec_to_file_map(str(path))
+    for role, label in (("header", "header"), ("image", "image data")):
+        partner = Path(files[role].filename)
+        if not partner.exists():
+            raise ScanError(f"{path} is half of a .hdr/.img pair, but its {label} file {partner.name} is missing; "
+                            f"keep the two files together, under the same name")
+
+
+def _check_shape(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
+    text = plain_shape(shape)
+    if any(n <= 0 for n in shape):
+        raise ScanError(f"{path} has a zero-length axis, shape {text}; the file holds no volume (its header is "
+                        f"damaged or the export failed); export the scan again")
+    if len(shape) < 3:
+        raise ScanError(f"{path} is {len(shape)}D, shape {text}; neoseg segments 3D volumes; pass the whole 3D scan")
+    extra = math.prod(shape[3:])
+    if extra > 1:
+        raise ScanError(f"{path} holds {extra} volumes, shape {text}; neoseg segments one 3D volume; extract one "
+                        f"first (e.g. fslroi IN OUT 0 1)")
+    shape3 = shape[:3]
+    if min(shape3) < 2:
+        raise ScanError(f"{path} is a single slice, shape {text}; neoseg segments 3D volumes; pass the whole 3D scan")
+    return shape3
+
+
+def _check_dtype(path: Path, dtype: np.dtype, what: str) -> None:
+    if dtype.fields:
+        if what == "scan" and set(dtype.fields) >= {"R", "G", "B"}:
+            return  # read as grey when all channels are equal, see read_image
+        raise ScanError(f"{path} holds {dtype_name(dtype)} colour voxels; neoseg reads single-channel "
+                        f"{'label numbers' if what != 'scan' else 'grey values'}; convert it to one channel")
+    if dtype.kind == "c":
+        raise ScanError(f"{path} holds complex voxels ({dtype_name(dtype)}); neoseg reads real values; pass the "
+                        f"magnitude image")
+    if dtype.kind not in "biuf":
+        raise ScanError(f"{path} has an unsupported data type ({dtype_name(dtype)}); store it as integers or floats")
+
+
+def _check_orientation(path: Path, img) -> tuple[np.ndarray, tuple[float, float, float]]:
+    header = img.header
+    sform_code = int(header["sform_code"])
+    qform_code = int(header["qform_code"])
+    if sform_code == 0 and qform_code == 0:
+        raise ScanError(f"{path} has no orientation information (qform_code and sform_code are 0), so its "
+                        f"left, right, front and back are unknown; set the scanner orientation in its header "
+                        f"(e.g. fslorient -setqformcode 1, or re-export from the scanner's DICOM)")
+    affine = np.asarray(img.affine, np.float64)
+    which = "sform" if sform_code > 0 else "qform"
+    if not np.all(np.isfinite(affine)):
+        raise ScanError(f"{path}: its {which} affine holds NaN or infinite values; repair the header's orientation "
+                        f"(e.g. re-export from DICOM)")
+    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
+    if np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * float(np.prod(zooms)):
+        raise ScanError(f"{path}: its {which} affine is singular (voxel sizes "
+                        f"{', '.join(f'{z:g}' for z in zooms)} mm); repair the header's orientation and voxel "
+                        f"size (e.g. re-export from DICOM)")
+    return affine, tuple(float(z) for z in zooms)
+
+
+def _check_size(h: Header, working_bytes) -> None:
+    claimed = h.offset + h.nbytes
+    what = f"{plain_shape(h.shape)} {dtype_name(h.dtype)} voxels"
+    size = h.data_file.stat().st_size
+    damaged = "the file is truncated or its header is damaged; export the scan again"
+    if not h.compressed and size < claimed:
+        raise ScanError(f"{h.path}: its header claims {what} ({human_bytes(claimed)} with the header), but "
+                        f"{h.data_file.name} holds only {human_bytes(size)}; {damaged}")
+    if h.data_file.name.lower().endswith(".gz") and claimed > GZIP_MAX_RATIO * size + GZIP_SLACK:
+        raise ScanError(f"{h.path}: its header claims {what} ({human_bytes(claimed)}), but a gzip file of "
+                        f"{human_bytes(size)} holds at most {human_bytes(GZIP_MAX_RATIO * size + GZIP_SLACK)}; "
+                        f"{damaged}")
+    need = h.nbytes + (working_bytes(h.shape3, h.zooms) if working_bytes else 0)
+    avail = available_memory()
+    if avail is not None and need > avail:
+        raise ScanError(f"{h.path}: {what} need about {human_bytes(need)} of memory to process, but "
+                        f"{human_bytes(avail)} is available; use a machine with more memory, or crop or "
+                        f"downsample the scan")
+
+
+# ---- reading ----------------------------------------------------------------------------------
+def read_image(path: str | Path, what: str = "scan", working_bytes=None) -> tuple[Header, np.ndarray]:
+    """The checked header and the voxel data (scaled as the header says; at most the claimed
+    bytes are read, so a gzip bomb cannot fill the memory)."""
+    h = inspect(path, what, working_bytes)
+    try:
+        if h.data_file.name.lower().endswith(".gz") and not isinstance(h.image, nib.Nifti1Image):
+            data = np.asanyarray(h.image.dataobj)  # a compressed pair: nibabel reads the .img.gz
+        elif h.data_file.name.lower().endswith(".gz"):
+            data = np.asanyarray(_from_gzip(h).dataobj)
+        else:
+            data = np.asanyarray(h.image.dataobj)
+    except ScanError:  # a short gzip stream, said as such
+        raise
+    except MemoryError:
+        raise ScanError(f"{h.path}: ran out of memory reading {human_bytes(h.nbytes)} of voxels; use a machine "
+                        f"with more memory") from None
+    except Exception as e:  # noqa: BLE001 - zlib, EOF and nibabel errors of damaged files
+        raise ScanError(f"{h.path} could not be read ({_one_line(e)}); the file is damaged; export it again") from None
+    return h, data.reshape(h.shape3)
+
+
+def _from_gzip(h: Header):
+    claimed = h.offset + h.nbytes
+    with gzip_codec.open(h.data_file, "rb") as f:
+        raw = f.read(claimed)
+    if len(raw) < claimed:
+        raise ScanError(f"{h.path}: its header claims {plain_shape(h.shape)} {dtype_name(h.dtype)} voxels "
+                        f"({human_bytes(claimed)} uncompressed), but the file holds only {human_bytes(len(raw))}; "
+                        f"the file is truncated or its header is damaged; export the scan again")
+    return type(h.image).from_bytes(raw)
+
+
+def _grey(path: Path, data: np.ndarray) -> np.ndarray:
+    """An RGB volume whose channels are equal is grey-scale stored as colour; others are refused."""
+    r, g, b = (data[c] for c in "RGB")
+    if not (np.array_equal(r, g) and np.array_equal(r, b)):
+        raise ScanError(f"{path} is a colour (RGB24) volume with differing channels; neoseg reads single-channel "
+                        f"grey values; pass the grey-scale scan")
+    return np.array(r)
+
+
+def read_scan(path: str | Path, working_bytes=None, nonfinite: str = "background") -> Scan:
+    """A scan, checked. Non-finite voxels (NaN, +-Inf) are refused (``nonfinite="refuse"``) or set
+    to the lowest finite value, i.e. background, and marked in ``Scan.nonfinite``. A scan with no
+    finite voxel or a single value throughout is refused: it holds no image to segment."""
+    h, data = read_image(path, "scan", working_bytes)
+    path = h.path
+    notes = []
+    if data.dtype.fields:
+        data = _grey(path, data)
+        notes.append(f"{path} is stored as RGB24 with equal channels; read as grey-scale")
+    mask = None
+    if data.dtype.kind == "f":
+        finite = np.isfinite(data)
+        n_bad = int(finite.size - np.count_nonzero(finite))
+        if n_bad == finite.size:
+            raise ScanError(f"{path}: every voxel is NaN or infinite; there is no image to segment; check the "
+                            f"export that wrote it")
+        if n_bad:
+            share = f"{n_bad} of {finite.size} voxels ({100 * n_bad / finite.size:.2g} %)"
+            if nonfinite == "refuse":
+                raise ScanError(f"{path}: {share} are NaN or infinite; repair the scan (or remove this session)")
+            low = float(data[finite].min())
+            data = np.where(finite, data, np.asarray(low, data.dtype))
+            mask = ~finite
+            notes.append(f"{path}: {share} are NaN or infinite; they were treated as background and are "
+                         f"labelled outside")
+    lo, hi = float(data.min()), float(data.max())
+    if lo == hi:
+        raise ScanError(f"{path}: every {'finite ' if mask is not None else ''}voxel has the value {lo:g}; there "
+                        f"is no image to segment; check the export that wrote it")
+    return Scan(path, _single_file(h, data), data, h.affine, h.zooms, mask, notes)
+
+
+def read_labels(path: str | Path, max_value: int | None = None, working_bytes=None) -> Scan:
+    """A label map, checked: finite, whole, non-negative numbers (at most ``max_value``)."""
+    h, data = read_image(path, "label map", working_bytes)
+    path = h.path
+    if data.dtype.kind == "f":
+        if not np.all(np.isfinite(data)):
+            raise ScanError(f"{path}: label map holds NaN or infinite values; label maps hold whole label numbers; "
+                            f"repair it (or remove this session)")
+        fraction = data[data != np.round(data)]
+        if fraction.size:
+            raise ScanError(f"{path}: label map holds non-integer values (e.g. {float(fraction[0]):g}); label maps "
+                            f"hold whole label numbers; is this a probability map or an image?")
+    if data.size and float(data.min()) < 0:
+        raise ScanError(f"{path}: label map holds negative values (down to {float(data.min()):g}); label values "
+                        f"are 0 or more")
+    if max_value is not None and data.size and float(data.max()) > max_value:
+        raise ScanError(f"{path}: label map holds values up to {float(data.max()):g}, more than {max_value}; "
+                        f"map its labels onto the hierarchy's values")
+    return Scan(path, _single_file(h, data), data, h.affine, h.zooms)
+
+
+def load_image(path: str | Path, what: str = "scan") -> nib.Nifti1Image:
+    """A NIfTI file of the family nibabel reads, checked and read into a single-file image."""
+    h, data = read_image(path, what)
+    return _single_file(h, data)
+
+
+def _single_file(h: Header, data: np.ndarray) -> nib.Nifti1Image:
+    """The data in a single-file image with the file's header (pairs become .nii images); shape
+    and data type follow ``data``."""
+    kind = SINGLE_FILE.get(type(h.image), type(h.image))
+    header = h.image.header.copy()
+    header.set_data_dtype(data.dtype)
+    if isinstance(h.image, nib.Nifti1Pair) and not isinstance(h.image, nib.Nifti1Image):
+        header = kind.header_class.from_header(header)
+    img = kind(data, h.affine, header)
+    img.header.set_slope_inter(None, None)  # ``data`` is already scaled
+    return img
+
+
+def same_grid(scan: Scan, labels: Scan) -> None:
+    """Refuse a label map that does not lie on its scan's voxel grid."""
+    if scan.data.shape != labels.data.shape:
+        raise ScanError(f"{labels.path}: label map shape {plain_shape(labels.data.shape)} differs from the scan's "
+                        f"{plain_shape(scan.data.shape)} ({scan.path.name}); resample it onto the scan's grid "
+                        f"(nearest neighbour)")
+    if not np.allclose(scan.affine, labels.affine, atol=1e-3):
+        raise ScanError(f"{labels.path}: label map lies on another grid than its scan {scan.path.name} (the affines "
+                        f"differ); resample it onto the scan's grid (nearest neighbour)")
