@@ -93,7 +93,7 @@ class Profile:
     draws: int = 5
     workers: int = 1
     threads: int | None = None
-    extra_observed: bool = True  # IUC with reduction=observed at 2 %, the named option of method.md
+    extra_observed: bool = True  # IUC with reduction=observed at 2 %, the named option of docs/method.md
     extra_budget: int | None = None  # IUC at 2 % once more with this many times the steps
     fewer_draws: dict = field(default_factory=dict)  # "segformer" / "budget": draws for those runs, if fewer
     notes: list[str] = field(default_factory=list)

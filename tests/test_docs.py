@@ -36,9 +36,10 @@ def test_relative_links_and_anchors_resolve():
             path, _, anchor = target.partition("#")
             dest = (page.parent / path).resolve() if path else page
             assert dest.exists(), f"{page.relative_to(ROOT)} links to missing {target}"
-            assert ROOT in dest.parents or dest == ROOT, f"{page.relative_to(ROOT)} links outside the repository: {target}"
+            where = page.relative_to(ROOT)
+            assert ROOT in dest.parents or dest == ROOT, f"{where} links outside the repository: {target}"
             if anchor and dest.suffix == ".md":
-                assert anchor in anchors(dest), f"{page.relative_to(ROOT)}: no heading '#{anchor}' in {path or page.name}"
+                assert anchor in anchors(dest), f"{where}: no heading '#{anchor}' in {path or page.name}"
             checked += 1
     assert checked > 10  # the pages do link to each other
 
