@@ -17,13 +17,18 @@ from packaging.version import Version
 from neoseg.runtime import ort_packages
 from neoseg.runtime.backends import BackendUnavailable, open_backend
 
-tomllib = pytest.importorskip("tomllib")
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    tomllib = None
 
 ROOT = Path(__file__).resolve().parents[1]
 FLAVOURS = {"onnxruntime", "onnxruntime-gpu"}
 
 
 def project() -> dict:
+    if tomllib is None:
+        pytest.skip("reading pyproject.toml needs tomllib (Python 3.11+)")
     return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
 
 
