@@ -105,7 +105,7 @@ class Profile:
     draws: int = 5
     workers: int = 1
     threads: int | None = None
-    extra_observed: bool = True  # IUC with reduction=observed at 2 %, the named option of method.md
+    extra_observed: bool = True  # IUC with reduction=observed at 2 %, the named option of docs/method.md
     extra_budget: int | None = None  # IUC at 2 % once more with this many times the steps
     fewer_draws: dict = field(default_factory=dict)  # "segformer" / "budget": draws for those runs, if fewer
     grid: str = "full"  # headline: 2 % supervised / semi / IUC + the 100 % reference; full: Tables 1-3

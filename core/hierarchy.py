@@ -11,7 +11,7 @@ that marks a voxel annotated *as this node*, and optionally ``children``. A pare
 a coarsely (partially) labelled map carries where its children are not told apart; a parent
 without a value is only ever derived from its children.
 
-Targets follow method.md section 2: a voxel annotated with node n gets 1 for n and its ancestors,
+Targets follow docs/method.md section 2: a voxel annotated with node n gets 1 for n and its ancestors,
 2 (unknown) for n's descendants and 0 for every other channel. Numpy only: the runtime shares it.
 """
 

@@ -1,4 +1,4 @@
-"""Evaluation metrics of method.md section 6: Dice, Hausdorff (HD100, HD95) in mm, volume difference.
+"""Evaluation metrics of docs/method.md section 8: Dice, Hausdorff (HD100, HD95) in mm, volume difference.
 
 Numpy/scipy only (the runtime may import this). All functions take binary masks (bool, or any
 integer/float array where non-zero means "inside") of one shape and a voxel ``spacing`` in mm, one
@@ -29,7 +29,7 @@ Definitions (pinned by ``tests/test_metrics.py``):
 * **Volume difference** ``(|P| - |T|) · prod(spacing) / 1000`` in ml (1 mm³ = 1 µl), and relative
   ``(|P| - |T|) / |T|`` (NaN when truth is empty).
 
-Per volume (:func:`evaluate_volume`), following method.md: a channel whose truth is empty gets
+Per volume (:func:`evaluate_volume`), following docs/method.md: a channel whose truth is empty gets
 NaN Dice/HD (``truth_empty=True``; its predicted volume is still reported, so false positives stay
 visible in ``vol_pred_ml``/``vol_diff_ml``); a channel present in truth but empty in the
 prediction is ``missed``: Dice 0 and HD = the penalty, kept in every mean.

@@ -9,7 +9,7 @@ import numpy as np
 
 
 def minmax_scale(volume: np.ndarray, dtype=np.float32) -> np.ndarray:
-    """Per-volume min-max scaling to [0, 1] (method.md section 5). A constant volume maps to 0."""
+    """Per-volume min-max scaling to [0, 1] (docs/method.md section 5). A constant volume maps to 0."""
     lo, hi = float(volume.min()), float(volume.max())
     out = volume.astype(dtype, copy=True)
     out -= lo

@@ -97,13 +97,16 @@ class OrtBackend(Backend):
     """ONNX Runtime with exactly one requested execution provider (CPU kept only for shape ops)."""
 
     def __init__(self, path: Path, backend: str = "ort-cpu", threads: int | None = None):
-        import onnxruntime as ort
+        from . import ort_packages
 
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise BackendUnavailable(ort_packages.not_installed_message()) from None
         provider = ORT_PROVIDERS[backend]
         if provider not in ort.get_available_providers():
-            raise BackendUnavailable(
-                f"ONNX Runtime here has no {provider} (available: {', '.join(ort.get_available_providers())}); "
-                + ("install onnxruntime-gpu on a machine with CUDA" if backend != "ort-cpu" else ""))
+            raise BackendUnavailable(ort_packages.missing_provider_message(provider, ort.get_available_providers()))
+        missing = [] if backend == "ort-cpu" else ort_packages.preload_gpu_libraries(ort, backend == "ort-trt")
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = threads or physical_cores()
@@ -114,13 +117,13 @@ class OrtBackend(Backend):
             providers[0] = (provider, {"trt_fp16_enable": True, "trt_engine_cache_enable": True,
                                        "trt_engine_cache_path": str(cache)})
         try:
-            self.session = ort.InferenceSession(str(path), options, providers=providers)
+            with ort_packages.quiet(ort):
+                self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
             raise BackendUnavailable(f"ONNX Runtime could not load {path} with {provider}: {e}") from None
         active = self.session.get_providers()
         if active[0] != provider:  # ORT drops a provider that fails to initialise and carries on
-            raise BackendUnavailable(f"ONNX Runtime did not activate {provider} (active: {', '.join(active)}); "
-                                     f"check the CUDA/cuDNN/TensorRT libraries onnxruntime-gpu needs")
+            raise BackendUnavailable(ort_packages.not_activated_message(provider, active, missing))
         self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
         self.name = f"onnxruntime {ort.__version__} [{provider}]"
         self.batch = 8 if backend == "ort-cpu" else 256  # CPU: same speed, far less memory

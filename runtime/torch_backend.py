@@ -33,7 +33,8 @@ class TorchBackend(Backend):
         try:
             import torch
         except ImportError:
-            raise BackendUnavailable("torch is not installed: pip install 'neoseg[train]'") from None
+            raise BackendUnavailable("torch is not installed: pip install 'neoseg[train]' "
+                                     "('neoseg[train-gpu]' where neoseg was installed with the gpu extra)") from None
         if device == "cuda" and not torch.cuda.is_available():
             raise BackendUnavailable("torch sees no CUDA GPU")
         from neoseg.train import checkpoint

@@ -1,4 +1,4 @@
-"""Hand-worked numbers for neoseg.core.metrics (method.md section 6)."""
+"""Hand-worked numbers for neoseg.core.metrics (docs/method.md section 8)."""
 
 from __future__ import annotations
 
@@ -209,7 +209,7 @@ def test_evaluate_volume_rows():
     assert wm["hd95"] == pytest.approx(hausdorff(pred[0], true[0], spacing, 95))
     assert wm["vol_true_ml"] == pytest.approx(1000 * voxel_ml) and wm["vol_diff_ml"] == 0.0
     assert not wm["truth_empty"] and not wm["missed"]
-    # Truth empty: Dice/HD undefined (NaN) per method.md; the false positive stays in the volume.
+    # Truth empty: Dice/HD undefined (NaN) per docs/method.md; the false positive stays in the volume.
     assert hip["truth_empty"] and not hip["missed"]
     assert all(math.isnan(hip[k]) for k in ("dice", "hd95", "hd100", "vol_diff_rel"))
     assert hip["vol_pred_ml"] == pytest.approx(8 * voxel_ml)

@@ -1,4 +1,4 @@
-"""The paper's two baselines (section 5.1.1-5.1.2, method.md section 5).
+"""The paper's two baselines (section 5.1.1-5.1.2, docs/method.md section 7).
 
 * **Supervised**: BCE on the fully labelled training subjects only (:func:`supervised_config`).
 * **Semi-supervised** (pseudo-labelling with the known parent): the supervised model predicts the

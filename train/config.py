@@ -58,7 +58,7 @@ class TrainConfig:
         """``cpu``: minutes on 2 cores: the 64^3 cohort, 64^2 slices, a half-width U-Net
         (8-16-32-64-128), up to 40 epochs, output biases at the labels' prior odds, and training
         stopped after 7.5 minutes at the latest so that the whole run stays within 10.
-        ``paper``: method.md section 5 (256^3 cohort at 0.5 mm, 256^2 slices, the U-Net of widths
+        ``paper``: docs/method.md section 6 (256^3 cohort at 0.5 mm, 256^2 slices, the U-Net of widths
         16-32-64-128-256, up to 200 epochs, early stopping with patience 30)."""
         if name not in PROFILES:
             raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")

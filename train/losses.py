@@ -1,4 +1,4 @@
-"""Losses for multi-label targets with unknown children (method.md section 3).
+"""Losses for multi-label targets with unknown children (docs/method.md section 3).
 
 Targets are uint8 {0, 1, 2}: 1 present, 0 absent, 2 unknown (UNKNOWN). With
 B(t, x) = t log sigmoid(x) + (1 - t) log(1 - sigmoid(x)) computed from logits x:

@@ -1,4 +1,4 @@
-"""2D U-Net of method.md section 4: per level two (3x3 conv -> BatchNorm -> ReLU), 2x2 max-pool,
+"""2D U-Net of docs/method.md section 4: per level two (3x3 conv -> BatchNorm -> ReLU), 2x2 max-pool,
 decoder of 2x2 stride-2 transposed convs with skip concatenation, 1x1 conv head (logits)."""
 
 from __future__ import annotations
