@@ -45,7 +45,7 @@ def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Ses
 
     table = hierarchy.target_table()
     rows = []
-    for session in tqdm(sessions, desc="evaluate", disable=not progress, leave=False):
+    for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
         image, img = load_canonical(session.t2, np.float32)
         labels, _ = load_canonical(session.labels)
         probs = predict_volume(model, image, hierarchy, axis, size, device=device)

@@ -1,0 +1,165 @@
+"""The QC picture of one scan: three orthogonal planes through the brain with the structures'
+outlines drawn on the T2, a colour legend and the scan's name (Pillow and numpy only).
+
+Planes are shown in the scan's closest RAS orientation at true aspect ratio: sagittal (anterior
+left), coronal and axial (both neurological: the subject's left on the picture's left).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neoseg.core.hierarchy import Hierarchy
+
+from . import geometry
+
+PANEL = 300  # pixels along the largest extent (mm) of the field of view
+MARGIN, TITLE, SWATCH = 8, 26, 12
+# Colours of the built-in drawem9 structures; other hierarchies cycle through PALETTE.
+NAMED = {"csf": "#4fa3ff", "cgm": "#ff4040", "wm": "#ffd400", "background": "#a0a0a0", "ventricles": "#00e5ff",
+         "cerebellum": "#b36bff", "dgm": "#3ddc84", "brainstem": "#ff9f1c", "hippocampi_amygdala": "#ff5fd2"}
+PALETTE = ("#ff4040", "#ffd400", "#3ddc84", "#4fa3ff", "#ff9f1c", "#b36bff", "#00e5ff", "#ff5fd2", "#a0a0a0",
+           "#8bc34a", "#e91e63", "#795548")
+
+
+def structure_colours(hierarchy: Hierarchy) -> dict[str, str]:
+    """Hex colour of every leaf that is drawn (all but the outside channel), by name."""
+    outside = hierarchy.outside_channel
+    leaves = [i for i in hierarchy.leaves if i != outside]
+    free = iter(c for c in PALETTE * 4 if c not in {NAMED.get(hierarchy.channels[i].name) for i in leaves})
+    return {hierarchy.channels[i].name: NAMED.get(hierarchy.channels[i].name) or next(free) for i in leaves}
+
+
+def render_qc(t2: np.ndarray, labels: np.ndarray, affine: np.ndarray, zooms, hierarchy: Hierarchy,
+              title: str, subtitle: str = ""):
+    """A PIL RGB image; ``t2`` and ``labels`` on the same (stored) grid."""
+    from PIL import Image, ImageDraw
+
+    ornt = geometry.canonical_ornt(affine)
+    t2 = np.asarray(geometry.to_canonical(np.asarray(t2, np.float32), ornt))
+    index, names = _leaf_index(np.asarray(geometry.to_canonical(labels, ornt)), hierarchy)
+    spacing = geometry.canonical_spacing(zooms, ornt)
+    colours = structure_colours(hierarchy)
+    rgb = np.zeros((len(names) + 1, 3), np.uint8)  # index 0: not drawn
+    for k, name in enumerate(names, 1):
+        rgb[k] = _hex(colours[name])
+    gray = _window(t2)
+    centre = _centre(index, t2.shape)
+    scale = PANEL / max(n * s for n, s in zip(t2.shape, spacing))  # pixels per mm, the same in all panels
+    panels = [_panel(gray, index, rgb, plane, centre, spacing, scale) for plane in ("sagittal", "coronal", "axial")]
+
+    font, small = _font(15), _font(12)
+    present = [n for k, n in enumerate(names, 1) if (index == k).any()]
+    legend_rows = _legend_layout(present, small, sum(p.width for p in panels) + 2 * MARGIN)
+    width = sum(p.width for p in panels) + 4 * MARGIN
+    height = TITLE + max(p.height for p in panels) + 2 * MARGIN + 20 * len(legend_rows) + MARGIN
+    image = Image.new("RGB", (width, height), "black")
+    draw = ImageDraw.Draw(image)
+    draw.text((MARGIN, 5), title, fill="white", font=font)
+    if subtitle:
+        w = draw.textlength(subtitle, font=small)
+        draw.text((width - MARGIN - w, 7), subtitle, fill="#cccccc", font=small)
+    x = MARGIN
+    for plane, panel in zip(("sagittal", "coronal", "axial"), panels):
+        image.paste(panel, (x, TITLE + MARGIN))
+        draw.text((x + 3, TITLE + MARGIN + 2), plane, fill="#dddddd", font=small)
+        if plane != "sagittal":  # neurological: subject's left on the left
+            draw.text((x + 3, TITLE + MARGIN + panel.height // 2), "L", fill="#dddddd", font=small)
+            draw.text((x + panel.width - 10, TITLE + MARGIN + panel.height // 2), "R", fill="#dddddd", font=small)
+        else:
+            draw.text((x + 3, TITLE + MARGIN + panel.height // 2), "A", fill="#dddddd", font=small)
+        x += panel.width + MARGIN
+    y = TITLE + max(p.height for p in panels) + 2 * MARGIN
+    for row in legend_rows:
+        x = MARGIN
+        for name, w in row:
+            draw.rectangle((x, y + 2, x + SWATCH, y + 2 + SWATCH), fill=colours[name])
+            draw.text((x + SWATCH + 5, y), name, fill="white", font=small)
+            x += w
+        y += 20
+    return image
+
+
+def save_qc(image, path: str | Path) -> None:
+    image.save(str(path), format="PNG")
+
+
+def _leaf_index(labels: np.ndarray, hierarchy: Hierarchy) -> tuple[np.ndarray, list[str]]:
+    """Labels -> uint8 index (0: outside or unknown; k: the k-th drawn leaf) and the leaves' names."""
+    outside = hierarchy.outside_channel
+    leaves = [i for i in hierarchy.leaves if i != outside]
+    lut = np.zeros(max(max(hierarchy.label_values), int(labels.max(initial=0))) + 1, np.uint8)
+    for k, i in enumerate(leaves, 1):
+        lut[list(hierarchy.channels[i].values)] = k
+    return lut[np.clip(labels, 0, None).astype(np.int64)], [hierarchy.channels[i].name for i in leaves]
+
+
+def _window(t2: np.ndarray) -> np.ndarray:
+    """T2 -> uint8 grey, windowed on the 0.5-99.5 percentiles of the non-zero voxels."""
+    values = t2[t2 > 0] if (t2 > 0).any() else t2.ravel()
+    lo, hi = np.percentile(values, (0.5, 99.5)) if values.size else (0.0, 1.0)
+    scaled = (t2 - lo) / max(float(hi - lo), 1e-6)
+    return (np.clip(scaled, 0, 1) * 255).astype(np.uint8)
+
+
+def _centre(index: np.ndarray, shape) -> tuple[int, ...]:
+    """Centre of mass of the drawn structures (the middle of the volume when there are none)."""
+    where = np.nonzero(index)
+    if not where[0].size:
+        return tuple(n // 2 for n in shape)
+    return tuple(int(round(float(w.mean()))) for w in where)
+
+
+def _panel(gray, index, rgb, plane: str, centre, spacing, scale):
+    """One plane as a PIL image: rows top to bottom, labels upsampled before outlining so the
+    outlines are one display pixel wide."""
+    from PIL import Image
+
+    x, y, z = centre
+    sx, sy, sz = spacing
+    if plane == "sagittal":  # anterior left, superior up
+        g, k, (col_mm, row_mm) = gray[x, ::-1, ::-1].T, index[x, ::-1, ::-1].T, (sy, sz)
+    elif plane == "coronal":  # subject's left on the left, superior up
+        g, k, (col_mm, row_mm) = gray[:, y, ::-1].T, index[:, y, ::-1].T, (sx, sz)
+    else:  # axial: anterior up
+        g, k, (col_mm, row_mm) = gray[:, ::-1, z].T, index[:, ::-1, z].T, (sx, sy)
+    size = (max(1, round(g.shape[1] * col_mm * scale)), max(1, round(g.shape[0] * row_mm * scale)))
+    g = np.asarray(Image.fromarray(np.ascontiguousarray(g)).resize(size, Image.BILINEAR))
+    k = np.asarray(Image.fromarray(np.ascontiguousarray(k)).resize(size, Image.NEAREST))
+    edge = np.zeros(k.shape, bool)
+    edge[:, :-1] |= k[:, :-1] != k[:, 1:]
+    edge[:, 1:] |= k[:, 1:] != k[:, :-1]
+    edge[:-1] |= k[:-1] != k[1:]
+    edge[1:] |= k[1:] != k[:-1]
+    edge &= k > 0
+    out = np.repeat(g[..., None], 3, axis=2)
+    out[edge] = rgb[k[edge]]
+    return Image.fromarray(out, "RGB")
+
+
+def _legend_layout(names: list[str], font, width: int) -> list[list[tuple[str, int]]]:
+    rows: list[list[tuple[str, int]]] = [[]]
+    used = 0
+    for name in names:
+        w = SWATCH + 5 + int(font.getlength(name)) + 16
+        if rows[-1] and used + w > width:
+            rows.append([])
+            used = 0
+        rows[-1].append((name, w))
+        used += w
+    return rows if rows[0] else []
+
+
+def _font(size: int):
+    from PIL import ImageFont
+
+    try:
+        return ImageFont.load_default(size=size)  # scalable with Pillow >= 10.1 and FreeType
+    except (TypeError, OSError, ImportError):
+        return ImageFont.load_default()
+
+
+def _hex(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i:i + 2], 16) for i in (1, 3, 5))
