@@ -15,6 +15,7 @@ from .dataset import FinishedScan
 
 Z_LIMIT = 3.5  # modified z-score (Iglewicz & Hoaglin) above which a volume is an outlier
 MIN_SCANS = 5  # fewer scans give no reliable median spread: nothing is flagged
+FLOOR_ML = 0.1  # added before taking logarithms, so that empty structures stay finite
 
 
 @dataclass
@@ -40,11 +41,14 @@ def modified_z(values: list[float]) -> list[float]:
 
 
 def outliers(finished: list[FinishedScan], structures: list[str]) -> dict[tuple[int, str], float]:
-    """(row, structure) -> modified z of every volume beyond Z_LIMIT."""
+    """(row, structure) -> modified z of every volume beyond Z_LIMIT. Volumes are compared on a
+    log scale: they vary by factors (preterm and term brains differ by 2-3x), so a volume a tenth
+    of the median is as far off as one ten times it."""
     flagged = {}
     for name in structures:
         rows = [i for i, f in enumerate(finished) if name in f.volumes]
-        for i, z in zip(rows, modified_z([finished[i].volumes[name] for i in rows])):
+        logs = [math.log(finished[i].volumes[name] + FLOOR_ML) for i in rows]
+        for i, z in zip(rows, modified_z(logs)):
             if abs(z) > Z_LIMIT:
                 flagged[(i, name)] = z
     return flagged
@@ -66,8 +70,9 @@ def render_report(finished: list[FinishedScan], failed: list[FailedScan], struct
     head = "".join(f"<th>{html.escape(s)}</th>" for s in structures)
     median_row = "".join(f"<td>{medians[s]:.1f}</td>" if s in medians else "<td></td>" for s in structures)
     now = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    note = (f"Volumes more than {Z_LIMIT} robust standard deviations (modified z-score: median and median absolute "
-            f"deviation of the dataset) from the median are highlighted; nothing is flagged below {MIN_SCANS} scans. "
+    note = (f"Volumes more than {Z_LIMIT} robust standard deviations from the dataset's median are highlighted "
+            f"(modified z-score of the log volume: median and median absolute deviation of the dataset); nothing "
+            f"is flagged below {MIN_SCANS} scans. "
             f"A flag asks for a look at the picture: age and pathology also move volumes.")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -123,7 +128,7 @@ def _row(i: int, f: FinishedScan, structures: list[str], flagged: dict, medians:
         if s not in f.volumes:
             cells.append("<td>n/a</td>")
         elif (i, s) in flagged:
-            tip = f"modified z {flagged[(i, s)]:+.1f}; dataset median {medians[s]:.1f} ml"
+            tip = f"modified z {flagged[(i, s)]:+.1f} (log scale); dataset median {medians[s]:.1f} ml"
             cells.append(f'<td class="out" title="{html.escape(tip)}">{f.volumes[s]:.1f}</td>')
         else:
             cells.append(f"<td>{f.volumes[s]:.1f}</td>")

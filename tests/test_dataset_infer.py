@@ -296,8 +296,39 @@ def test_outliers_are_flagged_by_robust_distance_from_the_median():
 
     rows = [finished(v) for v in (300, 310, 305, 295, 320, 302, 150)]
     assert list(outliers(rows, ["tcv"])) == [(6, "tcv")]
-    assert outliers(rows[:4] + rows[-1:], ["tcv"]) == {(4, "tcv"): pytest.approx(0.6745 * (150 - 300) / 5)}  # median 300, MAD 5
+    log = [np.log(v + 0.1) for v in (300, 310, 305, 295, 150)]  # by hand: median and MAD of the logs
+    mad = np.median(np.abs(np.array(log) - log[0]))
+    assert outliers(rows[:4] + rows[-1:], ["tcv"]) == {(4, "tcv"): pytest.approx(0.6745 * (log[4] - log[0]) / mad)}
     assert outliers(rows[:3] + rows[-1:], ["tcv"]) == {}  # too few scans to judge
+    # a wide but plausible spread (preterm and term) flags nothing; a tenth of the median does
+    spread = [finished(v) for v in (120, 150, 200, 260, 300, 350, 400)]
+    assert outliers(spread, ["tcv"]) == {} and list(outliers(spread + [finished(20)], ["tcv"])) == [(7, "tcv")]
     description = {"GeneratedBy": [{"Name": "neoseg", "Version": "0", "Model": {}}], "SourceDatasets": [{}]}
     page = render_report(rows, [], ["tcv"], {"tcv": "#ff0000"}, description)
     assert page.count('class="out"') == 1 and page.count('class="flag"') == 1
+
+
+@pytest.mark.slow
+def test_report_shows_its_pictures_in_a_headless_browser(full_run, tmp_path):
+    from neoseg.benchmarks.browser import colour_pixels, find_browser, screenshot
+
+    if find_browser() is None:
+        pytest.skip("no Chromium or Chrome installed")
+    out, _, _ = full_run
+    shot = screenshot(out / "index.html", tmp_path / "report.png", width=1300, height=800)
+    colours = structure_colours(builtin())
+    assert colour_pixels(shot, colours["cgm"], 12) > 20  # outlines of the QC pictures, loaded from file://
+    assert colour_pixels(shot, "#f3f3f3", 2) > 1000  # the styled table header
+
+
+def test_scan_files_get_volumes_and_qc_too(cohort, model, tmp_path):
+    t2 = find_sessions(cohort)[0].t2
+    result = runner.invoke(app, [str(t2), "-m", str(model), "-o", str(tmp_path), "--qc"])
+    assert result.exit_code == 0, result.output
+    name = t2.name.replace("_desc-restore_T2w.nii.gz", "")
+    assert read_volumes_tsv(tmp_path / f"{name}_desc-neoseg_volumes.tsv")["tcv"] >= 0
+    from PIL import Image
+
+    with Image.open(tmp_path / f"{name}_desc-neoseg_qc.png") as png:
+        assert png.format == "PNG" and png.width > 600
+    assert not (tmp_path / "dataset_description.json").exists()  # dataset files only in dataset mode
