@@ -30,8 +30,8 @@ class Volume:
 def structure_volumes(labels: np.ndarray, zooms, hierarchy: Hierarchy) -> list[Volume]:
     """One :class:`Volume` per channel, in hierarchy order; ``zooms`` are the voxel sizes in mm."""
     voxel_ml = float(np.prod(np.asarray(zooms, np.float64)[:3])) / 1000.0
-    values, counts = np.unique(np.asarray(labels), return_counts=True)
-    count_of = dict(zip(values.tolist(), counts.tolist()))
+    counts = np.bincount(np.asarray(labels).ravel())  # label maps hold small non-negative integers
+    count_of = dict(enumerate(counts.tolist()))
     out = []
     for i, channel in enumerate(hierarchy.channels):
         members = [i] + hierarchy.descendants(i)
