@@ -85,7 +85,7 @@ def infer(
         if plan is not None:
             plan.begin(runner.info)
         try:
-            _run(jobs, runner, probabilities, qc, summary)
+            _run(jobs, runner, probabilities, qc, summary, say_failures=root is not None or len(jobs) > 1)
         finally:  # also when interrupted: what is done is summarised
             if plan is not None:
                 plan.finish(runner.info, summary.failed)
@@ -244,8 +244,9 @@ class Summary:
         write_text(self.path, json.dumps(body, indent=2) + "\n", overwrite=True)
 
 
-def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summary) -> None:
-    """Every job in turn; a failing scan is reported and the others go on."""
+def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summary, say_failures: bool = True) -> None:
+    """Every job in turn; a failing scan is reported (unless ``say_failures`` is off: a single scan's
+    error is the command's own) and the others go on."""
     from neoseg.runtime.files import output_paths, segment_file
 
     with Progress(len(jobs)) as progress:
@@ -263,7 +264,8 @@ def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summar
                     if not isinstance(e, USER_ERRORS):  # a bug: keep its traceback for the report
                         traceback.print_exc()
                     summary.add(job, "failed", error=error)
-                    progress.done(f"{job.name}: FAILED: {error}", err=True)
+                    if say_failures:
+                        progress.done(f"{job.name}: FAILED: {error}", err=True)
                     continue
                 summary.add(job, "done", paths, timings=seg.timings, computed_slices=seg.computed_slices)
                 total = sum(seg.timings.values())
