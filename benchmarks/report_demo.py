@@ -1,11 +1,12 @@
-"""The dataset mode end to end, checked in a real headless browser (about 3 minutes on 2 cores):
+"""The dataset mode end to end, checked in a real headless browser (about 6 minutes on 2 busy cores):
 
     python -m neoseg.benchmarks.report_demo --out runs/report-demo [--img docs/img]
 
 1. generates a small synthetic cohort in the dHCP layout (--subjects at --grid);
 2. adds one copy of a scan whose header claims half its true voxel size (a classic conversion
-   error: the anatomy is right, the volumes are 8x too small), so the report has an outlier to flag;
-3. trains a small U-Net for --steps on the first sessions and exports it to ONNX;
+   error), so the report has an outlier to flag;
+3. trains a U-Net with neoseg-train's cpu profile for at most --minutes on another synthetic
+   cohort (--train-subjects, fully labelled) and exports it to ONNX;
 4. runs ``neoseg-infer DATA -m model.onnx -o OUT/derivatives/neoseg --qc --json OUT/summary.json``
    as a user would (a subprocess);
 5. opens ``index.html`` from disk in headless Chromium, saves a screenshot and checks that the QC
@@ -35,10 +36,10 @@ def main(argv=None) -> None:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--subjects", type=int, default=6)
     p.add_argument("--grid", type=int, default=64)
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--train-subjects", type=int, default=10)
+    p.add_argument("--minutes", type=float, default=5.0, help="training time limit")
     p.add_argument("--img", type=Path, help="copy qc-report.png and qc.png here")
     args = p.parse_args(argv)
-    from neoseg.benchmarks.toy import train_toy
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.synth import CohortSpec, generate_cohort
     from neoseg.export.onnx_export import export_onnx
@@ -46,6 +47,8 @@ def main(argv=None) -> None:
     from neoseg.runtime.qc import structure_colours
     from neoseg.core.hierarchy import builtin
     from neoseg.train import checkpoint
+    from neoseg.train.config import TrainConfig
+    from neoseg.train.loop import train
 
     out = args.out
     data = generate_cohort(out / "data", CohortSpec(n_subjects=args.subjects, grid=args.grid, seed=3), progress=False)
@@ -53,9 +56,13 @@ def main(argv=None) -> None:
     bad_header(sessions[-1].t2, data / "sub-BADHEADER" / "ses-1" / "anat" / "sub-BADHEADER_ses-1_desc-restore_T2w.nii.gz")
     model = out / "model.onnx"
     if not model.is_file():
-        print(f"training a small U-Net for {args.steps} steps on {min(4, len(sessions))} sessions", flush=True)
-        ckpt = train_toy(out / "model.pt", sessions[:4], args.grid, widths=(8, 16, 32, 64), steps=args.steps)
-        loaded = checkpoint.load(ckpt)
+        config = TrainConfig.profile("cpu", cohort_subjects=args.train_subjects, cohort_grid=args.grid,
+                                     slice_size=args.grid, full_fraction=1.0, loss="bce", max_minutes=args.minutes)
+        print(f"training a U-Net (cpu profile, BCE, {args.train_subjects} fully labelled synthetic subjects) for at "
+              f"most {args.minutes} min", flush=True)
+        result = train(config, out / "train", resume=(out / "train" / "config.json").is_file(), progress=False)
+        print(f"best epoch {result.best_epoch}; test Dice:\n{result.table}", flush=True)
+        loaded = checkpoint.load(out / "train" / "best.pt")
         export_onnx(loaded.model, info_from_checkpoint(loaded), model)
     deriv = out / "derivatives" / "neoseg"
     infer = Path(sys.executable).with_name("neoseg-infer")

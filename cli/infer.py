@@ -88,7 +88,7 @@ def infer(
             _run(jobs, runner, probabilities, qc, summary, say_failures=root is not None or len(jobs) > 1)
         finally:  # also when interrupted: what is done is summarised
             if plan is not None:
-                plan.finish(runner.info, summary.failed)
+                summary.head["dataset_files"] = [str(p) for p in plan.finish(runner.info, summary.failed)]
             summary.write()
         failed = summary.failed
         if failed and root is None and len(jobs) == 1:
@@ -177,12 +177,14 @@ class DatasetPlan:
                 for leftover in job.outdir.glob(f".{_stem(job.scan)}_desc-neoseg_*.part*"):
                     leftover.unlink(missing_ok=True)
 
-    def finish(self, info, failed) -> None:
+    def finish(self, info, failed) -> list[Path]:
         from neoseg.runtime.report import FailedScan, write_group_files
 
         written = write_group_files(self.out, info.hierarchy, self.description(info),
                                     [FailedScan(f.name, f.error) for f in failed], self.qc)
+        written = [self.out / "dataset_description.json", self.out / "dseg.tsv", *written]
         typer.echo("dataset files: " + ", ".join(p.name for p in written))
+        return written
 
 
 @dataclass

@@ -20,6 +20,7 @@ from .volumes import read_volumes_tsv
 BIDS_VERSION = "1.9.0"
 T2W_PATTERNS = ("sub-*/anat/*_T2w.nii.gz", "sub-*/anat/*_T2w.nii", "sub-*/ses-*/anat/*_T2w.nii.gz",
                 "sub-*/ses-*/anat/*_T2w.nii")
+DATASET_FILES = ("dataset_description.json", "dseg.tsv", "volumes.tsv", "volumes.json", "index.html")
 PREFERRED_DESC = "desc-restore"  # dHCP's bias-corrected T2w, preferred over the raw one of a session
 
 
@@ -146,6 +147,10 @@ def check_output_folder(out: Path, root: Path, digest: str, overwrite: bool) -> 
                          f"{root / 'derivatives' / 'neoseg'}")
     description = out / "dataset_description.json"
     if not description.is_file():
+        taken = [name for name in DATASET_FILES if (out / name).exists()]
+        if taken and not overwrite:
+            raise ValueError(f"{out} already holds {', '.join(taken)} but no neoseg dataset_description.json; "
+                             f"choose an empty folder, or pass --overwrite to replace them")
         return
     try:
         generated = json.loads(description.read_text()).get("GeneratedBy", [{}])[0]

@@ -86,6 +86,8 @@ def test_dataset_mirrors_the_layout_and_writes_bids_dataset_files(cohort, model,
 
     runs = json.loads(summary.read_text())
     assert runs["counts"] == {"done": len(sessions), "skipped": 0, "failed": 0, "not run": 0}
+    assert {Path(p).name for p in runs["dataset_files"]} == {"dataset_description.json", "dseg.tsv", "volumes.tsv",
+                                                              "volumes.json", "index.html"}
     for scan in runs["scans"]:
         assert scan["status"] == "done" and scan["error"] is None and scan["timings"]["network"] >= 0
         assert all(Path(p).is_file() for p in scan["outputs"].values()) and "qc" in scan["outputs"]
@@ -192,6 +194,11 @@ def test_output_folder_checks(cohort, model, full_run, tmp_path):
     (foreign / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}')
     result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(foreign)])
     assert result.exit_code == 2 and "holds another dataset" in result.output
+    (foreign / "dataset_description.json").unlink()
+    (foreign / "volumes.tsv").write_text("my own table\n")
+    result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(foreign)])
+    assert result.exit_code == 2 and "already holds volumes.tsv" in result.output
+    assert (foreign / "volumes.tsv").read_text() == "my own table\n"
 
 
 # ---- selection -------------------------------------------------------------------------------
