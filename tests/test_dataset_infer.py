@@ -341,3 +341,17 @@ def test_scan_files_get_volumes_and_qc_too(cohort, model, tmp_path):
     with Image.open(tmp_path / f"{name}_desc-neoseg_qc.png") as png:
         assert png.format == "PNG" and png.width > 600
     assert not (tmp_path / "dataset_description.json").exists()  # dataset files only in dataset mode
+
+
+def test_dataset_mode_and_qc_need_neither_torch_nor_matplotlib(cohort, model, tmp_path):
+    import subprocess
+    import sys
+
+    subject = sessions_of(cohort)[0][0]
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; sys.modules['matplotlib'] = None; "
+            "from neoseg.cli.infer import main; "
+            f"sys.argv = ['neoseg-infer', {str(cohort)!r}, '-m', {str(model)!r}, '-o', {str(tmp_path / 'o')!r}, "
+            f"'--qc', '--participant-label', {subject!r}]; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "o" / "index.html").is_file() and list((tmp_path / "o").rglob("*_desc-neoseg_qc.png"))
