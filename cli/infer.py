@@ -34,7 +34,7 @@ class BackendName(str, Enum):
 def infer(
     inputs: Annotated[list[Path], typer.Argument(exists=True, metavar="SCAN... | DATASET",
                                                  help="NIfTI scans (.nii/.nii.gz), or one BIDS / dHCP-layout "
-                                                      "dataset folder (sub-*/[ses-*/]anat/*_T2w.nii[.gz])")],
+                                                      "dataset folder (sub-*/anat/ or sub-*/ses-*/anat/ *_T2w.nii.gz)")],
     model: Annotated[Path, typer.Option("-m", "--model", exists=True, dir_okay=False,
                                        help="model.onnx, an engine from neoseg-export --trt, or a .pt checkpoint")],
     outdir: Annotated[Path, typer.Option("-o", "--outdir", file_okay=False,
@@ -62,7 +62,7 @@ def infer(
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
     (labels), _mask.nii.gz (4D, one volume per channel), _mask.json and _volumes.tsv on the scan's
-    own grid, affine and header. A dataset's results mirror its sub-*/[ses-*/]anat/ folders, with
+    own grid, affine and header. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
     dataset_description.json, dseg.tsv and a group volumes.tsv; finished scans are skipped on a rerun."""
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.engine import EngineMismatchError
