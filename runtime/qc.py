@@ -18,9 +18,10 @@ from . import geometry
 PANEL = 300  # pixels along the largest extent (mm) of the field of view
 MARGIN, TITLE, SWATCH = 8, 26, 12
 # Colours of the built-in drawem9 structures; other hierarchies cycle through PALETTE.
-NAMED = {"csf": "#4fa3ff", "cgm": "#ff4040", "wm": "#ffd400", "background": "#a0a0a0", "ventricles": "#00e5ff",
-         "cerebellum": "#b36bff", "dgm": "#3ddc84", "brainstem": "#ff9f1c", "hippocampi_amygdala": "#ff5fd2"}
-PALETTE = ("#ff4040", "#ffd400", "#3ddc84", "#4fa3ff", "#ff9f1c", "#b36bff", "#00e5ff", "#ff5fd2", "#a0a0a0",
+NAMED = {"csf": "#4fa3ff", "cgm": "#ff4040", "wm": "#ffe600", "background": "#a0a0a0", "ventricles": "#00e5ff",
+         "cerebellum": "#b36bff", "dgm": "#3ddc84", "brainstem": "#ff80ab", "hippocampi_amygdala": "#e040fb"}
+# No orange: outlines are drawn on both sides of a boundary, and red beside yellow reads as orange.
+PALETTE = ("#ff4040", "#ffe600", "#3ddc84", "#4fa3ff", "#b36bff", "#00e5ff", "#ff80ab", "#e040fb", "#a0a0a0",
            "#8bc34a", "#e91e63", "#795548")
 
 

@@ -62,8 +62,8 @@ def render_report(finished: list[FinishedScan], failed: list[FailedScan], struct
                for s in structures if any(s in f.volumes for f in finished)}
     generated = description["GeneratedBy"][0]
     model = generated.get("Model", {})
-    rows = [_row(i, f, structures, flagged, medians) for i, f in enumerate(finished)]
-    rows += [_failed_row(f, len(structures)) for f in failed]
+    rows = [_failed_row(f, len(structures)) for f in failed]  # what needs attention first
+    rows += [_row(i, f, structures, flagged, medians) for i, f in enumerate(finished)]
     n_flagged = len({i for i, _ in flagged})
     legend = "".join(f'<span class="sw" style="background:{c}"></span>{html.escape(n)} '
                      for n, c in colours.items())
@@ -86,7 +86,8 @@ h1 {{ font-size: 1.4em; margin: 0 0 .3em; }}
 table {{ border-collapse: collapse; font-size: .88em; }}
 th, td {{ border-bottom: 1px solid #ddd; padding: 4px 7px; text-align: right; vertical-align: middle; }}
 th {{ background: #f3f3f3; position: sticky; top: 0; }}
-td.name, th.name {{ text-align: left; }}
+td.name, th.name {{ text-align: left; white-space: nowrap; }}
+td.err {{ text-align: left; }}
 td.qc img {{ width: 360px; display: block; }}
 tr.flag td.name {{ border-left: 5px solid #e0a000; }}
 tr.failed td {{ background: #fde7ea; }}
@@ -145,7 +146,7 @@ def _row(i: int, f: FinishedScan, structures: list[str], flagged: dict, medians:
 
 def _failed_row(f: FailedScan, n_structures: int) -> str:
     return (f'<tr class="failed"><td class="name">{html.escape(f.name)}</td>'
-            f'<td class="name" colspan="{n_structures + 2}">failed: {html.escape(f.error)}</td></tr>')
+            f'<td class="err" colspan="{n_structures + 2}">failed: {html.escape(f.error)}</td></tr>')
 
 
 def volume_columns(hierarchy) -> list[str]:

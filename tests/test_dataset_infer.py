@@ -325,9 +325,13 @@ def test_report_shows_its_pictures_in_a_headless_browser(full_run, tmp_path):
         pytest.skip("no Chromium or Chrome installed")
     out, _, _ = full_run
     shot = screenshot(out / "index.html", tmp_path / "report.png", width=1300, height=800)
-    colours = structure_colours(builtin())
-    assert colour_pixels(shot, colours["cgm"], 12) > 20  # outlines of the QC pictures, loaded from file://
+    # the QC pictures' black background is the only pure black on the page (text is #222): they loaded
+    assert colour_pixels(shot, "#000000", 10) > 20000
     assert colour_pixels(shot, "#f3f3f3", 2) > 1000  # the styled table header
+    (out / "broken.html").write_text((out / "index.html").read_text().replace('src="sub-', 'src="missing/sub-'))
+    broken = screenshot(out / "broken.html", tmp_path / "broken.png", width=1300, height=800)
+    assert colour_pixels(broken, "#000000", 10) < 1000  # the measure sees pictures that fail to load
+    (out / "broken.html").unlink()
 
 
 def test_scan_files_get_volumes_and_qc_too(cohort, model, tmp_path):
