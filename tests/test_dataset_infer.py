@@ -184,11 +184,19 @@ def test_rerun_skips_finished_scans_and_redoes_an_interrupted_one(cohort, model,
 def test_output_folder_checks(cohort, model, full_run, tmp_path):
     out, _, _ = full_run
     other = tmp_path / "other.onnx"
-    other.write_bytes(model.read_bytes() + b"\0")  # another digest
+    other.write_bytes(model.read_bytes() + b"\xc0\x3e\x00")  # another digest: an unknown protobuf field 1000 = 0
     result = runner.invoke(app, [str(cohort), "-m", str(other), "-o", str(out)])
     assert result.exit_code == 2 and "results of another model" in result.output and "--overwrite" in result.output
     result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(cohort)])
     assert result.exit_code == 2 and "is the input dataset" in result.output
+    # --overwrite: the other model redoes every scan, and the folder then names it
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    result = runner.invoke(app, [str(cohort), "-m", str(other), "-o", str(copy), "--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert "skipped" not in result.output and result.output.count(" slices computed") == len(sessions_of(cohort))
+    digest = json.loads((copy / "dataset_description.json").read_text())["GeneratedBy"][0]["Model"]["Digest"]
+    assert digest == "sha256:" + hashlib.sha256(other.read_bytes()).hexdigest()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "dataset_description.json").write_text('{"Name": "raw", "BIDSVersion": "1.9.0"}')
@@ -202,13 +210,19 @@ def test_output_folder_checks(cohort, model, full_run, tmp_path):
 
 
 # ---- selection -------------------------------------------------------------------------------
-def test_participant_and_session_filters(cohort, model, tmp_path):
+def test_participant_and_session_filters(cohort, model, tmp_path, monkeypatch):
+    import neoseg.runtime.backends as backends
+
+    opened = []
+    real_open = backends.open_backend
+    monkeypatch.setattr(backends, "open_backend", lambda *a, **k: opened.append(a) or real_open(*a, **k))
     sessions = sessions_of(cohort)
     subject = sessions[0][0]
     picked = [s for s in sessions if s[0] == subject]
     out = tmp_path / "a"
     result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(out), "--participant-label", subject])
     assert result.exit_code == 0, result.output
+    assert len(opened) == 1  # the model is loaded once for all scans
     assert sorted(p.name.split("_desc")[0] for p in out.glob("sub-*/ses-*/anat/*_dseg.nii.gz")) == \
         sorted(f"sub-{a}_ses-{b}" for a, b in picked)
     assert [scan.subject for scan in find_scans(cohort, [f"sub-{subject}"])] == [subject] * len(picked)
