@@ -150,7 +150,7 @@ def _panel(t2, window, labels, lut, rgb, plane: str, centre, spacing, scale):
     g, k = _grey(g, window), _index(lut, k)
     size = (max(1, round(g.shape[1] * col_mm * scale)), max(1, round(g.shape[0] * row_mm * scale)))
     g = np.asarray(Image.fromarray(np.ascontiguousarray(g)).resize(size, Image.BILINEAR))
-    k = np.asarray(Image.fromarray(np.ascontiguousarray(k)).resize(size, Image.NEAREST))
+    k = _upsample_labels(k, size)
     edge = np.zeros(k.shape, bool)
     edge[:, :-1] |= k[:, :-1] != k[:, 1:]
     edge[:, 1:] |= k[:, 1:] != k[:, :-1]
@@ -160,6 +160,19 @@ def _panel(t2, window, labels, lut, rgb, plane: str, centre, spacing, scale):
     out = np.repeat(g[..., None], 3, axis=2)
     out[edge] = rgb[k[edge]]
     return Image.fromarray(out, "RGB"), set(np.unique(k[edge]).tolist())
+
+
+def _upsample_labels(k: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Labels to ``size`` (width, height): each label's indicator interpolated bilinearly, the
+    largest wins, so outlines follow smooth contours rather than voxel steps."""
+    from PIL import Image
+
+    values = np.unique(k)
+    if len(values) == 1:
+        return np.full(size[::-1], values[0], k.dtype)
+    up = [np.asarray(Image.fromarray((k == v).astype(np.float32), "F").resize(size, Image.BILINEAR))
+          for v in values]
+    return values[np.argmax(np.stack(up), axis=0)].astype(k.dtype)
 
 
 def _legend_layout(names: list[str], font, width: int) -> list[list[tuple[str, int]]]:
