@@ -1,8 +1,13 @@
-"""``neoseg-infer SCAN... -m MODEL -o OUTDIR``: segment scans on their own voxel grid."""
+"""``neoseg-infer SCAN... | DATASET -m MODEL -o OUTDIR``: segment scans, or a whole BIDS / dHCP dataset, on
+the scans' own voxel grids."""
 
 from __future__ import annotations
 
+import time
+import traceback
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -10,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from .common import USER_ERRORS, user_errors
+from .progress import Progress
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
@@ -26,57 +32,273 @@ class BackendName(str, Enum):
 
 @app.command()
 def infer(
-    scans: Annotated[list[Path], typer.Argument(dir_okay=False, help="NIfTI scans (.nii, .nii.gz, .hdr/.img)")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="SCAN... | DATASET",
+                                                 help="NIfTI scans (.nii, .nii.gz, .hdr/.img), or one BIDS / dHCP-layout "
+                                                      "dataset folder (sub-*/anat/ or sub-*/ses-*/anat/ *_T2w.nii.gz)")],
     model: Annotated[Path, typer.Option("-m", "--model", exists=True, dir_okay=False,
                                        help="model.onnx, an engine from neoseg-export --trt, or a .pt checkpoint")],
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", file_okay=False, help="folder for the results")],
+    outdir: Annotated[Path, typer.Option("-o", "--outdir", file_okay=False,
+                                         help="folder for the results (for a dataset: its derivatives folder, "
+                                              "e.g. DATASET/derivatives/neoseg)")],
     backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
         BackendName.auto,
     batch: Annotated[Optional[int], typer.Option(min=1, help="slices per network call (default: 256 on GPU, "
                                                               "8 on CPU); lower it for small GPUs")] = None,
     probabilities: Annotated[bool, typer.Option(help="also write sigmoid probabilities (_probseg)")] = False,
+    qc: Annotated[bool, typer.Option("--qc", help="also write a QC picture per scan (_qc.png) and, for a "
+                                                  "dataset, the report index.html")] = False,
+    participant_label: Annotated[Optional[list[str]], typer.Option(
+        help="dataset mode: only these subjects (with or without sub-; repeat or comma-separate)")] = None,
+    session_label: Annotated[Optional[list[str]], typer.Option(
+        help="dataset mode: only these sessions (with or without ses-)")] = None,
+    json_summary: Annotated[Optional[Path], typer.Option("--json", dir_okay=False,
+                                                         help="write a machine-readable summary of the run")] = None,
     threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: all cores)")] = None,
     skip_empty: Annotated[bool, typer.Option(help="compute only the slices that hold head")] = True,
     crop_plane: Annotated[bool, typer.Option(help="also cut slices to the head's box: faster for a small head in "
                                              "a large field of view; changes results at the cut")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    overwrite: Annotated[bool, typer.Option(help="replace existing outputs (for a dataset: redo every scan)")] =
+        False,
 ) -> None:
-    """Segment each SCAN; write <stem>_desc-neoseg_dseg.nii.gz (labels) and _mask.nii.gz (4D, one
-    volume per channel) into OUTDIR on the scan's own grid, affine and header."""
-    from neoseg.core.io import check_writable
+    """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
+    (labels), _mask.nii.gz (4D, one volume per channel), _mask.json and _volumes.tsv on the scan's
+    own grid, affine and header. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
+    dataset_description.json, dseg.tsv and a group volumes.tsv; finished scans are skipped on a rerun."""
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.engine import EngineMismatchError
-    from neoseg.runtime.files import output_paths, segment_file
     from neoseg.runtime.pipeline import Segmenter
 
     with user_errors("neoseg-infer"), _as_user_error(BackendUnavailable, EngineMismatchError):
-        planned: dict[Path, Path] = {}
-        for scan in scans:  # every collision and existing output is reported before any work
-            for path in output_paths(scan, outdir, probabilities).values():
-                if path in planned:
-                    raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
-                planned[path] = scan
-                check_writable(path, overwrite)
+        summary = Summary(json_summary, overwrite)
+        root = _dataset_root(inputs)
+        if root is None and (participant_label or session_label):
+            raise ValueError("--participant-label and --session-label select scans of a dataset; pass one "
+                             "dataset folder instead of scan files")
+        if root is not None:
+            plan = DatasetPlan(root, outdir, model, participant_label, session_label, probabilities, qc, overwrite)
+            jobs = plan.jobs
+        else:
+            plan, jobs = None, _file_jobs(inputs, outdir, probabilities, qc, overwrite)
         runner = Segmenter(open_backend(model, backend.value, threads), batch, skip_empty, crop_plane)
         typer.echo(f"backend: {runner.backend.name}, batch {runner.batch}")
-        failed = []
-        for scan in scans:
-            try:
-                paths, seg = segment_file(scan, runner, outdir, overwrite, probabilities)
-            except USER_ERRORS as e:  # this scan is refused or failed; the others go on
-                if len(scans) == 1:
-                    raise
-                typer.echo(f"neoseg-infer: error: {e}", err=True)
-                failed.append(scan)
-                continue
-            for warning in seg.warnings:
-                typer.echo(f"neoseg-infer: warning: {warning}", err=True)
-            total = sum(seg.timings.values())
-            parts = ", ".join(f"{k} {v:.2f}" for k, v in seg.timings.items())
-            typer.echo(f"{scan.name}: {total:.2f} s ({parts}); {seg.computed_slices} slices computed "
-                       f"-> {paths['dseg']}")
+        summary.begin(model, runner.backend.name, root, outdir)
+        if plan is not None:
+            plan.begin(runner.info)
+        try:
+            _run(jobs, runner, probabilities, qc, summary, say_failures=root is not None or len(jobs) > 1)
+        finally:  # also when interrupted: what is done is summarised
+            if plan is not None:
+                summary.head["dataset_files"] = [str(p) for p in plan.finish(runner.info, summary.failed)]
+            summary.write()
+        failed = summary.failed
+        if failed and root is None and len(jobs) == 1:
+            raise ValueError(failed[0].error)  # one scan: its own one-line error, as always
         if failed:
-            raise ValueError(f"{len(failed)} of {len(scans)} scans failed: {', '.join(str(s) for s in failed)}")
+            names = ", ".join(f.name for f in failed[:10]) + (" ..." if len(failed) > 10 else "")
+            typer.echo(f"neoseg-infer: error: {len(failed)} of {len(jobs)} scans failed: {names}", err=True)
+            raise typer.Exit(1)
+
+
+@dataclass
+class Job:
+    """One scan to segment, or to skip because its outputs exist."""
+
+    scan: Path
+    outdir: Path
+    name: str  # shown in progress lines
+    subject: str | None = None
+    session: str | None = None
+    state: str = "todo"  # todo, partial (an interrupted run's leftovers: redone) or done (skipped)
+    overwrite: bool = False
+
+
+def _dataset_root(inputs: list[Path]) -> Path | None:
+    folders = [p for p in inputs if p.is_dir()]
+    if not folders:
+        return None
+    if len(inputs) > 1:
+        raise ValueError(f"{folders[0]} is a folder: pass either one dataset folder or scan files, not both "
+                         f"or several folders")
+    return folders[0]
+
+
+def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool) -> list[Job]:
+    from neoseg.core.io import check_writable
+    from neoseg.runtime.files import output_paths
+
+    planned: dict[Path, Path] = {}
+    for scan in scans:  # every collision and existing output is reported before any work
+        for path in output_paths(scan, outdir, probabilities, qc).values():
+            if path in planned:
+                raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
+            planned[path] = scan
+            check_writable(path, overwrite)
+    return [Job(scan, outdir, scan.name, overwrite=overwrite) for scan in scans]
+
+
+class DatasetPlan:
+    """Dataset mode: which scans to run, and the dataset-level files before and after."""
+
+    def __init__(self, root: Path, out: Path, model: Path, participants, sessions, probabilities: bool, qc: bool,
+                 overwrite: bool):
+        from neoseg.runtime import dataset as ds
+
+        self.root, self.out, self.model, self.qc = root, out, model, qc
+        scans = ds.find_scans(root, participants, sessions)
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"-o {out} is a file; pass a folder")
+        self.digest = ds.file_digest(model)
+        ds.check_output_folder(out, root, self.digest, overwrite)
+        self.jobs = []
+        for scan in scans:
+            state = "todo" if overwrite else ds.scan_state(scan, out, probabilities, qc)
+            self.jobs.append(Job(scan.path, scan.outdir(out), (scan.relative / scan.stem).as_posix(), scan.subject,
+                                 scan.session, state, overwrite or state == "partial"))
+        done = sum(j.state == "done" for j in self.jobs)
+        typer.echo(f"dataset {root}: {len(scans)} T2w scans" + (f", {done} already done (skipped)" if done else "")
+                   + f" -> {out}")
+
+    def description(self, info) -> dict:
+        from neoseg.runtime.dataset import dataset_description
+
+        return dataset_description(_version(), self.model, self.digest, info, self.root)
+
+    def begin(self, info) -> None:
+        """Written before any scan, so an interrupted folder already says which model it holds."""
+        from neoseg.core.io import write_text
+        from neoseg.runtime.dataset import dseg_tsv, write_description
+        from neoseg.runtime.qc import structure_colours
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        write_description(self.out, self.description(info))
+        write_text(self.out / "dseg.tsv", dseg_tsv(info.hierarchy, structure_colours(info.hierarchy)), overwrite=True)
+        for job in self.jobs:
+            if job.state != "done":  # temporary files of a killed run
+                for leftover in job.outdir.glob(f".{_stem(job.scan)}_desc-neoseg_*.part*"):
+                    leftover.unlink(missing_ok=True)
+
+    def finish(self, info, failed) -> list[Path]:
+        from neoseg.runtime.report import FailedScan, write_group_files
+
+        written = write_group_files(self.out, info.hierarchy, self.description(info),
+                                    [FailedScan(f.name, f.error) for f in failed], self.qc)
+        written = [self.out / "dataset_description.json", self.out / "dseg.tsv", *written]
+        typer.echo("dataset files: " + ", ".join(p.name for p in written))
+        return written
+
+
+@dataclass
+class Outcome:
+    name: str
+    status: str  # done, skipped, failed, not run
+    error: str | None = None
+
+
+class Summary:
+    """Per-scan outcomes, and the ``--json`` file."""
+
+    FORMAT = "neoseg-infer-summary/1"
+
+    def __init__(self, path: Path | None, overwrite: bool):
+        self.path, self.scans, self.outcomes = path, [], []
+        if path is not None and path.exists() and not overwrite and not self._ours(path):
+            raise ValueError(f"--json {path} already exists and is not a neoseg summary; choose another file "
+                             f"or pass --overwrite")
+        self.head: dict = {}
+
+    @staticmethod
+    def _ours(path: Path) -> bool:
+        import json
+
+        try:
+            return json.loads(path.read_text()).get("format") == Summary.FORMAT
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    def begin(self, model: Path, backend: str, root: Path | None, outdir: Path) -> None:
+        self.head = {"format": self.FORMAT, "neoseg_version": _version(), "model": str(model), "backend": backend,
+                     "dataset": None if root is None else str(root), "output": str(outdir), "started": _now()}
+        self.clock = time.perf_counter()
+
+    def add(self, job: Job, status: str, outputs: dict | None = None, error: str | None = None,
+            timings: dict | None = None, computed_slices: int | None = None) -> None:
+        self.outcomes.append(Outcome(job.name, status, error))
+        self.scans.append({
+            "input": str(job.scan), "subject": job.subject, "session": job.session, "status": status,
+            "error": error, "outputs": {k: str(p) for k, p in (outputs or {}).items()},
+            "timings": {k: round(v, 4) for k, v in (timings or {}).items()},
+            "seconds": round(sum(timings.values()), 4) if timings else None, "computed_slices": computed_slices})
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    def write(self) -> None:
+        if self.path is None:
+            return
+        import json
+
+        from neoseg.core.io import write_text
+
+        counts = {s: sum(o.status == s for o in self.outcomes) for s in ("done", "skipped", "failed", "not run")}
+        body = {**self.head, "finished": _now(), "seconds": round(time.perf_counter() - self.clock, 3),
+                "counts": counts, "scans": self.scans}
+        write_text(self.path, json.dumps(body, indent=2) + "\n", overwrite=True)
+
+
+def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summary, say_failures: bool = True) -> None:
+    """Every job in turn; a failing scan is reported (unless ``say_failures`` is off: a single scan's
+    error is the command's own) and the others go on."""
+    from neoseg.runtime.files import output_paths, segment_file
+
+    with Progress(len(jobs)) as progress:
+        try:
+            for job in jobs:
+                if job.state == "done":
+                    summary.add(job, "skipped", output_paths(job.scan, job.outdir, probabilities, qc))
+                    progress.done(f"{job.name}: skipped (finished earlier)")
+                    continue
+                progress.start(job.name)
+                try:
+                    paths, seg = segment_file(job.scan, runner, job.outdir, job.overwrite, probabilities, qc)
+                except Exception as e:  # noqa: BLE001 - one scan's failure must not stop the others
+                    error = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
+                    if not isinstance(e, USER_ERRORS):  # a bug: keep its traceback for the report
+                        traceback.print_exc()
+                    summary.add(job, "failed", error=error)
+                    if say_failures:
+                        progress.done(f"{job.name}: FAILED: {error}", err=True)
+                    continue
+                for warning in seg.warnings:
+                    typer.echo(f"neoseg-infer: warning: {warning}", err=True)
+                summary.add(job, "done", paths, timings=seg.timings, computed_slices=seg.computed_slices)
+                total = sum(seg.timings.values())
+                parts = ", ".join(f"{k} {v:.2f}" for k, v in seg.timings.items())
+                redo = " (redone: earlier run incomplete)" if job.state == "partial" else ""
+                progress.done(f"{job.name}: {total:.2f} s ({parts}); {seg.computed_slices} slices computed "
+                              f"-> {paths['dseg']}{redo}")
+        finally:  # interrupted: the rest is recorded as not run
+            for job in jobs[len(summary.outcomes):]:
+                summary.add(job, "not run")
+
+
+def _stem(scan: Path) -> str:
+    from neoseg.runtime.files import stem
+
+    return stem(scan)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("neoseg")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 @contextmanager

@@ -233,7 +233,7 @@ def generate_cohort(root: Path, spec: CohortSpec = CohortSpec(), overwrite: bool
         if progress:
             from tqdm import tqdm
 
-            subjects = tqdm(plan, desc="synthetic cohort", unit="subject")
+            subjects = tqdm(plan, desc="synthetic cohort", unit="subject", disable=None)  # no bar in a log file
         for sub in subjects:
             _write_subject(tmp, sub, spec)
         write_text(tmp / "participants.tsv", "participant_id\n" + "".join(f"sub-{s.subject_id}\n" for s in plan))

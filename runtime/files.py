@@ -15,9 +15,14 @@ from neoseg.core.scans import Scan, read_scan
 
 from . import geometry
 from .pipeline import Segmentation, Segmenter
+from .qc import render_qc, save_qc
+from .volumes import Volume, structure_volumes, volumes_tsv
 
 OUTPUTS = {"dseg": "_desc-neoseg_dseg.nii.gz", "mask": "_desc-neoseg_mask.nii.gz",
-           "sidecar": "_desc-neoseg_mask.json", "probseg": "_desc-neoseg_probseg.nii.gz"}
+OUTPUTS = {"dseg": "_desc-neoseg_dseg.nii.gz", "mask": "_desc-neoseg_mask.nii.gz",
+           "sidecar": "_desc-neoseg_mask.json", "volumes": "_desc-neoseg_volumes.tsv",
+           "probseg": "_desc-neoseg_probseg.nii.gz", "qc": "_desc-neoseg_qc.png"}
+OPTIONAL = {"probseg": "probabilities", "qc": "qc"}  # outputs written only when asked for
 EXTENSIONS = (".nii.gz", ".nii", ".hdr.gz", ".img.gz", ".hdr", ".img")
 
 
@@ -36,10 +41,11 @@ def stem(scan: str | Path) -> str:
     return "_".join(kept) or name
 
 
-def output_paths(scan: str | Path, outdir: str | Path, probabilities: bool = False) -> dict[str, Path]:
-    base = stem(scan)
+def output_paths(scan: str | Path, outdir: str | Path, probabilities: bool = False,
+                 qc: bool = False) -> dict[str, Path]:
+    base, asked = stem(scan), {"probabilities": probabilities, "qc": qc}
     return {k: Path(outdir) / f"{base}{suffix}" for k, suffix in OUTPUTS.items()
-            if probabilities or k != "probseg"}
+            if k not in OPTIONAL or asked[OPTIONAL[k]]}
 
 
 def load_scan(path: str | Path) -> nib.Nifti1Image:
@@ -48,12 +54,12 @@ def load_scan(path: str | Path) -> nib.Nifti1Image:
 
 
 def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, overwrite: bool = False,
-                 probabilities: bool = False) -> tuple[dict[str, Path], Segmentation]:
+                 probabilities: bool = False, qc: bool = False) -> tuple[dict[str, Path], Segmentation]:
     """Segment one scan and write its outputs: all appear together, or none (temporary files are
     moved in place only once all are written; see :func:`neoseg.core.io.atomic_paths`). An input
     neoseg refuses raises ValueError with one line; ``Segmentation.warnings`` says what the user
     should know about an accepted one (also written into the sidecar)."""
-    paths = output_paths(scan, outdir, probabilities)
+    paths = output_paths(scan, outdir, probabilities, qc)
     for p in paths.values():  # fail before the expensive part
         check_writable(p, overwrite)
     start = time.perf_counter()
@@ -79,6 +85,12 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
             write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
                 write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
+            zooms = img.header.get_zooms()[:3]
+            volumes = structure_volumes(seg.labels, zooms, segmenter.info.hierarchy)
+            tmp["volumes"].write_text(volumes_tsv(volumes))
+            if qc:
+                save_qc(render_qc(checked.data, seg.labels, img.affine, zooms, segmenter.info.hierarchy,
+                                  stem(scan), _qc_subtitle(volumes)), tmp["qc"])
             tmp["sidecar"].write_text(json.dumps(_sidecar(scan, segmenter, seg, checked), indent=2))
     except FileExistsError:
         raise
@@ -150,4 +162,9 @@ def _sidecar(scan, segmenter: Segmenter, seg: Segmentation, checked: Scan) -> di
             "Model": {"architecture": info.architecture, "neoseg_version": info.version,
                       "config_digest": info.config_digest, "backend": segmenter.backend.name},
             "NonFiniteVoxels": checked.nonfinite_count, "Empty": _empty(seg, segmenter),
-            "Warnings": list(seg.warnings)}
+            "Warnings": list(seg.warnings), "Timings": {k: round(v, 4) for k, v in seg.timings.items()}}
+
+
+def _qc_subtitle(volumes: list[Volume]) -> str:
+    tcv = next((v for v in volumes if v.structure == "tcv"), None)
+    return f"TCV {tcv.ml:.1f} ml" if tcv else ""

@@ -82,7 +82,7 @@ def write_pseudo_labels(supervised_checkpoint: str | Path, sessions: list[Sessio
 
     loaded = checkpoint.load(supervised_checkpoint, map_location=str(device))
     model, hierarchy, config = loaded.model.to(device), loaded.hierarchy, loaded.config
-    for session in tqdm(sessions, desc="pseudo labels", disable=not progress, leave=False):
+    for session in tqdm(sessions, desc="pseudo labels", disable=None if progress else True, leave=False):
         image, img = load_canonical(session.t2, np.float32)
         labels, _ = load_labels(session.labels)
         partial = hierarchy.coarsen(labels)

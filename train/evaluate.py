@@ -49,7 +49,7 @@ def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Ses
     thresholds = np.asarray(check_thresholds(thresholds, hierarchy.names), np.float32)
     table = hierarchy.target_table()
     rows = []
-    for session in tqdm(sessions, desc="evaluate", disable=not progress, leave=False):
+    for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
         image, labels, img = load_session(session)
         unnamed = hierarchy.unnamed(present_values(labels))
         if unnamed:

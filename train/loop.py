@@ -208,7 +208,7 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
     model.train(training)
     total, count, inter, size = 0.0, 0, 0, 0
     with torch.set_grad_enabled(training):
-        bar = tqdm(loader, desc=desc, disable=not progress, leave=False, unit="batch")
+        bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, unit="batch")  # None: off when stderr is no terminal
         for image, target, _ in bar:
             image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
             logits = model(image)
