@@ -16,12 +16,20 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 
 class BackendName(str, Enum):
     auto = "auto"
+    ov_cpu = "ov-cpu"
     ort_cpu = "ort-cpu"
     ort_cuda = "ort-cuda"
     ort_trt = "ort-trt"
     tensorrt = "tensorrt"
     torch_cuda = "torch-cuda"
     torch_cpu = "torch-cpu"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 @app.command()
@@ -32,6 +40,9 @@ def infer(
     outdir: Annotated[Path, typer.Option("-o", "--outdir", file_okay=False, help="folder for the results")],
     backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
         BackendName.auto,
+    precision: Annotated[Precision, typer.Option(help="auto: BF16/FP16 where the CPU/GPU has the units and the model "
+                                                 "passed the parity gate, else FP32; an explicit one runs or fails")] =
+        Precision.auto,
     batch: Annotated[Optional[int], typer.Option(min=1, help="slices per network call (default: 256 on GPU, "
                                                               "8 on CPU); lower it for small GPUs")] = None,
     probabilities: Annotated[bool, typer.Option(help="also write sigmoid probabilities (_probseg)")] = False,
@@ -57,8 +68,9 @@ def infer(
                     raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
                 planned[path] = scan
                 check_writable(path, overwrite)
-        runner = Segmenter(open_backend(model, backend.value, threads), batch, skip_empty, crop_plane)
-        typer.echo(f"backend: {runner.backend.name}, batch {runner.batch}")
+        opened = open_backend(model, backend.value, threads, precision.value)
+        runner = Segmenter(opened, batch, skip_empty, crop_plane)
+        typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         for scan in scans:
             paths, seg = segment_file(scan, runner, outdir, overwrite, probabilities)
             total = sum(seg.timings.values())
