@@ -177,3 +177,15 @@ def test_infer_precision_option(trained, scan, tmp_path, monkeypatch):
     result = runner.invoke(app, [str(scan), "-m", model, "-o", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
     assert "backend: openvino" in result.output and "[CPU] fp32" in result.output and "no BF16/FP16 units" in result.output
+
+
+def test_without_openvino_auto_runs_onnxruntime_and_ov_cpu_says_why(trained):
+    """Where OpenVINO has no wheel it is not installed: the CPU path is ONNX Runtime."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['openvino'] = None; from neoseg.runtime.backends import open_backend; "
+            f"print(open_backend({str(trained[0])!r}, 'auto').name); open_backend({str(trained[0])!r}, 'ov-cpu')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.stdout.startswith("onnxruntime") and "[CPUExecutionProvider] fp32" in done.stdout
+    assert done.returncode != 0 and "OpenVINO is not installed: pip install openvino" in done.stderr
