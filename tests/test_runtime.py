@@ -195,3 +195,13 @@ def test_backends_never_fall_back_silently(model, monkeypatch):
                         lambda path, options, providers: real(path, options, providers=["CPUExecutionProvider"]))
     with pytest.raises(BackendUnavailable, match="did not activate CUDAExecutionProvider"):
         open_backend(model, "ort-cuda")
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7), (7, 7, 7), (13, 14, 3), (8, 21, 5), (1, 1, 1), (40, 36, 30)])
+def test_robust_sample_of_fortran_volumes_is_the_flattened_sample(shape):
+    from neoseg.core.preprocess import robust_sample
+
+    volume = np.asfortranarray(np.random.default_rng(0).random(shape, dtype=np.float32))
+    assert np.array_equal(np.sort(robust_sample(volume)), np.sort(volume.reshape(-1)[::7]))
+    flipped = volume[::-1].transpose(2, 0, 1)  # any other layout: the plain flattened sample
+    assert np.array_equal(robust_sample(flipped), flipped.reshape(-1)[::7])
