@@ -20,6 +20,13 @@ def machine() -> dict:
 
     info["onnxruntime"] = onnxruntime.__version__
     try:
+        import openvino
+
+        info["openvino"] = openvino.get_version().split("-")[0]
+        info["cpu_capabilities"] = list(openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except ImportError:
+        pass
+    try:
         import torch
 
         info["torch"] = torch.__version__

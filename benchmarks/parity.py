@@ -1,8 +1,11 @@
 """Dice parity between inference paths on whole cohort volumes: torch FP32 (the training-side
-reference, ``predict_volume``), ONNX Runtime FP32 through the runtime (with and without the head
-crop), and every FP16 path available (torch CUDA FP16, a TensorRT engine). Reports per structure
-the Dice of each path against torch FP32 (worst volume) and each path's Dice against the ground
-truth (mean), beside torch FP32's.
+reference, ``predict_volume``), ONNX Runtime and OpenVINO FP32 through the runtime (with and
+without the head crop), every reduced-precision path this machine has (OpenVINO BF16/FP16 on the
+CPU, torch CUDA FP16, a TensorRT engine), and BF16/FP16 emulated in FP32 (any CPU; also with the
+usual remedies: output head, or first layer and head, in FP32). Reports per structure the Dice of
+each path against torch FP32 (worst volume) with its worst structure, and each path's Dice
+against the ground truth (mean), beside torch FP32's. ``--precision auto`` uses a reduced
+precision only where it agrees >= 0.99 on every structure.
 
     python -m neoseg.benchmarks.parity --checkpoint best.pt [--data ROOT] [--engine m.engine] [--out DIR]
 
@@ -19,19 +22,52 @@ import numpy as np
 
 from neoseg.export.parity import agreement
 
+from neoseg.runtime.backends import Backend
+
 from .common import cohort, machine, table, write_results
 
 REFERENCE = "torch fp32"
 
 
-def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str) -> dict:
+class Emulated(Backend):
+    """A reduced precision emulated in FP32 (``neoseg.export.reduced``), through the runtime."""
+
+    def __init__(self, model, info, precision: str, remedy: str | None = None):
+        from neoseg.export.reduced import REMEDIES, emulated
+
+        self.net = emulated(model, precision, REMEDIES[remedy] if remedy else ())
+        self.info, self.precision, self.batch = info, precision, 8
+        self.fixed_size = None if info.flexible else info.slice_size
+        self.name = f"{precision} emulated (torch)" + (f", {remedy}" if remedy else "")
+
+    def run(self, x):
+        import torch
+
+        with torch.no_grad():
+            return self.net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+
+def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -> dict:
     """name -> Segmenter over the runtime backends available here."""
-    from neoseg.runtime.backends import open_backend
+    from neoseg.export.reduced import REMEDIES
+    from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.pipeline import Segmenter
+    from neoseg.train import checkpoint
 
     out = {"ort-cpu fp32": Segmenter(open_backend(onnx, "ort-cpu")),
            "ort-cpu fp32, all slices": Segmenter(open_backend(onnx, "ort-cpu"), skip_empty=False),
            "ort-cpu fp32, --crop-plane": Segmenter(open_backend(onnx, "ort-cpu"), crop_plane=True)}
+    for precision in ("fp32", "bf16", "fp16"):
+        try:
+            out[f"ov-cpu {precision}"] = Segmenter(open_backend(onnx, "ov-cpu", precision=precision))
+        except BackendUnavailable as e:
+            log(f"  ov-cpu {precision}: not run here ({e})")
+    loaded = checkpoint.load(ckpt)
+    info = out["ort-cpu fp32"].info
+    for precision in ("bf16", "fp16"):
+        for remedy in (None, *REMEDIES):
+            backend = Emulated(loaded.model, info, precision, remedy)
+            out[backend.name] = Segmenter(backend)
     if device == "cuda":
         out["torch-cuda fp16 (runtime)"] = Segmenter(open_backend(ckpt, "torch-cuda"))
     if engine is not None:
@@ -65,7 +101,7 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
     h = info.hierarchy
     onnx = Path(tempfile.mkdtemp(prefix="neoseg-parity-")) / "model.onnx"
     export_onnx(loaded.model, info, onnx)
-    runners = paths(ckpt, onnx, engine, device)
+    runners = paths(ckpt, onnx, engine, device, log)
     model = loaded.model.to(device)
     vs_ref = {name: [] for name in runners}
     vs_truth = {name: [] for name in [REFERENCE, *runners]}
@@ -101,7 +137,9 @@ def markdown(result: dict) -> str:
     names = list(result["dice_vs_truth_mean"][REFERENCE])
     text = f"Machine: {m.get('gpu', m['cpu'])}, {len(result['volumes'])} volumes\n\n"
     text += "Per-structure Dice against torch FP32 (worst volume):\n\n" + table(
-        ["path", *names], [[p, *d.values()] for p, d in result["dice_vs_torch_fp32_worst"].items()])
+        ["path", "worst structure", *names],
+        [[p, f"{min(d, key=d.get)} {min(d.values()):.4f}", *d.values()]
+         for p, d in result["dice_vs_torch_fp32_worst"].items()])
     text += "\nPer-structure Dice against ground truth (mean over volumes):\n\n" + table(
         ["path", *names], [[p, *d.values()] for p, d in result["dice_vs_truth_mean"].items()])
     return text

@@ -93,16 +93,26 @@ def network_only(ckpt: Path, onnx: Path | None, engine: Path | None, images: np.
         log(f"  {name}: {seconds * 1000:.1f} ms per volume")
     from neoseg.runtime.backends import open_backend
 
-    for label, path, kind in (("onnxruntime cpu fp32", onnx, "ort-cpu"), ("tensorrt fp16 engine", engine, "tensorrt")):
+    from neoseg.runtime.backends import BackendUnavailable
+
+    for label, path, kind, precision in (("onnxruntime cpu fp32", onnx, "ort-cpu", "fp32"),
+                                         ("openvino cpu fp32", onnx, "ov-cpu", "fp32"),
+                                         ("openvino cpu bf16", onnx, "ov-cpu", "bf16"),
+                                         ("openvino cpu fp16", onnx, "ov-cpu", "fp16"),
+                                         ("tensorrt fp16 engine", engine, "tensorrt", "auto")):
         if path is None:
             continue
-        backend = open_backend(path, kind)
+        try:
+            backend = open_backend(path, kind, precision=precision)
+        except BackendUnavailable as e:
+            log(f"  {label}: not run here ({e})")
+            continue
         if backend.fixed_size is None or backend.fixed_size == images.shape[-1]:
             def volume(backend=backend):
                 for i in range(0, len(images), backend.batch):
                     backend.run(images[i:i + backend.batch])
 
-            seconds = median_seconds(volume, 1 if kind == "ort-cpu" else repeats)
+            seconds = median_seconds(volume, 1 if kind in ("ort-cpu", "ov-cpu") else repeats)
             rows.append({"path": f"{label} (host in/out)", "seconds": seconds})
             log(f"  {label}: {seconds * 1000:.1f} ms per volume")
     base = next(r["seconds"] for r in rows if r["path"] == BASELINE)
@@ -120,7 +130,7 @@ def end_to_end(scan: Path, runners: dict, repeats: int, warmup: int = 1, log=pri
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, runner in runners.items():
-            slow = "CPUExecutionProvider" in runner.backend.name or " cpu" in runner.backend.name
+            slow = any(cpu in runner.backend.name for cpu in ("CPUExecutionProvider", " cpu", "[CPU]"))
             n, warm = (1, 0) if slow else (repeats, warmup)  # seconds per run on a CPU: once is enough
             runs = []
             for _ in range(n + warm):
@@ -150,24 +160,37 @@ def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str) -> 
         out["torch-cuda fp16 CUDA graph (runtime)"] = Segmenter(backend)
     if onnx is not None:
         out["ort-cpu fp32 (runtime)"] = Segmenter(open_backend(onnx, "ort-cpu"))
+        default = open_backend(onnx, "auto")  # what neoseg-infer -m model.onnx runs here
+        out[f"neoseg-infer default ({default.name.split(' [')[0].split(' ')[0]} {default.precision})"] = Segmenter(default)
     if engine is not None:
         out["tensorrt fp16 engine (runtime)"] = Segmenter(open_backend(engine, "tensorrt"))
     return out
 
 
+def _verification(loaded, scan: Path) -> np.ndarray:
+    """A few slices of the scan to verify the export on, as neoseg-export does: this also records
+    the model's BF16/FP16 parity, which --precision auto needs before it uses them."""
+    from neoseg.export.onnx_export import verification_slices
+    from neoseg.runtime.model import info_from_checkpoint
+    from neoseg.train.volumes import load_canonical
+
+    return verification_slices([load_canonical(scan, np.float32)[0]], info_from_checkpoint(loaded), per_volume=8)
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     text = f"Machine: {m.get('gpu', m['cpu'])} ({m['cores']} CPU cores), torch {m.get('torch')}, " \
-           f"onnxruntime {m['onnxruntime']}; load at start {m['load']}\n\n"
+           f"onnxruntime {m['onnxruntime']}, openvino {m.get('openvino')} (CPU: " \
+           f"{', '.join(m.get('cpu_capabilities', []))}); load at start {m['load']}\n\n"
     if result.get("network"):
         text += "Network only, one volume of 256 full slices:\n\n" + table(
             ["path", "ms per volume", "slices/s", "× eager FP32"],
             [[r["path"], r["ms_per_volume"], r["slices_per_s"], r["speedup_vs_eager_fp32"]] for r in result["network"]])
     if result.get("end_to_end"):
         text += f"\nEnd to end (read -> write), {result['scan']}:\n\n" + table(
-            ["path", "s per scan", "× eager FP32", "slices computed", "read", "preprocess", "network", "postprocess",
-             "write"],
-            [[r["path"], r["seconds"], r["speedup_vs_eager_fp32"], r["slices_computed"], r["read_s"],
+            ["path", "backend", "s per scan", "× eager FP32", "slices computed", "read", "preprocess", "network",
+             "postprocess", "write"],
+            [[r["path"], r["backend"], r["seconds"], r["speedup_vs_eager_fp32"], r["slices_computed"], r["read_s"],
               r["preprocess_s"], r["network_s"], r["postprocess_s"], r["write_s"]] for r in result["end_to_end"]])
     return text
 
@@ -199,7 +222,7 @@ def run(args, log=print) -> dict:
     ckpt = args.checkpoint or default_checkpoint(work / "default.pt")
     loaded = checkpoint.load(ckpt)
     onnx = work / "model.onnx"
-    export_onnx(loaded.model, info_from_checkpoint(loaded), onnx)
+    export_onnx(loaded.model, info_from_checkpoint(loaded), onnx, verify_on=_verification(loaded, scan))
     result = {"machine": machine(), "device": device, "scan": str(scan), "checkpoint": str(ckpt)}
     log(f"throughput on {result['machine'].get('gpu', result['machine']['cpu'])}, device {device}")
     if not args.skip_network:

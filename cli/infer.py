@@ -22,12 +22,20 @@ app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__d
 
 class BackendName(str, Enum):
     auto = "auto"
+    ov_cpu = "ov-cpu"
     ort_cpu = "ort-cpu"
     ort_cuda = "ort-cuda"
     ort_trt = "ort-trt"
     tensorrt = "tensorrt"
     torch_cuda = "torch-cuda"
     torch_cpu = "torch-cpu"
+
+
+class Precision(str, Enum):
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
 
 
 @app.command()
@@ -42,6 +50,10 @@ def infer(
                                               "e.g. DATASET/derivatives/neoseg)")],
     backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
         BackendName.auto,
+    precision: Annotated[Precision, typer.Option(help="auto: BF16/FP16 on a CPU with the units for a model that passed "
+                                                 "the parity gate, else FP32 (GPU paths keep their own); an explicit one "
+                                                 "runs or fails")] =
+        Precision.auto,
     batch: Annotated[Optional[int], typer.Option(min=1, help="slices per network call (default: 256 on GPU, "
                                                               "8 on CPU); lower it for small GPUs")] = None,
     probabilities: Annotated[bool, typer.Option(help="also write sigmoid probabilities (_probseg)")] = False,
@@ -79,8 +91,9 @@ def infer(
             jobs = plan.jobs
         else:
             plan, jobs = None, _file_jobs(inputs, outdir, probabilities, qc, overwrite)
-        runner = Segmenter(open_backend(model, backend.value, threads), batch, skip_empty, crop_plane)
-        typer.echo(f"backend: {runner.backend.name}, batch {runner.batch}")
+        opened = open_backend(model, backend.value, threads, precision.value)
+        runner = Segmenter(opened, batch, skip_empty, crop_plane)
+        typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         summary.begin(model, runner.backend.name, root, outdir)
         if plan is not None:
             plan.begin(runner.info)

@@ -21,11 +21,28 @@ def minmax_scale(volume: np.ndarray, dtype=np.float32) -> np.ndarray:
 ROBUST_SAMPLE_STEP = 7  # the robust maximum is read off every 7th voxel: same rule, 7x cheaper
 
 
+def robust_sample(volume: np.ndarray, step: int = ROBUST_SAMPLE_STEP) -> np.ndarray:
+    """The voxels at every ``step``-th position of the C-order flattened volume (in some order).
+    For a Fortran-ordered 3D volume, as NIfTI data is, they are picked in memory order, which
+    avoids the transposing copy that flattening it makes (about 1 s for 256^3 on 2 loaded cores)."""
+    if volume.ndim != 3 or volume.flags.c_contiguous or not volume.flags.f_contiguous:
+        return volume.reshape(-1)[::step]
+    nx, ny, nz = volume.shape
+    rows = volume.T.reshape(nz * ny, nx)  # row q = (l, j) holds volume[:, j, l], contiguous
+    l, j = np.divmod(np.arange(nz * ny), ny)
+    # C-order position (i*ny + j)*nz + l is a multiple of step <=> i*a + b = 0 (mod step)
+    a, b = (ny * nz) % step, (j * nz + l) % step
+    if a == 0:
+        return rows[b == 0].reshape(-1)
+    first = (-b * pow(a, -1, step)) % step  # needs step prime to a; step 7 is prime
+    return np.concatenate([rows[first == c, c::step].reshape(-1) for c in range(min(step, nx))])
+
+
 def foreground_profiles(volume: np.ndarray, fraction: float = 0.1) -> list[np.ndarray]:
     """Per axis, the number of voxels in each plane brighter than ``fraction`` of the robust
     intensity range (minimum to the 99.5th percentile): the head, not stray bright voxels."""
     lo = float(volume.min())
-    hi = float(np.percentile(volume.reshape(-1)[::ROBUST_SAMPLE_STEP], 99.5))
+    hi = float(np.percentile(robust_sample(volume), 99.5))
     fg = volume > lo + fraction * (hi - lo)
     return [np.count_nonzero(fg, axis=tuple(a for a in range(volume.ndim) if a != axis)) for axis in range(volume.ndim)]
 

@@ -8,8 +8,9 @@ so are H and W for the fully convolutional U-Net. Everything inference needs is 
 
 from __future__ import annotations
 
+import json
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,7 @@ import torch
 from neoseg.core.io import atomic_path
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
 from neoseg.runtime.model import INPUT, OUTPUT, ModelInfo
+from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 
 from .parity import agreement
 
@@ -37,6 +39,7 @@ class ParityReport:
     n_slices: int
     max_abs_diff: float | None  # largest logit difference; None where not comparable
     dice: dict[str, float]  # per structure, thresholded masks of candidate vs reference
+    reduced: dict[str, ParityRecord] = field(default_factory=dict)  # reduced precision vs FP32, stored in the model
 
     def failures(self, min_dice: float, atol: float | None = None) -> list[str]:
         bad = [f"{k} Dice {v:.5f} < {min_dice}" for k, v in self.dice.items() if not v >= min_dice]
@@ -48,7 +51,12 @@ class ParityReport:
         head = f"{self.candidate} vs {self.reference} on {self.n_slices} slices"
         if self.max_abs_diff is not None:
             head += f": largest logit difference {self.max_abs_diff:.3g}"
-        return [head, "  Dice agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in self.dice.items())]
+        lines = [head, "  Dice agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in self.dice.items())]
+        for precision, record in self.reduced.items():
+            verdict = "used by --precision auto where the CPU has the units" if record.passed else \
+                f"below {PARITY_DICE}: --precision auto keeps FP32"
+            lines.append(f"  {precision}: {record.describe()}; {verdict}")
+        return lines
 
 
 def verification_slices(images: list[np.ndarray], info: ModelInfo, per_volume: int = 16) -> np.ndarray:
@@ -73,8 +81,17 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | Path, verify
                 overwrite: bool = False) -> ParityReport | None:
     """Write ``model`` to ``out`` with ``info`` as metadata. With ``verify_on`` ((N, 1, S, S)
     slices), ONNX Runtime must match PyTorch (:data:`FP32_DICE`, :data:`FP32_ATOL`) or nothing
-    is written and :class:`ParityError` says by how much it missed."""
+    is written and :class:`ParityError` says by how much it missed; the agreement of BF16 and FP16
+    with FP32 on the same slices is measured and stored in the model (it gates
+    ``--precision auto``)."""
+    from .reduced import reduced_parity
+
     model = model.eval().cpu()
+    reference = reduced = None
+    if verify_on is not None:
+        reference = torch_logits(model, verify_on)
+        reduced = reduced_parity(model, info, verify_on, reference)
+        info = replace(info, reduced_precision=json.dumps({k: asdict(v) for k, v in reduced.items()}))
     size = info.slice_size
     spatial = {0: "batch", 2: "height", 3: "width"} if info.flexible else {0: "batch"}
     with atomic_path(out, overwrite) as tmp:
@@ -92,18 +109,21 @@ def export_onnx(model: torch.nn.Module, info: ModelInfo, out: str | Path, verify
         onnx.save(proto, str(tmp))
         report = None
         if verify_on is not None:
-            report = compare_onnx(tmp, model, info, verify_on)
+            report = compare_onnx(tmp, model, info, verify_on, reference)
+            report.reduced = reduced
             bad = report.failures(FP32_DICE, FP32_ATOL)
             if bad:
                 raise ParityError(f"ONNX export disagrees with PyTorch ({'; '.join(bad)}); nothing was written")
     return report
 
 
-def compare_onnx(path: str | Path, model: torch.nn.Module, info: ModelInfo, x: np.ndarray) -> ParityReport:
-    """ONNX Runtime (CPU, FP32) vs PyTorch FP32 on the same slices."""
+def compare_onnx(path: str | Path, model: torch.nn.Module, info: ModelInfo, x: np.ndarray,
+                 reference: np.ndarray | None = None) -> ParityReport:
+    """ONNX Runtime (CPU, FP32) vs PyTorch FP32 (``reference`` logits, computed when None) on the
+    same slices."""
     from neoseg.runtime.backends import OrtBackend
 
-    ref = torch_logits(model, x)
+    ref = torch_logits(model, x) if reference is None else reference
     backend = OrtBackend(Path(path), "ort-cpu")
     got = np.concatenate([backend.run(x[i:i + 8]) for i in range(0, len(x), 8)])
     t = info.logit_thresholds

@@ -16,6 +16,8 @@ import numpy as np
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.thresholds import check_thresholds
 
+from .precision import ParityRecord
+
 FORMAT = "neoseg-onnx/1"
 INPUT, OUTPUT = "image", "logits"  # graph tensor names: (N, 1, H, W) float32 -> (N, C, H, W) logits
 
@@ -37,6 +39,12 @@ class ModelInfo:
     scaling: str = "minmax"  # per-volume intensity scaling to [0, 1]
     head_fraction: float = 0.1  # foreground = brighter than this fraction of the robust range
     flexible: bool = False  # the graph takes any in-plane size divisible by ``divisor`` (U-Net)
+    reduced_precision: str = "{}"  # JSON: per reduced precision, its measured agreement with FP32
+
+    @property
+    def parity_records(self) -> dict[str, ParityRecord]:
+        """The reduced-precision parity measured at export (``neoseg.runtime.precision``)."""
+        return {k: ParityRecord(**v) for k, v in json.loads(self.reduced_precision).items()}
 
     def __post_init__(self):
         if len(self.thresholds) != len(self.hierarchy):
@@ -72,6 +80,7 @@ class ModelInfo:
             "neoseg.version": self.version,
             "neoseg.config_digest": self.config_digest,
             "neoseg.config": self.config,
+            "neoseg.reduced_precision": self.reduced_precision,
         }
 
     @classmethod
@@ -82,13 +91,16 @@ class ModelInfo:
                              f"export one with neoseg-export CHECKPOINT -o model.onnx")
         try:
             pre = json.loads(meta["neoseg.preprocess"])
-            return cls(hierarchy=Hierarchy.from_json(meta["neoseg.hierarchy"]),
+            info = cls(hierarchy=Hierarchy.from_json(meta["neoseg.hierarchy"]),
                        thresholds=tuple(float(t) for t in json.loads(meta["neoseg.thresholds"])),
                        axis=int(pre["axis"]), slice_size=int(pre["slice_size"]), divisor=int(pre["divisor"]),
                        spacing=tuple(float(s) for s in pre["spacing"]), architecture=meta["neoseg.architecture"],
                        version=meta["neoseg.version"], config_digest=meta["neoseg.config_digest"],
                        config=meta.get("neoseg.config", "{}"), scaling=pre["scaling"],
-                       head_fraction=float(pre["head_fraction"]), flexible=bool(pre.get("flexible", False)))
+                       head_fraction=float(pre["head_fraction"]), flexible=bool(pre.get("flexible", False)),
+                       reduced_precision=meta.get("neoseg.reduced_precision", "{}"))
+            info.parity_records  # noqa: B018 - validates the record
+            return info
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{source}: incomplete neoseg metadata ({type(e).__name__}: {e}); re-export it") from None
         except ValueError as e:

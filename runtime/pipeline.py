@@ -14,8 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neoseg.core.preprocess import (box_center, foreground_profiles, from_slices, head_box, minmax_scale,
-                                    plane_windows, to_slices)
+from neoseg.core.preprocess import box_center, foreground_profiles, from_slices, head_box, plane_windows
 
 from . import geometry
 from .backends import Backend
@@ -87,14 +86,15 @@ class Segmenter:
             logits, n = self.predict(image, t, logits=True)
             start = time.perf_counter()
             decoded = self.decode(geometry.resize_linear(logits, native_shape, first_axis=1), 0, probabilities)
-        else:
-            decoded, n = self.predict(image, t, probabilities=probabilities)
-            start = time.perf_counter()
-        labels = geometry.from_canonical(decoded.labels, ornt)
-        masks = geometry.from_canonical(np.moveaxis(decoded.masks, 0, -1), ornt)
-        probs = None if decoded.probs is None else geometry.from_canonical(np.moveaxis(decoded.probs, 0, -1), ornt)
-        t["postprocess"] = t.get("postprocess", 0.0) + time.perf_counter() - start
-        return Segmentation(labels, masks, probs, n, t)
+            labels = geometry.from_canonical(decoded.labels, ornt)
+            masks = geometry.from_canonical(np.moveaxis(decoded.masks, 0, -1), ornt)
+            probs = None if decoded.probs is None else geometry.from_canonical(np.moveaxis(decoded.probs, 0, -1), ornt)
+            t["postprocess"] += time.perf_counter() - start
+            return Segmentation(labels, masks, probs, n, t)
+        # results are decoded straight into arrays on the stored grid, in the file's (Fortran) order
+        out = self._outputs(np.shape(data)[:3], probabilities)
+        n = self._predict_into(image, t, [None if a is None else geometry.to_canonical(a, ornt) for a in out])
+        return Segmentation(*out, n, t)
 
     # ---- canonical volumes at the model's spacing ----------------------------------------------
     def predict(self, image: np.ndarray, timings: dict | None = None, probabilities: bool = False,
@@ -102,47 +102,123 @@ class Segmenter:
         """Canonical (X, Y, Z) volume at the model's spacing -> (:class:`Decoded`, or (C, X, Y, Z)
         float32 logits when ``logits``; number of slices computed)."""
         t = timings if timings is not None else {}
-        info, size, axis = self.info, self.info.slice_size, self.info.axis
-        start = time.perf_counter()
+        if logits:
+            return self._predict_logits(image, t)
+        labels, masks, probs = self._outputs(image.shape, probabilities)
+        n = self._predict_into(image, t, [labels, masks, probs])
+        return Decoded(labels, np.moveaxis(masks, -1, 0), None if probs is None else np.moveaxis(probs, -1, 0)), n
+
+    def _outputs(self, shape, probabilities: bool) -> list:
+        """Labels (X, Y, Z), masks and probabilities (X, Y, Z, C) on ``shape``, all "outside", laid
+        out as a NIfTI file stores them (Fortran order: one contiguous volume per channel), so
+        writing them needs no transposing copy. Zeroed memory is not touched until written."""
+        h, out_ch = self.info.hierarchy, self.info.hierarchy.outside_channel
+        value = 0 if out_ch is None else h.channels[out_ch].value
+        labels = np.full(tuple(shape)[::-1], value, _label_dtype(self.info)).T
+        masks = np.zeros((len(h),) + tuple(shape)[::-1], np.uint8).T
+        probs = np.zeros((len(h),) + tuple(shape)[::-1], np.float32).T if probabilities else None
+        if out_ch is not None:
+            masks[..., out_ch] = 1
+            if probs is not None:
+                probs[..., out_ch] = 1.0
+        return [labels, masks, probs]
+
+    def _plan(self, image: np.ndarray):
+        """The slice windows around the head, the slices and in-plane box to compute, and the
+        intensity range of the min-max scaling."""
+        info = self.info
         profiles = foreground_profiles(image, info.head_fraction)
         center = box_center(head_box(profiles), image.shape)  # = head_center(image), as in training
-        windows = plane_windows(image.shape, axis, size, center)
+        windows = plane_windows(image.shape, info.axis, info.slice_size, center)
         box = head_box(profiles, HEAD_SHARE)  # robust to stray bright voxels: what is computed
-        slices = to_slices(minmax_scale(image), axis, windows)
-        todo, (rows, cols) = self._regions(box, windows, len(slices))
-        n_ch, out_ch = len(info.hierarchy), info.hierarchy.outside_channel
-        if logits:
-            out = np.full((len(slices), n_ch, size, size), -OUTSIDE_LOGIT, np.float32)
-            if out_ch is not None:
-                out[:, out_ch] = OUTSIDE_LOGIT
-        else:
-            out = self._outside(len(slices), size, probabilities)
+        todo, plane = self._regions(box, windows, image.shape[info.axis])
+        return windows, todo, plane, (float(image.min()), float(image.max()))
+
+    def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale):
+        """(first, last, network input) per batch: the slices cut and min-max scaled as
+        ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed."""
+        (_, w1), (_, w2) = sorted(windows.items())
+        moved = np.moveaxis(image, self.info.axis, 0)
+        size = self.info.slice_size
+        buf = np.zeros((min(self.batch, max(1, todo.stop - todo.start)), 1, size, size), np.float32)
+        lo, hi = scale
+        for i in range(todo.start, todo.stop, self.batch):
+            j = min(i + self.batch, todo.stop)
+            region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
+            np.subtract(moved[i:j, w1.src, w2.src], lo, out=region)
+            if hi > lo:
+                np.divide(region, hi - lo, out=region)
+            yield i, j, buf[:j - i, :, plane[0], plane[1]]
+
+    def _predict_into(self, image: np.ndarray, t: dict, targets: list) -> int:
+        """Compute ``image``'s head slices and decode each batch straight into ``targets``
+        (labels, masks, probs or None: canonical (X, Y, Z[, C]) views of the outputs, already
+        "outside"): no slice stacks, no restacking pass."""
+        start = time.perf_counter()
+        axis = self.info.axis
+        windows, todo, (rows, cols), scale = self._plan(image)
+        (_, w1), (_, w2) = sorted(windows.items())
+        (lr, dr), (lc, dc) = _overlap(rows, w1), _overlap(cols, w2)  # computed and inside the volume
+        dst = [None if a is None else np.moveaxis(a, axis, 0)[:, dr, dc] for a in targets]
+        probabilities = targets[2] is not None
         t["preprocess"] = time.perf_counter() - start
         t.setdefault("network", 0.0)
         t.setdefault("postprocess", 0.0)
-        for i in range(todo.start, todo.stop, self.batch):
-            j = min(i + self.batch, todo.stop)
-            start = time.perf_counter()
-            x = slices[i:j, None, rows, cols]
-            if hasattr(self.backend, "run_decoded") and not (logits or probabilities):
-                result = Decoded(*self.backend.run_decoded(x))  # decoded where the logits are
-            else:
-                result = self.backend.run(x)
-            t["network"] += time.perf_counter() - start
-            start = time.perf_counter()
-            if logits:
-                out[i:j, :, rows, cols] = result
-            else:
-                part = result if isinstance(result, Decoded) else self.decode(result, 1, probabilities)
-                out.labels[i:j, rows, cols] = part.labels
-                out.masks[i:j, :, rows, cols] = part.masks
-                if probabilities:
-                    out.probs[i:j, :, rows, cols] = part.probs
-            t["postprocess"] += time.perf_counter() - start
         start = time.perf_counter()
-        result = self._restack(out, image.shape, windows, logits)
+        # decoded first into small contiguous buffers (fast ufunc loops), then copied to the outputs:
+        # numpy's copies walk the (Fortran-ordered) outputs in their memory order, its ufuncs do not
+        shape = (min(self.batch, max(1, todo.stop - todo.start)), len(self.info.hierarchy), lr.stop - lr.start,
+                 lc.stop - lc.start)
+        buf = Decoded(np.empty((shape[0],) + shape[2:], dst[0].dtype), np.empty(shape, np.uint8),
+                      np.empty(shape, np.float32) if probabilities else None)
+        for i, j, x in self._batches(image, windows, todo, (rows, cols), scale):
+            t["preprocess"] += time.perf_counter() - start
+            start = time.perf_counter()
+            n = j - i
+            part = Decoded(buf.labels[:n], buf.masks[:n], None if buf.probs is None else buf.probs[:n])
+            if hasattr(self.backend, "run_decoded") and not probabilities:
+                decoded = self.backend.run_decoded(x)  # decoded where the logits are
+                t["network"] += time.perf_counter() - start
+                start = time.perf_counter()
+                part = Decoded(decoded[0][:, lr, lc], decoded[1][:, :, lr, lc])
+            else:
+                logits = self.backend.run(x)
+                t["network"] += time.perf_counter() - start
+                start = time.perf_counter()
+                self.decode(logits[:, :, lr, lc], 1, probabilities, out=part)
+            dst[0][i:j] = part.labels
+            for c in range(shape[1]):
+                dst[1][i:j, ..., c] = part.masks[:, c]
+                if probabilities:
+                    dst[2][i:j, ..., c] = part.probs[:, c]
+            t["postprocess"] += time.perf_counter() - start
+            start = time.perf_counter()
+        t["preprocess"] += time.perf_counter() - start
+        return todo.stop - todo.start
+
+    def _predict_logits(self, image: np.ndarray, t: dict) -> tuple[np.ndarray, int]:
+        """(C, X, Y, Z) float32 logits of ``image``; "outside" where nothing was computed."""
+        start = time.perf_counter()
+        info, size = self.info, self.info.slice_size
+        windows, todo, (rows, cols), scale = self._plan(image)
+        n_ch, out_ch = len(info.hierarchy), info.hierarchy.outside_channel
+        out = np.full((image.shape[info.axis], n_ch, size, size), -OUTSIDE_LOGIT, np.float32)
+        if out_ch is not None:
+            out[:, out_ch] = OUTSIDE_LOGIT
+        t["preprocess"] = time.perf_counter() - start
+        t.setdefault("network", 0.0)
+        t.setdefault("postprocess", 0.0)
+        for i, j, x in self._batches(image, windows, todo, (rows, cols), scale):
+            start = time.perf_counter()
+            out[i:j, :, rows, cols] = self.backend.run(x)
+            t["network"] += time.perf_counter() - start
+        start = time.perf_counter()
+        vol = from_slices(out, image.shape, info.axis, windows, fill=-OUTSIDE_LOGIT)
+        if out_ch is not None:
+            inside = from_slices(np.ones((image.shape[info.axis], size, size), bool), image.shape, info.axis, windows)
+            vol[out_ch][~inside] = OUTSIDE_LOGIT
         t["postprocess"] += time.perf_counter() - start
-        return result, todo.stop - todo.start
+        return vol, todo.stop - todo.start
 
     def _regions(self, box, windows, n_slices) -> tuple[slice, tuple[slice, slice]]:
         """The slice range and in-plane (rows, cols) of the window that hold head."""
@@ -163,51 +239,61 @@ class Segmenter:
             plane.append(_fit(first, last, size, self.info.divisor))
         return todo, tuple(plane)
 
-    def _outside(self, n: int, size: int, probabilities: bool) -> Decoded:
-        info, out_ch = self.info, self.info.hierarchy.outside_channel
-        grid = (n, len(info.hierarchy), size, size)
-        masks = np.zeros(grid, np.uint8)
-        probs = np.zeros(grid, np.float32) if probabilities else None
-        value = 0
-        if out_ch is not None:
-            masks[:, out_ch] = 1
-            if probs is not None:
-                probs[:, out_ch] = 1.0
-            value = info.hierarchy.channels[out_ch].value
-        return Decoded(np.full((n, size, size), value, _label_dtype(info)), masks, probs)
-
-    def _restack(self, out, shape, windows, logits: bool):
-        """Slice stacks -> (C,) X, Y, Z; voxels outside the in-plane windows become "outside"."""
-        axis, out_ch = self.info.axis, self.info.hierarchy.outside_channel
-        size = self.info.slice_size
-        inside = from_slices(np.ones((shape[axis], size, size), bool), shape, axis, windows).astype(bool)
-        if logits:
-            vol = from_slices(out, shape, axis, windows, fill=-OUTSIDE_LOGIT)
-            if out_ch is not None:
-                vol[out_ch][~inside] = OUTSIDE_LOGIT
-            return vol
-        value = 0 if out_ch is None else self.info.hierarchy.channels[out_ch].value
-        decoded = Decoded(from_slices(out.labels, shape, axis, windows, fill=value),
-                          from_slices(out.masks, shape, axis, windows),
-                          None if out.probs is None else from_slices(out.probs, shape, axis, windows))
-        if out_ch is not None:
-            decoded.masks[out_ch][~inside] = 1
-            if decoded.probs is not None:
-                decoded.probs[out_ch][~inside] = 1.0
-        return decoded
-
-    def decode(self, logits: np.ndarray, axis: int, probabilities: bool = False) -> Decoded:
-        """Logits (channels on ``axis``) -> labels, masks and optionally sigmoid probabilities."""
-        h = self.info.hierarchy
-        labels = h.to_labels(logits, axis).astype(_label_dtype(self.info), copy=False)
-        masks = h.masks(logits, self.info.logit_thresholds, axis)
-        probs = None
+    def decode(self, logits: np.ndarray, axis: int, probabilities: bool = False, out: Decoded | None = None) -> Decoded:
+        """Logits (channels on ``axis``) -> labels, masks and optionally sigmoid probabilities,
+        written into ``out`` where given (the same rules as ``Hierarchy.to_labels`` and
+        ``Hierarchy.masks``, in passes over one channel plane at a time)."""
+        logits = np.moveaxis(logits, axis, 0)
+        if out is None:
+            shape = logits.shape
+            out = Decoded(np.empty(shape[1:], _label_dtype(self.info)), np.empty(shape, np.uint8),
+                          np.empty(shape, np.float32) if probabilities else None)
+        else:
+            out = Decoded(out.labels, np.moveaxis(out.masks, axis, 0),
+                          None if out.probs is None else np.moveaxis(out.probs, axis, 0))
+        thresholds = self.info.logit_thresholds
+        masks = out.masks.view(bool)
+        for c in range(len(logits)):
+            np.greater_equal(logits[c], thresholds[c], out=masks[c])
+        out.labels[...] = self._labels(logits)
         if probabilities:
-            probs = np.negative(logits, dtype=np.float32)
+            probs = out.probs
+            np.negative(logits, out=probs)
             np.exp(probs, out=probs)
             probs += 1
             np.reciprocal(probs, out=probs)
-        return Decoded(labels, masks, probs)
+        return Decoded(out.labels, np.moveaxis(out.masks, 0, axis),
+                       None if out.probs is None else np.moveaxis(out.probs, 0, axis))
+
+    def _labels(self, logits: np.ndarray) -> np.ndarray:
+        """``Hierarchy.to_labels`` on (C, ...) logits: the most probable root, then down the most
+        probable child to a leaf; argmax as running maxima over channel planes (first wins ties)."""
+        h = self.info.hierarchy
+        node = self._argmax(logits, h.roots)
+        for parent, kids in h.sibling_groups:
+            where = node == parent
+            if where.any():
+                np.copyto(node, self._argmax(logits, kids), where=where)
+        values = np.array([c.value if c.value is not None else 0 for c in h.channels], _label_dtype(self.info))
+        return values[node]
+
+    @staticmethod
+    def _argmax(logits: np.ndarray, channels: list[int]) -> np.ndarray:
+        best = logits[channels[0]].copy()
+        index = np.full(best.shape, channels[0], np.intp)
+        for c in channels[1:]:
+            higher = logits[c] > best
+            np.copyto(best, logits[c], where=higher)
+            np.copyto(index, c, where=higher)
+        return index
+
+
+def _overlap(plane: slice, window) -> tuple[slice, slice]:
+    """The part of the computed in-plane range ``plane`` (window coordinates) that lies inside the
+    volume: (as an index into the computed range, as an index into the volume's axis)."""
+    lo, hi = max(plane.start, window.dst.start), min(plane.stop, window.dst.stop)
+    hi = max(lo, hi)
+    return slice(lo - plane.start, hi - plane.start), slice(lo - window.shift, hi - window.shift)
 
 
 def _fit(first: int, last: int, size: int, divisor: int) -> slice:

@@ -27,7 +27,8 @@ def fold_batchnorm(model):
 
 
 class TorchBackend(Backend):
-    """``device`` 'cuda' (``precision`` fp16 by default, CUDA graphs) or 'cpu' (fp32)."""
+    """``device`` 'cuda' (``precision`` fp16 by default, or fp32; CUDA graphs) or 'cpu' (fp32 by
+    default, or bf16 where oneDNN has BF16 kernels for the CPU)."""
 
     def __init__(self, path: Path, device: str = "cuda", precision: str | None = None, cuda_graphs: bool = True):
         try:
@@ -43,8 +44,14 @@ class TorchBackend(Backend):
         loaded = checkpoint.load(path)
         self.info = info_from_checkpoint(loaded)
         self.device = torch.device(device)
-        precision = precision or ("fp16" if device == "cuda" else "fp32")
-        self.dtype = {"fp16": torch.float16, "fp32": torch.float32}[precision]
+        precision = precision if precision not in (None, "auto") else ("fp16" if device == "cuda" else "fp32")
+        runs = ("fp16", "fp32") if device == "cuda" else ("fp32", "bf16") if torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+            else ("fp32",)
+        if precision not in runs:
+            raise BackendUnavailable(f"torch-{device} runs {', '.join(runs)} here, not {precision}"
+                                     + ("; BF16 needs a CPU with AVX-512" if precision == "bf16" else ""))
+        self.precision = precision
+        self.dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[precision]
         self.model = fold_batchnorm(loaded.model.eval()).to(self.device, self.dtype,
                                                             memory_format=torch.channels_last)
         self.graphs = cuda_graphs and device == "cuda"

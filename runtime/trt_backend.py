@@ -63,6 +63,7 @@ class TensorRTBackend(Backend):
         gpu, cc = gpu_identity()
         check_compatible(header, path, trt.__version__, gpu, cc)
         self.info = ModelInfo.from_metadata(header.metadata, str(path))
+        self.precision = header.precision
         self.name = f"TensorRT {trt.__version__} {header.precision} engine [{gpu}]"
         self.batch = self.max_batch = header.max_batch
         self.fixed_size = self.info.slice_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ from neoseg.cli.infer import app
 from neoseg.data.dhcp import find_sessions
 
 runner = CliRunner()
+CPU_DEFAULT = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"  # auto's CPU path
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +32,7 @@ def scans(tiny_dataset):
 def test_infer_writes_results_and_reports_the_backend(model, scans, tmp_path):
     result = runner.invoke(app, [*map(str, scans), "-m", str(model), "-o", str(tmp_path)])
     assert result.exit_code == 0, result.output
-    assert "backend: onnxruntime" in result.output and "[CPUExecutionProvider]" in result.output
+    assert f"backend: {CPU_DEFAULT}" in result.output and " fp32, batch " in result.output
     for scan in scans:
         name = scan.name.replace("_desc-restore_T2w.nii.gz", "")
         dseg = nib.load(tmp_path / f"{name}_desc-neoseg_dseg.nii.gz")
@@ -69,13 +71,13 @@ BLOCK = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
 
 
 def test_runtime_runs_without_torch_or_onnx(model, scans, tmp_path):
-    """What a scanner-side install has: numpy, scipy, nibabel, typer, onnxruntime."""
+    """What a scanner-side install has: numpy, scipy, nibabel, isal, typer, onnxruntime, openvino."""
     code = BLOCK + ("from neoseg.cli.infer import main; "
                     f"sys.argv = ['neoseg-infer', {str(scans[0])!r}, '-m', {str(model)!r}, '-o', {str(tmp_path)!r}]; "
                     "main()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    assert "backend: onnxruntime" in done.stdout and any(tmp_path.glob("*_desc-neoseg_dseg.nii.gz"))
+    assert f"backend: {CPU_DEFAULT}" in done.stdout and any(tmp_path.glob("*_desc-neoseg_dseg.nii.gz"))
     # and the torch backend says what is missing instead of failing obscurely
     code = BLOCK + ("from neoseg.runtime.backends import open_backend; "
                     f"open_backend({str(model.with_suffix('.pt'))!r}, 'torch-cpu')")

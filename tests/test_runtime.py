@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import nibabel as nib
@@ -15,6 +16,9 @@ from neoseg.runtime import geometry
 from neoseg.runtime.backends import Backend, BackendUnavailable, OrtBackend, open_backend
 from neoseg.runtime.files import output_paths, segment_file, stem
 from neoseg.runtime.pipeline import Segmenter
+
+
+CPU_DEFAULT = "openvino" if importlib.util.find_spec("openvino") else "onnxruntime"  # auto's CPU path
 
 
 @pytest.fixture(scope="module")
@@ -154,7 +158,7 @@ def test_outputs_are_named_typed_and_written_all_or_nothing(model, scan, tmp_pat
     agree = (p >= 0.5) == np.asarray(mask.dataobj).astype(bool)
     assert agree.mean() > 0.999  # up to uint8 rounding right at the threshold
     sidecar = json.loads(paths["sidecar"].read_text())
-    assert sidecar["Channels"][-1] == "tcv" and "onnxruntime" in sidecar["Model"]["backend"]
+    assert sidecar["Channels"][-1] == "tcv" and sidecar["Model"]["backend"] == runner.backend.name
     with pytest.raises(OutputExistsError):
         segment_file(scan, runner, tmp_path)
 
@@ -181,7 +185,7 @@ def test_output_stem_keeps_bids_entities():
 def test_backends_never_fall_back_silently(model, monkeypatch):
     import onnxruntime as ort
 
-    assert "CPUExecutionProvider" in open_backend(model, "auto").name
+    assert open_backend(model, "auto").name.startswith(CPU_DEFAULT)
     with pytest.raises(BackendUnavailable, match="CUDAExecutionProvider"):
         open_backend(model, "ort-cuda")
     with pytest.raises(ValueError, match="engine"):
@@ -193,3 +197,13 @@ def test_backends_never_fall_back_silently(model, monkeypatch):
                         lambda path, options, providers: real(path, options, providers=["CPUExecutionProvider"]))
     with pytest.raises(BackendUnavailable, match="did not activate CUDAExecutionProvider"):
         open_backend(model, "ort-cuda")
+
+
+@pytest.mark.parametrize("shape", [(5, 6, 7), (7, 7, 7), (13, 14, 3), (8, 21, 5), (1, 1, 1), (40, 36, 30)])
+def test_robust_sample_of_fortran_volumes_is_the_flattened_sample(shape):
+    from neoseg.core.preprocess import robust_sample
+
+    volume = np.asfortranarray(np.random.default_rng(0).random(shape, dtype=np.float32))
+    assert np.array_equal(np.sort(robust_sample(volume)), np.sort(volume.reshape(-1)[::7]))
+    flipped = volume[::-1].transpose(2, 0, 1)  # any other layout: the plain flattened sample
+    assert np.array_equal(robust_sample(flipped), flipped.reshape(-1)[::7])

@@ -1,0 +1,70 @@
+"""Numeric precision of a backend, and the parity gate that decides when reduced precision is used.
+
+A reduced precision (``bf16``, ``fp16``) runs only where the hardware has units for it and, when
+chosen automatically, only for a model whose recorded agreement with FP32 reaches
+:data:`PARITY_DICE` on every structure. ``neoseg-export`` measures that agreement on cohort slices
+and stores it in the model's metadata (``neoseg.reduced_precision``); a model without the record
+runs in FP32 under ``--precision auto``. An explicitly requested precision runs or fails with the
+reason; nothing falls back silently.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+REDUCED = ("bf16", "fp16")  # fastest first where a CPU has both
+PARITY_DICE = 0.99  # reduced precision must agree with FP32 at least this well on every structure
+
+
+@dataclass(frozen=True)
+class ParityRecord:
+    """Agreement of one reduced precision with FP32, as measured when the model was exported."""
+
+    min_dice: float  # worst per-structure Dice against FP32
+    worst: str  # the structure with that Dice
+    slices: int
+    measured_with: str  # what ran the reduced precision (e.g. "openvino 2026.4 bf16", "torch bf16 autocast")
+
+    @property
+    def passed(self) -> bool:
+        return self.min_dice >= PARITY_DICE
+
+    def describe(self) -> str:
+        return f"worst structure {self.worst} Dice {self.min_dice:.4f} vs FP32 ({self.measured_with}, {self.slices} slices)"
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def choose(supported: list[str], records: dict[str, ParityRecord], requested: str, unit: str) -> tuple[str, str]:
+    """(precision to run, why) among ``supported`` (what this hardware runs, "fp32" always
+    included) for ``requested``; ``unit`` names the hardware in messages. Raises
+    :class:`ValueError` for an explicit precision the hardware lacks (callers turn it into
+    ``BackendUnavailable``)."""
+    if requested != "auto":
+        if requested not in supported:
+            raise ValueError(f"{unit} cannot run {requested} (it runs {', '.join(supported)})"
+                             + (f"; {HARDWARE[requested]}" if requested in HARDWARE else ""))
+        return requested, "requested"
+    notes = []
+    for p in REDUCED:
+        if p not in supported:
+            continue
+        record = records.get(p)
+        if record is None:
+            notes.append(f"{p} not used: the model carries no {p} parity record (re-export it with neoseg-export)")
+        elif not record.passed:
+            notes.append(f"{p} not used: {record.describe()} < {PARITY_DICE}")
+        else:
+            return p, f"{p} parity {record.describe()} >= {PARITY_DICE}"
+    if not any(p in supported for p in REDUCED):
+        notes.append(f"{unit} has no BF16/FP16 units")
+    return "fp32", "; ".join(notes)
+
+
+HARDWARE = {"bf16": "BF16 needs AVX-512 BF16 or AMX (Intel Xeon 4th generation or later, AMD Zen 4 or later)",
+            "fp16": "FP16 on a CPU needs AVX-512 FP16 / AMX-FP16 (Intel Xeon 6) or an ARM CPU with FP16 arithmetic"}
