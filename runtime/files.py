@@ -19,7 +19,6 @@ from .qc import render_qc, save_qc
 from .volumes import Volume, structure_volumes, volumes_tsv
 
 OUTPUTS = {"dseg": "_desc-neoseg_dseg.nii.gz", "mask": "_desc-neoseg_mask.nii.gz",
-OUTPUTS = {"dseg": "_desc-neoseg_dseg.nii.gz", "mask": "_desc-neoseg_mask.nii.gz",
            "sidecar": "_desc-neoseg_mask.json", "volumes": "_desc-neoseg_volumes.tsv",
            "probseg": "_desc-neoseg_probseg.nii.gz", "qc": "_desc-neoseg_qc.png"}
 OPTIONAL = {"probseg": "probabilities", "qc": "qc"}  # outputs written only when asked for
