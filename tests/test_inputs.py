@@ -189,7 +189,8 @@ def test_accepted_inputs_segment_like_the_clean_scan(name, model, clean, clean_l
     assert result.exit_code == 0, result.output
     assert result.exception is None and "Traceback" not in result.output
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outputs == ["scan_desc-neoseg_dseg.nii.gz", "scan_desc-neoseg_mask.json", "scan_desc-neoseg_mask.nii.gz"] \
+    assert outputs == ["scan_desc-neoseg_dseg.nii.gz", "scan_desc-neoseg_mask.json", "scan_desc-neoseg_mask.nii.gz",
+                       "scan_desc-neoseg_volumes.tsv"] \
         or name.startswith("upper-case") or name.startswith("path")
     dseg = next((tmp_path / "out").glob("*_dseg.nii.gz"))
     assert nib.load(dseg).shape == nib.load(path).shape[:3]  # the input's own grid (4D/5D: the 3D volume)
@@ -545,7 +546,7 @@ def test_evaluation_data_is_checked_the_same_way(model, tiny_dataset, tmp_path):
 
 @pytest.mark.parametrize("values, words", [
     (lambda d: d.astype(np.int16) - 1, "negative values"),
-    (lambda d: d.astype(np.int16) + 300, "values up to"),
+    (lambda d: d.astype(np.int32) + 70000, "values up to"),  # above 65535, the most a hierarchy names
     (lambda d: np.where(d == 3, np.nan, d.astype(np.float32)), "NaN or infinite"),
     (lambda d: d.astype(np.float32) + 0.25, "non-integer values"),
 ])

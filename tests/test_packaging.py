@@ -130,7 +130,8 @@ def test_listed_but_unloadable_provider_names_the_libraries(model, monkeypatch):
 
 
 def test_no_onnxruntime_at_all_is_one_line_naming_both_flavours(model, tmp_path):
-    code = ("import sys; sys.modules['onnxruntime'] = None; from neoseg.cli.infer import main; "
+    code = ("import sys; sys.modules['onnxruntime'] = sys.modules['openvino'] = None; "
+            "from neoseg.cli.infer import main; "
             f"sys.argv = ['neoseg-infer', 'scan.nii.gz', '-m', {str(model)!r}, '-o', {str(tmp_path)!r}]; main()")
     scan = tmp_path / "scan.nii.gz"
     import nibabel as nib
