@@ -30,26 +30,25 @@ def user_errors(prog: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
-def parse_ints(text: str | None, what: str) -> list[int] | None:
-    if text is None:
-        return None
+def _parse_list(text: str, what: str, kind: type, example: str) -> list:
     try:
-        values = [int(v) for v in text.split(",") if v.strip()]
+        values = [kind(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"{what} must be comma-separated integers like 16,32,64, got '{text}'") from None
+        noun = "integers" if kind is int else "numbers"
+        raise ValueError(f"{what} must be comma-separated {noun} like {example}, got '{text}'") from None
     if not values:
         raise ValueError(f"{what} is empty")
     return values
+
+
+def parse_ints(text: str | None, what: str) -> list[int] | None:
+    """'16,32,64' -> [16, 32, 64]; None stays None."""
+    return None if text is None else _parse_list(text, what, int, "16,32,64")
 
 
 def parse_floats(text: str | None, what: str) -> float | list[float] | None:
     """'0.5' -> 0.5, '0.5,0.4' -> [0.5, 0.4]; None stays None."""
     if text is None:
         return None
-    try:
-        values = [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise ValueError(f"{what} must be one number or comma-separated numbers like 0.5,0.4, got '{text}'") from None
-    if not values:
-        raise ValueError(f"{what} is empty")
+    values = _parse_list(text, what, float, "0.5,0.4")
     return values[0] if len(values) == 1 else values
