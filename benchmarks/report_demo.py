@@ -1,4 +1,4 @@
-"""The dataset mode end to end, checked in a real headless browser (about 6 minutes on 2 busy cores):
+"""The dataset mode end to end, checked in a real headless browser (about 3 minutes on 2 quiet cores):
 
     python -m neoseg.benchmarks.report_demo --out runs/report-demo [--img docs/img]
 
