@@ -6,27 +6,22 @@ from __future__ import annotations
 from pathlib import Path
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.labels import present_values
 from neoseg.core.thresholds import check_thresholds
-from neoseg.data.dhcp import Session
 
 from .config import TrainConfig
-from .volumes import SliceStack, load_labels
+from .volumes import SliceStack
 
 SHOWN_FILES = 5  # files listed by name in an error; the rest are counted
 
 
 def check_before_training(config: TrainConfig, hierarchy: Hierarchy, stacks: list[SliceStack],
-                          test_sessions: list[Session]) -> None:
+                          test_values: dict[Path, list[int]]) -> None:
     """Refuse thresholds that do not fit the hierarchy's channels, and label maps (of the training
-    and validation ``stacks`` and the test sessions' files) with values the hierarchy does not
-    name, each reported by file and value."""
+    and validation ``stacks``, and the test label files with the values found in them) with values
+    the hierarchy does not name, each reported by file and value."""
     check_thresholds(config.thresholds, hierarchy.names, "config thresholds")
     found: dict[Path, list[int]] = {Path(s.session.labels): list(s.values) for s in stacks}
-    for session in test_sessions:
-        if Path(session.labels) not in found:
-            found[Path(session.labels)] = present_values(load_labels(session.labels)[0])
-    check_label_values(hierarchy, found)
+    check_label_values(hierarchy, {**test_values, **found})
 
 
 def check_label_values(hierarchy: Hierarchy, found: dict[Path, list[int]]) -> None:

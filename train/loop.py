@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Sampler
 
 from neoseg.core import hierarchy as hier
 from neoseg.core.io import write_text
+from neoseg.core.labels import present_values
 from neoseg.data.dhcp import LABEL_SUFFIX, Session, find_sessions
 from neoseg.data.splits import Split, make_split
 
@@ -383,9 +384,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         try:
             train_stacks = [cache.get(s) for s in train_sessions]
             val_stacks = [cache.get(s) for s in split.val]
-            for session in split.test:  # checked now, not after hours of training
-                load_session(session)
-            check_before_training(config, hierarchy, train_stacks + val_stacks, list(split.test))
+            test_values = {}  # the test sessions are read and checked now, not after hours of training
+            for session in split.test:
+                test_values[Path(session.labels)] = present_values(load_session(session)[1])
+            check_before_training(config, hierarchy, train_stacks + val_stacks, test_values)
         except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
             error = e
     ranks.after_main(error)
