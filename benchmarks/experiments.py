@@ -214,9 +214,9 @@ def plan_full(profile: Profile) -> list[RunSpec]:
 
 
 # ---------------------------------------------------------------------------------------- one run
-def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, sessions, device: str):
-    from neoseg.data.splits import make_split
-    from neoseg.train.baselines import supervised_config
+def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device: str):
+    """The run's training config; a supervised run below 100 % is BCE with partial labels, which
+    :func:`neoseg.train.loop.train` trains as the supervised baseline (fully labelled subjects only)."""
     from neoseg.train.config import TrainConfig
 
     config = TrainConfig(
@@ -226,8 +226,6 @@ def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, session
         epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
         patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
         max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None, seed=0, device=device)
-    if spec.kind == "supervised" and spec.fraction < 1.0:
-        config = supervised_config(config, make_split(sessions, spec.fraction, seed=config.seed, draw=spec.draw))
     return config
 
 
@@ -256,7 +254,7 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     train_log.propagate = False  # the run's log goes to its file; the runner prints one line per run
     try:
         sessions = find_sessions(data)
-        config = run_config(spec, profile, data, out / "cache", sessions, device)
+        config = run_config(spec, profile, data, out / "cache", device)
         if spec.kind == "semi":
             supervised = out / "runs" / spec.needs / "best.pt"
             pseudo = out / "pseudo" / spec.needs
