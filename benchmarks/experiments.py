@@ -49,10 +49,10 @@ from . import common
 
 log = logging.getLogger("neoseg.experiments")
 
-RESULT_FIELDS = ["run", "model", "kind", "loss", "reduction", "budget", "fraction", "draw", "subject", "session",
-                 "scan_age",
-                 "age_group", "structure", "dice", "hd95", "hd100", "vol_diff_ml", "vol_true_ml", "missed",
-                 "truth_empty"]
+EVALUATION_FIELDS = ["subject", "session", "scan_age", "age_group", "structure", "dice", "hd95", "hd100",
+                     "vol_diff_ml", "vol_true_ml", "missed", "truth_empty"]
+RESULT_FIELDS = ["run", "model", "kind", "loss", "reduction", "budget", "select", "fraction", "draw",
+                 *EVALUATION_FIELDS]
 
 
 @dataclass(frozen=True)
@@ -66,10 +66,17 @@ class RunSpec:
     draw: int
     reduction: str = "mean"
     budget: int = 1  # times the profile's training steps
+    self_training: bool = False  # beyond the paper: an EMA teacher fills in the unknown children
+    select: str = "val-loss"  # or child-dice
+
+    @property
+    def recipe(self) -> str:
+        """The loss and what is added to it, as the report's tables name it: e.g. labelset+st."""
+        return self.loss + ("+st" if self.self_training else "") + ("+child" if self.select == "child-dice" else "")
 
     @property
     def name(self) -> str:
-        loss = self.loss + ("-observed" if self.reduction == "observed" else "") + \
+        loss = self.recipe.replace("+", "-") + ("-observed" if self.reduction == "observed" else "") + \
             (f"-x{self.budget}" if self.budget != 1 else "")
         return f"{self.model}-{self.kind}-{loss}-f{round(self.fraction * 100):03d}-d{self.draw}"
 
@@ -179,13 +186,22 @@ def plan(profile: Profile) -> list[RunSpec]:
 
 
 def plan_headline(profile: Profile) -> list[RunSpec]:
-    """2 %: supervised, IUC and semi-supervised per draw, plus the 100 % reference. The long runs
-    (over every training subject) come first, so that two workers finish close together."""
+    """2 %: supervised, IUC and semi-supervised per draw, plus the 100 % reference; then the recipes
+    beyond the paper (label-set loss, with and without self-training) at 2 %, and at 5 % supervised,
+    IUC and label-set + self-training. The long runs (over every training subject) come first within
+    each part, so that two workers finish close together."""
     fraction, draws = profile.fractions[0], range(profile.draws)
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     runs += [RunSpec("unet", "supervised", "bce", fraction, d) for d in draws]
     for d in draws:
         runs += [RunSpec("unet", "partial", "iuc", fraction, d), RunSpec("unet", "semi", "bce", fraction, d)]
+    for d in draws:
+        runs += [RunSpec("unet", "partial", "labelset", fraction, d, self_training=st) for st in (True, False)]
+    if len(profile.fractions) > 1:
+        more = profile.fractions[1]
+        for d in draws:
+            runs += [RunSpec("unet", "partial", "labelset", more, d, self_training=True),
+                     RunSpec("unet", "partial", "iuc", more, d), RunSpec("unet", "supervised", "bce", more, d)]
     return runs
 
 
@@ -222,7 +238,8 @@ def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device:
     config = TrainConfig(
         data=str(data), cache=str(cache), full_fraction=spec.fraction, draw=spec.draw,
         slice_size=profile.slice_size[spec.model], model=spec.model, widths=list(profile.widths), loss=spec.loss,
-        reduction=spec.reduction, lr=profile.lr, batch_size=profile.batch_size,
+        reduction=spec.reduction, self_training=spec.self_training, select=spec.select, lr=profile.lr,
+        batch_size=profile.batch_size,
         epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
         patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
         max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None, seed=0, device=device)
@@ -442,9 +459,9 @@ def collect_results(out: Path, runs: list[RunSpec]) -> list[dict]:
             continue
         with (run_dir / "evaluation.csv").open(newline="") as f:
             for r in csv.DictReader(f):
-                rows.append({"run": spec.name, "model": spec.model, "kind": spec.kind, "loss": spec.loss,
-                             "reduction": spec.reduction, "budget": spec.budget, "fraction": spec.fraction,
-                             "draw": spec.draw, **{k: r[k] for k in RESULT_FIELDS[8:]}})
+                rows.append({"run": spec.name, "model": spec.model, "kind": spec.kind, "loss": spec.recipe,
+                             "reduction": spec.reduction, "budget": spec.budget, "select": spec.select,
+                             "fraction": spec.fraction, "draw": spec.draw, **{k: r[k] for k in EVALUATION_FIELDS}})
     if rows:
         with (out / "results.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)

@@ -30,6 +30,12 @@ class Loss(str, Enum):
     huc = "huc"
     weight = "weight"
     wnorm = "wnorm"
+    labelset = "labelset"
+
+
+class Selection(str, Enum):
+    val_loss = "val-loss"
+    child_dice = "child-dice"
 
 
 class Reduction(str, Enum):
@@ -50,7 +56,21 @@ def train(
                                                       "comma-separated, in [1e-6, 1 - 1e-6]. Default 0.5.")] = None,
     model: Annotated[Optional[Model], typer.Option(help="Network.")] = None,
     widths: Annotated[Optional[str], typer.Option(help="U-Net widths per level, e.g. 16,32,64,128,256.")] = None,
-    loss: Annotated[Optional[Loss], typer.Option(help="Loss; iuc is the paper's method, bce the supervised one.")] = None,
+    loss: Annotated[Optional[Loss], typer.Option(help="Loss; iuc is the paper's method, bce the supervised one, "
+                                                 "labelset (marginal cross-entropy + leaf Dice) trains a softmax "
+                                                 "head over the hierarchy's leaves.")] = None,
+    dice_weight: Annotated[Optional[float], typer.Option(help="labelset: weight of the leaf Dice term (0: marginal "
+                                                         "cross-entropy only). Default 1.")] = None,
+    self_training: Annotated[Optional[bool], typer.Option("--self-training/--no-self-training",
+                                                          help="An EMA teacher fills in the unknown children of "
+                                                          "partially labelled scans (any partial-label loss).")] = None,
+    self_train_after: Annotated[Optional[int], typer.Option(help="Self-training: epochs before the teacher's "
+                                                            "pseudo labels are used. Default 5.")] = None,
+    confidence: Annotated[Optional[float], typer.Option(help="Self-training: share of the parent's probability "
+                                                        "the teacher's child needs. Default 0.9.")] = None,
+    select: Annotated[Optional[Selection], typer.Option(help="Best epoch and early stopping by the validation loss "
+                                                        "(the paper) or by the mean validation Dice of the child "
+                                                        "structures.")] = None,
     reduction: Annotated[Optional[Reduction], typer.Option(help="mean: over all entries (paper); "
                                                            "observed: over supervised entries.")] = None,
     full_fraction: Annotated[Optional[float], typer.Option(help="Fraction of training subjects kept fully labelled.")] = None,
@@ -82,7 +102,9 @@ def train(
         config = TrainConfig.profile(
             profile.value, data=str(data) if data else None, hierarchy=hierarchy, model=model.value if model else None,
             widths=parse_ints(widths, "--widths"), loss=loss.value if loss else None,
-            reduction=reduction.value if reduction else None, full_fraction=full_fraction, draw=draw, epochs=epochs,
+            reduction=reduction.value if reduction else None, dice_weight=dice_weight, self_training=self_training,
+            self_train_after=self_train_after, confidence=confidence, select=select.value if select else None,
+            full_fraction=full_fraction, draw=draw, epochs=epochs,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cache=str(cache) if cache else None,
             max_minutes=max_minutes, prior_bias=prior_bias, seed=seed, device=device,

@@ -19,6 +19,7 @@ from neoseg.core.thresholds import check_thresholds
 from .precision import ParityRecord
 
 FORMAT = "neoseg-onnx/1"
+HEADS = ("sigmoid", "softmax")
 INPUT, OUTPUT = "image", "logits"  # graph tensor names: (N, 1, H, W) float32 -> (N, C, H, W) logits
 
 
@@ -40,6 +41,8 @@ class ModelInfo:
     head_fraction: float = 0.1  # foreground = brighter than this fraction of the robust range
     flexible: bool = False  # the graph takes any in-plane size divisible by ``divisor`` (U-Net)
     reduced_precision: str = "{}"  # JSON: per reduced precision, its measured agreement with FP32
+    head: str = "sigmoid"  # the network's own head: sigmoid (a logit per channel) or softmax (over the
+    # leaves; the graph ends by deriving every channel's logit from them, so decoding is the same)
 
     @property
     def parity_records(self) -> dict[str, ParityRecord]:
@@ -54,6 +57,9 @@ class ModelInfo:
         if self.axis not in (0, 1, 2) or self.slice_size % self.divisor:
             raise ValueError(f"model metadata: slice axis {self.axis} / size {self.slice_size} / divisor "
                              f"{self.divisor} are inconsistent")
+        if self.head not in HEADS:
+            raise ValueError(f"model metadata: unknown head '{self.head}' (this neoseg knows {', '.join(HEADS)}); "
+                             f"upgrade neoseg")
         if self.scaling != "minmax":
             raise ValueError(f"model metadata: unknown intensity scaling '{self.scaling}' (this neoseg knows "
                              f"'minmax'); upgrade neoseg")
@@ -75,7 +81,9 @@ class ModelInfo:
             "neoseg.hierarchy": self.hierarchy.to_json(),
             "neoseg.thresholds": json.dumps(list(self.thresholds)),
             "neoseg.preprocess": json.dumps(preprocess),
-            "neoseg.output": json.dumps({"input": INPUT, "output": OUTPUT, "activation": "sigmoid"}),
+            "neoseg.output": json.dumps({"input": INPUT, "output": OUTPUT, "activation": "sigmoid", "head": self.head,
+                                         **({"leaves": [self.hierarchy.names[i] for i in self.hierarchy.leaves]}
+                                            if self.head == "softmax" else {})}),
             "neoseg.architecture": self.architecture,
             "neoseg.version": self.version,
             "neoseg.config_digest": self.config_digest,
@@ -91,6 +99,7 @@ class ModelInfo:
                              f"export one with neoseg-export CHECKPOINT -o model.onnx")
         try:
             pre = json.loads(meta["neoseg.preprocess"])
+            output = json.loads(meta.get("neoseg.output", "{}"))
             info = cls(hierarchy=Hierarchy.from_json(meta["neoseg.hierarchy"]),
                        thresholds=tuple(float(t) for t in json.loads(meta["neoseg.thresholds"])),
                        axis=int(pre["axis"]), slice_size=int(pre["slice_size"]), divisor=int(pre["divisor"]),
@@ -98,7 +107,8 @@ class ModelInfo:
                        version=meta["neoseg.version"], config_digest=meta["neoseg.config_digest"],
                        config=meta.get("neoseg.config", "{}"), scaling=pre["scaling"],
                        head_fraction=float(pre["head_fraction"]), flexible=bool(pre.get("flexible", False)),
-                       reduced_precision=meta.get("neoseg.reduced_precision", "{}"))
+                       reduced_precision=meta.get("neoseg.reduced_precision", "{}"),
+                       head=str(output.get("head", "sigmoid")))
             info.parity_records  # noqa: B018 - validates the record
             return info
         except (KeyError, TypeError, json.JSONDecodeError) as e:
@@ -138,4 +148,4 @@ def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) ->
                      axis=config.axis, slice_size=config.slice_size, divisor=int(getattr(loaded.model, "divisor", 32)),
                      spacing=tuple(float(s) for s in loaded.spacing), architecture=config.model,
                      version=neoseg_version, config_digest=config.digest(), config=config.to_json(),
-                     flexible=config.model == "unet")
+                     flexible=config.model == "unet", head=config.head)

@@ -13,6 +13,7 @@ from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import atomic_path
 
 from .config import TrainConfig
+from .heads import channel_model, output_channels
 from .models import create_model
 
 FORMAT = "neoseg-checkpoint/1"
@@ -20,11 +21,12 @@ FORMAT = "neoseg-checkpoint/1"
 
 @dataclass
 class Loaded:
-    model: nn.Module
+    model: nn.Module  # one logit per hierarchy channel, whatever the head (see .heads)
     config: TrainConfig
     hierarchy: Hierarchy
     spacing: tuple[float, float, float]  # voxel size (mm) of the training data
     state: dict  # everything else stored (epoch, optimizer state, ...)
+    net: nn.Module  # the network itself (leaf logits for the softmax head); shares weights with model
 
 
 def save(path: str | Path, model: nn.Module, config: TrainConfig, hierarchy: Hierarchy,
@@ -47,7 +49,7 @@ def load(path: str | Path, map_location: str = "cpu") -> Loaded:
         raise ValueError(f"{path} is not a neoseg checkpoint (expected format {FORMAT})")
     config = TrainConfig.from_json(payload.pop("config"))
     hierarchy = Hierarchy.from_json(payload.pop("hierarchy"))
-    model = create_model(config.model, 1, len(hierarchy), **config.model_kwargs())
-    model.load_state_dict(payload.pop("model_state"))
-    model.eval()
-    return Loaded(model, config, hierarchy, tuple(payload.pop("spacing")), payload)
+    net = create_model(config.model, 1, output_channels(config.head, hierarchy), **config.model_kwargs())
+    net.load_state_dict(payload.pop("model_state"))
+    model = channel_model(net, config.head, hierarchy).eval()
+    return Loaded(model, config, hierarchy, tuple(payload.pop("spacing")), payload, net)

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from neoseg.core.thresholds import check_thresholds
 
 PROFILES = ("cpu", "paper")
+SELECTIONS = ("val-loss", "child-dice")
 
 
 @dataclass
@@ -33,6 +34,13 @@ class TrainConfig:
     # optimisation
     loss: str = "iuc"
     reduction: str = "mean"
+    dice_weight: float = 1.0  # labelset only: weight of the leaf Dice term beside the cross-entropy
+    self_training: bool = False  # EMA teacher fills in unknown children (train/selftrain.py)
+    self_train_after: int = 5  # epochs of the plain loss before the teacher's pseudo labels are used
+    ema_decay: float = 0.99
+    confidence: float = 0.9  # share of the parent's probability the teacher's child needs
+    select: str = "val-loss"  # best epoch and early stopping by: val-loss (the paper) | child-dice (mean
+    # validation Dice of the channels that have a parent, on the fully labelled validation subjects)
     lr: float = 5e-3
     batch_size: int = 16
     epochs: int = 12
@@ -52,6 +60,21 @@ class TrainConfig:
 
     def __post_init__(self):
         check_thresholds(self.thresholds, what="config thresholds")
+        if self.select not in SELECTIONS:
+            raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
+        if self.self_training and self.loss == "bce":
+            raise ValueError("self-training completes unknown children, but loss bce has none; use it with a "
+                             "partial-label loss (iuc, huc, weight, wnorm, labelset)")
+        if self.self_training and not (0.5 <= self.confidence < 1 and 0 < self.ema_decay < 1):
+            raise ValueError(f"self-training needs confidence in [0.5, 1) and EMA decay in (0, 1), got "
+                             f"{self.confidence} and {self.ema_decay}")
+
+    @property
+    def head(self) -> str:
+        """sigmoid (one logit per channel) or softmax (one per leaf) for the label-set losses."""
+        from .losses import SOFTMAX_LOSSES
+
+        return "softmax" if self.loss in SOFTMAX_LOSSES else "sigmoid"
 
     @classmethod
     def profile(cls, name: str, **overrides) -> "TrainConfig":

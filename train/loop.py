@@ -38,13 +38,15 @@ from .checks import check_before_training
 from .config import TrainConfig
 from .dataset import SliceDataset
 from .evaluate import evaluate_sessions, report, write_rows
+from .heads import ChannelLogits, check_exclusive_leaves, output_channels
 from .losses import make_loss
 from .models import create_model, input_divisor
+from .selftrain import EmaTeacher, complete_targets
 from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
 
-METRICS_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "best", "seconds"]
+METRICS_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_child_dice", "best", "seconds"]
 
 
 class RunExistsError(FileExistsError):
@@ -199,10 +201,23 @@ def _dice_2d(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
     return inter, size
 
 
+@dataclass(frozen=True)
+class EpochStats:
+    loss: float  # mean over slices
+    dice: float  # macro Dice over the channels present (observed entries, pooled over the pass)
+    channel_dice: np.ndarray  # per channel, NaN where a channel is absent
+
+    def mean_dice(self, channels: list[int]) -> float:
+        values = self.channel_dice[channels]
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if len(values) else math.nan
+
+
 def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="",
-              ranks: Ranks = Ranks()) -> tuple[float, float]:
-    """One pass; trains when an optimizer is given. Returns (mean loss, macro Dice over channels),
-    summed over all ranks."""
+              ranks: Ranks = Ranks(), to_channels=None, complete=None, after_step=None) -> EpochStats:
+    """One pass; trains when an optimizer is given. ``to_channels`` turns the network's output into
+    channel logits (softmax head), ``complete(image, target)`` fills in targets before the loss
+    (self-training), ``after_step()`` runs after each optimizer step. Sums over all ranks."""
     from tqdm import tqdm
 
     training = optimizer is not None
@@ -212,6 +227,8 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
         bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, unit="batch")  # None: off when stderr is no terminal
         for image, target, _ in bar:
             image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            if complete is not None:
+                target = complete(image, target)
             logits = model(image)
             loss = loss_fn(logits, target)
             if training:
@@ -222,16 +239,22 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
                 optimizer.zero_grad(set_to_none=True)
                 step_loss.backward()
                 optimizer.step()
+                if after_step is not None:
+                    after_step()
             total += loss.item() * len(image)
             count += len(image)
-            i, s = _dice_2d(logits.detach(), target)
+            channels = logits.detach() if to_channels is None else to_channels(logits.detach())
+            i, s = _dice_2d(channels, target)
             inter, size = inter + i, size + s
             bar.set_postfix(loss=f"{total / count:.4f}")
     if ranks.world > 1:
         total, count = ranks.sum(torch.tensor([total, float(count)])).tolist()
         inter, size = ranks.sum(torch.as_tensor(inter)), ranks.sum(torch.as_tensor(size))
-    dice = (2 * inter / torch.clamp(size, min=1)).float()[size > 0].mean() if count else torch.tensor(math.nan)
-    return total / max(count, 1), float(dice)
+    per_channel = torch.where(torch.as_tensor(size) > 0, 2 * torch.as_tensor(inter) / torch.clamp(torch.as_tensor(size), min=1),
+                              torch.tensor(math.nan, dtype=torch.float64)).double().cpu().numpy()
+    present = per_channel[~np.isnan(per_channel)]
+    return EpochStats(total / max(count, 1), float(present.mean()) if count and len(present) else math.nan,
+                      per_channel)
 
 
 def prepare_run_dir(out: Path, config: TrainConfig, resume: bool) -> TrainConfig:
@@ -269,20 +292,23 @@ def _with_pseudo_labels(sessions: list[Session], partial: list[bool], root: str)
 
 def _load_initial_weights(model: torch.nn.Module, config: TrainConfig, hierarchy: hier.Hierarchy) -> None:
     start = checkpoint.load(config.init_from)
-    if (start.config.model, start.config.model_kwargs()) != (config.model, config.model_kwargs()):
+    if (start.config.model, start.config.model_kwargs(), start.config.head) != \
+            (config.model, config.model_kwargs(), config.head):
         raise ValueError(f"init_from {config.init_from} holds a '{start.config.model}' {start.config.model_kwargs()} "
-                         f"but this run trains a '{config.model}' {config.model_kwargs()}; they must match")
+                         f"with a {start.config.head} head but this run trains a '{config.model}' "
+                         f"{config.model_kwargs()} with a {config.head} head; they must match")
     if start.hierarchy.names != hierarchy.names:
         raise ValueError(f"init_from {config.init_from} predicts {start.hierarchy.names}, this run {hierarchy.names}")
-    model.load_state_dict(start.model.state_dict())
+    model.load_state_dict(start.net.state_dict())
 
 
-def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset) -> None:
-    """Set the output layer's biases to log(p / (1 - p)), p = each channel's prior over the training
-    slices. A channel's p is its fraction of 1s among its observed (not unknown) target entries,
-    except for children: partially labelled slices hide them exactly where their parent is present,
-    so that fraction underestimates them; a child's p is p(parent) x p(child | parent), the latter
-    counted on the fully labelled slices (the same number as the plain fraction when all are full)."""
+def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset, head: str = "sigmoid") -> None:
+    """Set the output layer's biases to each channel's prior log odds log(p / (1 - p)) over the
+    training slices (sigmoid head), or to the leaves' log priors log p (softmax head). A channel's
+    p is its fraction of 1s among its observed (not unknown) target entries, except for children:
+    partially labelled slices hide them exactly where their parent is present, so that fraction
+    underestimates them; a child's p is p(parent) x p(child | parent), the latter counted on the
+    fully labelled slices (the same number as the plain fraction when all are full)."""
     table = dataset.table.astype(np.int64)
     every, full = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64)
     for stack, partial in zip(dataset.stacks, dataset.partial):
@@ -300,13 +326,17 @@ def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset) -> None:
         if full_positive[parent] > 0:
             p[kids] = p[parent] * full_positive[kids] / full_positive[parent]
     p = np.clip(p, 1e-4, 1 - 1e-4)
-    channels = table.shape[1]
+    if head == "softmax":
+        leaves = dataset.hierarchy.leaves
+        bias, channels = np.log(p[leaves] / p[leaves].sum()), len(leaves)
+    else:
+        bias, channels = np.log(p / (1 - p)), table.shape[1]
     heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None
              and getattr(m, "out_channels", getattr(m, "out_features", None)) == channels]
     if not heads:
         raise ValueError(f"prior_bias: found no output layer with {channels} biased outputs in {type(model).__name__}")
     with torch.no_grad():
-        heads[-1].bias.copy_(torch.as_tensor(np.log(p / (1 - p)), dtype=heads[-1].bias.dtype))
+        heads[-1].bias.copy_(torch.as_tensor(bias, dtype=heads[-1].bias.dtype))
 
 
 def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: bool = True,
@@ -371,7 +401,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     if ranks.main:
         write_text(out / "split.json", _split_json(split, train_sessions), overwrite=True)
 
-    model = create_model(config.model, 1, len(hierarchy), **config.model_kwargs())
+    model = create_model(config.model, 1, output_channels(config.head, hierarchy), **config.model_kwargs())
+    children = [kid for _, kids in hierarchy.sibling_groups for kid in kids]
+    if config.select == "child-dice" and not children:
+        raise ValueError(f"--select child-dice needs channels with a parent, but hierarchy '{hierarchy.name}' "
+                         f"has none; use --select val-loss")
     if config.slice_size % input_divisor(model):
         raise ValueError(f"slice size {config.slice_size} must be divisible by {input_divisor(model)} "
                          f"for model '{config.model}'; pass e.g. --slice-size "
@@ -388,6 +422,9 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
             for session in split.test:
                 test_values[Path(session.labels)] = present_values(load_session(session)[1])
             check_before_training(config, hierarchy, train_stacks + val_stacks, test_values)
+            if config.head == "softmax":
+                full = [st for st, p in zip(train_stacks, partial) if not p] + val_stacks
+                check_exclusive_leaves(hierarchy, {str(st.session.labels): list(st.values) for st in full})
         except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
             error = e
     ranks.after_main(error)
@@ -398,7 +435,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     train_set = SliceDataset(train_stacks, hierarchy, partial)
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))
     if config.prior_bias and config.init_from is None:
-        set_prior_bias(model, train_set)
+        set_prior_bias(model, train_set, config.head)
     shuffle = torch.Generator().manual_seed(config.seed)
     batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world, config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
@@ -412,18 +449,23 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    loss_fn = make_loss(config.loss, hierarchy, config.reduction)
+    loss_fn = make_loss(config.loss, hierarchy, config.reduction, config.dice_weight)
+    to_channels = ChannelLogits(hierarchy).to(device) if config.head == "softmax" else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    start, best_loss, best_epoch = 1, math.inf, 0
+    teacher = EmaTeacher(bare, config.ema_decay) if config.self_training else None
+    start, best_score, best_loss, best_epoch = 1, math.inf, math.inf, 0
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
         last = checkpoint.load(last_path, map_location=str(device))
-        bare.load_state_dict(last.model.state_dict())
+        bare.load_state_dict(last.net.state_dict())
         state = last.state
         optimizer.load_state_dict(state["optimizer_state"])
         start, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
+        best_score = state.get("best_score", best_loss)
         shuffle.set_state(state["shuffle_state"])
         torch.set_rng_state(state["torch_rng"])
+        if teacher is not None:
+            teacher.model.load_state_dict(state["teacher_state"])
         if ranks.main:
             _truncate_metrics(out / "metrics.csv", start)
         log.info("resuming %s at epoch %d (best val loss %.4f at epoch %d)", out, start, best_loss, best_epoch)
@@ -445,27 +487,37 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
             stopped_by = "time budget"
             break
         t0 = time.monotonic()
-        train_loss, _ = run_epoch(model, train_loader, loss_fn, device, optimizer, progress,
-                                  f"epoch {epoch}/{config.epochs}", ranks)
-        val_loss, val_dice = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate",
-                                       ranks=ranks)
-        improved = val_loss < best_loss
+        complete = None
+        if teacher is not None and epoch > config.self_train_after:
+            complete = lambda image, target: complete_targets(  # noqa: E731
+                teacher.channel_probabilities(image, to_channels or (lambda x: x)), target, hierarchy,
+                config.confidence)
+        trained = run_epoch(model, train_loader, loss_fn, device, optimizer, progress, f"epoch {epoch}/{config.epochs}",
+                            ranks, to_channels, complete, teacher and (lambda: teacher.update(bare)))
+        val = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate", ranks=ranks,
+                        to_channels=to_channels)
+        train_loss, val_loss, val_dice, child_dice = trained.loss, val.loss, val.dice, val.mean_dice(children)
+        score = val_loss if config.select == "val-loss" else 1 - child_dice
+        improved = score < best_score  # a NaN child Dice (no child in the validation set) never improves
         if improved:
-            best_loss, best_epoch = val_loss, epoch
+            best_score, best_loss, best_epoch = score, val_loss, epoch
         if not ranks.main:
             continue
         # the row before last.pt: a stop in between reruns this epoch on --resume (dropping the row),
         # whereas a last.pt without its row would lose the row for good
         _append_metrics(metrics_path, {"epoch": epoch, "train_loss": f"{train_loss:.6f}", "val_loss": f"{val_loss:.6f}",
-                                       "val_dice": f"{val_dice:.4f}", "best": int(improved),
+                                       "val_dice": f"{val_dice:.4f}", "val_child_dice": f"{child_dice:.4f}",
+                                       "best": int(improved),
                                        "seconds": f"{time.monotonic() - t0:.1f}"})
         if improved:
-            checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss)
+            checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
+                            best_score=best_score)
+        extra = {"teacher_state": teacher.model.state_dict()} if teacher is not None else {}
         checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
-                        best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
-                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state())
-        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f%s (%.0f s)", epoch, train_loss,
-                 val_loss, val_dice, " *" if improved else "", time.monotonic() - t0)
+                        best_score=best_score, best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
+                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(), **extra)
+        log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f (children %.3f)%s (%.0f s)", epoch,
+                 train_loss, val_loss, val_dice, child_dice, " *" if improved else "", time.monotonic() - t0)
 
     if not ranks.main:
         return RunResult(out, best_epoch, best_loss, [], "", stopped_by)
