@@ -195,14 +195,19 @@ def plan_headline(profile: Profile) -> list[RunSpec]:
     runs += [RunSpec("unet", "supervised", "bce", fraction, d) for d in draws]
     for d in draws:
         runs += [RunSpec("unet", "partial", "iuc", fraction, d), RunSpec("unet", "semi", "bce", fraction, d)]
-    for d in draws:
-        runs += [RunSpec("unet", "partial", "labelset", fraction, d, self_training=st) for st in (True, False)]
+    runs += beyond_runs([fraction], draws)
     if len(profile.fractions) > 1:
         more = profile.fractions[1]
         for d in draws:
             runs += [RunSpec("unet", "partial", "labelset", more, d, self_training=True),
                      RunSpec("unet", "partial", "iuc", more, d), RunSpec("unet", "supervised", "bce", more, d)]
     return runs
+
+
+def beyond_runs(fractions: list[float], draws) -> list[RunSpec]:
+    """The recipes beyond the paper: the label-set loss with and without self-training."""
+    return [RunSpec("unet", "partial", "labelset", f, d, self_training=st) for f in fractions for d in draws
+            for st in (True, False)]
 
 
 def plan_full(profile: Profile) -> list[RunSpec]:
@@ -222,6 +227,7 @@ def plan_full(profile: Profile) -> list[RunSpec]:
     if profile.extra_budget and fractions:
         runs += [RunSpec("unet", "partial", "iuc", fractions[0], d, budget=profile.extra_budget)
                  for d in range(profile.fewer_draws.get("budget", profile.draws))]
+    runs += beyond_runs(low, draws)
     for f in low:  # Table 3
         for d in range(profile.fewer_draws.get("segformer", profile.draws)):
             runs += [RunSpec("segformer", kind, loss, f, d) for kind, loss in

@@ -105,11 +105,13 @@ def test_sharded_batches_split_the_single_process_batches():
 
 
 # ------------------------------------------------------------------------------ the grid and the report
-def test_headline_plan_is_two_percent_and_the_reference():
+def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
     runs = experiments.plan(experiments.PROFILES["cpu"])
-    count = Counter((r.kind, r.loss, r.fraction) for r in runs)
+    count = Counter((r.kind, r.recipe, r.fraction) for r in runs)
     assert count == {("supervised", "bce", 1.0): 1, ("supervised", "bce", 0.02): 3, ("partial", "iuc", 0.02): 3,
-                     ("semi", "bce", 0.02): 3}
+                     ("semi", "bce", 0.02): 3, ("partial", "labelset", 0.02): 3, ("partial", "labelset+st", 0.02): 3,
+                     ("partial", "labelset+st", 0.05): 3, ("partial", "iuc", 0.05): 3, ("supervised", "bce", 0.05): 3}
+    assert all(r.select == "val-loss" for r in runs)  # the paper's selection, for every row
     names = [r.name for r in runs]
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
     full = experiments.plan(dataclasses.replace(experiments.PROFILES["cpu"], grid="full"))
@@ -134,9 +136,11 @@ def test_plan_is_the_papers_grid():
         assert count[("segformer", kind, loss, "mean")] == 6  # 2 % and 5 %, 3 draws in the CPU profile
     assert count[("unet", "partial", "iuc", "observed")] == 5
     assert sum(r.budget > 1 for r in runs) == 3  # IUC at 2 % with a larger step budget, beyond the paper
-    assert len({r.name for r in runs}) == len(runs) == 102
+    beyond = Counter(r.recipe for r in runs if r.loss == "labelset")
+    assert beyond == {"labelset": 10, "labelset+st": 10}  # beyond the paper: 2 % and 5 %
+    assert len({r.name for r in runs}) == len(runs) == 122
     paper = experiments.plan(experiments.PROFILES["paper"])
-    assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 111
+    assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 131
     names = [r.name for r in runs]
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
 
@@ -162,13 +166,14 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     out = tmp_path / "exp"
     experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     planned = experiments.plan(profile)
-    assert len(planned) == 12
+    assert len(planned) == 14
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == experiments.RESULT_FIELDS
     assert {r["run"] for r in rows} == {r.name for r in planned}
     text = (out / "REPORT.md").read_text()
-    for needle in ("Table 1", "Table 3", "Appendix A", "figure4.png", "Wall time", "Ours: IUC", "Semi-supervised"):
+    for needle in ("Table 1", "Table 3", "Appendix A", "figure4.png", "Wall time", "Ours: IUC", "Semi-supervised",
+                   "Beyond the paper", "Label-set loss + self-training"):
         assert needle in text, needle
     assert (out / "figure4.png").stat().st_size > 1000
     # semi-supervised runs start from their supervised run and train on pseudo labels

@@ -185,3 +185,45 @@ def test_config_refusals():
         TrainConfig(select="dice")
     with pytest.raises(ValueError, match="bce has none"):
         TrainConfig(loss="bce", self_training=True)
+
+
+# ---- export and runtime ----------------------------------------------------------------------
+
+def test_softmax_head_exports_and_runs_like_a_sigmoid_model(tiny_dataset, tmp_path):
+    import json
+
+    import onnx
+
+    from neoseg.benchmarks.toy import train_toy
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.export.onnx_export import export_onnx, verification_slices
+    from neoseg.runtime.backends import OrtBackend
+    from neoseg.runtime.model import info_from_checkpoint
+    from neoseg.runtime.pipeline import Segmenter
+    from neoseg.train import checkpoint
+    from neoseg.train.volumes import load_canonical
+
+    sessions = find_sessions(tiny_dataset)
+    loaded = checkpoint.load(train_toy(tmp_path / "toy.pt", sessions[:4], 32, widths=(8, 16), steps=60,
+                                       loss="labelset"))
+    info = info_from_checkpoint(loaded)
+    assert info.head == "softmax"
+    images = [load_canonical(s.t2, np.float32)[0] for s in sessions[4:6]]
+    report = export_onnx(loaded.model, info, tmp_path / "m.onnx", verify_on=verification_slices(images, info))
+    assert report.max_abs_diff < 1e-3 and min(report.dice.values()) >= 0.999  # ONNX Runtime = torch
+    backend = OrtBackend(tmp_path / "m.onnx")
+    import dataclasses
+    assert dataclasses.replace(backend.info, reduced_precision="{}") == info  # the head survives the model file
+    assert set(backend.info.parity_records) == {"bf16", "fp16"}  # the reduced-precision gate measured it too
+    meta = {p.key: p.value for p in onnx.load(str(tmp_path / "m.onnx")).metadata_props}
+    output = json.loads(meta["neoseg.output"])
+    assert output["head"] == "softmax" and output["leaves"] == [n for n in info.hierarchy.names if n != "tcv"]
+    # every channel is derived, parents included: P(tcv) = P(cgm) + P(wm) + P(dgm), so no child
+    # mask reaches outside the TCV mask, and the leaves' probabilities sum to 1
+    seg = Segmenter(backend).segment(images[0], np.diag([2.0, 2, 2, 1]), (2.0, 2, 2), probabilities=True)
+    probs, masks, names = seg.probs, seg.masks.astype(bool), info.hierarchy.names
+    kids = [names.index(n) for n in ("cgm", "wm", "dgm")]
+    np.testing.assert_allclose(probs[..., names.index("tcv")], probs[..., kids].sum(axis=-1), atol=1e-4)
+    np.testing.assert_allclose(probs[..., info.hierarchy.leaves].sum(axis=-1), 1.0, atol=1e-4)
+    tcv = masks[..., names.index("tcv")]
+    assert all(not (masks[..., k] & ~tcv).any() for k in kids) and tcv.any()
