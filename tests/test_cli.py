@@ -42,3 +42,19 @@ def test_user_errors_are_one_line_with_nonzero_exit(tiny_dataset, tmp_path):
     result = runner.invoke(train_app, ["--out", str(tmp_path / "r4"), "--data", str(tiny_dataset), *TINY,
                                        "--loss", "dice"])
     assert result.exit_code == 2 and "dice" in result.output
+
+
+def test_beyond_the_paper_options_from_the_command_line(tiny_dataset, tmp_path):
+    import json
+
+    out = tmp_path / "run"
+    result = runner.invoke(train_app, ["--out", str(out), "--data", str(tiny_dataset), *TINY, "--loss", "labelset",
+                                       "--dice-weight", "0.5", "--self-training", "--self-train-after", "0",
+                                       "--confidence", "0.8", "--select", "child-dice"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert (config["loss"], config["dice_weight"], config["self_training"], config["self_train_after"],
+            config["confidence"], config["select"]) == ("labelset", 0.5, True, 0, 0.8, "child-dice")
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), "--data", str(tiny_dataset), *TINY,
+                                       "--loss", "bce", "--self-training"])
+    assert result.exit_code == 2 and "bce has none" in result.output and "Traceback" not in result.output
