@@ -250,8 +250,8 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
     if ranks.world > 1:
         total, count = ranks.sum(torch.tensor([total, float(count)])).tolist()
         inter, size = ranks.sum(torch.as_tensor(inter)), ranks.sum(torch.as_tensor(size))
-    per_channel = torch.where(torch.as_tensor(size) > 0, 2 * torch.as_tensor(inter) / torch.clamp(torch.as_tensor(size), min=1),
-                              torch.tensor(math.nan, dtype=torch.float64)).double().cpu().numpy()
+    inter, size = (torch.as_tensor(v, dtype=torch.float64).cpu() for v in (inter, size))
+    per_channel = torch.where(size > 0, 2 * inter / size.clamp(min=1), math.nan).numpy()
     present = per_channel[~np.isnan(per_channel)]
     return EpochStats(total / max(count, 1), float(present.mean()) if count and len(present) else math.nan,
                       per_channel)
