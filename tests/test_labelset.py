@@ -227,3 +227,26 @@ def test_softmax_head_exports_and_runs_like_a_sigmoid_model(tiny_dataset, tmp_pa
     np.testing.assert_allclose(probs[..., info.hierarchy.leaves].sum(axis=-1), 1.0, atol=1e-4)
     tcv = masks[..., names.index("tcv")]
     assert all(not (masks[..., k] & ~tcv).any() for k in kids) and tcv.any()
+
+
+def test_self_training_starts_from_the_best_weights_once_the_plain_loss_plateaus(tiny_dataset, tmp_path,
+                                                                                 monkeypatch):
+    """Default schedule: plain loss until early stopping would end the run, then self-training from
+    the best epoch's weights with patience counted afresh; then early stopping for good."""
+    from neoseg.train import checkpoint, loop
+
+    calls = []
+
+    def flat_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="", ranks=None,
+                   to_channels=None, complete=None, after_step=None):
+        if optimizer is not None:  # training pass: record whether pseudo labels were in use
+            calls.append(complete is not None)
+        n = len(loop.hier.resolve("dhcp-drawem9"))
+        return loop.EpochStats(1.0, 0.5, np.full(n, 0.5))  # the validation loss never improves after epoch 1
+
+    monkeypatch.setattr(loop, "run_epoch", flat_epoch)
+    result = loop.train(_config(tiny_dataset, loss="iuc", self_training=True, patience=1, epochs=10),
+                        tmp_path / "run", progress=False)
+    assert calls == [False, False, True]  # epochs 1-2 plain, 3 self-training, 4 would exceed the patience again
+    assert result.stopped_by == "early stopping" and result.best_epoch == 1
+    assert checkpoint.load(tmp_path / "run" / "last.pt").state["self_train_began"] == 3

@@ -36,7 +36,8 @@ class TrainConfig:
     reduction: str = "mean"
     dice_weight: float = 1.0  # labelset only: weight of the leaf Dice term beside the cross-entropy
     self_training: bool = False  # EMA teacher fills in unknown children (train/selftrain.py)
-    self_train_after: int = 5  # epochs of the plain loss before the teacher's pseudo labels are used
+    self_train_after: int | None = None  # epochs of the plain loss before the teacher's pseudo labels are
+    # used; None: once the plain loss has plateaued (early stopping would end the run), from its best weights
     ema_decay: float = 0.99
     confidence: float = 0.9  # share of the parent's probability the teacher's child needs
     select: str = "val-loss"  # best epoch and early stopping by: val-loss (the paper) | child-dice (mean

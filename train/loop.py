@@ -454,6 +454,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     teacher = EmaTeacher(bare, config.ema_decay) if config.self_training else None
     start, best_score, best_loss, best_epoch = 1, math.inf, math.inf, 0
+    st_began = None  # the epoch self-training began
     last_path, best_path = out / "last.pt", out / "best.pt"
     if resume and last_path.is_file():
         last = checkpoint.load(last_path, map_location=str(device))
@@ -466,6 +467,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         torch.set_rng_state(state["torch_rng"])
         if teacher is not None:
             teacher.model.load_state_dict(state["teacher_state"])
+            st_began = state.get("self_train_began")
         if ranks.main:
             _truncate_metrics(out / "metrics.csv", start)
         log.info("resuming %s at epoch %d (best val loss %.4f at epoch %d)", out, start, best_loss, best_epoch)
@@ -478,17 +480,27 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     metrics_path = out / "metrics.csv"
     began, stopped_by = time.monotonic(), "epoch cap"
     for epoch in range(start, config.epochs + 1):
-        if epoch - best_epoch > config.patience and best_epoch > 0:
-            log.info("early stop: no validation improvement for %d epochs", config.patience)
-            stopped_by = "early stopping"
-            break
+        if epoch - max(best_epoch, (st_began or 1) - 1) > config.patience and best_epoch > 0:
+            if teacher is None or st_began is not None:
+                log.info("early stop: no validation improvement for %d epochs", config.patience)
+                stopped_by = "early stopping"
+                break
+            # the plain loss has plateaued: self-training goes on from its best weights, the teacher a copy of them
+            best = checkpoint.load(best_path, map_location=str(device))
+            bare.load_state_dict(best.net.state_dict())
+            teacher.model.load_state_dict(best.net.state_dict())
+            st_began = epoch
+            log.info("self-training from epoch %d, starting from the best weights (epoch %d)", epoch, best_epoch)
+        if teacher is not None and st_began is None and config.self_train_after is not None \
+                and epoch > config.self_train_after:
+            st_began = epoch
         if config.max_minutes is not None and ranks.any((time.monotonic() - began) / 60 > config.max_minutes):
             log.info("time budget of %.1f min reached", config.max_minutes)
             stopped_by = "time budget"
             break
         t0 = time.monotonic()
         complete = None
-        if teacher is not None and epoch > config.self_train_after:
+        if st_began is not None:
             complete = lambda image, target: complete_targets(  # noqa: E731
                 teacher.channel_probabilities(image, to_channels or (lambda x: x)), target, hierarchy,
                 config.confidence)
@@ -512,7 +524,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         if improved:
             checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                             best_score=best_score)
-        extra = {"teacher_state": teacher.model.state_dict()} if teacher is not None else {}
+        extra = {"teacher_state": teacher.model.state_dict(), "self_train_began": st_began} if teacher else {}
         checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                         best_score=best_score, best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
                         shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(), **extra)
