@@ -65,7 +65,8 @@ def train(
                                                           help="An EMA teacher fills in the unknown children of "
                                                           "partially labelled scans (any partial-label loss).")] = None,
     self_train_after: Annotated[Optional[int], typer.Option(help="Self-training: epochs before the teacher's "
-                                                            "pseudo labels are used. Default 5.")] = None,
+                                                            "pseudo labels are used. Default: once the plain "
+                                                            "loss plateaus, from its best weights.")] = None,
     confidence: Annotated[Optional[float], typer.Option(help="Self-training: share of the parent's probability "
                                                         "the teacher's child needs. Default 0.9.")] = None,
     select: Annotated[Optional[Selection], typer.Option(help="Best epoch and early stopping by the validation loss "

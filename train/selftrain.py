@@ -1,8 +1,13 @@
 """Self-training on top of any partial-label loss: an EMA teacher fills in unknown children.
 
 The teacher is an exponential moving average of the student's weights (updated after every
-optimizer step; BatchNorm statistics copied). From epoch ``self_train_after + 1`` on, each training
-batch's targets are completed before the loss sees them: where a voxel's children are unknown
+optimizer step; BatchNorm statistics copied). Self-training begins, by default, once the plain loss
+has plateaued (when early stopping would end the run): the student goes on from the best epoch's
+weights, the teacher starts as a copy of them, and patience is counted afresh; so a child that the
+plain loss has learnt by then is in the teacher. (``self_train_after`` N starts it after epoch N
+instead: early, the teacher knows the large children only, and its confident pseudo labels teach
+the student that a small child, DGM, is white matter.) From then on, each training batch's targets
+are completed before the loss sees them: where a voxel's children are unknown
 (it is annotated with their parent only), the teacher's most probable child becomes 1 and its
 siblings 0 if the teacher gives it at least ``confidence`` of the parent's probability (its share
 among the siblings); deeper levels follow top-down. Only unknown entries change, and they exist
