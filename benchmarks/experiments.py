@@ -300,6 +300,7 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
         epochs = len(list(csv.DictReader(f)))
     record = {"run": spec.name, "seconds": round(time.monotonic() - began, 1), "best_epoch": result.best_epoch,
               "epochs": epochs, "stopped_by": result.stopped_by, "best_val_loss": result.best_val_loss,
+              "self_train_began": result.self_train_began, "recipe": spec.recipe,
               **dataclasses.asdict(spec)}
     (run_dir / "done.json").write_text(json.dumps(record, indent=2))
     return record

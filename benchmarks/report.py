@@ -371,7 +371,8 @@ def run_table(out: Path, settings: dict) -> str:
     trained, the best epoch and what ended the runs, so runs cut by the epoch cap are visible."""
     groups: dict[tuple, list[dict]] = {}
     for record in _records(out):
-        key = (record["model"], record["kind"], record["loss"], record.get("reduction", "mean"), record.get("budget", 1),
+        key = (record["model"], record["kind"], record.get("recipe", record["loss"]), record.get("reduction", "mean"),
+               record.get("budget", 1),
                record["fraction"] if record["fraction"] == 1.0 else None)
         groups.setdefault(key, []).append(record)
     planned = settings.get("epochs", {})
@@ -385,6 +386,9 @@ def run_table(out: Path, settings: dict) -> str:
         for r in records:
             ended[r.get("stopped_by", "?")] = ended.get(r.get("stopped_by", "?"), 0) + 1
         label = f"{kind}, 100 %" if full else kind
+        began = sorted(r["self_train_began"] for r in records if r.get("self_train_began"))
+        if any(r.get("self_training") for r in records):
+            loss += f" (self-training began at epoch {', '.join(map(str, began)) or 'none'})"
         lines.append(f"| {model} | {label} | {loss} | {reduction} | {budget} | {len(records)} | "
                      f"{np.median([r['seconds'] for r in records]):.0f} | {epochs[0]}–{epochs[-1]} ({plan}) | "
                      f"{np.median([r['best_epoch'] for r in records]):.0f} | "

@@ -61,6 +61,7 @@ class RunResult:
     rows: list[dict]  # test evaluation, one per session and structure
     table: str  # markdown summary of ``rows``
     stopped_by: str = "epoch cap"  # or "early stopping", "time budget"
+    self_train_began: int | None = None  # the epoch self-training began, if it did
 
 
 def resolve_device(name: str) -> torch.device:
@@ -531,8 +532,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f (children %.3f)%s (%.0f s)", epoch,
                  train_loss, val_loss, val_dice, child_dice, " *" if improved else "", time.monotonic() - t0)
 
+    if teacher is not None and st_began is None:
+        log.warning("self-training never began: the plain loss had not plateaued when the run ended (%s); "
+                    "pass --self-train-after N to start it after epoch N", stopped_by)
     if not ranks.main:
-        return RunResult(out, best_epoch, best_loss, [], "", stopped_by)
+        return RunResult(out, best_epoch, best_loss, [], "", stopped_by, st_began)
     if not best_path.is_file():
         raise RuntimeError(f"no epoch finished, so {best_path} was never written; raise --epochs or --max-minutes")
     best = checkpoint.load(best_path, map_location=str(device))
@@ -542,7 +546,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     table = report(rows)
     write_text(out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']})\n\n"
                f"{table}\n", overwrite=True)
-    return RunResult(out, best.state["epoch"], best.state["best_val_loss"], rows, table, stopped_by)
+    return RunResult(out, best.state["epoch"], best.state["best_val_loss"], rows, table, stopped_by, st_began)
 
 
 def _append_metrics(path: Path, row: dict) -> None:
