@@ -110,6 +110,7 @@ def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
     count = Counter((r.kind, r.recipe, r.fraction) for r in runs)
     assert count == {("supervised", "bce", 1.0): 1, ("supervised", "bce", 0.02): 3, ("partial", "iuc", 0.02): 3,
                      ("semi", "bce", 0.02): 3, ("partial", "labelset", 0.02): 3, ("partial", "labelset+st", 0.02): 3,
+                     ("partial", "labelset+st5", 0.02): 3,
                      ("partial", "labelset+st", 0.05): 3, ("partial", "iuc", 0.05): 3, ("supervised", "bce", 0.05): 3}
     assert all(r.select == "val-loss" for r in runs)  # the paper's selection, for every row
     names = [r.name for r in runs]
@@ -137,10 +138,10 @@ def test_plan_is_the_papers_grid():
     assert count[("unet", "partial", "iuc", "observed")] == 5
     assert sum(r.budget > 1 for r in runs) == 3  # IUC at 2 % with a larger step budget, beyond the paper
     beyond = Counter(r.recipe for r in runs if r.loss == "labelset")
-    assert beyond == {"labelset": 10, "labelset+st": 10}  # beyond the paper: 2 % and 5 %
-    assert len({r.name for r in runs}) == len(runs) == 122
+    assert beyond == {"labelset": 10, "labelset+st": 10, "labelset+st5": 10}  # beyond the paper: 2 % and 5 %
+    assert len({r.name for r in runs}) == len(runs) == 132
     paper = experiments.plan(experiments.PROFILES["paper"])
-    assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 131
+    assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 141
     names = [r.name for r in runs]
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
 
@@ -166,7 +167,7 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     out = tmp_path / "exp"
     experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     planned = experiments.plan(profile)
-    assert len(planned) == 14
+    assert len(planned) == 15
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == experiments.RESULT_FIELDS
