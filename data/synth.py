@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .synth_anatomy import ANATOMIES, LABEL_OF_TISSUE, Anatomy, Brain, Pose
+from .synth_anatomy import ANATOMIES, LABEL_OF_TISSUE, Anatomy, Brain, Pose, seal_nuclei
 from .synth_contrast import render_t2
 
 # The generator version of each anatomy: bump when its anatomy or contrast changes, so cached cohorts
@@ -140,6 +140,8 @@ def generate_subject(rng: np.random.Generator, age_weeks: float, grid: int, fov_
     for start in range(0, grid, step):
         sl = slice(start, min(grid, start + step))
         tissue[sl], texture[sl] = brain.chunk(sl)
+    if anatomy == "v2":
+        seal_nuclei(tissue)
     labels = LABEL_OF_TISSUE[tissue]
     t2 = render_t2(tissue, texture, float(age_weeks), rng, anatomy, intensity_jitter)
     return t2, labels, (labels > 0).astype(np.uint8)

@@ -551,11 +551,12 @@ class Brain:
         hippo = np.minimum(tube(HIPPOCAMPUS, a.hippocampi), ellipsoid(AMYGDALA, a.hippocampi))
         flat[idx[hippo < 0]] = T_HIPPO
         caudate, lentiform, thalamus = (a.deep_grey * f for f in a.nuclei)
-        flat[idx[np.minimum(ellipsoid(CAUDATE_HEAD_V2, caudate), tube(CAUDATE_BODY_V2, caudate)) < 0]] = T_BASAL_GANGLIA
-        inside_lentiform = ellipsoid(LENTIFORM_V2, lentiform) < 0
+        clear = outside.ravel()[idx] > F32(self.voxel_mm)  # the nuclei stay a voxel away from the cisterns
+        flat[idx[clear & (np.minimum(ellipsoid(CAUDATE_HEAD_V2, caudate), tube(CAUDATE_BODY_V2, caudate)) < 0)]] = T_BASAL_GANGLIA
+        inside_lentiform = clear & (ellipsoid(LENTIFORM_V2, lentiform) < 0)
         flat[idx[inside_lentiform]] = T_BASAL_GANGLIA
         flat[idx[inside_lentiform & (ellipsoid(PALLIDUM_V2, lentiform) < 0)]] = T_PALLIDUM
-        flat[idx[ellipsoid(THALAMUS_V2, thalamus) < 0]] = T_THAL
+        flat[idx[clear & (ellipsoid(THALAMUS_V2, thalamus) < 0)]] = T_THAL
         here = flat[idx]
         cuttable = np.isin(here, (T_WM, T_BASAL_GANGLIA, T_PALLIDUM, T_THAL))
         flat[idx[cuttable & (tube(ALIC_V2, 1.0) < 0)]] = T_WM
@@ -564,4 +565,15 @@ class Brain:
         vent = np.minimum.reduce([tube(VENTRICLE, v), tube(TEMPORAL_HORN, v),
                                   ellipsoid_sdf(ax, py, pz, *THIRD_VENTRICLE)])
         deep_enough = outside.ravel()[idx] > cortex_mm + F32(self.voxel_mm)
-        flat[idx[(vent < 0) & deep_enough]] = T_VENT
+        walls = np.isin(flat[idx], (T_BASAL_GANGLIA, T_PALLIDUM, T_THAL))  # the nuclei shape the ventricles
+        flat[idx[(vent < 0) & deep_enough & ~walls]] = T_VENT
+
+
+def seal_nuclei(tissue: np.ndarray) -> None:
+    """v2, on the whole volume (in place): deep grey voxels with a face neighbour of CSF or outside
+    the brain become white matter, so the nuclei always lie inside the cerebrum (the signed
+    distances of the sulci are approximate far from their sheets)."""
+    from scipy import ndimage
+
+    near_csf = ndimage.binary_dilation(np.isin(tissue, (AIR, T_CSF, T_BG)))
+    tissue[near_csf & np.isin(tissue, (T_BASAL_GANGLIA, T_PALLIDUM, T_THAL))] = T_WM

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 
 import pytest
 from neoseg.data.synth import CohortSpec, default_cohort_dir, generate_cohort
@@ -107,3 +108,30 @@ def test_legacy_cache_folder_is_unchanged_and_differs_from_v2(monkeypatch, tmp_p
     others = {default_cohort_dir(CohortSpec(folding=0.5)), default_cohort_dir(CohortSpec(intensity_jitter=0.1)),
               default_cohort_dir(CohortSpec(seed=1)), default_cohort_dir(CohortSpec.legacy(seed=1))}
     assert len(others | {new, legacy}) == 6
+
+
+def test_experiment_runner_pins_the_first_cohort(monkeypatch, tmp_path):
+    """``python -m neoseg.benchmarks.experiments`` regenerates the cohort of the committed report:
+    the cpu profile's spec is the one whose cache folder held that cohort before v2 existed."""
+    from neoseg.benchmarks import experiments
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    for profile in experiments.PROFILES.values():
+        assert experiments.cohort_spec(profile).anatomy == "v1", profile.name
+    assert default_cohort_dir(experiments.cohort_spec(experiments.PROFILES["cpu"])).name == f"cohort-{OLD_DEFAULT_KEY}"
+
+
+def test_train_config_chooses_the_anatomy_and_old_configs_keep_v1():
+    from neoseg.train.config import TrainConfig
+
+    assert TrainConfig().cohort_anatomy == "v2"
+    old = json.loads(TrainConfig().to_json())
+    del old["cohort_anatomy"]  # a config.json written before anatomy v2
+    assert TrainConfig.from_json(json.dumps(old)).cohort_anatomy == "v1"
+
+
+def test_v2_options_are_refused_with_v1():
+    with pytest.raises(ValueError, match="anatomy v2 only"):
+        CohortSpec.legacy(folding=0.5).validate()
+    with pytest.raises(ValueError, match="anatomy='v3'"):
+        CohortSpec(anatomy="v3").validate()
