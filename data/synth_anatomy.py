@@ -299,6 +299,9 @@ class Brain:
         norm = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) + F32(1e-6)
         q = [F32(SULCUS_SPHERE_MM) * c / norm for c in u]
         spacing = float(axis[1] - axis[0])
+        if self.v2:
+            fields.update(self._coarse_v2(x, y, z, q, norm, spacing))
+            return fields
         for name, pattern, coords in (("s1", a.primary, q), ("s2", a.secondary, q), ("sm", a.medial, (y, z))):
             s = pattern(*coords)
             grad = np.gradient(s, spacing)
@@ -308,17 +311,37 @@ class Brain:
         fields["m2"] = a.secondary_depth(*q)
         fields["wm"] = a.wm_texture(x, y, z)
         fields["mid"] = F32(1.5) * a.fissure(y, z)
-        if self.v2:
-            s = a.tertiary(*q)
-            fields["s3"], fields["g3"] = s, np.sqrt(sum(g * g for g in np.gradient(s, spacing))).astype(F32)
-            fields["m3"] = -fields["m1"]  # tertiary folds are deepest where the primary ones are shallow
-            wiggle = F32(2.0) * a.named_wiggle(x, y, z)
-            ax = np.abs(x)
-            for i, ((_, sheet, where, *_), (shift, _)) in enumerate(zip(NAMED_SULCI, a.named)):
-                s = sheet(ax, y, z) + wiggle + F32(shift)
-                grad = np.sqrt(sum(g * g for g in np.gradient(s, spacing)))
-                fields[f"n{i}"] = (s / np.maximum(grad, F32(1e-3))).astype(F32)  # signed distance (mm)
-                fields[f"w{i}"] = where(ax, y, z).astype(F32)
+        return fields
+
+    def _coarse_v2(self, x, y, z, q, norm, spacing: float) -> dict[str, np.ndarray]:
+        """The v2 coarse fields. The sulcal patterns matter only inside the cerebral hull, so they
+        are evaluated there alone (a fifth of the grid): outside it they are constant."""
+        a = self.anat
+        band = np.flatnonzero(norm.ravel() < 1.15)
+
+        def on_band(field, coords, fill: float) -> np.ndarray:
+            out = np.full(norm.shape, F32(fill), F32)
+            out.ravel()[band] = field(*(c.ravel()[band] for c in coords))
+            return out
+
+        fields = {}
+        for name, pattern, coords in (("s1", a.primary, q), ("s2", a.secondary, q), ("s3", a.tertiary, q),
+                                      ("sm", a.medial, (y, z))):
+            s = on_band(pattern, coords, 1.0)
+            fields[name] = s
+            fields["g" + name[1:]] = np.sqrt(sum(g * g for g in np.gradient(s, spacing))).astype(F32)
+        fields["m1"] = on_band(a.primary_depth, q, 0.0)
+        fields["m2"] = on_band(a.secondary_depth, q, 0.0)
+        fields["m3"] = -fields["m1"]  # tertiary folds are deepest where the primary ones are shallow
+        fields["wm"] = on_band(a.wm_texture, (x, y, z), 0.0)
+        fields["mid"] = F32(1.5) * a.fissure(y, z)
+        wiggle = F32(2.0) * on_band(a.named_wiggle, (x, y, z), 0.0)
+        ax = np.abs(x)
+        for i, ((_, sheet, where, *_), (shift, _)) in enumerate(zip(NAMED_SULCI, a.named)):
+            s = sheet(ax, y, z) + wiggle + F32(shift)
+            grad = np.sqrt(sum(g * g for g in np.gradient(s, spacing)))
+            fields[f"n{i}"] = (s / np.maximum(grad, F32(1e-3))).astype(F32)  # signed distance (mm)
+            fields[f"w{i}"] = where(ax, y, z).astype(F32)
         return fields
 
     def _fine(self, name: str, sl: slice) -> np.ndarray:
