@@ -78,8 +78,8 @@ class CohortSpec:
         if self.anatomy == "v1":
             changed = [f for f in ("folding", "intensity_jitter") if getattr(self, f) != getattr(CohortSpec, f)]
             if changed:
-                raise ValueError(f"{', '.join(changed)} apply to anatomy v2 only; leave them at their defaults "
-                                 f"with anatomy='v1'")
+                raise ValueError(f"anatomy v1 takes no {' or '.join(changed)}: that knob is for anatomy v2 only; "
+                                 f"leave it at its default with v1, or use v2")
 
     def options(self) -> dict:
         """The v2 realism knobs, as :func:`generate_subject` takes them."""

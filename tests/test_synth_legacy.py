@@ -135,3 +135,19 @@ def test_v2_options_are_refused_with_v1():
         CohortSpec.legacy(folding=0.5).validate()
     with pytest.raises(ValueError, match="anatomy='v3'"):
         CohortSpec(anatomy="v3").validate()
+
+
+def test_synth_command_chooses_the_anatomy(tmp_path):
+    from neoseg.cli.synth import app
+    from typer.testing import CliRunner
+
+    runner = CliRunner()
+    for anatomy, version in (("v1", "1"), ("v2", "2")):
+        result = runner.invoke(app, ["--out", str(tmp_path / anatomy), "--subjects", "3", "--grid", "16",
+                                     "--anatomy", anatomy])
+        assert result.exit_code == 0, result.output
+        description = json.loads((tmp_path / anatomy / "dataset_description.json").read_text())
+        assert description["GeneratedBy"][0]["Version"] == version
+    result = runner.invoke(app, ["--out", str(tmp_path / "bad"), "--subjects", "3", "--grid", "16",
+                                 "--anatomy", "v1", "--folding", "0.5"])
+    assert result.exit_code != 0 and "anatomy v2 only" in result.output and not (tmp_path / "bad").exists()
