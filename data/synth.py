@@ -129,8 +129,7 @@ def generate_subject(rng: np.random.Generator, age_weeks: float, grid: int, fov_
     _check_grid(grid, fov_mm)
     if not AGE_LIMITS[0] <= age_weeks <= AGE_LIMITS[1]:
         raise ValueError(f"age_weeks={age_weeks}: the model covers {AGE_LIMITS[0]}-{AGE_LIMITS[1]} weeks PMA")
-    if anatomy not in ANATOMIES:
-        raise ValueError(f"anatomy={anatomy!r}: choose one of {', '.join(ANATOMIES)}")
+    CohortSpec(grid=grid, fov_mm=fov_mm, anatomy=anatomy, folding=folding, intensity_jitter=intensity_jitter).validate()
     anatomy_rng = rng if anatomy_seed is None else np.random.default_rng(anatomy_seed)
     brain = Brain(Anatomy.random(anatomy_rng, anatomy), float(age_weeks), Pose.random(rng), int(grid),
                   float(fov_mm), folding=folding)
