@@ -12,8 +12,8 @@ Sulci are the zero lines of smooth random fields on the hull (``|S| / |grad S|``
 to them); their depth grows with age, so preterm brains are smooth and term brains folded.
 
 Two anatomies: ``v1``, the first generator, frozen byte for byte (the cohort of the committed
-experiment report), and ``v2`` (the default), which adds what a segmentation model must not learn
-to skip: deep grey nuclei split by the internal capsule (caudate head and body along the lateral
+experiment report), and ``v2`` (the default), which adds anatomy that real scans have and the
+first one lacked: deep grey nuclei split by the internal capsule (caudate head and body along the lateral
 ventricle, the lentiform nucleus with its pallidum lateral to the capsule, the thalamus medial and
 posterior to it); named primary sulci (central, superior frontal, intraparietal, superior temporal,
 calcarine, parieto-occipital, cingulate) that appear at their usual ages, below random secondary
