@@ -34,6 +34,7 @@ from neoseg.data.dhcp import LABEL_SUFFIX, Session, find_sessions
 from neoseg.data.splits import Split, make_split
 
 from . import checkpoint
+from .augment import make_augment
 from .checks import check_before_training
 from .config import TrainConfig
 from .dataset import SliceDataset
@@ -44,6 +45,7 @@ from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
 
+AUGMENT_SEED_OFFSET = 7919  # the augmentation generator's seed is the run's seed plus this
 METRICS_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "best", "seconds"]
 
 
@@ -97,6 +99,15 @@ class Ranks:
                 return on_gpu.cpu()
             torch.distributed.all_reduce(values)
         return values
+
+    def share(self, n: int) -> tuple[int, int]:
+        """(first row, size) of the global batch whose contiguous share of ``n`` rows is this
+        rank's (the shares of :class:`ShardedBatches`)."""
+        if self.world == 1:
+            return 0, n
+        total = int(self.sum(torch.tensor([float(n)])).item())
+        share, extra = divmod(total, self.world)
+        return self.rank * share + min(self.rank, extra), total
 
     def any(self, flag: bool) -> bool:
         return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
@@ -200,9 +211,10 @@ def _dice_2d(logits: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, 
 
 
 def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="",
-              ranks: Ranks = Ranks()) -> tuple[float, float]:
-    """One pass; trains when an optimizer is given. Returns (mean loss, macro Dice over channels),
-    summed over all ranks."""
+              ranks: Ranks = Ranks(), augment=None) -> tuple[float, float]:
+    """One pass; trains when an optimizer is given (on batches transformed by ``augment``, an
+    :class:`~neoseg.train.augment.Augmenter`, if given). Returns (mean loss, macro Dice over
+    channels), summed over all ranks."""
     from tqdm import tqdm
 
     training = optimizer is not None
@@ -212,6 +224,8 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
         bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, unit="batch")  # None: off when stderr is no terminal
         for image, target, _ in bar:
             image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            if training and augment is not None:
+                image, target = augment(image, target, *ranks.share(len(image)))
             logits = model(image)
             loss = loss_fn(logits, target)
             if training:
@@ -400,6 +414,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     if config.prior_bias and config.init_from is None:
         set_prior_bias(model, train_set)
     shuffle = torch.Generator().manual_seed(config.seed)
+    augment = make_augment(config.augment, hierarchy, config.seed + AUGMENT_SEED_OFFSET, device)
     batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world, config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
     val_loader = DataLoader(torch.utils.data.Subset(val_set, range(ranks.rank, len(val_set), ranks.world)),
@@ -423,6 +438,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         optimizer.load_state_dict(state["optimizer_state"])
         start, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         shuffle.set_state(state["shuffle_state"])
+        if augment is not None and "augment_state" in state:
+            augment.set_state(state["augment_state"])
         torch.set_rng_state(state["torch_rng"])
         if ranks.main:
             _truncate_metrics(out / "metrics.csv", start)
@@ -446,7 +463,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
             break
         t0 = time.monotonic()
         train_loss, _ = run_epoch(model, train_loader, loss_fn, device, optimizer, progress,
-                                  f"epoch {epoch}/{config.epochs}", ranks)
+                                  f"epoch {epoch}/{config.epochs}", ranks, augment)
         val_loss, val_dice = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate",
                                        ranks=ranks)
         improved = val_loss < best_loss
@@ -463,7 +480,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
             checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss)
         checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                         best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
-                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state())
+                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(),
+                        **({"augment_state": augment.get_state()} if augment is not None else {}))
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f%s (%.0f s)", epoch, train_loss,
                  val_loss, val_dice, " *" if improved else "", time.monotonic() - t0)
 
