@@ -176,6 +176,7 @@ def _training_inputs(config, out):
     return torch.cat(seen)
 
 
+@pytest.mark.slow
 def test_augment_none_trains_on_the_slices_as_they_are_and_default_does_not(tiny_dataset, tmp_path):
     base = dict(data=str(tiny_dataset), cache=str(tmp_path / "cache"), slice_size=32, widths=[8, 16], epochs=1,
                 steps_per_epoch=4, batch_size=8, full_fraction=0.25, device="cpu")
