@@ -6,7 +6,7 @@ off; the paper's experiments run without it) draws, per slice and independently:
 - spatial (p 0.5): rotation (±15°), scaling (0.85-1.15), shift (±8 % of the slice) and a smooth
   elastic deformation, as one sampling grid; the image is resampled bilinearly, the {0,1,2}
   targets by nearest neighbour, so labels move with the image and unknown entries stay unknown;
-- smooth multiplicative bias field (p 0.3, up to about ±35 %);
+- smooth multiplicative bias field (p 0.3, its log of std up to 0.3);
 - gamma (p 0.3), a random smooth monotone intensity curve that changes the contrast between
   tissues (p 0.3) and a brightness gain (p 0.3);
 - blur (p 0.2) and simulated low resolution / anisotropy (p 0.2): down- and up-sampling along one
