@@ -187,3 +187,29 @@ def test_augment_none_trains_on_the_slices_as_they_are_and_default_does_not(tiny
     assert len(plain) == len(augmented) == 4 * 8
     assert all(x[0].numpy().tobytes() in known for x in plain)
     assert sum(x[0].numpy().tobytes() in known for x in augmented) < 0.5 * len(augmented)
+
+
+def test_the_command_line_turns_augmentation_off_and_refuses_unknown_policies(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from neoseg.cli.train import app
+    from neoseg.train import loop
+
+    seen = []
+    monkeypatch.setattr(loop, "train", lambda config, *a, **kw: seen.append(config) or (_ for _ in ()).throw(
+        ValueError("stop here")))
+    runner = CliRunner()
+    for args, expected in (([], "default"), (["--augment", "none"], "none"), (["--profile", "paper"], "default")):
+        result = runner.invoke(app, ["--out", str(tmp_path / "r"), *args])
+        assert result.exit_code == 2 and "stop here" in result.output
+        assert seen.pop().augment == expected
+    result = runner.invoke(app, ["--out", str(tmp_path / "r"), "--augment", "heavy"])
+    assert result.exit_code == 2 and "heavy" in result.output and not seen
+
+
+def test_the_papers_experiments_train_without_augmentation(tmp_path):
+    from neoseg.benchmarks import experiments
+
+    for name, profile in experiments.PROFILES.items():
+        for spec in experiments.plan(profile)[:3]:
+            assert experiments.run_config(spec, profile, tmp_path, tmp_path / "cache", "cpu").augment == "none", name

@@ -26,10 +26,10 @@ resume exactly, and torchrun ranks augment their shares as one process would.
 Why batched torch ops and not TorchIO or MONAI: those transform one 3D subject at a time on the
 CPU, in the data loader. neoseg trains on 2D slices already on the device, and the whole batch is
 transformed here with a few calls (``affine_grid``/``grid_sample``, grouped convolutions) at a
-small fraction of a training step: on 2 CPU cores, a batch of 16 slices of 64^2 under the default
-policy cost 0.07x a training step of the cpu profile's U-Net in the same process (``python -m
-neoseg.train.augment`` measures it). Per-slice Python transforms in worker processes would take
-the cores the network needs; the policy above needs no extra dependency.
+small fraction of a training step: on the shared 2-core machine, a batch of 16 slices of 64^2
+under the default policy cost 0.11-0.13x a training step of the cpu profile's U-Net, timed
+interleaved in one process (``python -m neoseg.benchmarks.augment_cost``). Per-slice Python
+transforms in loader workers would take the cores the network needs; the policy above needs no extra dependency.
 """
 
 from __future__ import annotations
