@@ -27,7 +27,7 @@ Why batched torch ops and not TorchIO or MONAI: those transform one 3D subject a
 CPU, in the data loader. neoseg trains on 2D slices already on the device, and the whole batch is
 transformed here with a few calls (``affine_grid``/``grid_sample``, grouped convolutions) at a
 small fraction of a training step: on the shared 2-core machine, a batch of 16 slices of 64^2
-under the default policy cost 0.11-0.13x a training step of the cpu profile's U-Net, timed
+under the default policy cost 0.10-0.13x a training step of the cpu profile's U-Net, timed
 interleaved in one process (``python -m neoseg.benchmarks.augment_cost``). Per-slice Python
 transforms in loader workers would take the cores the network needs; the policy above needs no
 extra dependency.
