@@ -109,6 +109,7 @@ class Profile:
     extra_budget: int | None = None  # IUC at 2 % once more with this many times the steps
     fewer_draws: dict = field(default_factory=dict)  # "segformer" / "budget": draws for those runs, if fewer
     grid: str = "full"  # headline: 2 % supervised / semi / IUC + the 100 % reference; full: Tables 1-3
+    cohort_anatomy: str = "v1"  # the built-in cohort's generator: the committed report was measured on v1
     notes: list[str] = field(default_factory=list)
 
 
@@ -279,16 +280,22 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
 
 
 # ---------------------------------------------------------------------------------------- the grid
+def cohort_spec(profile: Profile):
+    """The built-in cohort of ``profile``: anatomy v1 by default, the cohort the committed report was measured on."""
+    from neoseg.data.synth import CohortSpec
+
+    return CohortSpec(n_subjects=profile.cohort_subjects, grid=profile.cohort_grid, seed=0, anatomy=profile.cohort_anatomy)
+
+
 def prepare_data(profile: Profile, out: Path, data: Path | None, progress: bool):
     """The dataset (``data``, or the built-in cohort written to ``OUT/cohort``) and its slice cache."""
     from neoseg.data.dhcp import find_sessions
     from neoseg.train.volumes import VolumeCache
 
     if data is None:
-        from neoseg.data.synth import CohortSpec, generate_cohort
+        from neoseg.data.synth import generate_cohort
 
-        data = generate_cohort(out / "cohort", CohortSpec(n_subjects=profile.cohort_subjects,
-                                                          grid=profile.cohort_grid, seed=0), progress=progress)
+        data = generate_cohort(out / "cohort", cohort_spec(profile), progress=progress)
     sessions = find_sessions(data)
     for size in sorted(set(profile.slice_size.values())):
         cache = VolumeCache(out / "cache", 0, size)

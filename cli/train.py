@@ -19,6 +19,11 @@ class Profile(str, Enum):
     paper = "paper"
 
 
+class Anatomy(str, Enum):  # the built-in cohort's generator
+    v1 = "v1"
+    v2 = "v2"
+
+
 class Model(str, Enum):
     unet = "unet"
     segformer = "segformer"
@@ -68,6 +73,8 @@ def train(
     axis: Annotated[Optional[int], typer.Option(min=0, max=2, help="Slice axis in RAS+ (0 sagittal).")] = None,
     subjects: Annotated[Optional[int], typer.Option(help="Built-in cohort: number of subjects.")] = None,
     grid: Annotated[Optional[int], typer.Option(help="Built-in cohort: voxels per side over 128 mm.")] = None,
+    cohort_anatomy: Annotated[Optional[Anatomy], typer.Option(help="Built-in cohort: v2 (default, realistic) or "
+                                                              "v1 (the first generator, as the experiment report).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Slice cache folder (default OUT/cache).")] = None,
     max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
     prior_bias: Annotated[Optional[bool], typer.Option("--prior-bias/--no-prior-bias",
@@ -92,9 +99,9 @@ def train(
             widths=parse_ints(widths, "--widths"), loss=loss.value if loss else None,
             reduction=reduction.value if reduction else None, full_fraction=full_fraction, draw=draw, epochs=epochs,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
-            cohort_subjects=subjects, cohort_grid=grid, cache=str(cache) if cache else None,
-            max_minutes=max_minutes, prior_bias=prior_bias, augment=augment.value if augment else None, seed=seed,
-            device=device,
+            cohort_subjects=subjects, cohort_grid=grid, cohort_anatomy=cohort_anatomy.value if cohort_anatomy else None,
+            cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
+            augment=augment.value if augment else None, seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"))
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid

@@ -51,6 +51,19 @@ def _views(volume: np.ndarray, centre: tuple[int, int, int]) -> list[np.ndarray]
     return [volume[:, :, k].T, volume[:, j, :].T, volume[i, :, :].T]
 
 
+def _deep_grey_views(labels: np.ndarray) -> tuple[int, int, int]:
+    """Slices that show the deep grey matter best: the axial and sagittal (right side) slices with
+    the most deep grey voxels, the coronal one through its centre; the volume centre without it."""
+    dgm = labels == 7
+    if not dgm.any():
+        return tuple(s // 2 for s in labels.shape)
+    centre = np.argwhere(dgm).mean(0)
+    per_x = dgm.sum((1, 2))
+    per_x[: int(np.ceil(centre[0]))] = 0  # the right hemisphere
+    sagittal = int(per_x.argmax()) if per_x.any() else round(centre[0])
+    return sagittal, round(centre[1]), int(dgm.sum((0, 1)).argmax())
+
+
 def save_montage(root_or_paths: Path | str | Sequence[Path | str], png_path: Path | str, n: int = 6) -> Path:
     """Save a PNG with, for ``n`` scans (spread over ages), axial, coronal and sagittal T2 slices
     beside the same slices with the drawem9 labels overlaid. Accepts a dHCP-layout root or a list
@@ -73,11 +86,7 @@ def save_montage(root_or_paths: Path | str | Sequence[Path | str], png_path: Pat
             raise ValueError(f"label map {label_path} not found beside {t2_path}")
         t2 = np.asarray(nib.load(t2_path).dataobj, np.float32)
         labels = np.asarray(nib.load(label_path).dataobj).astype(np.uint8)
-        dgm = np.argwhere(labels == 7)
-        centre = dgm.mean(0) if len(dgm) else np.array(labels.shape) / 2
-        right = dgm[dgm[:, 0] > centre[0]]  # sagittal view through the right deep grey matter
-        sagittal = right[:, 0].mean() if len(right) else centre[0]
-        centre = (round(sagittal), round(centre[1]), round(centre[2]))
+        centre = _deep_grey_views(labels)
         vmax = float(np.percentile(t2[labels > 0], 99.5)) if (labels > 0).any() else float(t2.max())
         for col, (image, lab) in enumerate(zip(_views(t2, centre), _views(labels, centre))):
             axes_t2, axes_lab = row[col], row[col + 3]

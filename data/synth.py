@@ -24,10 +24,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .synth_anatomy import LABEL_OF_TISSUE, Anatomy, Brain, Pose
+from .synth_anatomy import ANATOMIES, LABEL_OF_TISSUE, Anatomy, Brain, Pose, seal_nuclei
 from .synth_contrast import render_t2
 
-GENERATOR_VERSION = "1"  # bump when the anatomy or contrast changes, so cached cohorts are rebuilt
+# The generator version of each anatomy: bump when its anatomy or contrast changes, so cached cohorts
+# are rebuilt. "v1" is frozen: it must keep producing the cohort of the committed experiment report.
+GENERATOR_VERSION = {"v1": "1", "v2": "2"}
+V1_FIELDS = ("n_subjects", "grid", "fov_mm", "seed", "both_sessions_fraction")  # the v1 spec, as it was
 PRETERM_WEEKS = (28.0, 36.0)
 TERM_WEEKS = (37.0, 44.0)
 AGE_LIMITS = (26.0, 46.0)
@@ -37,13 +40,28 @@ DESCRIPTION_NAME = "neoseg synthetic neonatal cohort"
 
 @dataclass(frozen=True)
 class CohortSpec:
-    """Everything that determines the cohort."""
+    """Everything that determines the cohort.
+
+    ``anatomy="v2"`` (the default) draws separate deep grey nuclei split by the internal capsule,
+    named primary sulci and random secondary/tertiary folds that deepen with age, and a cerebellum
+    with a cortex, a white-matter core and lobules of varying depth. ``anatomy="v1"`` is the first
+    generator, kept byte for byte (the cohort of the committed experiment report; see
+    :meth:`legacy`); the realism knobs below apply to v2 only.
+    """
 
     n_subjects: int = 40
     grid: int = 64  # voxels per side; spacing = fov_mm / grid (64 -> 2 mm, 256 -> 0.5 mm as dHCP)
     fov_mm: float = 128.0
     seed: int = 0
     both_sessions_fraction: float = 0.3  # subjects with a preterm and a term session
+    anatomy: str = "v2"  # "v1": the first generator, byte for byte; "v2": the realistic one
+    folding: float = 1.0  # v2: sulcal depth relative to the default (0 = lissencephalic)
+    intensity_jitter: float = 0.03  # v2: per-session log-normal spread of each tissue's mean T2
+
+    @classmethod
+    def legacy(cls, **fields) -> CohortSpec:
+        """The first generator (``anatomy="v1"``), which reproduces cohorts made before v2 byte for byte."""
+        return cls(anatomy="v1", **fields)
 
     def validate(self) -> None:
         if self.n_subjects < 1:
@@ -51,6 +69,21 @@ class CohortSpec:
         _check_grid(self.grid, self.fov_mm)
         if not 0.0 <= self.both_sessions_fraction <= 1.0:
             raise ValueError(f"both_sessions_fraction={self.both_sessions_fraction}: must lie in [0, 1]")
+        if self.anatomy not in ANATOMIES:
+            raise ValueError(f"anatomy={self.anatomy!r}: choose one of {', '.join(ANATOMIES)}")
+        if not 0.0 <= self.folding <= 2.0:
+            raise ValueError(f"folding={self.folding}: must lie in [0, 2] (1 = the default depth of the sulci)")
+        if not 0.0 <= self.intensity_jitter <= 0.3:
+            raise ValueError(f"intensity_jitter={self.intensity_jitter}: must lie in [0, 0.3]")
+        if self.anatomy == "v1":
+            changed = [f for f in ("folding", "intensity_jitter") if getattr(self, f) != getattr(CohortSpec, f)]
+            if changed:
+                raise ValueError(f"anatomy v1 takes no {' or '.join(changed)}: that knob is for anatomy v2 only; "
+                                 f"leave it at its default with v1, or use v2")
+
+    def options(self) -> dict:
+        """The v2 realism knobs, as :func:`generate_subject` takes them."""
+        return {"anatomy": self.anatomy, "folding": self.folding, "intensity_jitter": self.intensity_jitter}
 
 
 @dataclass(frozen=True)
@@ -83,27 +116,33 @@ def affine(grid: int, fov_mm: float = 128.0) -> np.ndarray:
 
 
 def generate_subject(rng: np.random.Generator, age_weeks: float, grid: int, fov_mm: float = 128.0,
-                     anatomy_seed: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     anatomy_seed: int | None = None, anatomy: str = "v2", folding: float = 1.0,
+                     intensity_jitter: float = 0.03) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """One synthetic T2 scan at ``age_weeks`` PMA on a ``grid``³ volume spanning ``fov_mm``.
 
     The brain is drawn from ``anatomy_seed`` when given (so sessions of one subject share their
     anatomy and differ by growth), else from ``rng``; pose, contrast jitter, bias and noise always
     come from ``rng``. Axes: 0 left->right, 1 posterior->anterior, 2 inferior->superior, voxel
-    grid as :func:`affine`. Returns ``(t2 float32, labels uint8 drawem9, brain_mask uint8)``.
+    grid as :func:`affine`. ``anatomy``, ``folding`` and ``intensity_jitter``: as :class:`CohortSpec`.
+    Returns ``(t2 float32, labels uint8 drawem9, brain_mask uint8)``.
     """
     _check_grid(grid, fov_mm)
     if not AGE_LIMITS[0] <= age_weeks <= AGE_LIMITS[1]:
         raise ValueError(f"age_weeks={age_weeks}: the model covers {AGE_LIMITS[0]}-{AGE_LIMITS[1]} weeks PMA")
+    CohortSpec(grid=grid, fov_mm=fov_mm, anatomy=anatomy, folding=folding, intensity_jitter=intensity_jitter).validate()
     anatomy_rng = rng if anatomy_seed is None else np.random.default_rng(anatomy_seed)
-    brain = Brain(Anatomy.random(anatomy_rng), float(age_weeks), Pose.random(rng), int(grid), float(fov_mm))
+    brain = Brain(Anatomy.random(anatomy_rng, anatomy), float(age_weeks), Pose.random(rng), int(grid),
+                  float(fov_mm), folding=folding)
     tissue = np.empty((grid,) * 3, np.uint8)
     texture = np.empty((grid,) * 3, np.float32)
     step = max(1, CHUNK_VOXELS // (grid * grid))
     for start in range(0, grid, step):
         sl = slice(start, min(grid, start + step))
         tissue[sl], texture[sl] = brain.chunk(sl)
+    if anatomy == "v2":
+        seal_nuclei(tissue)
     labels = LABEL_OF_TISSUE[tissue]
-    t2 = render_t2(tissue, texture, float(age_weeks), rng)
+    t2 = render_t2(tissue, texture, float(age_weeks), rng, anatomy, intensity_jitter)
     return t2, labels, (labels > 0).astype(np.uint8)
 
 
@@ -140,9 +179,14 @@ def _session_files(root: Path, sub: SubjectPlan, ses: SessionPlan) -> dict[str, 
 
 
 def _description(spec: CohortSpec) -> dict:
+    """dataset_description.json; its ``GeneratedBy`` (every field of the spec and the generator
+    version) is the cache key. A v1 spec gives exactly the description of the first generator."""
+    params = asdict(spec)
+    if spec.anatomy == "v1":
+        params = {k: params[k] for k in V1_FIELDS}
     return {"Name": DESCRIPTION_NAME, "BIDSVersion": "1.8.0", "DatasetType": "derivative",
-            "GeneratedBy": [{"Name": "neoseg.data.synth", "Version": GENERATOR_VERSION,
-                             "Parameters": asdict(spec)}]}
+            "GeneratedBy": [{"Name": "neoseg.data.synth", "Version": GENERATOR_VERSION[spec.anatomy],
+                             "Parameters": params}]}
 
 
 def default_cohort_dir(spec: CohortSpec = CohortSpec()) -> Path:
@@ -172,7 +216,7 @@ def _write_subject(root: Path, sub: SubjectPlan, spec: CohortSpec) -> None:
     matrix = affine(spec.grid, spec.fov_mm)
     for ses in sub.sessions:
         volumes = generate_subject(np.random.default_rng(ses.seed), ses.age_weeks, spec.grid, spec.fov_mm,
-                                   anatomy_seed=sub.anatomy_seed)
+                                   anatomy_seed=sub.anatomy_seed, **spec.options())
         for array, path in zip(volumes, _session_files(root, sub, ses).values()):
             image = nib.Nifti1Image(array, matrix)
             image.header.set_xyzt_units("mm")

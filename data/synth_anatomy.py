@@ -10,10 +10,22 @@ The cortex is a ribbon of constant thickness around everything that is "outside"
 tissue: the hull, the interhemispheric and Sylvian fissures, the basal cisterns and the sulci.
 Sulci are the zero lines of smooth random fields on the hull (``|S| / |grad S|`` is the distance
 to them); their depth grows with age, so preterm brains are smooth and term brains folded.
+
+Two anatomies: ``v1``, the first generator, frozen byte for byte (the cohort of the committed
+experiment report), and ``v2`` (the default), which adds anatomy that real scans have and the
+first one lacked: deep grey nuclei split by the internal capsule (caudate head and body along the lateral
+ventricle, the lentiform nucleus with its pallidum lateral to the capsule, the thalamus medial and
+posterior to it); named primary sulci (central, superior frontal, intraparietal, superior temporal,
+calcarine, parieto-occipital, cingulate) that appear at their usual ages, below random secondary
+and tertiary folds, with an individual timing of gyrification and CSF in the sulci (partial
+volume where a cleft is thinner than a voxel); and a cerebellum of two hemispheres and a vermis
+whose lobules, of varying depth and subdivided towards term, have a cortex around a white-matter
+core.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,11 +34,13 @@ from .synth_fields import F32, WaveField, ellipsoid_sdf, linear_taps, tube_sdf, 
 
 # ---- drawem9 labels and the finer tissue classes that carry contrast --------------------------
 CSF, CGM, WM, BACKGROUND, VENTRICLES, CEREBELLUM, DGM, BRAINSTEM, HIPPOCAMPI = range(1, 10)
-N_TISSUES = 15
+ANATOMIES = ("v1", "v2")
+N_TISSUES_V1, N_TISSUES = 15, 16
 AIR, T_CSF, T_CGM, T_WM, T_BG, T_VENT, T_CB, T_THAL, T_BS, T_HIPPO = range(10)
 T_BASAL_GANGLIA, T_PLIC, T_CB_CORE, T_SKULL, T_SCALP = range(10, 15)
+T_PALLIDUM = 15  # v2 only
 LABEL_OF_TISSUE = np.array([0, CSF, CGM, WM, BACKGROUND, VENTRICLES, CEREBELLUM, DGM, BRAINSTEM,
-                            HIPPOCAMPI, DGM, WM, CEREBELLUM, 0, 0], np.uint8)
+                            HIPPOCAMPI, DGM, WM, CEREBELLUM, 0, 0, DGM], np.uint8)
 
 # ---- template geometry (40-week brain, mm) ----------------------------------------------------
 HULL = (38.0, 48.0, 36.0, 27.0)  # cerebrum half-axes: x, y, z superior, z inferior
@@ -52,6 +66,36 @@ BRAINSTEM_PATH = (((0.0, -9.0, -2.0), (0.0, -9.0, -12.0), (0.0, -5.0, -24.0), (0
 CEREBELLUM_RADII = (25.0, 16.0, 13.5)  # at 40 weeks; it grows faster than the cerebrum
 CISTERN_MM = 2.5  # basal cisterns: CSF this far around the brainstem below the diencephalon
 CORE = (1.0, 27.0, 15.0)  # midline oval (y centre, y and z half-axes) where the hemispheres join (corpus callosum, diencephalon)
+
+# ---- anatomy v2: deep grey nuclei (right side, template mm) ---------------------------------------
+CAUDATE_HEAD_V2 = ((9.5, 13.0, 7.0), (4.0, 6.5, 6.0))  # bulges into the frontal horn
+CAUDATE_BODY_V2 = (((9.8, 9.0, 11.5), (11.5, -4.0, 14.0), (13.5, -16.0, 13.0), (15.0, -24.0, 10.0)),
+                   ((2.6, 2.2), (2.0, 1.8), (1.4, 1.3), (0.9, 0.9)))  # along the ventricle's roof, tapering
+LENTIFORM_V2 = ((19.5, 1.0, 0.0), (4.2, 10.0, 7.0))  # putamen + pallidum, lateral to the capsule
+PALLIDUM_V2 = ((16.8, 0.0, -1.0), (2.2, 5.5, 4.5))  # the medial part of the lentiform nucleus
+THALAMUS_V2 = ((7.5, -9.0, 3.0), (5.5, 9.5, 6.5))  # medial and posterior, beside the third ventricle
+ALIC_V2 = (((16.5, 18.0, 3.0), (12.8, 4.0, 2.0)), ((1.8, 9.0), (1.8, 9.0)))  # anterior limb (unmyelinated)
+PLIC_V2 = (((12.8, 4.0, 2.0), (16.2, -8.0, 1.0), (19.5, -17.0, -1.0)), ((1.8, 9.0),) * 3)  # genu + posterior limb
+# ---- anatomy v2: named primary sulci ----------------------------------------------------------
+# name, sheet s(x, y, z) = 0 in template mm (x = |x|), where it runs, onset (weeks), depth at 40 weeks
+# (mm), medial (depth from the interhemispheric fissure) or lateral (from the hull)
+_ramp = lambda v, lo, width: np.clip((v - F32(lo)) / F32(width), 0, 1)
+NAMED_SULCI = (
+    ("central", lambda x, y, z: y + F32(0.5) * z - F32(8.0), lambda x, y, z: _ramp(z, 10, 6), 26.0, 9.0, False),
+    ("superior frontal", lambda x, y, z: x - F32(16.0),
+     lambda x, y, z: _ramp(y, 10, 6) * _ramp(z, 8, 6) * _ramp(-y, -40, 6), 30.0, 7.0, False),
+    ("intraparietal", lambda x, y, z: x - F32(20.0) + F32(0.15) * (y + F32(20.0)),
+     lambda x, y, z: _ramp(-y, 10, 6) * _ramp(y, -42, 6) * _ramp(z, 10, 6), 31.0, 7.0, False),
+    ("superior temporal", lambda x, y, z: z + F32(16.0) + F32(0.3) * y,
+     lambda x, y, z: _ramp(x, 22, 5) * _ramp(-np.abs(y + F32(8.0)), -30, 6), 29.0, 8.0, False),
+    ("calcarine", lambda x, y, z: z - F32(2.0) - F32(0.25) * (y + F32(30.0)), lambda x, y, z: _ramp(-y, 26, 5),
+     25.0, 8.0, True),
+    ("parieto-occipital", lambda x, y, z: y + F32(28.0) + F32(0.6) * (z - F32(2.0)),
+     lambda x, y, z: _ramp(z, 2, 5), 25.0, 8.0, True),
+    ("cingulate", lambda x, y, z: np.sqrt(((y - F32(CORE[0])) / F32(CORE[1])) ** 2 + (z / F32(CORE[2])) ** 2) - F32(1.45),
+     lambda x, y, z: _ramp(z, 4, 5) * _ramp(y, -22, 6), 28.0, 6.0, True),
+)
+RANDOM_SULCI_V2 = (("s1", 27.0, 13.0, 7.0), ("s2", 31.0, 9.0, 6.0), ("s3", 35.0, 5.0, 4.0))  # onset, weeks to full depth, depth (mm)
 
 
 @dataclass(frozen=True)
@@ -130,10 +174,31 @@ class Anatomy:
     brainstem: float
     cortex_mm: float  # offset to the age's cortical thickness
     csf: float
+    # anatomy v2 only (drawn after the v1 fields, so v1 subjects stay what they were)
+    version: str = "v1"
+    tertiary: WaveField | None = None
+    named_wiggle: WaveField | None = None  # bends the named sulci
+    named: tuple = ()  # per named sulcus: (shift mm, depth factor)
+    gyrification_weeks: float = 0.0  # individual timing of the folding, added to the age
+    nuclei: tuple = (1.0, 1.0, 1.0)  # size of caudate, lentiform, thalamus
+    lobules: tuple = ()  # depth factors of the cerebellar fissures
 
     @classmethod
-    def random(cls, rng: np.random.Generator) -> Anatomy:
+    def random(cls, rng: np.random.Generator, version: str = "v1") -> Anatomy:
         lognormal = lambda s: float(np.exp(rng.normal(0.0, s)))
+        base = cls._random_v1(rng, lognormal)
+        if version == "v1":
+            return base
+        return dataclasses.replace(
+            base, version=version, tertiary=WaveField.random(rng, 32, 16.0),
+            named_wiggle=WaveField.random(rng, 8, 40.0),
+            named=tuple((float(rng.normal(0, 2.0)), float(np.clip(lognormal(0.15), 0.6, 1.5))) for _ in NAMED_SULCI),
+            gyrification_weeks=float(np.clip(rng.normal(0, 1.0), -2, 2)),
+            nuclei=tuple(float(np.clip(lognormal(0.07), 0.85, 1.15)) for _ in range(3)),
+            lobules=tuple(float(rng.uniform(0.55, 1.35)) for _ in range(24)))
+
+    @classmethod
+    def _random_v1(cls, rng: np.random.Generator, lognormal) -> Anatomy:
         return cls(
             size=lognormal(0.05), asymmetry=float(rng.normal(0, 0.02)), petalia_mm=float(rng.normal(1.5, 1.0)),
             deformation=tuple(WaveField.random(rng, 6, 80.0) for _ in range(3)), deformation_mm=float(rng.uniform(0.8, 1.8)),
@@ -192,8 +257,11 @@ def _mirror_box(ax: np.ndarray, y: np.ndarray, z: np.ndarray, lo, hi) -> np.ndar
 class Brain:
     """One session of one subject on a voxel grid; :meth:`chunk` draws a slab of it."""
 
-    def __init__(self, anatomy: Anatomy, age: float, pose: Pose, grid: int, fov_mm: float):
+    def __init__(self, anatomy: Anatomy, age: float, pose: Pose, grid: int, fov_mm: float, folding: float = 1.0):
         self.anat, self.growth, self.pose = anatomy, Growth(age), pose
+        self.v2 = anatomy.version == "v2"
+        self.folding = folding  # v2: the cohort's sulcal depth factor
+        self.fold_age = age + anatomy.gyrification_weeks  # v2: the age that sets the sulcal depths
         self.grid, self.fov = grid, fov_mm
         self.voxel_mm = fov_mm / grid
         self.scale = self.growth.scale * anatomy.size
@@ -231,6 +299,9 @@ class Brain:
         norm = np.sqrt(u[0] ** 2 + u[1] ** 2 + u[2] ** 2) + F32(1e-6)
         q = [F32(SULCUS_SPHERE_MM) * c / norm for c in u]
         spacing = float(axis[1] - axis[0])
+        if self.v2:
+            fields.update(self._coarse_v2(x, y, z, q, norm, spacing))
+            return fields
         for name, pattern, coords in (("s1", a.primary, q), ("s2", a.secondary, q), ("sm", a.medial, (y, z))):
             s = pattern(*coords)
             grad = np.gradient(s, spacing)
@@ -240,6 +311,37 @@ class Brain:
         fields["m2"] = a.secondary_depth(*q)
         fields["wm"] = a.wm_texture(x, y, z)
         fields["mid"] = F32(1.5) * a.fissure(y, z)
+        return fields
+
+    def _coarse_v2(self, x, y, z, q, norm, spacing: float) -> dict[str, np.ndarray]:
+        """The v2 coarse fields. The sulcal patterns matter only inside the cerebral hull, so they
+        are evaluated there alone (a fifth of the grid): outside it they are constant."""
+        a = self.anat
+        band = np.flatnonzero(norm.ravel() < 1.15)
+
+        def on_band(field, coords, fill: float) -> np.ndarray:
+            out = np.full(norm.shape, F32(fill), F32)
+            out.ravel()[band] = field(*(c.ravel()[band] for c in coords))
+            return out
+
+        fields = {}
+        for name, pattern, coords in (("s1", a.primary, q), ("s2", a.secondary, q), ("s3", a.tertiary, q),
+                                      ("sm", a.medial, (y, z))):
+            s = on_band(pattern, coords, 1.0)
+            fields[name] = s
+            fields["g" + name[1:]] = np.sqrt(sum(g * g for g in np.gradient(s, spacing))).astype(F32)
+        fields["m1"] = on_band(a.primary_depth, q, 0.0)
+        fields["m2"] = on_band(a.secondary_depth, q, 0.0)
+        fields["m3"] = -fields["m1"]  # tertiary folds are deepest where the primary ones are shallow
+        fields["wm"] = on_band(a.wm_texture, (x, y, z), 0.0)
+        fields["mid"] = F32(1.5) * a.fissure(y, z)
+        wiggle = F32(2.0) * on_band(a.named_wiggle, (x, y, z), 0.0)
+        ax = np.abs(x)
+        for i, ((_, sheet, where, *_), (shift, _)) in enumerate(zip(NAMED_SULCI, a.named)):
+            s = sheet(ax, y, z) + wiggle + F32(shift)
+            grad = np.sqrt(sum(g * g for g in np.gradient(s, spacing)))
+            fields[f"n{i}"] = (s / np.maximum(grad, F32(1e-3))).astype(F32)  # signed distance (mm)
+            fields[f"w{i}"] = where(ax, y, z).astype(F32)
         return fields
 
     def _fine(self, name: str, sl: slice) -> np.ndarray:
@@ -263,7 +365,14 @@ class Brain:
         # envelope of the whole brain -> mask, background layer, skull and scalp
         cb_radii = [F32(r * g.cerebellum * a.cerebellum) for r in CEREBELLUM_RADII]
         cb_centre = (0.0, -16.5 - cb_radii[1], -8.0 - cb_radii[2])  # tucked under the tentorium
-        cerebellum = ellipsoid_sdf(x, y, z, cb_centre, cb_radii) * sc
+        if self.v2:  # two hemispheres and the vermis between them
+            rx, ry, rz = cb_radii
+            hemispheres = ellipsoid_sdf(np.abs(x), y, z, (0.42 * rx, cb_centre[1], cb_centre[2]), (0.6 * rx, ry, rz))
+            vermis = ellipsoid_sdf(x, y, z, (0.0, cb_centre[1] + 0.1 * ry, cb_centre[2] + 0.05 * rz),
+                                   (0.32 * rx, 0.88 * ry, 0.95 * rz))
+            cerebellum = np.minimum(hemispheres, vermis) * sc
+        else:
+            cerebellum = ellipsoid_sdf(x, y, z, cb_centre, cb_radii) * sc
         envelope = np.minimum.reduce([hull_sdf, cerebellum, brainstem])
         csf_mm = F32(g.csf_mm * a.csf)
         mask_mm = csf_mm + F32(max(2.0, 0.75 * self.voxel_mm))
@@ -277,6 +386,12 @@ class Brain:
         cerebrum = (depth > 0) & (outside > 0) & (cistern > 0)
         cortex_mm = F32(g.cortex_mm + a.cortex_mm)
         tissue[cerebrum] = np.where(outside[cerebrum] < cortex_mm, T_CGM, T_WM)
+        if self.v2:
+            texture = self._cerebellum_v2(tissue, y, z, cerebellum, cerebrum, cb_centre, cb_radii, brainstem)
+            texture += self._partial_volume(tissue, outside, T_CGM)
+            texture += np.where(tissue == T_WM, F32(0.025) * self._fine("wm", sl), F32(0))
+            self._deep_v2(tissue, x, y, z, np.minimum.reduce([outside, cistern, below_fissure]), cortex_mm)
+            return tissue, texture
         tissue[(cerebellum < 0) & ~cerebrum & (self._cerebellar_fissures(y, z, cerebellum, cb_centre, cb_radii) > 0)] = T_CB
         tissue[cerebellum < -F32(0.45) * min(cb_radii) * sc] = T_CB_CORE
         tissue[brainstem < 0] = T_BS
@@ -316,6 +431,9 @@ class Brain:
         opening = F32(0.8) + F32(g.sylvian_opening) * np.clip((ax - x_insula) / F32(HULL[0] - 28.0), 0, None)
         sylvian = np.maximum.reduce([np.abs(z + 4 + F32(0.3) * y) - opening, x_insula - ax, np.abs(y - 8) - 32]) * sc
         outside = np.minimum.reduce([depth, fissure, np.where(core, np.inf, cistern), sylvian])
+        if self.v2:
+            self._sulci_v2(outside, below_fissure, depth, fissure, sl)
+            return hull_sdf, depth, outside, cistern, brainstem, below_fissure
         cleft, folding = g.cleft_mm, F32(a.folding)
         for s, gs, m, max_depth in (("s1", "g1", "m1", g.primary_depth_mm), ("s2", "g2", "m2", g.secondary_depth_mm)):
             if max_depth <= 0:
@@ -330,6 +448,40 @@ class Brain:
             np.minimum(below_fissure, _cleft(dist, below_fissure, medial_depth, cleft), out=below_fissure)
         return hull_sdf, depth, outside, cistern, brainstem, below_fissure
 
+    def _sulci_v2(self, outside, below_fissure, depth, fissure, sl: slice) -> None:
+        """Carve the v2 sulci into ``outside`` (and the medial ones into ``below_fissure``), in place:
+        named primary sulci, then random primary, secondary and tertiary folds, each deepening
+        linearly from its onset age."""
+        g, a = self.growth, self.anat
+        cleft = 0.5 + 0.5 * float(np.clip(1 - g.maturity, 0, 1))
+        folding = F32(a.folding * self.folding)
+        if folding <= 0:
+            return
+        for i, ((_, _, _, onset, depth_40, medial), (_, factor)) in enumerate(zip(NAMED_SULCI, a.named)):
+            grown = float(np.clip((self.fold_age - onset) / (40.0 - onset), 0, 1.15))
+            if grown <= 0:
+                continue
+            dist = np.abs(self._fine(f"n{i}", sl))
+            sulcus_depth = F32(depth_40 * grown * factor) * folding * self._fine(f"w{i}", sl)
+            if medial:
+                np.minimum(outside, _cleft(dist, fissure, sulcus_depth, cleft), out=outside)
+                np.minimum(below_fissure, _cleft(dist, below_fissure, sulcus_depth, cleft), out=below_fissure)
+            else:
+                np.minimum(outside, _cleft(dist, depth, sulcus_depth, cleft), out=outside)
+        for (s, onset, weeks, max_depth), m in zip(RANDOM_SULCI_V2, ("m1", "m2", "m3")):
+            grown = float(np.clip((self.fold_age - onset) / weeks, 0, 1.15))
+            if grown <= 0:
+                continue
+            dist = np.abs(self._fine(s, sl)) / np.maximum(self._fine("g" + s[1:], sl), F32(1e-3))
+            sulcus_depth = F32(max_depth * grown) * folding * np.clip(0.7 + 0.4 * self._fine(m, sl), 0, 1.2)
+            np.minimum(outside, _cleft(dist, depth, sulcus_depth, cleft), out=outside)
+        grown = float(np.clip((self.fold_age - 28.0) / 12.0, 0, 1.15))
+        if grown > 0:  # random medial folds: sheets across the fissure walls, none in the core
+            dist = np.abs(self._fine("sm", sl)) / np.maximum(self._fine("gm", sl), F32(1e-3))
+            medial_depth = F32(4.0 * grown) * folding
+            np.minimum(outside, _cleft(dist, fissure, medial_depth, cleft), out=outside)
+            np.minimum(below_fissure, _cleft(dist, below_fissure, medial_depth, cleft), out=below_fissure)
+
     def _cerebellar_fissures(self, y, z, cerebellum: np.ndarray, centre, radii) -> np.ndarray:
         """Signed distance (mm) to the cerebellar fissures: transverse CSF sheets fanning out in the
         sagittal plane from the fastigium, more and deeper with age."""
@@ -342,11 +494,43 @@ class Brain:
         pz = z.ravel()[idx] - F32(centre[2] + 0.2 * radii[2])
         step = np.deg2rad(34.0 - 14.0 * float(np.clip(g.maturity, 0, 1.2)))
         theta = np.arctan2(pz, -py) + F32(self.anat.folia_phase * step)
+        if self.v2:  # fissures every half step: lobules of varying depth, subdivided towards term
+            half = F32(step / 2)
+            k = np.round(theta / half).astype(np.int64)
+            wrapped = theta - half * k
+            dist = np.sqrt(py * py + pz * pz) * np.abs(np.sin(wrapped)) * F32(self.scale)
+            full = (1.0 + 5.0 * float(np.clip(g.maturity, 0, 1.2))) * self.anat.cerebellum
+            sub = full * 0.45 * float(np.clip((g.age - 32.0) / 8.0, 0, 1.2))
+            lobules = np.asarray(self.anat.lobules, F32)
+            depth = np.where(k % 2 == 0, F32(full) * lobules[(k // 2) % len(lobules)], F32(sub))
+            half_width = 0.5 + 0.3 * float(np.clip(1 - g.maturity, 0, 1))
+            out.ravel()[idx] = _cleft(dist, -cerebellum.ravel()[idx], depth, half_width)
+            return out
         wrapped = theta - F32(step) * np.round(theta / F32(step))
         dist = np.sqrt(py * py + pz * pz) * np.abs(np.sin(wrapped)) * F32(self.scale)
         depth = F32((1.0 + 4.0 * float(np.clip(g.maturity, 0, 1.2))) * self.anat.cerebellum)
         out.ravel()[idx] = _cleft(dist, -cerebellum.ravel()[idx], depth, 0.4 + 0.3 * float(np.clip(1 - g.maturity, 0, 1)))
         return out
+
+    def _partial_volume(self, tissue: np.ndarray, csf_mm: np.ndarray, inner: int) -> np.ndarray:
+        """Additive T2 (CSF = 1 scale) of the CSF share of ``inner`` voxels whose centre lies within
+        half a voxel of CSF (``csf_mm``: distance to it), so that sulci and fissures thinner than a
+        voxel still show as bright lines."""
+        share = np.clip(F32(0.5) - csf_mm / F32(self.voxel_mm), 0, 0.5)
+        return np.where(tissue == inner, F32(0.5) * share, F32(0)).astype(F32)
+
+    def _cerebellum_v2(self, tissue, y, z, cerebellum, cerebrum, centre, radii, brainstem) -> np.ndarray:
+        """Cerebellar cortex around a white-matter core, cut by the fissures (in place); returns the
+        partial-volume texture of the fissures."""
+        g, sc = self.growth, F32(self.scale)
+        inside = (cerebellum < 0) & ~cerebrum
+        fissures = self._cerebellar_fissures(y, z, cerebellum, centre, radii)
+        to_csf = np.minimum(-cerebellum, fissures)
+        cortex = F32(1.2 + 0.5 * float(np.clip(g.maturity, 0, 1.2)))
+        tissue[inside & (fissures > 0)] = T_CB
+        tissue[inside & (to_csf > cortex)] = T_CB_CORE  # the white matter: the arbor vitae
+        tissue[brainstem < 0] = T_BS
+        return self._partial_volume(tissue, to_csf, T_CB)
 
     def _deep(self, tissue: np.ndarray, x, y, z, outside: np.ndarray, cortex_mm: float) -> None:
         """Deep grey matter, hippocampi/amygdalae and ventricles (in place), bilateral by mirroring.
@@ -374,3 +558,45 @@ class Brain:
                                   ellipsoid_sdf(ax, py, pz, *THIRD_VENTRICLE)])
         deep_enough = outside.ravel()[idx] > cortex_mm + F32(self.voxel_mm)
         flat[idx[(vent < 0) & deep_enough]] = T_VENT
+
+    def _deep_v2(self, tissue: np.ndarray, x, y, z, outside: np.ndarray, cortex_mm: float) -> None:
+        """v2 deep structures (in place): hippocampi/amygdalae, caudate, lentiform nucleus with its
+        pallidum and thalamus, split by the internal capsule, then the ventricles."""
+        a, g = self.anat, self.growth
+        idx = _mirror_box(np.abs(x), y, z, (0, -40, -26), (30, 32, 22))
+        if not idx.size:
+            return
+        ax, py, pz = np.abs(x.ravel()[idx]), y.ravel()[idx], z.ravel()[idx]
+        flat = tissue.reshape(-1)
+        scaled = lambda spec, f: (spec[0], tuple(r * f for r in spec[1]))
+        tube = lambda spec, f: tube_sdf(ax, py, pz, spec[0], np.asarray(spec[1]) * f)
+        ellipsoid = lambda spec, f: ellipsoid_sdf(ax, py, pz, *scaled(spec, f))
+        hippo = np.minimum(tube(HIPPOCAMPUS, a.hippocampi), ellipsoid(AMYGDALA, a.hippocampi))
+        flat[idx[hippo < 0]] = T_HIPPO
+        caudate, lentiform, thalamus = (a.deep_grey * f for f in a.nuclei)
+        clear = outside.ravel()[idx] > F32(self.voxel_mm)  # the nuclei stay a voxel away from the cisterns
+        flat[idx[clear & (np.minimum(ellipsoid(CAUDATE_HEAD_V2, caudate), tube(CAUDATE_BODY_V2, caudate)) < 0)]] = T_BASAL_GANGLIA
+        inside_lentiform = clear & (ellipsoid(LENTIFORM_V2, lentiform) < 0)
+        flat[idx[inside_lentiform]] = T_BASAL_GANGLIA
+        flat[idx[inside_lentiform & (ellipsoid(PALLIDUM_V2, lentiform) < 0)]] = T_PALLIDUM
+        flat[idx[clear & (ellipsoid(THALAMUS_V2, thalamus) < 0)]] = T_THAL
+        here = flat[idx]
+        cuttable = np.isin(here, (T_WM, T_BASAL_GANGLIA, T_PALLIDUM, T_THAL))
+        flat[idx[cuttable & (tube(ALIC_V2, 1.0) < 0)]] = T_WM
+        flat[idx[cuttable & (tube(PLIC_V2, 1.0) < 0)]] = T_PLIC
+        v = a.ventricles * g.ventricles
+        vent = np.minimum.reduce([tube(VENTRICLE, v), tube(TEMPORAL_HORN, v),
+                                  ellipsoid_sdf(ax, py, pz, *THIRD_VENTRICLE)])
+        deep_enough = outside.ravel()[idx] > cortex_mm + F32(self.voxel_mm)
+        walls = np.isin(flat[idx], (T_BASAL_GANGLIA, T_PALLIDUM, T_THAL))  # the nuclei shape the ventricles
+        flat[idx[(vent < 0) & deep_enough & ~walls]] = T_VENT
+
+
+def seal_nuclei(tissue: np.ndarray) -> None:
+    """v2, on the whole volume (in place): deep grey voxels with a face neighbour of CSF or outside
+    the brain become white matter, so the nuclei always lie inside the cerebrum (the signed
+    distances of the sulci are approximate far from their sheets)."""
+    from scipy import ndimage
+
+    near_csf = ndimage.binary_dilation(np.isin(tissue, (AIR, T_CSF, T_BG)))
+    tissue[near_csf & np.isin(tissue, (T_BASAL_GANGLIA, T_PALLIDUM, T_THAL))] = T_WM

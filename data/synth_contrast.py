@@ -2,7 +2,9 @@
 
 Relative intensities (CSF = 1) follow neonatal T2: CSF brightest, unmyelinated white matter
 brighter than cortex, deep grey matter darker; grey/white contrast grows with age and myelinated
-tracts (internal capsule, brainstem, cerebellar white matter) darken towards term.
+tracts (internal capsule, brainstem, cerebellar white matter) darken towards term. Anatomy v2
+adds the globus pallidus and the thalamus darkening with early myelination, and a cerebellar white
+matter core darker than the cerebellar cortex at every age.
 """
 
 from __future__ import annotations
@@ -14,8 +16,34 @@ from . import synth_anatomy as sa
 from .synth_fields import F32, smooth_1d
 
 
-def tissue_intensities(age: float, rng: np.random.Generator) -> np.ndarray:
-    """Mean T2 of each tissue class (index = ``synth_anatomy`` tissue id) at ``age``, jittered per session."""
+def tissue_intensities(age: float, rng: np.random.Generator, anatomy: str = "v2",
+                       jitter: float = 0.03) -> np.ndarray:
+    """Mean T2 of each tissue class (index = ``synth_anatomy`` tissue id) at ``age``, jittered per
+    session by a log-normal factor of spread ``jitter`` (v1: always 0.03)."""
+    if anatomy == "v1":
+        return _intensities_v1(age, rng)
+    g = sa.Growth(age)
+    m, my = float(np.clip(g.maturity, 0, 1.3)), g.myelination
+    values = np.zeros(sa.N_TISSUES)
+    values[sa.T_CSF], values[sa.T_VENT] = 1.0, 0.97
+    values[sa.T_WM] = 0.75 - 0.10 * m
+    values[sa.T_CGM] = 0.52 - 0.13 * m
+    values[sa.T_THAL] = 0.48 - 0.12 * m - 0.05 * my  # ventrolateral thalamus myelinates near term
+    values[sa.T_BASAL_GANGLIA] = 0.52 - 0.11 * m  # caudate and putamen: close to cortex
+    values[sa.T_PALLIDUM] = values[sa.T_BASAL_GANGLIA] - 0.04 - 0.08 * my
+    values[sa.T_HIPPO] = 0.56 - 0.12 * m
+    values[sa.T_CB] = 0.56 - 0.10 * m  # cerebellar cortex
+    values[sa.T_CB_CORE] = values[sa.T_CB] - 0.05 - 0.14 * my  # cerebellar white matter
+    values[sa.T_BS] = 0.50 - 0.06 * m - 0.12 * my
+    values[sa.T_PLIC] = values[sa.T_WM] - 0.08 - 0.25 * my
+    values[sa.T_BG], values[sa.T_SKULL], values[sa.T_SCALP] = 0.30, 0.06, 0.50
+    factor = np.exp(rng.normal(0.0, jitter, sa.N_TISSUES)) if jitter > 0 else np.ones(sa.N_TISSUES)
+    factor[sa.T_CSF] = factor[sa.T_VENT] = 1.0
+    return (values * factor).astype(F32)
+
+
+def _intensities_v1(age: float, rng: np.random.Generator) -> np.ndarray:
+    """The first generator's intensities (frozen: the v1 cohort must not change)."""
     g = sa.Growth(age)
     m, my = float(np.clip(g.maturity, 0, 1.3)), g.myelination
     values = np.zeros(sa.N_TISSUES)
@@ -30,7 +58,8 @@ def tissue_intensities(age: float, rng: np.random.Generator) -> np.ndarray:
     values[sa.T_BS] = 0.50 - 0.06 * m - 0.12 * my
     values[sa.T_PLIC] = values[sa.T_WM] - 0.30 * my
     values[sa.T_BG], values[sa.T_SKULL], values[sa.T_SCALP] = 0.30, 0.06, 0.50
-    jitter = np.exp(rng.normal(0.0, 0.03, sa.N_TISSUES))
+    jitter = np.ones(sa.N_TISSUES)
+    jitter[:sa.N_TISSUES_V1] = np.exp(rng.normal(0.0, 0.03, sa.N_TISSUES_V1))
     jitter[sa.T_CSF] = jitter[sa.T_VENT] = 1.0
     return (values * jitter).astype(F32)
 
@@ -46,10 +75,11 @@ def bias_field(rng: np.random.Generator, grid: int, strength: float) -> np.ndarr
     return np.exp(log_bias, out=log_bias)
 
 
-def render_t2(tissue: np.ndarray, texture: np.ndarray, age: float, rng: np.random.Generator) -> np.ndarray:
+def render_t2(tissue: np.ndarray, texture: np.ndarray, age: float, rng: np.random.Generator,
+              anatomy: str = "v2", jitter: float = 0.03) -> np.ndarray:
     """T2 image (float32, CSF ~ 1000) from tissue classes: intensities + texture, partial-volume
     blur (0.4-0.7 voxel), bias field (about +-15 %) and Rician noise (sigma 2.5-4.5 % of CSF)."""
-    image = tissue_intensities(age, rng)[tissue]
+    image = tissue_intensities(age, rng, anatomy, jitter)[tissue]
     image += texture
     image = ndimage.gaussian_filter(image, float(rng.uniform(0.4, 0.7)), output=F32)
     image *= bias_field(rng, tissue.shape[0], float(rng.uniform(0.08, 0.18)))

@@ -20,6 +20,7 @@ class TrainConfig:
     cohort_subjects: int = 40  # built-in cohort only
     cohort_grid: int = 64  # built-in cohort only: voxels per side over a 128 mm field of view
     cohort_seed: int = 0
+    cohort_anatomy: str = "v2"  # built-in cohort only: "v2" (realistic) or "v1" (the first generator)
     cache: str | None = None  # slice-stack cache folder; None = <out>/cache
     hierarchy: str = "dhcp-drawem9"  # built-in name or JSON file
     thresholds: float | list[float] = 0.5  # on the sigmoid probability, one or one per channel, in
@@ -86,6 +87,7 @@ class TrainConfig:
         if unknown:
             raise ValueError(f"config has unknown keys {sorted(unknown)}; was it written by a newer neoseg?")
         raw.setdefault("augment", "none")  # runs written before augmentation existed trained without it
+        raw.setdefault("cohort_anatomy", "v1")  # written before anatomy v2: trained on the first cohort
         return cls(**raw)
 
     def digest(self) -> str:

@@ -191,7 +191,8 @@ def dataset_sessions(config: TrainConfig, progress: bool) -> list[Session]:
         return find_sessions(config.data)
     from neoseg.data.synth import CohortSpec, default_cohort_dir, generate_cohort
 
-    spec = CohortSpec(n_subjects=config.cohort_subjects, grid=config.cohort_grid, seed=config.cohort_seed)
+    spec = CohortSpec(n_subjects=config.cohort_subjects, grid=config.cohort_grid, seed=config.cohort_seed,
+                      anatomy=config.cohort_anatomy)
     return find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress))
 
 
