@@ -254,7 +254,8 @@ def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device:
         batch_size=profile.batch_size,
         epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
         patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
-        max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None, seed=0, device=device)
+        max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None,
+        augment="none", seed=0, device=device)  # the paper's protocol: no augmentation
     return config
 
 

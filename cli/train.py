@@ -43,6 +43,11 @@ class Selection(str, Enum):
     child_dice = "child-dice"
 
 
+class Augment(str, Enum):
+    default = "default"
+    none = "none"
+
+
 class Reduction(str, Enum):
     mean = "mean"
     observed = "observed"
@@ -96,6 +101,9 @@ def train(
     prior_bias: Annotated[Optional[bool], typer.Option("--prior-bias/--no-prior-bias",
                                                        help="Start output biases at the labels' prior odds "
                                                        "(default on in the cpu profile; not in the paper).")] = None,
+    augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: default "
+                                                       "(spatial, intensity, resolution, brain extraction, field "
+                                                       "of view; see the README) or none (the paper's protocol).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in OUT.")] = False,
@@ -115,8 +123,8 @@ def train(
             full_fraction=full_fraction, draw=draw, epochs=epochs,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cohort_anatomy=cohort_anatomy.value if cohort_anatomy else None,
-            cache=str(cache) if cache else None,
-            max_minutes=max_minutes, prior_bias=prior_bias, seed=seed, device=device,
+            cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
+            augment=augment.value if augment else None, seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"))
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid

@@ -11,6 +11,7 @@ from neoseg.core.thresholds import check_thresholds
 
 PROFILES = ("cpu", "paper")
 SELECTIONS = ("val-loss", "child-dice")
+AUGMENT_POLICIES = ("default", "none")  # train/augment.py
 
 
 @dataclass
@@ -57,11 +58,14 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning), not resumed
     pseudo_labels: str | None = None  # dHCP-layout folder of *_desc-drawem9_dseg.nii.gz label maps for the
     # partially labelled training sessions, used as their full labels (the semi-supervised baseline)
+    augment: str = "default"  # on-the-fly augmentation of training batches (train/augment.py), or "none"
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
         check_thresholds(self.thresholds, what="config thresholds")
+        if self.augment not in AUGMENT_POLICIES:
+            raise ValueError(f"unknown augmentation policy '{self.augment}'; available: {', '.join(AUGMENT_POLICIES)}")
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
         if self.self_training and self.loss == "bce":
@@ -106,6 +110,7 @@ class TrainConfig:
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"config has unknown keys {sorted(unknown)}; was it written by a newer neoseg?")
+        raw.setdefault("augment", "none")  # runs written before augmentation existed trained without it
         raw.setdefault("cohort_anatomy", "v1")  # written before anatomy v2: trained on the first cohort
         return cls(**raw)
 

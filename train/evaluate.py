@@ -39,15 +39,25 @@ def predict_volume(model: nn.Module, image: np.ndarray, hierarchy: Hierarchy, ax
     return probs
 
 
+def evaluate_scan(model: nn.Module, hierarchy: Hierarchy, image: np.ndarray, labels: np.ndarray,
+                    spacing: tuple[float, ...], axis: int, size: int, device: str | torch.device = "cpu",
+                    thresholds=0.5) -> list[dict]:
+    """One row per structure for a canonical ``image`` and its label map: Dice, HD95/HD100 (mm),
+    volume difference; truth is the fully labelled map (parents filled in), prediction the
+    sigmoid at ``thresholds`` (one, or one per channel, in [1e-6, 1 - 1e-6])."""
+    thresholds = np.asarray(check_thresholds(thresholds, hierarchy.names), np.float32)
+    probs = predict_volume(model, image, hierarchy, axis, size, device=device)
+    pred = hierarchy.masks(probs, thresholds)
+    truth = (hierarchy.encode(labels) == 1).astype(np.uint8)
+    return metrics.evaluate_volume(pred, truth, hierarchy.names, spacing)
+
+
 def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Session], axis: int, size: int,
                       device: str | torch.device = "cpu", thresholds=0.5, progress: bool = False) -> list[dict]:
-    """One row per session and structure: Dice, HD95/HD100 (mm), volume difference; truth is the
-    fully labelled map (parents filled in), prediction the sigmoid at ``thresholds`` (one, or one
-    per channel, in [1e-6, 1 - 1e-6])."""
+    """One row per session and structure (see :func:`evaluate_scan`)."""
     from tqdm import tqdm
 
-    thresholds = np.asarray(check_thresholds(thresholds, hierarchy.names), np.float32)
-    table = hierarchy.target_table()
+    check_thresholds(thresholds, hierarchy.names)
     rows = []
     for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
         image, labels, img = load_session(session)
@@ -55,11 +65,8 @@ def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Ses
         if unnamed:
             raise ValueError(f"{session.labels}: label values {unnamed} are not named by hierarchy "
                              f"'{hierarchy.name}' (known: {hierarchy.label_values}); pass the matching hierarchy")
-        probs = predict_volume(model, image, hierarchy, axis, size, device=device)
-        pred = hierarchy.masks(probs, thresholds)
-        truth = (hierarchy.encode(labels, table) == 1).astype(np.uint8)
         spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-        for row in metrics.evaluate_volume(pred, truth, hierarchy.names, spacing):
+        for row in evaluate_scan(model, hierarchy, image, labels, spacing, axis, size, device, thresholds):
             rows.append({"subject": session.subject, "session": session.session, "scan_age": session.scan_age,
                          "age_group": session.age_group, **row})
     return rows

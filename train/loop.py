@@ -34,6 +34,7 @@ from neoseg.data.dhcp import LABEL_SUFFIX, Session, find_sessions
 from neoseg.data.splits import Split, make_split
 
 from . import checkpoint
+from .augment import make_augment
 from .checks import check_before_training
 from .config import TrainConfig
 from .dataset import SliceDataset
@@ -46,6 +47,7 @@ from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
 
+AUGMENT_SEED_OFFSET = 7919  # the augmentation generator's seed is the run's seed plus this
 METRICS_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_child_dice", "best", "seconds"]
 
 
@@ -100,6 +102,15 @@ class Ranks:
                 return on_gpu.cpu()
             torch.distributed.all_reduce(values)
         return values
+
+    def share(self, n: int) -> tuple[int, int]:
+        """(first row, size) of the global batch whose contiguous share of ``n`` rows is this
+        rank's (the shares of :class:`ShardedBatches`)."""
+        if self.world == 1:
+            return 0, n
+        total = int(self.sum(torch.tensor([float(n)])).item())
+        share, extra = divmod(total, self.world)
+        return self.rank * share + min(self.rank, extra), total
 
     def any(self, flag: bool) -> bool:
         return bool(self.sum(torch.tensor([float(flag)])).item() > 0)
@@ -216,9 +227,10 @@ class EpochStats:
 
 
 def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="",
-              ranks: Ranks = Ranks(), to_channels=None, complete=None, after_step=None) -> EpochStats:
-    """One pass; trains when an optimizer is given. ``to_channels`` turns the network's output into
-    channel logits (softmax head), ``complete(image, target)`` fills in targets before the loss
+              ranks: Ranks = Ranks(), to_channels=None, complete=None, after_step=None, augment=None) -> EpochStats:
+    """One pass; trains when an optimizer is given (on batches transformed by ``augment``, an
+    :class:`~neoseg.train.augment.Augmenter`, if given). ``to_channels`` turns the network's output
+    into channel logits (softmax head), ``complete(image, target)`` fills in targets before the loss
     (self-training), ``after_step()`` runs after each optimizer step. Sums over all ranks."""
     from tqdm import tqdm
 
@@ -229,6 +241,8 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
         bar = tqdm(loader, desc=desc, disable=None if progress else True, leave=False, unit="batch")  # None: off when stderr is no terminal
         for image, target, _ in bar:
             image, target = image.to(device, non_blocking=True), target.to(device, non_blocking=True)
+            if training and augment is not None:
+                image, target = augment(image, target, *ranks.share(len(image)))
             if complete is not None:
                 target = complete(image, target)
             logits = model(image)
@@ -439,6 +453,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     if config.prior_bias and config.init_from is None:
         set_prior_bias(model, train_set, config.head)
     shuffle = torch.Generator().manual_seed(config.seed)
+    augment = make_augment(config.augment, hierarchy, config.seed + AUGMENT_SEED_OFFSET, device)
     batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world, config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
     val_loader = DataLoader(torch.utils.data.Subset(val_set, range(ranks.rank, len(val_set), ranks.world)),
@@ -466,6 +481,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         start, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         best_score = state.get("best_score", best_loss)
         shuffle.set_state(state["shuffle_state"])
+        if augment is not None and "augment_state" in state:
+            augment.set_state(state["augment_state"])
         torch.set_rng_state(state["torch_rng"])
         if teacher is not None:
             teacher.model.load_state_dict(state["teacher_state"])
@@ -507,7 +524,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
                 teacher.channel_probabilities(image, to_channels or (lambda x: x)), target, hierarchy,
                 config.confidence)
         trained = run_epoch(model, train_loader, loss_fn, device, optimizer, progress, f"epoch {epoch}/{config.epochs}",
-                            ranks, to_channels, complete, teacher and (lambda: teacher.update(bare)))
+                            ranks, to_channels, complete, teacher and (lambda: teacher.update(bare)), augment)
         val = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate", ranks=ranks,
                         to_channels=to_channels)
         train_loss, val_loss, val_dice, child_dice = trained.loss, val.loss, val.dice, val.mean_dice(children)
@@ -529,7 +546,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         extra = {"teacher_state": teacher.model.state_dict(), "self_train_began": st_began} if teacher else {}
         checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                         best_score=best_score, best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
-                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(), **extra)
+                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(), **extra,
+                        **({"augment_state": augment.get_state()} if augment is not None else {}))
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f (children %.3f)%s (%.0f s)", epoch,
                  train_loss, val_loss, val_dice, child_dice, " *" if improved else "", time.monotonic() - t0)
 

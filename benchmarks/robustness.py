@@ -1,0 +1,338 @@
+"""Out-of-distribution robustness of a trained model, on a fixed and seeded suite:
+``python -m neoseg.benchmarks.robustness --checkpoint best.pt [--out DIR]``.
+
+The suite is built from the test sessions of the checkpoint's own data and split (the built-in
+cohort, or its ``--data``), each corrupted in 3D, on its own grid, under every condition:
+
+- ``clean``: as the scan is;
+- ``brain-extracted``: T2 × brain mask (the session's ``*_desc-brain_mask.nii.gz`` where it has
+  one, else every voxel labelled other than 0), as many neonatal pipelines pass scans on;
+- ``bias``: a smooth multiplicative field of about ×0.6 to ×1.6 over the head;
+- ``noise``: Rician noise of 8 % of the brain's bright (99th percentile) intensity;
+- ``low-resolution``: acquired at 1.5× the voxel size in every direction, interpolated back;
+- ``anisotropic``: acquired with 3× thicker axial slices (along inferior-superior), interpolated back;
+- ``contrast``: a random monotone intensity curve, its segments' slopes between 1/3 and 3;
+- ``cropped-fov``: the field of view cut to the brain's bounding box in the sagittal plane, and
+  15 % of the brain's height cut off at the top;
+
+plus ``other-cohort``: a second synthetic cohort generated with other parameters (another seed and,
+where the generator has them, other realism settings: see :data:`OTHER_COHORT`), clean.
+
+Each corruption draws from its own generator, seeded by the suite seed, the condition and the
+session's name, so the suite is the same on every run and machine, whatever the order. Predictions
+go through :func:`neoseg.train.evaluate.evaluate_scan` (the torch path of ``neoseg-eval``), so any
+``neoseg-train`` checkpoint can be measured. Dice is the mean over volumes per structure; empty
+truths (a structure cut away) are left out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import io
+import json
+import math
+import sys
+import time
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+SUITE_SEED = 2025
+CONDITIONS = ("clean", "brain-extracted", "bias", "noise", "low-resolution", "anisotropic", "contrast",
+              "cropped-fov")
+OTHER = "other-cohort"
+# The second cohort: a CohortSpec's fields; those the installed generator lacks are left out.
+OTHER_COHORT = {"seed": 20_261_128, "folding": 1.6, "intensity_jitter": 0.08}
+OTHER_SUBJECTS = 6
+FIELDS = ["condition", "subject", "session", "scan_age", "structure", "dice", "hd95", "truth_empty"]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One volume of the suite: canonical image and labels, as the model is given them."""
+
+    condition: str
+    subject: str
+    session: str
+    scan_age: float | None
+    image: np.ndarray
+    labels: np.ndarray
+    spacing: tuple[float, float, float]
+
+
+# ---- corruptions of a canonical (X, Y, Z) volume; axis 2 runs inferior -> superior ---------------
+def smooth_field(shape: tuple[int, ...], rng: np.random.Generator, points: int = 4) -> np.ndarray:
+    """A smooth random field of unit standard deviation: cubic interpolation of a coarse normal grid."""
+    coarse = rng.standard_normal((points,) * len(shape))
+    field = ndimage.zoom(coarse, [n / points for n in shape], order=3, mode="nearest", grid_mode=True)
+    field = field[tuple(slice(0, n) for n in shape)]
+    return ((field - field.mean()) / max(field.std(), 1e-6)).astype(np.float32)
+
+
+def resample_axis(volume: np.ndarray, factor: float, axis: int) -> np.ndarray:
+    """Acquire ``volume`` with ``factor`` times coarser voxels along ``axis`` (Gaussian blur of
+    FWHM ``factor`` voxels, a sample every ``factor`` voxels) and interpolate back linearly."""
+    blurred = ndimage.gaussian_filter1d(volume, factor / 2.3548, axis=axis, mode="nearest")
+    n = volume.shape[axis]
+    n_low = math.ceil(n / factor)
+    low = _linear_take(blurred, np.clip((np.arange(n_low) + 0.5) * factor - 0.5, 0, n - 1), axis)
+    return _linear_take(low, np.clip((np.arange(n) + 0.5) / factor - 0.5, 0, n_low - 1), axis)
+
+
+def _linear_take(volume: np.ndarray, positions: np.ndarray, axis: int) -> np.ndarray:
+    lo = np.floor(positions).astype(int)
+    hi = np.minimum(lo + 1, volume.shape[axis] - 1)
+    shape = [1] * volume.ndim
+    shape[axis] = len(positions)
+    w = (positions - lo).reshape(shape).astype(volume.dtype)
+    return np.take(volume, lo, axis=axis) * (1 - w) + np.take(volume, hi, axis=axis) * w
+
+
+def intensity_curve(image: np.ndarray, rng: np.random.Generator, segments: int = 4, slope: float = 3.0) -> np.ndarray:
+    """A random monotone piecewise-linear map of [0, top] onto itself (``top`` the 99.5th
+    percentile; above it the last segment continues), segment slopes in [1/slope, slope]."""
+    top = float(np.percentile(image, 99.5)) or 1.0
+    slopes = np.exp(rng.uniform(-math.log(slope), math.log(slope), segments))
+    knots = np.concatenate([[0.0], np.cumsum(slopes)])
+    knots /= knots[-1]
+    x = np.clip(image / top, 0, None) * segments
+    i = np.minimum(np.floor(x).astype(int), segments - 1)
+    return ((knots[i] + (x - i) * (knots[i + 1] - knots[i])) * top).astype(np.float32)
+
+
+def corrupt(condition: str, image: np.ndarray, labels: np.ndarray, brain: np.ndarray,
+            rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """``(image, labels)`` of ``condition``; ``brain`` is the brain mask."""
+    if condition == "clean":
+        return image, labels
+    if condition == "brain-extracted":
+        return image * brain, labels
+    if condition == "bias":
+        return image * np.exp(0.25 * smooth_field(image.shape, rng)), labels
+    if condition == "noise":
+        sigma = 0.08 * float(np.percentile(image[brain > 0], 99))
+        real = image + sigma * rng.standard_normal(image.shape, dtype=np.float32)
+        return np.sqrt(real ** 2 + (sigma * rng.standard_normal(image.shape, dtype=np.float32)) ** 2), labels
+    if condition == "low-resolution":
+        for axis in range(3):
+            image = resample_axis(image, 1.5, axis)
+        return image, labels
+    if condition == "anisotropic":
+        return resample_axis(image, 3.0, 2), labels
+    if condition == "contrast":
+        return intensity_curve(image, rng), labels
+    if condition == "cropped-fov":
+        box = [np.flatnonzero(brain.any(axis=tuple(a for a in range(3) if a != k))) for k in range(3)]
+        lo, hi = [b[0] for b in box], [b[-1] + 1 for b in box]
+        hi[2] -= int(round(0.15 * (hi[2] - lo[2])))
+        cut = (slice(None), slice(lo[1], hi[1]), slice(lo[2], hi[2]))
+        return np.ascontiguousarray(image[cut]), np.ascontiguousarray(labels[cut])
+    raise ValueError(f"unknown condition '{condition}'; available: {', '.join(CONDITIONS)}")
+
+
+# ---- the suite --------------------------------------------------------------------------------
+def brain_mask(session, labels: np.ndarray) -> np.ndarray:
+    """The session's own brain mask file where it has one (on the T2's grid), else labels != 0."""
+    from neoseg.train.volumes import load_canonical
+
+    path = Path(str(session.t2).replace("_desc-restore_T2w", "_desc-brain_mask"))
+    if path != Path(session.t2) and path.is_file():
+        mask, _ = load_canonical(path, labels=True)
+        if mask.shape == labels.shape:
+            return (mask > 0).astype(np.float32)
+    return (labels != 0).astype(np.float32)
+
+
+def session_rng(condition: str, key: str, seed: int = SUITE_SEED) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(condition.encode()), zlib.crc32(key.encode())])
+
+
+def build_cases(test_sessions, other_sessions=(), seed: int = SUITE_SEED) -> Iterator[Case]:
+    """Every volume of the suite, one at a time (each test session under every condition, then the
+    other cohort's sessions as they are)."""
+    from neoseg.train.volumes import load_session
+
+    for session in test_sessions:
+        image, labels, img = load_session(session)
+        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        brain = brain_mask(session, labels)
+        for condition in CONDITIONS:
+            out, truth = corrupt(condition, image, labels, brain, session_rng(condition, session.key, seed))
+            yield Case(condition, session.subject, session.session, session.scan_age,
+                       out.astype(np.float32, copy=False), truth, spacing)
+    for session in other_sessions:
+        image, labels, img = load_session(session)
+        yield Case(OTHER, session.subject, session.session, session.scan_age, image, labels,
+                   tuple(float(z) for z in img.header.get_zooms()[:3]))
+
+
+def other_cohort_spec(grid: int, n_subjects: int = OTHER_SUBJECTS):
+    """The second cohort's spec: :data:`OTHER_COHORT`, as far as this generator has those fields."""
+    from neoseg.data.synth import CohortSpec
+
+    names = {f.name for f in dataclasses.fields(CohortSpec)}
+    return CohortSpec(n_subjects=n_subjects, grid=grid, **{k: v for k, v in OTHER_COHORT.items() if k in names})
+
+
+def checkpoint_test_sessions(checkpoint: Path, config) -> list:
+    """The checkpoint's test sessions: its run's split.json where it lies beside it, else the
+    split that training makes from the config."""
+    from neoseg.data.splits import make_split
+    from neoseg.train.loop import dataset_sessions
+
+    sessions = dataset_sessions(config, progress=False)
+    split_file = checkpoint.parent / "split.json"
+    if split_file.is_file():
+        names = set(json.loads(split_file.read_text())["test"])
+        chosen = [s for s in sessions if s.subject in names]
+        if {s.subject for s in chosen} != names:
+            raise ValueError(f"{split_file} names test subjects that the checkpoint's data lacks; "
+                             f"is it the split of this checkpoint's run?")
+        return chosen
+    return list(make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw).test)
+
+
+def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER_SUBJECTS,
+              progress: bool = False) -> tuple[list[dict], dict]:
+    """Rows (one per volume, condition and structure) and a description of the suite."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.data.synth import default_cohort_dir, generate_cohort
+    from neoseg.train import checkpoint as ckpt
+    from neoseg.train.evaluate import evaluate_scan
+    from neoseg.train.loop import resolve_device
+
+    loaded = ckpt.load(checkpoint)
+    config = loaded.config
+    thresholds = loaded.state.get("thresholds", config.thresholds)
+    tests = checkpoint_test_sessions(Path(checkpoint), config)
+    grid = config.cohort_grid if config.data is None else int(min(512, max(16, round(128.0 / min(loaded.spacing)))))
+    spec = other_cohort_spec(grid, other_subjects)
+    others = find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress)) if other_subjects else []
+    dev = resolve_device(device)
+    model = loaded.model.to(dev)
+    rows = []
+    cases = build_cases(tests, others)
+    if progress:
+        from tqdm import tqdm
+
+        cases = tqdm(cases, total=len(tests) * len(CONDITIONS) + len(others), desc="robustness", unit="volume",
+                     disable=None)
+    for case in cases:
+        for row in evaluate_scan(model, loaded.hierarchy, case.image, case.labels, case.spacing, config.axis,
+                                 config.slice_size, dev, thresholds):
+            rows.append({"condition": case.condition, "subject": case.subject, "session": case.session,
+                         "scan_age": case.scan_age, **{k: row[k] for k in FIELDS[4:]}})
+    about = {"checkpoint": str(checkpoint), "test_sessions": len(tests), "other_sessions": len(others),
+             "other_cohort": {k: v for k, v in dataclasses.asdict(spec).items()}, "seed": SUITE_SEED,
+             "outside": loaded.hierarchy.names[loaded.hierarchy.outside_channel]
+             if loaded.hierarchy.outside_channel is not None else None}
+    return rows, about
+
+
+# ---- reporting ----------------------------------------------------------------------------
+def mean_dice(rows: list[dict]) -> dict[str, dict[str, float]]:
+    """condition -> structure -> mean Dice over volumes whose truth holds the structure."""
+    sums: dict[str, dict[str, list[float]]] = {}
+    for r in rows:
+        if not r["truth_empty"]:
+            sums.setdefault(r["condition"], {}).setdefault(r["structure"], []).append(float(r["dice"]))
+    return {c: {s: float(np.mean(v)) for s, v in by.items()} for c, by in sums.items()}
+
+
+def table(rows: list[dict], skip: tuple[str, ...] = ()) -> str:
+    """Markdown: one row per condition, mean Dice per structure, and its difference to clean."""
+    means = mean_dice(rows)
+    clean = means.get("clean", {})
+    structures = [s for s in dict.fromkeys(r["structure"] for r in rows) if s not in skip]
+    lines = ["| condition | " + " | ".join(structures) + " |", "|---|" + "---|" * len(structures)]
+    for condition in [c for c in (*CONDITIONS, OTHER) if c in means]:
+        cells = []
+        for s in structures:
+            value = means[condition].get(s)
+            if value is None:
+                cells.append("–")
+            elif condition == "clean" or s not in clean:
+                cells.append(f"{value:.3f}")
+            else:
+                cells.append(f"{value:.3f} ({value - clean[s]:+.2f})")
+        lines.append(f"| {condition} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def criteria(rows: list[dict], skip: tuple[str, ...] = ()) -> list[str]:
+    """The two checks of the suite, in words: brain extraction within 0.05 of clean for every
+    structure, and no structure above 0.85 clean falling below 0.6 under any condition."""
+    means = mean_dice(rows)
+    clean = {s: v for s, v in means.get("clean", {}).items() if s not in skip}
+    lines = []
+    if "brain-extracted" in means and clean:
+        drops = {s: clean[s] - means["brain-extracted"][s] for s in clean if s in means["brain-extracted"]}
+        worst = max(drops, key=drops.get)
+        ok = all(d <= 0.05 for d in drops.values())
+        lines.append(f"brain-extracted within 0.05 Dice of clean for every structure: {'yes' if ok else 'no'} "
+                     f"(largest drop {drops[worst]:+.3f}, {worst})")
+    failing = [(c, s, clean[s], means[c][s]) for c in means if c != "clean" for s in clean
+               if s in means[c] and clean[s] > 0.85 and means[c][s] < 0.6]
+    if failing:
+        lines.append("structures above 0.85 clean that fall below 0.6: " + "; ".join(
+            f"{s} under {c} ({v:.3f}, clean {ref:.3f})" for c, s, ref, v in failing))
+    else:
+        lines.append("structures above 0.85 clean that fall below 0.6 under any condition: none")
+    return lines
+
+
+def report(rows: list[dict], about: dict) -> str:
+    skip = (about["outside"],) if about.get("outside") else ()
+    other = ", ".join(f"{k} {v}" for k, v in about["other_cohort"].items())
+    return (f"Mean Dice per structure ({about['test_sessions']} test volumes per condition; other cohort: "
+            f"{about['other_sessions']} volumes, {other}); in brackets the difference to clean.\n\n"
+            + table(rows, skip) + "\n" + "\n".join(f"- {line}" for line in criteria(rows, skip)) + "\n")
+
+
+def write(out: Path, rows: list[dict], text: str, overwrite: bool) -> None:
+    from neoseg.core.io import write_text
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({k: r[k] for k in FIELDS} for r in rows)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "robustness.csv", buffer.getvalue(), overwrite=overwrite)
+    write_text(out / "robustness.md", text, overwrite=overwrite)
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m neoseg.benchmarks.robustness", description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of a neoseg-train run")
+    p.add_argument("--out", type=Path, help="write robustness.csv (per volume) and robustness.md here")
+    p.add_argument("--overwrite", action="store_true", help="replace robustness.csv/.md in --out")
+    p.add_argument("--other-subjects", type=int, default=OTHER_SUBJECTS,
+                   help=f"subjects of the second cohort (default {OTHER_SUBJECTS}; 0 leaves it out)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    args = p.parse_args(argv)
+    try:
+        if args.other_subjects < 0:
+            raise ValueError(f"--other-subjects must be 0 or more, got {args.other_subjects}")
+        if args.out is not None and not args.overwrite:
+            for name in ("robustness.csv", "robustness.md"):
+                if (args.out / name).exists():
+                    raise FileExistsError(f"{args.out / name} exists; pass --overwrite or another --out")
+        began = time.monotonic()
+        rows, about = run_suite(args.checkpoint, args.device, args.other_subjects, progress=True)
+        text = f"# Robustness of {args.checkpoint}\n\n" + report(rows, about)
+        if args.out is not None:
+            write(args.out, rows, text, args.overwrite)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        sys.exit(f"robustness: error: {e}")
+    print(text)
+    print(f"({time.monotonic() - began:.0f} s{f'; written to {args.out}' if args.out else ''})")
+
+
+if __name__ == "__main__":
+    main()
