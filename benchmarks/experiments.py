@@ -334,8 +334,9 @@ def prepare_data(profile: Profile, out: Path, data: Path | None, progress: bool)
 
 
 def run_all(profile: Profile, out: Path, data: Path | None = None, device: str = "cpu", workers: int | None = None,
-            only: str | None = None, progress: bool = True) -> dict:
-    """Run every unfinished run of the grid, then rebuild ``results.csv`` and ``REPORT.md``."""
+            only: str | None = None, progress: bool = True, start_runs: bool = True) -> dict:
+    """Run every unfinished run of the grid (none with ``start_runs`` False), then rebuild
+    ``results.csv`` and ``REPORT.md``."""
     from . import report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -350,7 +351,7 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
     setup_seconds = time.monotonic() - began
     runs = [r for r in plan(profile) if only is None or only in r.name]
     done = {r.name for r in runs if (out / "runs" / r.name / "done.json").is_file()}
-    todo = [r for r in runs if r.name not in done]
+    todo = [r for r in runs if r.name not in done] if start_runs else []
     failed: dict[str, str] = {}
     log.info("%s: %d runs in the grid, %d finished, %d to run", out, len(runs), len(done), len(todo))
     gpus = _gpu_count() if device == "cuda" else 0
@@ -525,6 +526,8 @@ def main(
     workers: Annotated[Optional[int], typer.Option(help="Runs trained at once (default: the profile's).")] = None,
     draws: Annotated[Optional[int], typer.Option(help="Random draws per fraction (default: the profile's, 5).")] = None,
     only: Annotated[Optional[str], typer.Option(help="Run only the runs whose name contains this.")] = None,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Start no run: rebuild results.csv and "
+                                              "REPORT.md from the runs finished so far.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Run the paper's experiment grid (resumable) and write results.csv and REPORT.md."""
@@ -539,7 +542,8 @@ def main(
             chosen = dataclasses.replace(chosen, grid=grid.value)
         from neoseg.train.loop import resolve_device
 
-        meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet)
+        meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet,
+                       start_runs=not report_only)
     typer.echo(f"{out / 'REPORT.md'} written ({meta['invocations'][-1]['seconds'] / 60:.1f} min)")
 
 

@@ -297,7 +297,9 @@ def write_report(out: Path, rows: list[dict], meta: dict, planned: list[str]) ->
               f"- Training processes at once: {last.get('workers', '?')}, each with {last.get('threads') or 'default'} "
               f"thread(s); device {last.get('device', '?')}.",
               f"- Wall time: **{wall / 60:.1f} min** in {len(invocations)} invocation(s) of the command "
-              f"(cohort generation, slice caches, every run with its test evaluation, and this report).",
+              f"(cohort generation, slice caches, every run with its test evaluation, and this report); "
+              f"an interrupted invocation is not counted. The finished runs took "
+              f"{sum(r['seconds'] for r in _records(out)) / 60:.0f} min of training and evaluation between them.",
               f"- Runs finished: {len(finished)} of {len(planned)} planned" + (f"; failed: {len(failed)}" if failed else "") + ".",
               f"- Data: {meta.get('data')} ({meta.get('sessions', '?')} sessions); split 80/10/10 by subject (seed 0); "
               f"test volumes: {n_age['preterm']} preterm, {n_age['term']} term, the same in every run.",

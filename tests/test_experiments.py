@@ -187,6 +187,13 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     assert (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns == stamp
     assert (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
     assert len(meta["invocations"]) == 2 and not meta["invocations"][-1]["failed"]
+    # --report-only starts nothing: an unfinished run stays unfinished and out of the results
+    (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
+    experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False, start_runs=False)
+    assert not (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
+    with (out / "results.csv").open() as f:
+        assert "unet-partial-huc-f005-d0" not in {r["run"] for r in csv.DictReader(f)}
+    assert "Not (yet) run: 1 run(s)" in (out / "REPORT.md").read_text()
 
 
 def test_command_line_lists_the_profiles():
