@@ -36,7 +36,8 @@ OURS = [IUC, ("Ours: WEIGHT", "partial", "weight", "mean", 1), ("Ours: WNORM", "
 # beyond the paper (label-set loss, self-training): the recipes the headline grid adds
 LABELSET = ("Label-set loss (marginal CE + leaf Dice)", "partial", "labelset", "mean", 1)
 LABELSET_ST = ("Label-set loss + self-training", "partial", "labelset+st", "mean", 1)
-BEYOND = [LABELSET, LABELSET_ST, ("IUC + self-training", "partial", "iuc+st", "mean", 1)]
+LABELSET_ST_EARLY = ("Label-set loss + self-training from epoch 6", "partial", "labelset+st5", "mean", 1)
+BEYOND = [LABELSET, LABELSET_ST, LABELSET_ST_EARLY, ("IUC + self-training", "partial", "iuc+st", "mean", 1)]
 TARGET_RATIO, TARGET_DGM_GAIN = 0.95, 0.10  # of the 100 % model's Dice; over the supervised model's DGM
 
 
