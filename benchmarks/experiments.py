@@ -400,17 +400,20 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
                 log.info("[%d/%d] %s: %.0f s, best epoch %d of %d", len(done), len(runs), spec.name,
                          record["seconds"], record["best_epoch"], record["epochs"])
     rows = collect_results(out, runs)
-    meta["invocations"].append({"started": started_at.isoformat(timespec="seconds"),
-                                "seconds": round(time.monotonic() - began, 1), "setup_seconds": round(setup_seconds, 1),
-                                "workers": workers, "threads": profile.threads, "device": device,
-                                "failed": failed, "machine": machine()})
+    if start_runs:  # a report-only call is not an invocation of the grid: it adds no time
+        meta["invocations"].append({"started": started_at.isoformat(timespec="seconds"),
+                                    "seconds": round(time.monotonic() - began, 1),
+                                    "setup_seconds": round(setup_seconds, 1), "workers": workers,
+                                    "threads": profile.threads, "device": device, "failed": failed,
+                                    "machine": machine()})
     meta["profile_settings"] = dataclasses.asdict(profile)
     meta["data"] = str(data)
     meta["sessions"] = len(sessions)
     meta_path.write_text(json.dumps(meta, indent=2))
     report.write_report(out, rows, meta, [r.name for r in runs])
-    meta["invocations"][-1]["seconds"] = round(time.monotonic() - began, 1)  # with the report
-    meta_path.write_text(json.dumps(meta, indent=2))
+    if start_runs:
+        meta["invocations"][-1]["seconds"] = round(time.monotonic() - began, 1)  # with the report
+        meta_path.write_text(json.dumps(meta, indent=2))
     return meta
 
 
@@ -544,7 +547,8 @@ def main(
 
         meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet,
                        start_runs=not report_only)
-    typer.echo(f"{out / 'REPORT.md'} written ({meta['invocations'][-1]['seconds'] / 60:.1f} min)")
+    took = f" ({meta['invocations'][-1]['seconds'] / 60:.1f} min)" if not report_only else ""
+    typer.echo(f"{out / 'REPORT.md'} written{took}")
 
 
 if __name__ == "__main__":

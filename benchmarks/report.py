@@ -391,7 +391,9 @@ def run_table(out: Path, settings: dict) -> str:
         label = f"{kind}, 100 %" if full else kind
         began = sorted(r["self_train_began"] for r in records if r.get("self_train_began"))
         if any(r.get("self_training") for r in records):
-            loss += f" (self-training began at epoch {', '.join(map(str, began)) or 'none'})"
+            never = sum(1 for r in records if not r.get("self_train_began"))
+            loss += f" (self-training began at epoch {', '.join(map(str, began)) or '–'}" + \
+                (f"; never in {never} run(s), the plain loss still improving at the cap)" if never else ")")
         lines.append(f"| {model} | {label} | {loss} | {reduction} | {budget} | {len(records)} | "
                      f"{np.median([r['seconds'] for r in records]):.0f} | {epochs[0]}–{epochs[-1]} ({plan}) | "
                      f"{np.median([r['best_epoch'] for r in records]):.0f} | "
