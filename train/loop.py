@@ -523,8 +523,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
             complete = lambda image, target: complete_targets(  # noqa: E731
                 teacher.channel_probabilities(image, to_channels or (lambda x: x)), target, hierarchy,
                 config.confidence)
+        # the EMA tracks the student from the start for a fixed start epoch; when self-training waits
+        # for the plateau, the teacher is reset to the best weights then, so earlier updates are wasted
+        tracking = teacher is not None and (config.self_train_after is not None or st_began is not None)
         trained = run_epoch(model, train_loader, loss_fn, device, optimizer, progress, f"epoch {epoch}/{config.epochs}",
-                            ranks, to_channels, complete, teacher and (lambda: teacher.update(bare)), augment)
+                            ranks, to_channels, complete, (lambda: teacher.update(bare)) if tracking else None, augment)
         val = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate", ranks=ranks,
                         to_channels=to_channels)
         train_loss, val_loss, val_dice, child_dice = trained.loss, val.loss, val.dice, val.mean_dice(children)
