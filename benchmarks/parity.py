@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -54,7 +55,10 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train import checkpoint
 
-    out = {"ort-cpu fp32": Segmenter(open_backend(onnx, "ort-cpu")),
+    default = open_backend(onnx, "auto")  # what neoseg-infer -m model.onnx runs here, by the parity record
+    log(f"  neoseg-infer default: {default.name}" + (f" ({default.note})" if default.note else ""))
+    out = {f"neoseg-infer default ({default.name.split(' [')[0]} {default.precision})": Segmenter(default),
+           "ort-cpu fp32": Segmenter(open_backend(onnx, "ort-cpu")),
            "ort-cpu fp32, all slices": Segmenter(open_backend(onnx, "ort-cpu"), skip_empty=False),
            "ort-cpu fp32, --crop-plane": Segmenter(open_backend(onnx, "ort-cpu"), crop_plane=True)}
     for precision in ("fp32", "bf16", "fp16"):
@@ -75,22 +79,23 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
     return out
 
 
-def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", log=print) -> dict:
+def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", data: Path | None = None,
+        log=print) -> dict:
     """Per-structure Dice of every runtime path against strict-FP32 torch and against the truth."""
     import torch
 
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict FP32 reference
     try:
-        return _run(ckpt, sessions, engine, device, log)
+        return _run(ckpt, sessions, engine, device, data, log)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
+def _run(ckpt: Path, sessions, engine: Path | None, device: str, data: Path | None, log) -> dict:
     import torch
 
-    from neoseg.export.onnx_export import export_onnx
+    from neoseg.export.onnx_export import export_onnx, verification_slices, verification_volumes
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train import checkpoint
     from neoseg.train.evaluate import predict_volume
@@ -100,7 +105,11 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
     info = info_from_checkpoint(loaded)
     h = info.hierarchy
     onnx = Path(tempfile.mkdtemp(prefix="neoseg-parity-")) / "model.onnx"
-    export_onnx(loaded.model, info, onnx)
+    # exported as neoseg-export does (verified on 2 training scans), so it carries the same parity record
+    report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices(
+        verification_volumes(loaded.config, data, 2), info))
+    for line in report.lines():
+        log(f"  export: {line}")
     runners = paths(ckpt, onnx, engine, device, log)
     model = loaded.model.to(device)
     vs_ref = {name: [] for name in runners}
@@ -119,6 +128,7 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, log) -> dict:
             vs_truth[name].append(agreement(masks, truth, h.names))
         log(f"  {s.key}: " + ", ".join(f"{n} min Dice vs torch {min(vs_ref[n][-1].values()):.4f}" for n in runners))
     result = {"machine": machine(), "device": device, "checkpoint": str(ckpt), "volumes": [s.key for s in sessions],
+              "parity_records": {p: asdict(r) for p, r in report.reduced.items()},
               "dice_vs_torch_fp32_worst": {n: _worst(v) for n, v in vs_ref.items()},
               "dice_vs_truth_mean": {n: _mean(v) for n, v in vs_truth.items()}}
     return result
@@ -135,7 +145,12 @@ def _mean(rows: list[dict]) -> dict:
 def markdown(result: dict) -> str:
     m = result["machine"]
     names = list(result["dice_vs_truth_mean"][REFERENCE])
-    text = f"Machine: {m.get('gpu', m['cpu'])}, {len(result['volumes'])} volumes\n\n"
+    text = f"Machine: {m.get('gpu', m['cpu'])} ({m['cores']} CPU cores; OpenVINO capabilities " \
+           f"{', '.join(m.get('cpu_capabilities', []))}), {len(result['volumes'])} volumes\n\n"
+    text += "Parity record stored at export (gates --precision auto at >= 0.99):\n\n" + table(
+        ["precision", "worst structure", "Dice vs FP32", "slices", "measured with"],
+        [[p, r["worst"], r["min_dice"], r["slices"], r["measured_with"]] for p, r in result["parity_records"].items()])
+    text += "\n"
     text += "Per-structure Dice against torch FP32 (worst volume):\n\n" + table(
         ["path", "worst structure", *names],
         [[p, f"{min(d, key=d.get)} {min(d.values()):.4f}", *d.values()]
@@ -161,7 +176,7 @@ def main(argv=None) -> None:
     grid = int(round(128 / loaded.spacing[0]))
     sessions = cohort(args.data, max(2, args.volumes), grid)[-args.volumes:]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = run(args.checkpoint, sessions, args.engine, device)
+    result = run(args.checkpoint, sessions, args.engine, device, args.data)
     write_results(args.out, f"parity-{device}", result, markdown(result))
     print(markdown(result))
 

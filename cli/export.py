@@ -48,14 +48,14 @@ def export(
 
 
 def _export(checkpoint, output, engine, timing_cache, thresholds, data, verify_scans, overwrite) -> None:
-    from neoseg.export.onnx_export import export_onnx, verification_slices
+    from neoseg.export.onnx_export import export_onnx, verification_slices, verification_volumes
     from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
     from neoseg.train import checkpoint as ckpt
 
     loaded = ckpt.load(checkpoint)
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
     info = info_from_checkpoint(loaded, chosen)
-    x = verification_slices(_volumes(loaded.config, data, verify_scans), info) if verify_scans else None
+    x = verification_slices(verification_volumes(loaded.config, data, verify_scans), info) if verify_scans else None
     if engine is None:
         report = export_onnx(loaded.model, info, output, verify_on=x, overwrite=overwrite)
         engine_report = None
@@ -75,27 +75,6 @@ def _export(checkpoint, output, engine, timing_cache, thresholds, data, verify_s
         typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
         for line in engine_report.lines() if engine_report else []:
             typer.echo(line)
-
-
-def _volumes(config, data: Path | None, n: int) -> list:
-    """The first ``n`` scans of --data, else of the checkpoint's training data, canonical."""
-    import numpy as np
-
-    from neoseg.data.dhcp import find_sessions
-    from neoseg.train.volumes import load_canonical
-
-    if data is not None:
-        sessions = find_sessions(data, require_labels=False)
-    else:
-        from neoseg.train.loop import dataset_sessions
-        try:
-            sessions = dataset_sessions(config, progress=False)
-        except (ImportError, ValueError, OSError) as e:
-            raise ValueError(f"cannot find the training scans to verify the export on ({e}); "
-                             f"pass --data ROOT or --verify-scans 0") from None
-    if not sessions:
-        raise ValueError("no scans to verify the export on; pass --data ROOT or --verify-scans 0")
-    return [load_canonical(s.t2, np.float32)[0] for s in sessions[:n]]
 
 
 def main() -> None:

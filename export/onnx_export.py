@@ -71,6 +71,26 @@ def verification_slices(images: list[np.ndarray], info: ModelInfo, per_volume: i
     return np.concatenate(out)[:, None]
 
 
+def verification_volumes(config, data: Path | None, n: int) -> list:
+    """The first ``n`` scans of ``data`` (dHCP layout), else of the checkpoint's training data
+    (``config``), canonical: what ``neoseg-export`` verifies the export on."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.train.volumes import load_canonical
+
+    if data is not None:
+        sessions = find_sessions(data, require_labels=False)
+    else:
+        from neoseg.train.loop import dataset_sessions
+        try:
+            sessions = dataset_sessions(config, progress=False)
+        except (ImportError, ValueError, OSError) as e:
+            raise ValueError(f"cannot find the training scans to verify the export on ({e}); "
+                             f"pass --data ROOT or --verify-scans 0") from None
+    if not sessions:
+        raise ValueError("no scans to verify the export on; pass --data ROOT or --verify-scans 0")
+    return [load_canonical(s.t2, np.float32)[0] for s in sessions[:n]]
+
+
 @torch.no_grad()
 def torch_logits(model: torch.nn.Module, x: np.ndarray, batch: int = 8) -> np.ndarray:
     model.eval()

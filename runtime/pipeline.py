@@ -22,6 +22,7 @@ from .backends import Backend
 MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
 HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's foreground are not head
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
+STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
 
 
 @dataclass
@@ -165,32 +166,46 @@ class Segmenter:
         t.setdefault("network", 0.0)
         t.setdefault("postprocess", 0.0)
         start = time.perf_counter()
-        # decoded first into small contiguous buffers (fast ufunc loops), then copied to the outputs:
-        # numpy's copies walk the (Fortran-ordered) outputs in their memory order, its ufuncs do not
-        shape = (min(self.batch, max(1, todo.stop - todo.start)), len(self.info.hierarchy), lr.stop - lr.start,
-                 lc.stop - lc.start)
-        buf = Decoded(np.empty((shape[0],) + shape[2:], dst[0].dtype), np.empty(shape, np.uint8),
+        # decoded into contiguous staging buffers of STAGED slices (fast ufunc loops), then copied to
+        # the outputs: numpy's copies walk the (Fortran-ordered) outputs in their memory order, and
+        # along the sagittal axis, the file's fastest, STAGED uint8 slices fill whole cache lines
+        n_todo = max(1, todo.stop - todo.start)
+        staged = min(n_todo, max(self.batch, -(-STAGED // self.batch) * self.batch))
+        shape = (staged, len(self.info.hierarchy), lr.stop - lr.start, lc.stop - lc.start)
+        buf = Decoded(np.empty((staged,) + shape[2:], dst[0].dtype), np.empty(shape, np.uint8),
                       np.empty(shape, np.float32) if probabilities else None)
+        first = todo.start  # first slice held in the staging buffers
+
+        def flush(stop: int) -> None:
+            k = stop - first
+            dst[0][first:stop] = buf.labels[:k]
+            for c in range(shape[1]):
+                dst[1][first:stop, ..., c] = buf.masks[:k, c]
+                if probabilities:
+                    dst[2][first:stop, ..., c] = buf.probs[:k, c]
+
         for i, j, x in self._batches(image, windows, todo, (rows, cols), scale):
             t["preprocess"] += time.perf_counter() - start
             start = time.perf_counter()
-            n = j - i
-            part = Decoded(buf.labels[:n], buf.masks[:n], None if buf.probs is None else buf.probs[:n])
+            if j - first > staged:
+                flush(i)
+                first = i
+            at = slice(i - first, j - first)
+            part = Decoded(buf.labels[at], buf.masks[at], None if buf.probs is None else buf.probs[at])
             if hasattr(self.backend, "run_decoded") and not probabilities:
                 decoded = self.backend.run_decoded(x)  # decoded where the logits are
                 t["network"] += time.perf_counter() - start
                 start = time.perf_counter()
-                part = Decoded(decoded[0][:, lr, lc], decoded[1][:, :, lr, lc])
+                part.labels[...], part.masks[...] = decoded[0][:, lr, lc], decoded[1][:, :, lr, lc]
             else:
                 logits = self.backend.run(x)
                 t["network"] += time.perf_counter() - start
                 start = time.perf_counter()
                 self.decode(logits[:, :, lr, lc], 1, probabilities, out=part)
-            dst[0][i:j] = part.labels
-            for c in range(shape[1]):
-                dst[1][i:j, ..., c] = part.masks[:, c]
-                if probabilities:
-                    dst[2][i:j, ..., c] = part.probs[:, c]
+            t["postprocess"] += time.perf_counter() - start
+            start = time.perf_counter()
+        if todo.stop > todo.start:
+            flush(todo.stop)
             t["postprocess"] += time.perf_counter() - start
             start = time.perf_counter()
         t["preprocess"] += time.perf_counter() - start

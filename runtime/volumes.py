@@ -30,7 +30,8 @@ class Volume:
 def structure_volumes(labels: np.ndarray, zooms, hierarchy: Hierarchy) -> list[Volume]:
     """One :class:`Volume` per channel, in hierarchy order; ``zooms`` are the voxel sizes in mm."""
     voxel_ml = float(np.prod(np.asarray(zooms, np.float64)[:3])) / 1000.0
-    counts = np.bincount(np.asarray(labels).ravel())  # label maps hold small non-negative integers
+    # label maps hold small non-negative integers; order K: no transposing copy of a Fortran-ordered map
+    counts = np.bincount(np.asarray(labels).ravel(order="K"))
     count_of = dict(enumerate(counts.tolist()))
     out = []
     for i, channel in enumerate(hierarchy.channels):

@@ -189,3 +189,31 @@ def test_without_openvino_auto_runs_onnxruntime_and_ov_cpu_says_why(trained):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.stdout.startswith("onnxruntime") and "[CPUExecutionProvider] fp32" in done.stdout
     assert done.returncode != 0 and "OpenVINO is not installed: pip install openvino" in done.stderr
+
+
+# ---- the parity benchmark ------------------------------------------------------------------
+def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, tiny_dataset):
+    """Every CPU path against torch FP32 on held-out volumes, the path neoseg-infer would pick,
+    and the parity record that made it pick it."""
+    from neoseg.benchmarks import parity
+
+    sessions = find_sessions(tiny_dataset)
+    result = parity.run(trained[0].with_name("toy.pt"), sessions[4:6], data=tiny_dataset, log=lambda *_: None)
+    worst = {path: min(d.values()) for path, d in result["dice_vs_torch_fp32_worst"].items()}
+    default = next(p for p in worst if p.startswith("neoseg-infer default"))
+    assert worst["ort-cpu fp32"] >= 0.999 and worst["ov-cpu fp32"] >= 0.999
+    records = result["parity_records"]  # as neoseg-export --data stores them: on its first 2 scans
+    from neoseg.export.onnx_export import verification_slices, verification_volumes
+    from neoseg.export.reduced import reduced_parity
+
+    info = open_backend(trained[0], "ort-cpu").info
+    x = verification_slices(verification_volumes(None, tiny_dataset, 2), info)
+    assert records == {k: vars(v) for k, v in reduced_parity(trained[2], info, x).items()}
+    import openvino as ov
+
+    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):  # the real path, beside its emulation
+        assert "ov-cpu bf16" in worst and "bf16 emulated (torch)" in worst
+        assert default.endswith("bf16)") == (records["bf16"]["min_dice"] >= PARITY_DICE)
+    else:
+        assert "ov-cpu bf16" not in worst and default.endswith("fp32)")
+    assert "Parity record stored at export" in parity.markdown(result)

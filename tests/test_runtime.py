@@ -12,7 +12,7 @@ import pytest
 from neoseg.core.io import OutputExistsError
 from neoseg.core.preprocess import box_center, foreground_profiles, head_box, head_center
 from neoseg.data.dhcp import find_sessions
-from neoseg.runtime import geometry
+from neoseg.runtime import geometry, pipeline
 from neoseg.runtime.backends import Backend, BackendUnavailable, OrtBackend, open_backend
 from neoseg.runtime.files import output_paths, segment_file, stem
 from neoseg.runtime.pipeline import Segmenter
@@ -81,19 +81,23 @@ class SliceIndexBackend(Backend):
         return out
 
 
-def test_restack_puts_every_slice_back_where_it_came_from(model):
+@pytest.mark.parametrize("staged", [64, 4])  # all slices decoded before the copy out, or in 5 parts
+def test_restack_puts_every_slice_back_where_it_came_from(model, staged, monkeypatch):
+    monkeypatch.setattr(pipeline, "STAGED", staged)
     info = OrtBackend(model).info  # axis 0, 32^2 slices
     n = 30
     image = np.zeros((n, 40, 36), np.float32)
     for i in range(3, n - 3):  # the head: slices 3..26, a 10 x 12 square off the array centre
         image[i, 22:32, 4:16] = i + 1
     backend = SliceIndexBackend(info, int(image.max()))  # min-max scaling divides by the largest value
-    labels = Segmenter(backend, crop_plane=True).predict(image)[0].labels
+    decoded = Segmenter(backend, crop_plane=True).predict(image)[0]
+    outside = info.hierarchy.names.index("unlabelled")
     for i in range(n):
         expected = np.zeros((40, 36), np.uint8)
         if 3 <= i < n - 3:
             expected[22:32, 4:16] = ROOT_VALUES[i % len(ROOT_VALUES)]
-        assert np.array_equal(labels[i], expected), f"slice {i}"
+        assert np.array_equal(decoded.labels[i], expected), f"slice {i}"
+        assert np.array_equal(decoded.masks[outside, i], expected == 0), f"slice {i}"
     # only the head's slices (with a margin) were computed, in batches of 3, on a cropped plane
     assert sum(shape[0] for shape in backend.calls) == n
     assert all(shape[2] < 32 or shape[3] < 32 for shape in backend.calls)
