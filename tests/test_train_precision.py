@@ -25,7 +25,7 @@ TINY = ["--slice-size", "32", "--widths", "8,16", "--epochs", "1", "--batch-size
 
 def tiny_config(data, **kw) -> TrainConfig:
     base = dict(data=str(data), slice_size=32, widths=[8, 16], epochs=1, batch_size=8, full_fraction=0.25,
-                device="cpu", precision="bf16")
+                device="cpu", precision="bf16", steps_per_epoch=3)
     return TrainConfig(**{**base, **kw})
 
 
@@ -178,3 +178,17 @@ def test_fp16_gradient_scaler_state_is_saved_and_restored_on_resume(tiny_dataset
     a, b = (torch.load(p / "last.pt", weights_only=True) for p in (straight.out, out))
     assert a["scaler_state"] == b["scaler_state"]  # counts the steps of both epochs, as the straight run
     assert all(torch.equal(a["model_state"][k], b["model_state"][k]) for k in a["model_state"])
+
+
+@pytest.mark.parametrize("units", [True, False])
+def test_the_benchmark_times_bf16_only_where_the_cpu_has_the_units(units, tmp_path, monkeypatch, capsys):
+    from neoseg.benchmarks import train_precision as bench
+
+    monkeypatch.setattr(precision, "cpu_has_bf16", lambda: units)
+    monkeypatch.setattr(bench, "CASES", [("tiny U-Net, 32²", [4, 8], 32, 2)])
+    bench.main(["--device", "cpu", "--repeats", "1", "--warmup", "0", "--out", str(tmp_path)])
+    results = json.loads((tmp_path / "train_precision.json").read_text())
+    assert [r["precision"] for r in results["rows"]] == (["fp32", "bf16"] if units else ["fp32"])
+    assert results["rows"][0]["speedup_vs_fp32"] == 1 and all(r["ms_per_step"] > 0 for r in results["rows"])
+    assert ("no BF16 units" in results["note"]) != units
+    assert (tmp_path / "train_precision.md").read_text() in capsys.readouterr().out

@@ -546,7 +546,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         tracking = teacher is not None and (config.self_train_after is not None or st_began is not None)
         trained = run_epoch(model, train_loader, loss_fn, device, optimizer, progress, f"epoch {epoch}/{config.epochs}",
                             ranks, to_channels, complete, (lambda: teacher.update(bare)) if tracking else None, augment,
-                            precision, scaler)
+                            precision=precision, scaler=scaler)
         val = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate", ranks=ranks,
                         to_channels=to_channels, precision=precision)
         train_loss, val_loss, val_dice, child_dice = trained.loss, val.loss, val.dice, val.mean_dice(children)
