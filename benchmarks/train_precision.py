@@ -97,7 +97,7 @@ def main(argv=None) -> None:
     device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
     rows, note = measure(device, args.repeats, args.warmup)
     info = {**machine(), "device": str(device), "threads": torch.get_num_threads()}
-    markdown = (f"Training step (forward, FP32 IUC loss, backward, Adam) on {device}, {info['threads']} threads, "
+    markdown = (f"Training step (forward, FP32 IUC loss, backward, Adam) on {device}, {info['threads']} thread{'s' * (info['threads'] != 1)}, "
                 f"median of {args.repeats} after {args.warmup} warm-up; {info['cpu']}, torch {torch.__version__}"
                 + (f", {info['gpu']}" if "gpu" in info else "") + (f". {note}" if note else "") + "\n\n"
                 + table(["case", "slices", "precision", "ms / step", "× FP32 speed"],
