@@ -53,6 +53,13 @@ class Reduction(str, Enum):
     observed = "observed"
 
 
+class Precision(str, Enum):  # train/precision.py
+    fp32 = "fp32"
+    bf16 = "bf16"
+    fp16 = "fp16"
+    auto = "auto"
+
+
 @app.command()
 def train(
     out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, config, metrics, evaluation.")],
@@ -106,6 +113,11 @@ def train(
                                                        "of view; see the README) or none (the paper's protocol).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="fp32 (default); bf16: the forward pass in BF16 "
+                                                           "(autocast) on a CPU with BF16 units (AVX-512 BF16 or "
+                                                           "AMX) or a GPU; fp16: CUDA only, with a gradient "
+                                                           "scaler; auto: bf16 where the device has the units, "
+                                                           "else fp32. Weights and checkpoints stay FP32.")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -124,7 +136,8 @@ def train(
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cohort_anatomy=cohort_anatomy.value if cohort_anatomy else None,
             cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
-            augment=augment.value if augment else None, seed=seed, device=device,
+            augment=augment.value if augment else None, precision=precision.value if precision else None,
+            seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"))
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid

@@ -238,7 +238,7 @@ def test_self_training_starts_from_the_best_weights_once_the_plain_loss_plateaus
     calls = []
 
     def flat_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="", ranks=None,
-                   to_channels=None, complete=None, after_step=None, augment=None):
+                   to_channels=None, complete=None, after_step=None, augment=None, precision="fp32", scaler=None):
         if optimizer is not None:  # training pass: record whether pseudo labels were in use
             calls.append(complete is not None)
         n = len(loop.hier.resolve("dhcp-drawem9"))

@@ -12,6 +12,7 @@ from neoseg.core.thresholds import check_thresholds
 PROFILES = ("cpu", "paper")
 SELECTIONS = ("val-loss", "child-dice")
 AUGMENT_POLICIES = ("default", "none")  # train/augment.py
+PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train/precision.py
 
 
 @dataclass
@@ -59,11 +60,15 @@ class TrainConfig:
     pseudo_labels: str | None = None  # dHCP-layout folder of *_desc-drawem9_dseg.nii.gz label maps for the
     # partially labelled training sessions, used as their full labels (the semi-supervised baseline)
     augment: str = "default"  # on-the-fly augmentation of training batches (train/augment.py), or "none"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
+    # and checkpoints FP32 (train/precision.py)
     seed: int = 0
     device: str = "auto"
 
     def __post_init__(self):
         check_thresholds(self.thresholds, what="config thresholds")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown training precision '{self.precision}'; available: {', '.join(PRECISIONS)}")
         if self.augment not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augmentation policy '{self.augment}'; available: {', '.join(AUGMENT_POLICIES)}")
         if self.select not in SELECTIONS:
@@ -112,6 +117,7 @@ class TrainConfig:
             raise ValueError(f"config has unknown keys {sorted(unknown)}; was it written by a newer neoseg?")
         raw.setdefault("augment", "none")  # runs written before augmentation existed trained without it
         raw.setdefault("cohort_anatomy", "v1")  # written before anatomy v2: trained on the first cohort
+        raw.setdefault("precision", "fp32")  # written before mixed precision: trained in FP32
         return cls(**raw)
 
     def digest(self) -> str:

@@ -42,6 +42,7 @@ from .evaluate import evaluate_sessions, report, write_rows
 from .heads import ChannelLogits, check_exclusive_leaves, output_channels
 from .losses import make_loss
 from .models import create_model, input_divisor
+from .precision import autocast, grad_scaler, resolve_precision
 from .selftrain import EmaTeacher, complete_targets
 from .volumes import VolumeCache, load_session
 
@@ -227,11 +228,14 @@ class EpochStats:
 
 
 def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="",
-              ranks: Ranks = Ranks(), to_channels=None, complete=None, after_step=None, augment=None) -> EpochStats:
+              ranks: Ranks = Ranks(), to_channels=None, complete=None, after_step=None, augment=None,
+              precision: str = "fp32", scaler=None) -> EpochStats:
     """One pass; trains when an optimizer is given (on batches transformed by ``augment``, an
     :class:`~neoseg.train.augment.Augmenter`, if given). ``to_channels`` turns the network's output
     into channel logits (softmax head), ``complete(image, target)`` fills in targets before the loss
-    (self-training), ``after_step()`` runs after each optimizer step. Sums over all ranks."""
+    (self-training), ``after_step()`` runs after each optimizer step. ``precision`` (resolved, see
+    :mod:`.precision`) is the forward pass's; the loss is FP32 always, and ``scaler`` (fp16) scales
+    it for the backward pass. Sums over all ranks."""
     from tqdm import tqdm
 
     training = optimizer is not None
@@ -245,7 +249,9 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
                 image, target = augment(image, target, *ranks.share(len(image)))
             if complete is not None:
                 target = complete(image, target)
-            logits = model(image)
+            with autocast(precision, device):
+                logits = model(image)
+            logits = logits.float()  # the loss (and the softmax head's channel logits) in FP32
             loss = loss_fn(logits, target)
             if training:
                 step_loss = loss
@@ -253,8 +259,13 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
                     n_global = ranks.sum(torch.tensor([float(len(image))])).item()
                     step_loss = loss * (ranks.world * len(image) / n_global)
                 optimizer.zero_grad(set_to_none=True)
-                step_loss.backward()
-                optimizer.step()
+                if scaler is None:
+                    step_loss.backward()
+                    optimizer.step()
+                else:
+                    scaler.scale(step_loss).backward()
+                    scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then shrinks
+                    scaler.update()
                 if after_step is not None:
                     after_step()
             total += loss.item() * len(image)
@@ -363,6 +374,8 @@ def train(config: TrainConfig, out: str | Path, resume: bool = False, progress: 
     return empty ``rows``."""
     out = Path(out)
     device = resolve_device(config.device)
+    if not (resume and (out / "config.json").is_file()):  # a resumed run's stored precision is checked in _train
+        resolve_precision(config.precision, device)  # refused before the run folder (or the cohort) is made
     ranks, created_group = init_ranks(device)
     existed = out.exists()
     fresh = ranks.main and not resume and not (existed and (not out.is_dir() or any(out.iterdir())))
@@ -393,6 +406,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     if not ranks.main:
         config = TrainConfig.from_json((out / "config.json").read_text())
         sessions = dataset_sessions(config, progress)
+    precision, precision_note = resolve_precision(config.precision, device)
     seed_everything(config.seed)
     hierarchy = hier.resolve(config.hierarchy)
 
@@ -469,6 +483,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     loss_fn = make_loss(config.loss, hierarchy, config.reduction, config.dice_weight)
     to_channels = ChannelLogits(hierarchy).to(device) if config.head == "softmax" else None
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    scaler = grad_scaler(precision, device)
     teacher = EmaTeacher(bare, config.ema_decay) if config.self_training else None
     start, best_score, best_loss, best_epoch = 1, math.inf, math.inf, 0
     st_began = None  # the epoch self-training began
@@ -478,6 +493,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         bare.load_state_dict(last.net.state_dict())
         state = last.state
         optimizer.load_state_dict(state["optimizer_state"])
+        if scaler is not None and "scaler_state" in state:
+            scaler.load_state_dict(state["scaler_state"])
         start, best_loss, best_epoch = state["epoch"] + 1, state["best_val_loss"], state["best_epoch"]
         best_score = state.get("best_score", best_loss)
         shuffle.set_state(state["shuffle_state"])
@@ -492,10 +509,11 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         log.info("resuming %s at epoch %d (best val loss %.4f at epoch %d)", out, start, best_loss, best_epoch)
 
     if ranks.main:
-        log.info("%d train sessions (%d fully labelled subjects%s), %d val, %d test; %d train slices of %d^2 on %s%s",
-                 len(train_sessions), len(split.fully_labelled), ", the rest pseudo-labelled" if config.pseudo_labels
-                 else "", len(split.val), len(split.test), len(train_set), config.slice_size, device,
-                 f" x {ranks.world} processes" if ranks.world > 1 else "")
+        log.info("%d train sessions (%d fully labelled subjects%s), %d val, %d test; %d train slices of %d^2 on %s%s, "
+                 "precision %s", len(train_sessions), len(split.fully_labelled),
+                 ", the rest pseudo-labelled" if config.pseudo_labels else "", len(split.val), len(split.test),
+                 len(train_set), config.slice_size, device, f" x {ranks.world} processes" if ranks.world > 1 else "",
+                 precision + (f" ({precision_note})" if precision_note else ""))
     metrics_path = out / "metrics.csv"
     began, stopped_by = time.monotonic(), "epoch cap"
     for epoch in range(start, config.epochs + 1):
@@ -527,9 +545,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         # for the plateau, the teacher is reset to the best weights then, so earlier updates are wasted
         tracking = teacher is not None and (config.self_train_after is not None or st_began is not None)
         trained = run_epoch(model, train_loader, loss_fn, device, optimizer, progress, f"epoch {epoch}/{config.epochs}",
-                            ranks, to_channels, complete, (lambda: teacher.update(bare)) if tracking else None, augment)
+                            ranks, to_channels, complete, (lambda: teacher.update(bare)) if tracking else None, augment,
+                            precision=precision, scaler=scaler)
         val = run_epoch(model, val_loader, loss_fn, device, progress=progress, desc="validate", ranks=ranks,
-                        to_channels=to_channels)
+                        to_channels=to_channels, precision=precision)
         train_loss, val_loss, val_dice, child_dice = trained.loss, val.loss, val.dice, val.mean_dice(children)
         score = val_loss if config.select == "val-loss" else 1 - child_dice
         improved = score < best_score  # a NaN child Dice (no child in the validation set) never improves
@@ -543,14 +562,16 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
                                        "val_dice": f"{val_dice:.4f}", "val_child_dice": f"{child_dice:.4f}",
                                        "best": int(improved),
                                        "seconds": f"{time.monotonic() - t0:.1f}"})
-        if improved:
+        if improved:  # "precision": what this epoch trained in (config.precision may say auto)
             checkpoint.save(best_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
-                            best_score=best_score)
+                            best_score=best_score, precision=precision)
         extra = {"teacher_state": teacher.model.state_dict(), "self_train_began": st_began} if teacher else {}
+        if scaler is not None:
+            extra["scaler_state"] = scaler.state_dict()
         checkpoint.save(last_path, bare, config, hierarchy, spacing, epoch=epoch, best_val_loss=best_loss,
                         best_score=best_score, best_epoch=best_epoch, optimizer_state=optimizer.state_dict(),
-                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(), **extra,
-                        **({"augment_state": augment.get_state()} if augment is not None else {}))
+                        shuffle_state=shuffle.get_state(), torch_rng=torch.get_rng_state(), precision=precision,
+                        **extra, **({"augment_state": augment.get_state()} if augment is not None else {}))
         log.info("epoch %d: train loss %.4f, val loss %.4f, val Dice %.3f (children %.3f)%s (%.0f s)", epoch,
                  train_loss, val_loss, val_dice, child_dice, " *" if improved else "", time.monotonic() - t0)
 
