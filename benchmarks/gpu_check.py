@@ -67,7 +67,7 @@ def main(argv=None) -> None:
     if ckpt is None:
         return
     eval_sessions = sessions[1:3] if len(sessions) > 1 else sessions
-    result["parity"] = step("parity", lambda: parity.run(ckpt, eval_sessions, None, device))
+    result["parity"] = step("parity", lambda: parity.run(ckpt, eval_sessions, None, device, sessions[:1]))
     modes = []
     for mode in filter(None, args.compile.split(",")):
         if elapsed() + COMPILE_COST_S * (len(modes) + 1) + 60 < args.budget:

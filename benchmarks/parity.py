@@ -79,20 +79,21 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
     return out
 
 
-def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", data: Path | None = None,
-        log=print) -> dict:
-    """Per-structure Dice of every runtime path against strict-FP32 torch and against the truth."""
+def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", verify_on=None, log=print) -> dict:
+    """Per-structure Dice of every runtime path against strict-FP32 torch and against the truth, on
+    ``sessions``; the export is verified (and its parity record measured) on the sessions
+    ``verify_on``, by default on the checkpoint's first 2 training scans, as neoseg-export does."""
     import torch
 
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict FP32 reference
     try:
-        return _run(ckpt, sessions, engine, device, data, log)
+        return _run(ckpt, sessions, engine, device, verify_on, log)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _run(ckpt: Path, sessions, engine: Path | None, device: str, data: Path | None, log) -> dict:
+def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, log) -> dict:
     import torch
 
     from neoseg.export.onnx_export import export_onnx, verification_slices, verification_volumes
@@ -105,9 +106,9 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, data: Path | No
     info = info_from_checkpoint(loaded)
     h = info.hierarchy
     onnx = Path(tempfile.mkdtemp(prefix="neoseg-parity-")) / "model.onnx"
-    # exported as neoseg-export does (verified on 2 training scans), so it carries the same parity record
-    report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices(
-        verification_volumes(loaded.config, data, 2), info))
+    volumes = verification_volumes(loaded.config, None, 2) if verify_on is None else \
+        [load_canonical(s.t2, np.float32)[0] for s in verify_on]
+    report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices(volumes, info))
     for line in report.lines():
         log(f"  export: {line}")
     runners = paths(ckpt, onnx, engine, device, log)
@@ -176,7 +177,8 @@ def main(argv=None) -> None:
     grid = int(round(128 / loaded.spacing[0]))
     sessions = cohort(args.data, max(2, args.volumes), grid)[-args.volumes:]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    result = run(args.checkpoint, sessions, args.engine, device, args.data)
+    verify_on = None if args.data is None else cohort(args.data, 2, grid)[:2]  # as neoseg-export --data
+    result = run(args.checkpoint, sessions, args.engine, device, verify_on)
     write_results(args.out, f"parity-{device}", result, markdown(result))
     print(markdown(result))
 

@@ -53,6 +53,16 @@ def torch_variants(ckpt: Path, device: str, compile_modes: list[str]) -> dict:
 
     cl = torch.channels_last
     out = {BASELINE: (model(), torch.float32, False)}
+    from neoseg.train.precision import cpu_has_bf16
+
+    if device == "cpu" and cpu_has_bf16():  # PyTorch's own BF16 path, beside OpenVINO's
+        bf16_net = model().to(memory_format=cl)
+
+        def bf16(x, net=bf16_net):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                return net(x)
+
+        out["torch bf16 autocast channels-last"] = (bf16, torch.float32, True)
     if device == "cuda":
         half = torch.float16
         out["torch eager fp16 channels-last"] = (model().to(half, memory_format=cl), half, True)

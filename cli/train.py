@@ -113,7 +113,8 @@ def train(
                                                        "of view; see the README) or none (the paper's protocol).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help="fp32 (default); bf16: the forward pass in BF16 "
+    precision: Annotated[Optional[Precision], typer.Option(help="Default: auto with --profile cpu, fp32 with "
+                                                           "paper. fp32; bf16: the forward pass in BF16 "
                                                            "(autocast) on a CPU with BF16 units (AVX-512 BF16 or "
                                                            "AMX) or a GPU; fp16: CUDA only, with a gradient "
                                                            "scaler; auto: bf16 where the device has the units, "

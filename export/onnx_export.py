@@ -53,7 +53,7 @@ class ParityReport:
             head += f": largest logit difference {self.max_abs_diff:.3g}"
         lines = [head, "  Dice agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in self.dice.items())]
         for precision, record in self.reduced.items():
-            verdict = "used by --precision auto where the CPU has the units" if record.passed else \
+            verdict = "--precision auto may use it where the CPU runs it fast" if record.passed else \
                 f"below {PARITY_DICE}: --precision auto keeps FP32"
             lines.append(f"  {precision}: {record.describe()}; {verdict}")
         return lines

@@ -8,6 +8,7 @@ can run beforehand, and checks what the compiled model actually uses afterwards.
 
 from __future__ import annotations
 
+import platform
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,25 @@ def cpu_precisions(core) -> tuple[list[str], list[str]]:
     """(precisions this CPU runs with OpenVINO, fp32 first; the plugin's raw capabilities)."""
     caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     return ["fp32"] + [p for p, c in CAPABILITY.items() if c in caps], caps
+
+
+def slow_precisions() -> dict[str, str]:
+    """Precisions this CPU runs but no faster than FP32, with the reason (``auto`` skips them).
+    OpenVINO offers FP16 on x86 CPUs with AVX-512 FP16, but without AMX-FP16 tiles its FP16
+    convolutions ran slower than FP32 on our Xeon (README, "CPU inference"); ARM CPUs run FP16
+    natively."""
+    if platform.machine().lower() in ("aarch64", "arm64") or "amx_fp16" in cpu_flags():
+        return {}
+    return {"fp16": "this CPU has no AMX-FP16 units, so FP16 is no faster than FP32 here (ask for it with "
+                    "--precision fp16)"}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's feature flags as Linux lists them; empty elsewhere."""
+    try:
+        return Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return []
 
 
 class OpenVinoBackend(Backend):
@@ -46,7 +66,7 @@ class OpenVinoBackend(Backend):
         supported, caps = cpu_precisions(core)
         unit = f"this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}; OpenVINO capabilities {', '.join(caps)})"
         try:
-            self.precision, why = choose(supported, self.info.parity_records, precision, unit)
+            self.precision, why = choose(supported, self.info.parity_records, precision, unit, slow_precisions())
         except ValueError as e:
             raise BackendUnavailable(str(e)) from None
         self.note = "" if why == "requested" else why

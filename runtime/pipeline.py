@@ -167,29 +167,17 @@ class Segmenter:
         t.setdefault("postprocess", 0.0)
         start = time.perf_counter()
         # decoded into contiguous staging buffers of STAGED slices (fast ufunc loops), then copied to
-        # the outputs: numpy's copies walk the (Fortran-ordered) outputs in their memory order, and
-        # along the sagittal axis, the file's fastest, STAGED uint8 slices fill whole cache lines
+        # the (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest,
+        # STAGED uint8 slices fill whole cache lines
         n_todo = max(1, todo.stop - todo.start)
         staged = min(n_todo, max(self.batch, -(-STAGED // self.batch) * self.batch))
         shape = (staged, len(self.info.hierarchy), lr.stop - lr.start, lc.stop - lc.start)
         buf = Decoded(np.empty((staged,) + shape[2:], dst[0].dtype), np.empty(shape, np.uint8),
                       np.empty(shape, np.float32) if probabilities else None)
         first = todo.start  # first slice held in the staging buffers
-
-        def flush(stop: int) -> None:
-            k = stop - first
-            dst[0][first:stop] = buf.labels[:k]
-            for c in range(shape[1]):
-                dst[1][first:stop, ..., c] = buf.masks[:k, c]
-                if probabilities:
-                    dst[2][first:stop, ..., c] = buf.probs[:k, c]
-
         for i, j, x in self._batches(image, windows, todo, (rows, cols), scale):
             t["preprocess"] += time.perf_counter() - start
             start = time.perf_counter()
-            if j - first > staged:
-                flush(i)
-                first = i
             at = slice(i - first, j - first)
             part = Decoded(buf.labels[at], buf.masks[at], None if buf.probs is None else buf.probs[at])
             if hasattr(self.backend, "run_decoded") and not probabilities:
@@ -202,10 +190,13 @@ class Segmenter:
                 t["network"] += time.perf_counter() - start
                 start = time.perf_counter()
                 self.decode(logits[:, :, lr, lc], 1, probabilities, out=part)
-            t["postprocess"] += time.perf_counter() - start
-            start = time.perf_counter()
-        if todo.stop > todo.start:
-            flush(todo.stop)
+            if j - first == staged or j == todo.stop:  # staging full: out to the outputs
+                _copy_blocked(dst[0][first:j], buf.labels[:j - first])
+                for c in range(shape[1]):
+                    _copy_blocked(dst[1][first:j, ..., c], buf.masks[:j - first, c])
+                    if probabilities:
+                        _copy_blocked(dst[2][first:j, ..., c], buf.probs[:j - first, c])
+                first = j
             t["postprocess"] += time.perf_counter() - start
             start = time.perf_counter()
         t["preprocess"] += time.perf_counter() - start
@@ -301,6 +292,17 @@ class Segmenter:
             np.copyto(best, logits[c], where=higher)
             np.copyto(index, c, where=higher)
         return index
+
+
+def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
+    """``dst[...] = src`` for (slices, rows, cols) views. numpy walks ``dst`` in its memory order;
+    along the sagittal axis of a NIfTI-ordered output that order jumps through ``src`` a whole
+    slice at a time, so the in-plane axis ``dst`` walks first is cut into blocks whose ``src``
+    lines stay in cache."""
+    axis = 1 if abs(dst.strides[1]) <= abs(dst.strides[2]) else 2
+    for start in range(0, dst.shape[axis], block):
+        part = (slice(None),) * axis + (slice(start, start + block),)
+        dst[part] = src[part]
 
 
 def _overlap(plane: slice, window) -> tuple[slice, slice]:

@@ -40,9 +40,11 @@ def check_precision(precision: str) -> str:
     return precision
 
 
-def choose(supported: list[str], records: dict[str, ParityRecord], requested: str, unit: str) -> tuple[str, str]:
+def choose(supported: list[str], records: dict[str, ParityRecord], requested: str, unit: str,
+           slow: dict[str, str] | None = None) -> tuple[str, str]:
     """(precision to run, why) among ``supported`` (what this hardware runs, "fp32" always
-    included) for ``requested``; ``unit`` names the hardware in messages. Raises
+    included) for ``requested``; ``unit`` names the hardware in messages. ``slow`` maps a
+    supported precision that runs no faster than FP32 here to the reason: ``auto`` skips it. Raises
     :class:`ValueError` for an explicit precision the hardware lacks (callers turn it into
     ``BackendUnavailable``)."""
     if requested != "auto":
@@ -50,9 +52,12 @@ def choose(supported: list[str], records: dict[str, ParityRecord], requested: st
             raise ValueError(f"{unit} cannot run {requested} (it runs {', '.join(supported)})"
                              + (f"; {HARDWARE[requested]}" if requested in HARDWARE else ""))
         return requested, "requested"
-    notes = []
+    notes, slow = [], slow or {}
     for p in REDUCED:
         if p not in supported:
+            continue
+        if p in slow:
+            notes.append(f"{p} not used: {slow[p]}")
             continue
         record = records.get(p)
         if record is None:

@@ -73,10 +73,26 @@ def test_auto_uses_reduced_precision_only_where_units_and_parity_allow():
     precision, why = choose(["fp32", "bf16", "fp16"], {"bf16": bad, "fp16": good}, "auto", "cpu")
     assert precision == "fp16"
     assert choose(["fp32"], {"bf16": good}, "auto", "this CPU") == ("fp32", "this CPU has no BF16/FP16 units")
+    # a precision the hardware runs, but no faster than FP32, is left to an explicit request
+    slow = {"fp16": "no AMX-FP16"}
+    assert choose(["fp32", "fp16"], {"fp16": good}, "auto", "cpu", slow) == ("fp32", "fp16 not used: no AMX-FP16")
+    assert choose(["fp32", "bf16", "fp16"], {"bf16": good, "fp16": good}, "auto", "cpu", slow)[0] == "bf16"
+    assert choose(["fp32", "fp16"], {"fp16": good}, "fp16", "cpu", slow)[0] == "fp16"
     # an explicit precision runs, parity or not, where the hardware has it; else a reason
     assert choose(["fp32", "bf16"], {"bf16": bad}, "bf16", "cpu")[0] == "bf16"
     with pytest.raises(ValueError, match="cannot run bf16.*AMX"):
         choose(["fp32"], {}, "bf16", "this CPU")
+
+
+def test_fp16_is_left_out_of_auto_where_the_cpu_lacks_fp16_matrix_units(monkeypatch):
+    monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: ["avx512f", "avx512_fp16", "amx_bf16"])
+    assert set(openvino_backend.slow_precisions()) == {"fp16"}
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: ["avx512_fp16", "amx_bf16", "amx_fp16"])
+    assert openvino_backend.slow_precisions() == {}
+    monkeypatch.setattr(openvino_backend.platform, "machine", lambda: "aarch64")
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: [])
+    assert openvino_backend.slow_precisions() == {}
 
 
 def test_explicit_precisions_are_refused_never_downgraded(trained, monkeypatch):
@@ -198,11 +214,11 @@ def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, tiny_da
     from neoseg.benchmarks import parity
 
     sessions = find_sessions(tiny_dataset)
-    result = parity.run(trained[0].with_name("toy.pt"), sessions[4:6], data=tiny_dataset, log=lambda *_: None)
+    result = parity.run(trained[0].with_name("toy.pt"), sessions[4:6], verify_on=sessions[:2], log=lambda *_: None)
     worst = {path: min(d.values()) for path, d in result["dice_vs_torch_fp32_worst"].items()}
     default = next(p for p in worst if p.startswith("neoseg-infer default"))
     assert worst["ort-cpu fp32"] >= 0.999 and worst["ov-cpu fp32"] >= 0.999
-    records = result["parity_records"]  # as neoseg-export --data stores them: on its first 2 scans
+    records = result["parity_records"]  # as neoseg-export --data stores them: measured on its first 2 scans
     from neoseg.export.onnx_export import verification_slices, verification_volumes
     from neoseg.export.reduced import reduced_parity
 

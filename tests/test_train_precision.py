@@ -37,7 +37,8 @@ def test_old_configs_load_as_fp32_and_unknown_precisions_are_refused():
     raw = json.loads(TrainConfig(precision="bf16").to_json())
     del raw["precision"]
     assert TrainConfig.from_json(json.dumps(raw)).precision == "fp32"
-    assert TrainConfig().precision == "fp32"
+    assert TrainConfig().precision == "fp32" and TrainConfig.profile("paper").precision == "fp32"
+    assert TrainConfig.profile("cpu").precision == "auto"  # the default neoseg-train: BF16 where the CPU has it
     with pytest.raises(ValueError, match="unknown training precision 'int8'"):
         TrainConfig(precision="int8")
 

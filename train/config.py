@@ -90,14 +90,16 @@ class TrainConfig:
     @classmethod
     def profile(cls, name: str, **overrides) -> "TrainConfig":
         """``cpu``: minutes on 2 cores: the 64^3 cohort, 64^2 slices, a half-width U-Net
-        (8-16-32-64-128), up to 40 epochs, output biases at the labels' prior odds, and training
-        stopped after 7.5 minutes at the latest so that the whole run stays within 10.
+        (8-16-32-64-128), up to 40 epochs, output biases at the labels' prior odds, training
+        stopped after 7.5 minutes at the latest so that the whole run stays within 10, and the
+        forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
+        epochs fit; README "Mixed precision").
         ``paper``: docs/method.md section 6 (256^3 cohort at 0.5 mm, 256^2 slices, the U-Net of widths
         16-32-64-128-256, up to 200 epochs, early stopping with patience 30)."""
         if name not in PROFILES:
             raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
         if name == "cpu":
-            base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True)
+            base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True, precision="auto")
         else:
             base = cls(cohort_subjects=100, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32)
         return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
