@@ -7,7 +7,8 @@ to OUT/gpu-check.{json,md} after every step (a timeout still leaves what was mea
 Steps: synthetic 256^3 cohort (or --data) -> the default U-Net trained for --train-seconds on
 the first scan (or --checkpoint) -> parity on the other scans (torch FP32, ONNX Runtime FP32,
 torch FP16) -> network-only throughput (eager FP32 / FP16 / BN-folded / CUDA graph / optional
-torch.compile modes, ONNX Runtime CPU) -> end-to-end seconds per scan. Optional steps are skipped
+torch.compile modes, ONNX Runtime CPU) -> end-to-end seconds per scan -> training steps in FP32,
+BF16 and FP16 (OUT/train_precision.md). Optional steps are skipped
 when the budget would not allow them; each skip is recorded.
 """
 
@@ -18,7 +19,7 @@ import time
 import traceback
 from pathlib import Path
 
-from . import parity, throughput
+from . import parity, throughput, train_precision
 from .common import cohort, machine, write_results
 
 COMPILE_COST_S = 90  # rough warm-up of one torch.compile mode of the default U-Net
@@ -78,6 +79,10 @@ def main(argv=None) -> None:
                                compile=",".join(modes), repeats=5 if device == "cuda" else 1, skip_network=False,
                                out=args.out)
     result["throughput"] = step("throughput", lambda: throughput.run(targs))
+    if elapsed() + 60 < args.budget:  # FP32 against BF16/FP16 training steps (train_precision.md beside)
+        step("train precision", lambda: train_precision.main(["--device", device, "--out", str(args.out)]))
+    else:
+        result["skipped"].append("train precision: budget")
     save()
     print((args.out / "gpu-check.md").read_text())
 

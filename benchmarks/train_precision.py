@@ -44,7 +44,7 @@ def time_step(widths: list[int], image: torch.Tensor, target: torch.Tensor, prec
     from neoseg.core.hierarchy import builtin
     from neoseg.train.losses import make_loss
     from neoseg.train.models import create_model
-    from neoseg.train.precision import autocast, grad_scaler
+    from neoseg.train.precision import autocast, grad_scaler, optimizer_step
 
     hierarchy = builtin()
     torch.manual_seed(0)
@@ -56,15 +56,7 @@ def time_step(widths: list[int], image: torch.Tensor, target: torch.Tensor, prec
     def step():
         with autocast(precision, device):
             logits = model(image)
-        loss = loss_fn(logits.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
+        optimizer_step(loss_fn(logits.float(), target), optimizer, scaler)
 
     sync = torch.cuda.synchronize if device.type == "cuda" else None
     return median_seconds(step, repeats, warmup, sync)

@@ -42,7 +42,7 @@ from .evaluate import evaluate_sessions, report, write_rows
 from .heads import ChannelLogits, check_exclusive_leaves, output_channels
 from .losses import make_loss
 from .models import create_model, input_divisor
-from .precision import autocast, grad_scaler, resolve_precision
+from .precision import autocast, grad_scaler, optimizer_step, resolve_precision
 from .selftrain import EmaTeacher, complete_targets
 from .volumes import VolumeCache, load_session
 
@@ -258,14 +258,7 @@ def run_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, de
                 if ranks.world > 1:  # DDP averages gradients over ranks: weight each share by its size
                     n_global = ranks.sum(torch.tensor([float(len(image))])).item()
                     step_loss = loss * (ranks.world * len(image) / n_global)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is None:
-                    step_loss.backward()
-                    optimizer.step()
-                else:
-                    scaler.scale(step_loss).backward()
-                    scaler.step(optimizer)  # skipped when a gradient overflowed; the scale then shrinks
-                    scaler.update()
+                optimizer_step(step_loss, optimizer, scaler)
                 if after_step is not None:
                     after_step()
             total += loss.item() * len(image)

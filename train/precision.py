@@ -77,3 +77,16 @@ def autocast(precision: str, device: torch.device):
 def grad_scaler(precision: str, device: torch.device) -> torch.amp.GradScaler | None:
     """fp16 only: the loss scaler that keeps small FP16 gradients from underflowing."""
     return torch.amp.GradScaler(torch.device(device).type) if precision == "fp16" else None
+
+
+def optimizer_step(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """Gradients of ``loss`` and one optimizer step; with an fp16 ``scaler`` through it (a step
+    whose gradients overflowed is skipped, and the scale shrinks)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
