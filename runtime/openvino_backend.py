@@ -15,7 +15,7 @@ import numpy as np
 
 from .backends import Backend, BackendUnavailable, physical_cores
 from .model import ModelInfo
-from .precision import choose
+from .precision import choose, cpu_flags
 
 HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
@@ -36,14 +36,6 @@ def slow_precisions() -> dict[str, str]:
         return {}
     return {"fp16": "this CPU has no AMX-FP16 units, so FP16 is no faster than FP32 here (ask for it with "
                     "--precision fp16)"}
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's feature flags as Linux lists them; empty elsewhere."""
-    try:
-        return Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return []
 
 
 class OpenVinoBackend(Backend):

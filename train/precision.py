@@ -12,11 +12,10 @@ requested precision the device cannot run is refused with the reason; nothing fa
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import torch
 
-from neoseg.runtime.precision import HARDWARE
+from neoseg.runtime.precision import HARDWARE, cpu_flags
 
 from .config import PRECISIONS
 
@@ -30,10 +29,7 @@ def cpu_has_bf16() -> bool:
     checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if all(callable(check) for check in checks):
         return any(check() for check in checks)
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False
+    flags = cpu_flags()
     return any(flag in flags for flag in CPUINFO_BF16)
 
 
