@@ -1,8 +1,14 @@
 """Reader for dHCP-layout derivative trees (the real release and the built-in synthetic cohort):
 
     ROOT/sub-<id>/ses-<sid>/anat/sub-<id>_ses-<sid>_desc-restore_T2w.nii.gz
-    ROOT/sub-<id>/ses-<sid>/anat/sub-<id>_ses-<sid>_desc-drawem9_dseg.nii.gz
+    ROOT/sub-<id>/ses-<sid>/anat/sub-<id>_ses-<sid>_desc-drawem9_dseg.nii.gz   (full or partial)
+    ROOT/sub-<id>/ses-<sid>/anat/sub-<id>_ses-<sid>_desc-<structure>_mask.nii.gz  (optional)
     ROOT/sub-<id>/sub-<id>_sessions.tsv      (session_id, scan_age in weeks PMA; optional)
+
+A label map is *partial* where its voxels hold a parent's own value (TCV, 10 in drawem9): the
+children are unknown there. A session without a label map may be annotated by masks instead,
+``desc-tcv_mask`` (a parent's outline) or ``desc-brain_mask`` (the brain); masks are read only
+for sessions without a label map (see :mod:`neoseg.core.partial`).
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from pathlib import Path
 
 T2_SUFFIX = "_desc-restore_T2w.nii.gz"
 LABEL_SUFFIX = "_desc-drawem9_dseg.nii.gz"
+MASK_SUFFIX = "_mask.nii.gz"  # with a desc-<structure> entity before it
 AGE_COLUMNS = ("scan_age", "age_at_scan")
 
 
@@ -24,6 +31,13 @@ class Session:
     t2: Path
     labels: Path | None
     scan_age: float  # weeks PMA; NaN when unknown
+    masks: tuple[tuple[str, Path], ...] = ()  # (structure, file) of desc-<structure>_mask files, used
+    # only when ``labels`` is None
+
+    @property
+    def sources(self) -> list[Path]:
+        """The annotation files training reads: the label map, else the masks."""
+        return [self.labels] if self.labels is not None else [p for _, p in self.masks]
 
     @property
     def key(self) -> str:
@@ -52,8 +66,19 @@ def _read_ages(subject_dir: Path) -> dict[str, float]:
     return ages
 
 
-def find_sessions(root: str | Path, require_labels: bool = True) -> list[Session]:
-    """All sessions under ``root`` with a T2 (and, by default, a drawem9 label map), sorted."""
+def find_masks(t2: Path, stem: str) -> tuple[tuple[str, Path], ...]:
+    """The ``<stem>_desc-<structure>_mask.nii.gz`` files beside ``t2``, by structure name."""
+    found = []
+    for path in sorted(t2.parent.glob(f"{stem}_desc-*{MASK_SUFFIX}")):
+        desc = path.name[len(stem) + len("_desc-"): -len(MASK_SUFFIX)]
+        if desc and "_" not in desc:
+            found.append((desc, path))
+    return tuple(found)
+
+
+def find_sessions(root: str | Path, require_labels: bool = True, mask_names: list[str] | None = None) -> list[Session]:
+    """All sessions under ``root`` with a T2 and, by default, an annotation: a drawem9 label map,
+    or (given ``mask_names``, the structures a mask may name) at least one such mask. Sorted."""
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"dataset folder {root} does not exist; pass the root of a dHCP-layout tree "
@@ -65,13 +90,16 @@ def find_sessions(root: str | Path, require_labels: bool = True) -> list[Session
         subject = subject_dir.name.removeprefix("sub-")
         session = t2.parents[1].name.removeprefix("ses-")
         labels = t2.with_name(stem + LABEL_SUFFIX)
+        masks = ()
         if not labels.is_file():
-            if require_labels:
-                continue
             labels = None
+            masks = tuple(m for m in find_masks(t2, stem) if m[0] in (mask_names or ()))
+            if require_labels and not masks:
+                continue
         age = _read_ages(subject_dir).get(session, math.nan)
-        sessions.append(Session(subject, session, t2, labels, age))
+        sessions.append(Session(subject, session, t2, labels, age, masks))
     if not sessions:
-        raise ValueError(f"no sessions with *{T2_SUFFIX}" + (f" and *{LABEL_SUFFIX}" if require_labels else "")
+        wanted = f" and *{LABEL_SUFFIX}" + (f" or a desc-<{'|'.join(mask_names)}>{MASK_SUFFIX}" if mask_names else "")
+        raise ValueError(f"no sessions with *{T2_SUFFIX}" + (wanted if require_labels else "")
                          + f" found under {root}; expected sub-*/ses-*/anat/ (dHCP derivative layout)")
     return sessions

@@ -46,3 +46,27 @@ def make_split(sessions: list[Session], full_fraction: float, seed: int = 0, dra
     train, val, test = split_subjects([s.subject for s in sessions], fractions, seed)
     pick = lambda names: tuple(s for s in sessions if s.subject in set(names))  # noqa: E731
     return Split(pick(train), pick(val), pick(test), choose_fully_labelled(train, full_fraction, draw))
+
+
+def split_by_annotation(sessions: list[Session], partial: dict[str, bool], seed: int = 0,
+                        fractions=(0.8, 0.1, 0.1)) -> Split:
+    """The split of a dataset that holds really partial sessions (``partial``: by session key).
+    Subjects with every session fully labelled and the others are split apart, each by
+    ``fractions``, so that the training side keeps fully labelled subjects: with fewer than three
+    of them they all train (validation and test then score only what partial sessions know).
+    ``fully_labelled`` holds the fully labelled training subjects."""
+    subjects = sorted({s.subject for s in sessions})
+    full = [x for x in subjects if not any(partial[s.key] for s in sessions if s.subject == x)]
+    if not full:
+        raise ValueError("the dataset has no fully labelled session (a drawem9 label map without any parent's "
+                         "own value, e.g. TCV = 10); the children cannot be learned: fully label at least one session")
+    sides = [[], [], []]
+    for group in (full, [x for x in subjects if x not in full]):
+        parts = split_subjects(group, fractions, seed) if len(group) >= 3 else (group, [], [])
+        for side, names in zip(sides, parts):
+            side += names
+    if not sides[1] or not sides[2]:
+        raise ValueError(f"{len(subjects)} subjects are too few for a train/validation/test split with "
+                         f"{len(full)} fully labelled; add subjects (at least 3 partially or 3 fully labelled)")
+    pick = lambda names: tuple(s for s in sessions if s.subject in set(names))  # noqa: E731
+    return Split(pick(sides[0]), pick(sides[1]), pick(sides[2]), frozenset(x for x in full if x in sides[0]))

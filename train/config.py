@@ -31,6 +31,9 @@ class TrainConfig:
     draw: int = 0  # which random draw of fully labelled subjects
     axis: int = 0  # slice axis of the canonical (RAS+) volume; 0 = sagittal, as the prototype
     slice_size: int = 64  # slices are cropped/padded to slice_size^2 around the head
+    spacing: list[float] | None = None  # voxel size (mm, canonical x, y, z) every scan is resampled to
+    # before slicing; the model stores it and neoseg-infer resamples to it. None (runs made before
+    # resampling existed): each scan's own, the model storing the median
     # model
     model: str = "unet"
     widths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
@@ -67,6 +70,15 @@ class TrainConfig:
 
     def __post_init__(self):
         check_thresholds(self.thresholds, what="config thresholds")
+        if self.spacing is not None:
+            if isinstance(self.spacing, (int, float)):
+                self.spacing = [float(self.spacing)] * 3
+            self.spacing = [float(z) for z in self.spacing]
+            if len(self.spacing) == 1:
+                self.spacing = self.spacing * 3
+            if len(self.spacing) != 3 or not all(0 < z <= 10 for z in self.spacing):
+                raise ValueError(f"--spacing must be one voxel size or three (x,y,z), each in (0, 10] mm; got "
+                                 f"{self.spacing}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown training precision '{self.precision}'; available: {', '.join(PRECISIONS)}")
         if self.augment not in AUGMENT_POLICIES:
@@ -94,14 +106,16 @@ class TrainConfig:
         stopped after 7.5 minutes at the latest so that the whole run stays within 10, and the
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
         epochs fit; README "Mixed precision").
-        ``paper``: docs/method.md section 6 (256^3 cohort at 0.5 mm, 256^2 slices, the U-Net of widths
+        ``paper``: docs/method.md section 6 (256^3 cohort at 0.5 mm, 256^2 slices at 0.5 mm, the U-Net of widths
         16-32-64-128-256, up to 200 epochs, early stopping with patience 30)."""
         if name not in PROFILES:
             raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
         if name == "cpu":
-            base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True, precision="auto")
+            base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True, precision="auto",
+                       spacing=[2.0, 2.0, 2.0])
         else:
-            base = cls(cohort_subjects=100, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32)
+            base = cls(cohort_subjects=100, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32,
+                       spacing=[0.5, 0.5, 0.5])
         return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def model_kwargs(self) -> dict:
@@ -120,6 +134,7 @@ class TrainConfig:
         raw.setdefault("augment", "none")  # runs written before augmentation existed trained without it
         raw.setdefault("cohort_anatomy", "v1")  # written before anatomy v2: trained on the first cohort
         raw.setdefault("precision", "fp32")  # written before mixed precision: trained in FP32
+        raw.setdefault("spacing", None)  # written before resampling: each scan at its own spacing
         return cls(**raw)
 
     def digest(self) -> str:
