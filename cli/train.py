@@ -97,7 +97,10 @@ def train(
     patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (epochs).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch.")] = None,
-    slice_size: Annotated[Optional[int], typer.Option(help="Slices are cropped/padded to this size.")] = None,
+    slice_size: Annotated[Optional[int], typer.Option(help="Slices are cropped/padded to this size (pixels).")] = None,
+    spacing: Annotated[Optional[str], typer.Option(help="Voxel size every scan is resampled to before slicing, "
+                                                   "one value or x,y,z in mm (cpu profile 2, paper 0.5); the "
+                                                   "model stores it and neoseg-infer uses it.")] = None,
     axis: Annotated[Optional[int], typer.Option(min=0, max=2, help="Slice axis in RAS+ (0 sagittal).")] = None,
     subjects: Annotated[Optional[int], typer.Option(help="Built-in cohort: number of subjects.")] = None,
     grid: Annotated[Optional[int], typer.Option(help="Built-in cohort: voxels per side over 128 mm.")] = None,
@@ -128,8 +131,8 @@ def train(
         from neoseg.train.config import TrainConfig
         from neoseg.train.loop import train as run
 
-        config = TrainConfig.profile(
-            profile.value, data=str(data) if data else None, hierarchy=hierarchy, model=model.value if model else None,
+        overrides = dict(
+            data=str(data) if data else None, hierarchy=hierarchy, model=model.value if model else None,
             widths=parse_ints(widths, "--widths"), loss=loss.value if loss else None,
             reduction=reduction.value if reduction else None, dice_weight=dice_weight, self_training=self_training,
             self_train_after=self_train_after, confidence=confidence, select=select.value if select else None,
@@ -139,9 +142,12 @@ def train(
             cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
             augment=augment.value if augment else None, precision=precision.value if precision else None,
             seed=seed, device=device,
-            thresholds=parse_floats(thresholds, "--thresholds"))
+            thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
+        config = TrainConfig.profile(profile.value, **overrides)
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid
+        if resume:
+            check_resume_options(out, config, [k for k, v in overrides.items() if v is not None])
         result = run(config, out, resume=resume, progress=not quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
@@ -149,6 +155,22 @@ def train(
     typer.echo(result.table)
     typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, "
                f"evaluation.csv, evaluation.md")
+
+
+def check_resume_options(out: Path, config, given: list[str]) -> None:
+    """--resume continues the stored run as it was configured: refuse options that differ from it."""
+    from neoseg.train.config import TrainConfig
+
+    stored_path = out / "config.json"
+    if not stored_path.is_file():
+        return
+    stored = TrainConfig.from_json(stored_path.read_text())
+    differ = [k for k in given if getattr(stored, k) != getattr(config, k)]
+    if differ:
+        listed = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (the run has {getattr(stored, k)})"
+                           for k in differ)
+        raise ValueError(f"--resume continues {out} with its stored settings, but these options differ: {listed}; "
+                         f"drop them, or start a new run with another --out")
 
 
 def main() -> None:
