@@ -271,7 +271,8 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     """Train (or resume) one run into ``OUT/runs/<name>``; returns what ``done.json`` records."""
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.splits import make_split
-    from neoseg.train.baselines import semi_supervised_config, write_pseudo_labels
+    from neoseg.train.baselines import write_pseudo_labels
+    from neoseg.train.recipes import semi_supervised_config
     from neoseg.train.loop import train
 
     began = time.monotonic()
@@ -543,7 +544,7 @@ def main(
             chosen = dataclasses.replace(chosen, draws=draws)
         if grid is not None:
             chosen = dataclasses.replace(chosen, grid=grid.value)
-        from neoseg.train.loop import resolve_device
+        from neoseg.train.ranks import resolve_device
 
         meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet,
                        start_runs=not report_only)
