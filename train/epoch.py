@@ -67,7 +67,8 @@ def run_epoch(ctx: EpochContext, loader, desc: str = "", train: bool = False, co
     ctx.model.train(train)
     total, count, inter, size = 0.0, 0, 0, 0
     with torch.set_grad_enabled(train):
-        bar = tqdm(loader, desc=desc, disable=None if ctx.progress else True, leave=False, unit="batch")  # None: off when stderr is no terminal
+        # disable=None: no bar when stderr is no terminal (a log file gets the epoch's log line only)
+        bar = tqdm(loader, desc=desc, disable=None if ctx.progress else True, leave=False, unit="batch")
         for image, target, _ in bar:
             image, target = image.to(ctx.device, non_blocking=True), target.to(ctx.device, non_blocking=True)
             if train and ctx.augment is not None:

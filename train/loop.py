@@ -220,7 +220,8 @@ def _assemble(out: Path, config: TrainConfig, hierarchy: hier.Hierarchy, spacing
     """The loaders, the DDP wrapper, the loss, the optimizer and the teacher of a run."""
     shuffle = torch.Generator().manual_seed(config.seed)
     augment = make_augment(config.augment, hierarchy, config.seed + AUGMENT_SEED_OFFSET, device)
-    batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world, config.steps_per_epoch)
+    batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world,
+                             config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
     val_loader = DataLoader(torch.utils.data.Subset(val_set, range(ranks.rank, len(val_set), ranks.world)),
                             batch_size=config.batch_size * 2)
