@@ -291,3 +291,11 @@ def generate_cohort(root: Path, spec: CohortSpec = CohortSpec(), overwrite: bool
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def cohort_sessions(spec: CohortSpec = CohortSpec(), progress: bool = False) -> list:
+    """The sessions (:class:`~neoseg.data.dhcp.Session`) of the built-in cohort ``spec``, generated
+    into its default folder the first time, then reused."""
+    from .dhcp import find_sessions
+
+    return find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress))

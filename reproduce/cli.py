@@ -54,7 +54,7 @@ def reproduce(
             chosen = dataclasses.replace(chosen, draws=draws)
         if grid is not None:
             chosen = dataclasses.replace(chosen, grid=grid.value)
-        from neoseg.train.loop import resolve_device
+        from neoseg.train.ranks import resolve_device
 
         from .experiment import run_all
 

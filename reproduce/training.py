@@ -44,7 +44,8 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     """Train (or resume) one run into ``OUT/runs/<name>``; returns what ``done.json`` records."""
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.splits import make_split
-    from neoseg.train.baselines import semi_supervised_config, write_pseudo_labels
+    from neoseg.train.baselines import write_pseudo_labels
+    from neoseg.train.recipes import semi_supervised_config
     from neoseg.train.loop import train
 
     began = time.monotonic()

@@ -22,7 +22,9 @@ from neoseg.data.splits import make_split
 from neoseg.train import checkpoint
 from neoseg.train.baselines import correct_with_parent, write_pseudo_labels
 from neoseg.train.config import TrainConfig
-from neoseg.train.loop import ShardedBatches, pseudo_label_path, train
+from neoseg.train.loop import train
+from neoseg.train.recipes import pseudo_label_path
+from neoseg.train.sampling import ShardedBatches
 
 H = builtin()
 CGM, WM, DGM, TCV = (H.index(n) for n in ("cgm", "wm", "dgm", "tcv"))
@@ -82,7 +84,7 @@ def test_missing_pseudo_labels_and_mismatched_init_are_clear_errors(tiny_dataset
 # ------------------------------------------------------------------------------ prior bias
 def test_prior_bias_estimates_hidden_children_through_their_parent():
     from neoseg.train.dataset import SliceDataset
-    from neoseg.train.loop import set_prior_bias
+    from neoseg.train.init import set_prior_bias
     from neoseg.train.models import create_model
     from neoseg.train.volumes import SliceStack
 
