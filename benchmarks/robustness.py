@@ -184,7 +184,7 @@ def checkpoint_test_sessions(checkpoint: Path, config) -> list:
     """The checkpoint's test sessions: its run's split.json where it lies beside it, else the
     split that training makes from the config."""
     from neoseg.data.splits import make_split
-    from neoseg.train.loop import dataset_sessions
+    from neoseg.train.config import dataset_sessions
 
     sessions = dataset_sessions(config, progress=False)
     split_file = checkpoint.parent / "split.json"
@@ -205,7 +205,7 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
     from neoseg.data.synth import default_cohort_dir, generate_cohort
     from neoseg.train import checkpoint as ckpt
     from neoseg.train.evaluate import evaluate_scan
-    from neoseg.train.loop import resolve_device
+    from neoseg.train.ranks import resolve_device
 
     loaded = ckpt.load(checkpoint)
     config = loaded.config

@@ -1,7 +1,7 @@
 """Training step time in FP32 and in mixed precision, in one process:
 ``python -m neoseg.benchmarks.train_precision [--out DIR]``.
 
-A step is what ``neoseg-train`` does per batch (train/loop.py): the forward pass under the
+A step is what ``neoseg-train`` does per batch (train/epoch.py): the forward pass under the
 precision's autocast, the IUC loss in FP32, backward and Adam (with the gradient scaler for fp16);
 the median of ``--repeats`` steps after ``--warmup``. Two cases: the cpu profile's U-Net (widths
 8..128) on 16 slices of 64², and the default U-Net (16..256) on 8 slices of 256², both cut from

@@ -30,6 +30,16 @@ def user_errors(prog: str) -> Iterator[None]:
         raise typer.Exit(130) from None
 
 
+@contextmanager
+def as_user_error(*kinds: type[Exception]) -> Iterator[None]:
+    """Treat errors of these kinds as the user's to act on (a missing backend, a mismatched engine):
+    they are re-raised as ``ValueError``, which :func:`user_errors` reports in one line."""
+    try:
+        yield
+    except kinds as e:
+        raise ValueError(str(e)) from None
+
+
 def _parse_list(text: str, what: str, kind: type, example: str) -> list:
     try:
         values = [kind(v) for v in text.split(",") if v.strip()]

@@ -40,7 +40,8 @@ def evaluate(
         from neoseg.runtime.model import parse_thresholds
         from neoseg.train import checkpoint as ckpt
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
-        from neoseg.train.loop import dataset_sessions, resolve_device
+        from neoseg.train.config import dataset_sessions
+        from neoseg.train.ranks import resolve_device
 
         loaded = ckpt.load(checkpoint)
         config = loaded.config

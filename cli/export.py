@@ -8,8 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import user_errors
-from .infer import _as_user_error
+from .common import as_user_error, user_errors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
 
@@ -34,7 +33,7 @@ def export(
     from neoseg.export.trt_engine import EngineBuildError
     from neoseg.runtime.backends import BackendUnavailable
 
-    with user_errors("neoseg-export"), _as_user_error(BackendUnavailable, ParityError, EngineBuildError):
+    with user_errors("neoseg-export"), as_user_error(BackendUnavailable, ParityError, EngineBuildError):
         if output.suffix != ".onnx":
             raise ValueError(f"-o {output}: the ONNX model's name must end in .onnx")
         engine = engine or output.with_suffix(".engine")

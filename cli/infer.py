@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from enum import Enum
@@ -14,7 +13,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import USER_ERRORS, user_errors
+from .common import USER_ERRORS, as_user_error, user_errors
 from .progress import Progress
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
@@ -80,7 +79,7 @@ def infer(
     from neoseg.runtime.engine import EngineMismatchError
     from neoseg.runtime.pipeline import Segmenter
 
-    with user_errors("neoseg-infer"), _as_user_error(BackendUnavailable, EngineMismatchError):
+    with user_errors("neoseg-infer"), as_user_error(BackendUnavailable, EngineMismatchError):
         summary = Summary(json_summary, overwrite)
         root = _dataset_root(inputs)
         if root is None and (participant_label or session_label):
@@ -312,15 +311,6 @@ def _version() -> str:
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-@contextmanager
-def _as_user_error(*kinds):
-    """Errors of these kinds are the user's to act on (missing backend, mismatched engine)."""
-    try:
-        yield
-    except kinds as e:
-        raise ValueError(str(e)) from None
 
 
 def main() -> None:

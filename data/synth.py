@@ -2,7 +2,7 @@
 
 Subjects are preterm (28-36 weeks PMA) or term (37-44 weeks) or both (a preterm session and a later
 term session of the same, grown brain), as in the paper's dHCP cohort. Everything is decided by
-:class:`CohortSpec`; the same spec gives byte-identical files. Anatomy: :mod:`.synth_anatomy`,
+:class:`CohortSpec`; the same spec gives byte-identical files. Anatomy: :mod:`.anatomy`,
 contrast: :mod:`.synth_contrast`. Layout written::
 
     ROOT/dataset_description.json, ROOT/participants.tsv
@@ -24,7 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .synth_anatomy import ANATOMIES, LABEL_OF_TISSUE, Anatomy, Brain, Pose, seal_nuclei
+from .anatomy.brain import Brain
+from .anatomy.deep import seal_nuclei
+from .anatomy.subject import ANATOMIES, Anatomy, Pose
+from .anatomy.tissues import LABEL_OF_TISSUE
 from .synth_contrast import render_t2
 
 # The generator version of each anatomy: bump when its anatomy or contrast changes, so cached cohorts
@@ -288,3 +291,11 @@ def generate_cohort(root: Path, spec: CohortSpec = CohortSpec(), overwrite: bool
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return root
+
+
+def cohort_sessions(spec: CohortSpec = CohortSpec(), progress: bool = False) -> list:
+    """The sessions (:class:`~neoseg.data.dhcp.Session`) of the built-in cohort ``spec``, generated
+    into its default folder the first time, then reused."""
+    from .dhcp import find_sessions
+
+    return find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress))

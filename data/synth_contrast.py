@@ -12,55 +12,56 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from . import synth_anatomy as sa
+from .anatomy import tissues
+from .anatomy.subject import Growth
 from .synth_fields import F32, smooth_1d
 
 
 def tissue_intensities(age: float, rng: np.random.Generator, anatomy: str = "v2",
                        jitter: float = 0.03) -> np.ndarray:
-    """Mean T2 of each tissue class (index = ``synth_anatomy`` tissue id) at ``age``, jittered per
+    """Mean T2 of each tissue class (index = ``anatomy.tissues`` tissue id) at ``age``, jittered per
     session by a log-normal factor of spread ``jitter`` (v1: always 0.03)."""
     if anatomy == "v1":
         return _intensities_v1(age, rng)
-    g = sa.Growth(age)
+    g = Growth(age)
     m, my = float(np.clip(g.maturity, 0, 1.3)), g.myelination
-    values = np.zeros(sa.N_TISSUES)
-    values[sa.T_CSF], values[sa.T_VENT] = 1.0, 0.97
-    values[sa.T_WM] = 0.75 - 0.10 * m
-    values[sa.T_CGM] = 0.52 - 0.13 * m
-    values[sa.T_THAL] = 0.48 - 0.12 * m - 0.05 * my  # ventrolateral thalamus myelinates near term
-    values[sa.T_BASAL_GANGLIA] = 0.52 - 0.11 * m  # caudate and putamen: close to cortex
-    values[sa.T_PALLIDUM] = values[sa.T_BASAL_GANGLIA] - 0.04 - 0.08 * my
-    values[sa.T_HIPPO] = 0.56 - 0.12 * m
-    values[sa.T_CB] = 0.56 - 0.10 * m  # cerebellar cortex
-    values[sa.T_CB_CORE] = values[sa.T_CB] - 0.05 - 0.14 * my  # cerebellar white matter
-    values[sa.T_BS] = 0.50 - 0.06 * m - 0.12 * my
-    values[sa.T_PLIC] = values[sa.T_WM] - 0.08 - 0.25 * my
-    values[sa.T_BG], values[sa.T_SKULL], values[sa.T_SCALP] = 0.30, 0.06, 0.50
-    factor = np.exp(rng.normal(0.0, jitter, sa.N_TISSUES)) if jitter > 0 else np.ones(sa.N_TISSUES)
-    factor[sa.T_CSF] = factor[sa.T_VENT] = 1.0
+    values = np.zeros(tissues.N_TISSUES)
+    values[tissues.T_CSF], values[tissues.T_VENT] = 1.0, 0.97
+    values[tissues.T_WM] = 0.75 - 0.10 * m
+    values[tissues.T_CGM] = 0.52 - 0.13 * m
+    values[tissues.T_THAL] = 0.48 - 0.12 * m - 0.05 * my  # ventrolateral thalamus myelinates near term
+    values[tissues.T_BASAL_GANGLIA] = 0.52 - 0.11 * m  # caudate and putamen: close to cortex
+    values[tissues.T_PALLIDUM] = values[tissues.T_BASAL_GANGLIA] - 0.04 - 0.08 * my
+    values[tissues.T_HIPPO] = 0.56 - 0.12 * m
+    values[tissues.T_CB] = 0.56 - 0.10 * m  # cerebellar cortex
+    values[tissues.T_CB_CORE] = values[tissues.T_CB] - 0.05 - 0.14 * my  # cerebellar white matter
+    values[tissues.T_BS] = 0.50 - 0.06 * m - 0.12 * my
+    values[tissues.T_PLIC] = values[tissues.T_WM] - 0.08 - 0.25 * my
+    values[tissues.T_BG], values[tissues.T_SKULL], values[tissues.T_SCALP] = 0.30, 0.06, 0.50
+    factor = np.exp(rng.normal(0.0, jitter, tissues.N_TISSUES)) if jitter > 0 else np.ones(tissues.N_TISSUES)
+    factor[tissues.T_CSF] = factor[tissues.T_VENT] = 1.0
     return (values * factor).astype(F32)
 
 
 def _intensities_v1(age: float, rng: np.random.Generator) -> np.ndarray:
     """The first generator's intensities (frozen: the v1 cohort must not change)."""
-    g = sa.Growth(age)
+    g = Growth(age)
     m, my = float(np.clip(g.maturity, 0, 1.3)), g.myelination
-    values = np.zeros(sa.N_TISSUES)
-    values[sa.T_CSF], values[sa.T_VENT] = 1.0, 0.97
-    values[sa.T_WM] = 0.75 - 0.10 * m
-    values[sa.T_CGM] = 0.52 - 0.13 * m  # grey/white contrast 0.23 (28 weeks) -> 0.26 (40 weeks)
-    values[sa.T_THAL] = 0.47 - 0.13 * m
-    values[sa.T_BASAL_GANGLIA] = 0.50 - 0.10 * m
-    values[sa.T_HIPPO] = 0.56 - 0.12 * m
-    values[sa.T_CB] = 0.55 - 0.10 * m
-    values[sa.T_CB_CORE] = values[sa.T_CB] - 0.12 * my
-    values[sa.T_BS] = 0.50 - 0.06 * m - 0.12 * my
-    values[sa.T_PLIC] = values[sa.T_WM] - 0.30 * my
-    values[sa.T_BG], values[sa.T_SKULL], values[sa.T_SCALP] = 0.30, 0.06, 0.50
-    jitter = np.ones(sa.N_TISSUES)
-    jitter[:sa.N_TISSUES_V1] = np.exp(rng.normal(0.0, 0.03, sa.N_TISSUES_V1))
-    jitter[sa.T_CSF] = jitter[sa.T_VENT] = 1.0
+    values = np.zeros(tissues.N_TISSUES)
+    values[tissues.T_CSF], values[tissues.T_VENT] = 1.0, 0.97
+    values[tissues.T_WM] = 0.75 - 0.10 * m
+    values[tissues.T_CGM] = 0.52 - 0.13 * m  # grey/white contrast 0.23 (28 weeks) -> 0.26 (40 weeks)
+    values[tissues.T_THAL] = 0.47 - 0.13 * m
+    values[tissues.T_BASAL_GANGLIA] = 0.50 - 0.10 * m
+    values[tissues.T_HIPPO] = 0.56 - 0.12 * m
+    values[tissues.T_CB] = 0.55 - 0.10 * m
+    values[tissues.T_CB_CORE] = values[tissues.T_CB] - 0.12 * my
+    values[tissues.T_BS] = 0.50 - 0.06 * m - 0.12 * my
+    values[tissues.T_PLIC] = values[tissues.T_WM] - 0.30 * my
+    values[tissues.T_BG], values[tissues.T_SKULL], values[tissues.T_SCALP] = 0.30, 0.06, 0.50
+    jitter = np.ones(tissues.N_TISSUES)
+    jitter[:tissues.N_TISSUES_V1] = np.exp(rng.normal(0.0, 0.03, tissues.N_TISSUES_V1))
+    jitter[tissues.T_CSF] = jitter[tissues.T_VENT] = 1.0
     return (values * jitter).astype(F32)
 
 

@@ -99,3 +99,18 @@ def upsample(field: np.ndarray, taps0, taps1, taps2) -> np.ndarray:
     """Separable linear interpolation of a coarse 3D field (taps from :func:`linear_taps`, one per
     axis). Elementwise only, no BLAS: the result is bit-identical on every machine."""
     return _lerp(_lerp(_lerp(field, taps0, 0), taps1, 1), taps2, 2)
+
+
+def cleft_sdf(dist: np.ndarray, depth_from_surface: np.ndarray, depth: np.ndarray, half_width: float) -> np.ndarray:
+    """Signed distance (mm) to a sulcal cleft: a sheet of half-width ``half_width`` at lateral
+    distance ``dist`` that runs from the surface down to ``depth``."""
+    lateral = dist - F32(half_width)
+    below = depth_from_surface - depth
+    deep = np.sqrt(np.maximum(lateral, 0) ** 2 + np.maximum(below, 0) ** 2)
+    return np.where(below <= 0, lateral, deep)
+
+
+def mirror_box(ax: np.ndarray, y: np.ndarray, z: np.ndarray, lo, hi) -> np.ndarray:
+    """Flat indices of the points whose (|x|, y, z) lie in the template box [lo, hi]."""
+    inside = (ax >= lo[0]) & (ax <= hi[0]) & (y >= lo[1]) & (y <= hi[1]) & (z >= lo[2]) & (z <= hi[2])
+    return np.flatnonzero(inside)

@@ -80,7 +80,7 @@ def verification_volumes(config, data: Path | None, n: int) -> list:
     if data is not None:
         sessions = find_sessions(data, require_labels=False)
     else:
-        from neoseg.train.loop import dataset_sessions
+        from neoseg.train.config import dataset_sessions
         try:
             sessions = dataset_sessions(config, progress=False)
         except (ImportError, ValueError, OSError) as e:

@@ -208,8 +208,10 @@ def test_the_command_line_turns_augmentation_off_and_refuses_unknown_policies(tm
 
 
 def test_the_papers_experiments_train_without_augmentation(tmp_path):
-    from neoseg.benchmarks import experiments
+    from neoseg.reproduce.grid import plan
+    from neoseg.reproduce.profiles import PROFILES
+    from neoseg.reproduce.training import run_config
 
-    for name, profile in experiments.PROFILES.items():
-        for spec in experiments.plan(profile)[:3]:
-            assert experiments.run_config(spec, profile, tmp_path, tmp_path / "cache", "cpu").augment == "none", name
+    for name, profile in PROFILES.items():
+        for spec in plan(profile)[:3]:
+            assert run_config(spec, profile, tmp_path, tmp_path / "cache", "cpu").augment == "none", name

@@ -8,14 +8,23 @@ import numpy as np
 import pytest
 import torch
 
-from neoseg.benchmarks import experiments, report
+from neoseg.reproduce import stats
+from neoseg.reproduce.calibrate import calibrate, slice_passes
+from neoseg.reproduce.cli import app
+from neoseg.reproduce.experiment import run_all
+from neoseg.reproduce.grid import RunSpec, plan
+from neoseg.reproduce.prepare import prepare_data
+from neoseg.reproduce.profiles import PROFILES
+from neoseg.reproduce.results import RESULT_FIELDS
 from neoseg.core.hierarchy import builtin
 from neoseg.data.dhcp import find_sessions
 from neoseg.data.splits import make_split
 from neoseg.train import checkpoint
 from neoseg.train.baselines import correct_with_parent, write_pseudo_labels
 from neoseg.train.config import TrainConfig
-from neoseg.train.loop import ShardedBatches, pseudo_label_path, train
+from neoseg.train.loop import train
+from neoseg.train.recipes import pseudo_label_path
+from neoseg.train.sampling import ShardedBatches
 
 H = builtin()
 CGM, WM, DGM, TCV = (H.index(n) for n in ("cgm", "wm", "dgm", "tcv"))
@@ -75,7 +84,7 @@ def test_missing_pseudo_labels_and_mismatched_init_are_clear_errors(tiny_dataset
 # ------------------------------------------------------------------------------ prior bias
 def test_prior_bias_estimates_hidden_children_through_their_parent():
     from neoseg.train.dataset import SliceDataset
-    from neoseg.train.loop import set_prior_bias
+    from neoseg.train.init import set_prior_bias
     from neoseg.train.models import create_model
     from neoseg.train.volumes import SliceStack
 
@@ -106,7 +115,7 @@ def test_sharded_batches_split_the_single_process_batches():
 
 # ------------------------------------------------------------------------------ the grid and the report
 def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
-    runs = experiments.plan(experiments.PROFILES["cpu"])
+    runs = plan(PROFILES["cpu"])
     count = Counter((r.kind, r.recipe, r.fraction) for r in runs)
     assert count == {("supervised", "bce", 1.0): 1, ("supervised", "bce", 0.02): 3, ("partial", "iuc", 0.02): 3,
                      ("semi", "bce", 0.02): 3, ("partial", "labelset", 0.02): 3, ("partial", "labelset+st", 0.02): 3,
@@ -115,18 +124,18 @@ def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
     assert all(r.select == "val-loss" for r in runs)  # the paper's selection, for every row
     names = [r.name for r in runs]
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
-    full = experiments.plan(dataclasses.replace(experiments.PROFILES["cpu"], grid="full"))
+    full = plan(dataclasses.replace(PROFILES["cpu"], grid="full"))
     assert set(names) < {r.name for r in full}  # the headline runs are the full grid's, so a folder can grow
 
 
 def test_equal_epoch_protocol_has_no_step_budget_or_time_guard():
-    cpu = experiments.PROFILES["cpu"]
+    cpu = PROFILES["cpu"]
     assert cpu.steps_per_epoch is None and cpu.max_minutes is None and cpu.deadline_minutes is None
     assert cpu.cohort_grid == 64 and cpu.slice_size["unet"] == 64 and cpu.patience < cpu.epochs["unet"]
 
 
 def test_plan_is_the_papers_grid():
-    runs = experiments.plan(experiments.PROFILES["equal-steps"])
+    runs = plan(PROFILES["equal-steps"])
     count = Counter((r.model, r.kind, r.loss, r.reduction) for r in runs if r.budget == 1)
     assert count[("unet", "supervised", "bce", "mean")] == 16  # 3 fractions x 5 draws + the 100 % reference
     assert count[("unet", "semi", "bce", "mean")] == 15
@@ -140,7 +149,7 @@ def test_plan_is_the_papers_grid():
     beyond = Counter(r.recipe for r in runs if r.loss == "labelset")
     assert beyond == {"labelset": 10, "labelset+st": 10, "labelset+st5": 10}  # beyond the paper: 2 % and 5 %
     assert len({r.name for r in runs}) == len(runs) == 132
-    paper = experiments.plan(experiments.PROFILES["paper"])
+    paper = plan(PROFILES["paper"])
     assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 141
     names = [r.name for r in runs]
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
@@ -152,25 +161,25 @@ def test_anova_and_marks_follow_the_paper():
         for i in range(6):
             rows.append({"model": "unet", "kind": kind, "loss": loss, "reduction": "mean", "fraction": 0.02,
                          "age_group": "preterm", "structure": "dgm", "dice": base + 0.01 * i, "truth_empty": False, "budget": 1})
-    assert report.anova(report.values(rows, "unet", report.IUC, 0.02, "preterm", "dgm"),
-                        report.values(rows, "unet", report.SUPERVISED, 0.02, "preterm", "dgm")) < 1e-6
-    assert report._marks(rows, "unet", report.IUC, 0.02, "preterm", "dgm") == "*^"
-    assert report._marks(rows, "unet", report.SEMI, 0.02, "preterm", "dgm") == ""
-    assert np.isnan(report.anova(np.array([0.5]), np.array([0.4, 0.6])))
+    assert stats.anova(stats.values(rows, "unet", stats.IUC, 0.02, "preterm", "dgm"),
+                        stats.values(rows, "unet", stats.SUPERVISED, 0.02, "preterm", "dgm")) < 1e-6
+    assert stats.marks(rows, "unet", stats.IUC, 0.02, "preterm", "dgm") == "*^"
+    assert stats.marks(rows, "unet", stats.SEMI, 0.02, "preterm", "dgm") == ""
+    assert np.isnan(stats.anova(np.array([0.5]), np.array([0.4, 0.6])))
 
 
 def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     profile = dataclasses.replace(
-        experiments.PROFILES["equal-steps"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        PROFILES["equal-steps"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
         batch_size=8, epochs={"unet": 1, "segformer": 1}, steps_per_epoch=2, patience=1, fractions=(0.05,), draws=1, workers=1,
         threads=1, extra_budget=2, fewer_draws={}, deadline_minutes=None)
     out = tmp_path / "exp"
-    experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
-    planned = experiments.plan(profile)
+    run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
+    planned = plan(profile)
     assert len(planned) == 15
     with (out / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == experiments.RESULT_FIELDS
+    assert list(rows[0]) == RESULT_FIELDS
     assert {r["run"] for r in rows} == {r.name for r in planned}
     text = (out / "REPORT.md").read_text()
     for needle in ("Table 1", "Table 3", "Appendix A", "figure4.png", "Wall time", "Ours: IUC", "Semi-supervised",
@@ -183,13 +192,13 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     # finished runs are not redone; a run without its marker is resumed
     stamp = (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns
     (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
-    meta = experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
+    meta = run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     assert (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns == stamp
     assert (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
     assert len(meta["invocations"]) == 2 and not meta["invocations"][-1]["failed"]
     # --report-only starts nothing: an unfinished run stays unfinished and out of the results
     (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
-    experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False, start_runs=False)
+    run_all(profile, out, data=tiny_dataset, device="cpu", progress=False, start_runs=False)
     assert not (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
     with (out / "results.csv").open() as f:
         assert "unet-partial-huc-f005-d0" not in {r["run"] for r in csv.DictReader(f)}
@@ -199,20 +208,20 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
 def test_command_line_lists_the_profiles():
     from typer.testing import CliRunner
 
-    result = CliRunner().invoke(experiments.app, ["--help"])
+    result = CliRunner().invoke(app, ["--help"])
     assert result.exit_code == 0 and "paper" in result.output and "--only" in result.output
-    result = CliRunner().invoke(experiments.app, ["--out", "x", "--profile", "gpu"])
+    result = CliRunner().invoke(app, ["--out", "x", "--profile", "gpu"])
     assert result.exit_code == 2
 
 
 def test_headline_runner_on_the_equal_epoch_protocol(tiny_dataset, tmp_path):
     profile = dataclasses.replace(
-        experiments.PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
         batch_size=8, epochs={"unet": 2, "segformer": 2}, patience=1, fractions=(0.25,), draws=1, workers=1)
     out = tmp_path / "exp"
-    experiments.run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
+    run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     runs = out / "runs"
-    assert {p.name for p in runs.iterdir()} == {r.name for r in experiments.plan(profile)}
+    assert {p.name for p in runs.iterdir()} == {r.name for r in plan(profile)}
     sup = json.loads((runs / "unet-supervised-bce-f025-d0" / "split.json").read_text())
     iuc = json.loads((runs / "unet-partial-iuc-f025-d0" / "split.json").read_text())
     assert sup["fully_labelled"] == iuc["fully_labelled"] and sup["test"] == iuc["test"]
@@ -225,10 +234,10 @@ def test_headline_runner_on_the_equal_epoch_protocol(tiny_dataset, tmp_path):
 
 
 def test_slice_passes_count_each_runs_own_training_set(tiny_dataset, tmp_path):
-    profile = dataclasses.replace(experiments.PROFILES["cpu"], slice_size={"unet": 32}, epochs={"unet": 2})
+    profile = dataclasses.replace(PROFILES["cpu"], slice_size={"unet": 32}, epochs={"unet": 2})
     sessions = find_sessions(tiny_dataset)
-    experiments.prepare_data(dataclasses.replace(profile, slice_size={"unet": 32}), tmp_path, tiny_dataset, False)
-    sup, iuc = (experiments.slice_passes(experiments.RunSpec("unet", kind, loss, 0.25, 0), profile, sessions,
+    prepare_data(dataclasses.replace(profile, slice_size={"unet": 32}), tmp_path, tiny_dataset, False)
+    sup, iuc = (slice_passes(RunSpec("unet", kind, loss, 0.25, 0), profile, sessions,
                                          tmp_path / "cache") for kind, loss in (("supervised", "bce"), ("partial", "iuc")))
     assert 0 < sup < iuc
-    assert experiments.calibrate(dataclasses.replace(profile, widths=[8, 16], batch_size=2), "cpu", steps=1) > 0
+    assert calibrate(dataclasses.replace(profile, widths=[8, 16], batch_size=2), "cpu", steps=1) > 0

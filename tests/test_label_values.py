@@ -187,7 +187,7 @@ def test_values_above_255_and_32767_from_label_file_to_neoseg_infer(big_run, big
 @pytest.mark.slow
 def test_pseudo_label_maps_keep_values_above_255(big_run, big_dataset, tmp_path):
     from neoseg.train.baselines import write_pseudo_labels
-    from neoseg.train.loop import pseudo_label_path
+    from neoseg.train.recipes import pseudo_label_path
 
     _, out = big_run
     root, hierarchy_file = big_dataset

@@ -234,15 +234,15 @@ def test_self_training_starts_from_the_best_weights_once_the_plain_loss_plateaus
     """Default schedule: plain loss until early stopping would end the run, then self-training from
     the best epoch's weights with patience counted afresh; then early stopping for good."""
     from neoseg.train import checkpoint, loop
+    from neoseg.core.hierarchy import resolve
+    from neoseg.train.epoch import EpochStats
 
     calls = []
 
-    def flat_epoch(model, loader, loss_fn, device, optimizer=None, progress=False, desc="", ranks=None,
-                   to_channels=None, complete=None, after_step=None, augment=None, precision="fp32", scaler=None):
-        if optimizer is not None:  # training pass: record whether pseudo labels were in use
+    def flat_epoch(ctx, loader, desc="", train=False, complete=None, after_step=None):
+        if train:  # training pass: record whether pseudo labels were in use
             calls.append(complete is not None)
-        n = len(loop.hier.resolve("dhcp-drawem9"))
-        return loop.EpochStats(1.0, 0.5, np.full(n, 0.5))  # the validation loss never improves after epoch 1
+        return EpochStats(1.0, 0.5, np.full(len(resolve("dhcp-drawem9")), 0.5))  # the validation loss never improves after epoch 1
 
     monkeypatch.setattr(loop, "run_epoch", flat_epoch)
     result = loop.train(_config(tiny_dataset, loss="iuc", self_training=True, patience=1, epochs=10),

@@ -37,11 +37,11 @@ def test_scan_progress_draws_a_bar_on_a_terminal(monkeypatch, capsys):
 @pytest.mark.parametrize("tty", [False, True])
 def test_training_bars_stay_out_of_log_files(tty, monkeypatch):
     torch = pytest.importorskip("torch")
-    from neoseg.train.loop import run_epoch
+    from neoseg.train.epoch import EpochContext, run_epoch
 
     stderr = Terminal() if tty else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stderr)
     model = torch.nn.Conv2d(1, 2, 1)
     loader = [(torch.zeros(2, 1, 4, 4), torch.zeros(2, 2, 4, 4, dtype=torch.uint8), None)] * 3
-    run_epoch(model, loader, lambda logits, target: logits.mean(), "cpu", progress=True, desc="epoch 1/9")
+    run_epoch(EpochContext(model, lambda logits, target: logits.mean(), "cpu", progress=True), loader, "epoch 1/9")
     assert ("epoch 1/9" in stderr.getvalue()) == tty  # a log file gets the epoch's log line only

@@ -111,14 +111,15 @@ def test_legacy_cache_folder_is_unchanged_and_differs_from_v2(monkeypatch, tmp_p
 
 
 def test_experiment_runner_pins_the_first_cohort(monkeypatch, tmp_path):
-    """``python -m neoseg.benchmarks.experiments`` regenerates the cohort of the committed report:
+    """``neoseg-reproduce`` regenerates the cohort of the committed report:
     the cpu profile's spec is the one whose cache folder held that cohort before v2 existed."""
-    from neoseg.benchmarks import experiments
+    from neoseg.reproduce.prepare import cohort_spec
+    from neoseg.reproduce.profiles import PROFILES
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    for profile in experiments.PROFILES.values():
-        assert experiments.cohort_spec(profile).anatomy == "v1", profile.name
-    assert default_cohort_dir(experiments.cohort_spec(experiments.PROFILES["cpu"])).name == f"cohort-{OLD_DEFAULT_KEY}"
+    for profile in PROFILES.values():
+        assert cohort_spec(profile).anatomy == "v1", profile.name
+    assert default_cohort_dir(cohort_spec(PROFILES["cpu"])).name == f"cohort-{OLD_DEFAULT_KEY}"
 
 
 def test_train_config_chooses_the_anatomy_and_old_configs_keep_v1():

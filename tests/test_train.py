@@ -7,7 +7,8 @@ import torch
 
 from neoseg.train import checkpoint
 from neoseg.train.config import TrainConfig
-from neoseg.train.loop import RunExistsError, train
+from neoseg.train.loop import train
+from neoseg.train.rundir import RunExistsError
 
 
 def tiny_config(data, **kw) -> TrainConfig:

@@ -1,17 +1,17 @@
-"""The paper's two baselines (section 5.1.1-5.1.2, docs/method.md section 7).
+"""The paper's two baselines (section 5.1.1-5.1.2, docs/method.md section 7); their configs are in
+:mod:`.recipes`.
 
-* **Supervised**: BCE on the fully labelled training subjects only (:func:`supervised_config`).
+* **Supervised**: BCE on the fully labelled training subjects only (:func:`~.recipes.supervised_config`).
 * **Semi-supervised** (pseudo-labelling with the known parent): the supervised model predicts the
   partially labelled training scans; the prediction is corrected with the partial label map, which
   is exact everywhere except inside a parent (TCV), where it does not tell the children apart:
   outside the parent the known label is kept (no child outside TCV), inside it exactly one child is
   chosen, the most probable (:func:`correct_with_parent`). The supervised model is then fine-tuned
-  with BCE on the fully labelled plus the pseudo-labelled scans (:func:`semi_supervised_config`).
+  with BCE on the fully labelled plus the pseudo-labelled scans (:func:`~.recipes.semi_supervised_config`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from pathlib import Path
 
@@ -20,32 +20,13 @@ import torch
 
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.data.dhcp import Session
-from neoseg.data.splits import Split
 
 from . import checkpoint
-from .config import TrainConfig
 from .evaluate import predict_volume
-from .loop import pseudo_label_path
+from .recipes import pseudo_label_path
 from .volumes import load_canonical, load_labels
 
 log = logging.getLogger("neoseg.train")
-
-
-def supervised_config(config: TrainConfig, split: Split) -> TrainConfig:
-    """``config`` as the supervised baseline: BCE, trained on the fully labelled subjects only."""
-    if not split.fully_labelled:
-        raise ValueError("the supervised baseline needs at least one fully labelled training subject; "
-                         "raise full_fraction")
-    return dataclasses.replace(config, loss="bce", reduction="mean", train_subjects=sorted(split.fully_labelled),
-                               init_from=None, pseudo_labels=None)
-
-
-def semi_supervised_config(config: TrainConfig, supervised_checkpoint: str | Path,
-                           pseudo_labels: str | Path) -> TrainConfig:
-    """``config`` as the semi-supervised fine-tuning: BCE on every training subject, starting from the
-    supervised model, with the pseudo label maps in place of the partial ones."""
-    return dataclasses.replace(config, loss="bce", reduction="mean", train_subjects=None,
-                               init_from=str(supervised_checkpoint), pseudo_labels=str(pseudo_labels))
 
 
 def correct_with_parent(probs: np.ndarray, partial_labels: np.ndarray, hierarchy: Hierarchy) -> np.ndarray:

@@ -118,6 +118,13 @@ class TrainConfig:
                        spacing=[0.5, 0.5, 0.5])
         return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
+    def cohort_spec(self):
+        """The built-in synthetic cohort's :class:`~neoseg.data.synth.CohortSpec` (used when ``data`` is None)."""
+        from neoseg.data.synth import CohortSpec
+
+        return CohortSpec(n_subjects=self.cohort_subjects, grid=self.cohort_grid, seed=self.cohort_seed,
+                          anatomy=self.cohort_anatomy)
+
     def model_kwargs(self) -> dict:
         return {"widths": list(self.widths)} if self.model == "unet" else {}
 
@@ -139,3 +146,11 @@ class TrainConfig:
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+
+def dataset_sessions(config: TrainConfig, progress: bool = False) -> list:
+    """The sessions of ``config.data``, or of the built-in synthetic cohort (generated once, then reused)."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.data.synth import cohort_sessions
+
+    return find_sessions(config.data) if config.data is not None else cohort_sessions(config.cohort_spec(), progress)

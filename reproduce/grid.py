@@ -1,0 +1,102 @@
+"""The runs of the grid: one :class:`RunSpec` per training run, in the order they are started."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from .profiles import Profile
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the grid."""
+
+    model: str  # unet | segformer
+    kind: str  # supervised | semi | partial
+    loss: str
+    fraction: float  # fully labelled fraction of the training subjects
+    draw: int
+    reduction: str = "mean"
+    budget: int = 1  # times the profile's training steps
+    self_training: bool = False  # beyond the paper: an EMA teacher fills in the unknown children
+    self_train_after: int | None = None  # from this epoch on; None: once the plain loss plateaus
+    select: str = "val-loss"  # or child-dice
+
+    @property
+    def recipe(self) -> str:
+        """The loss and what is added to it, as the report's tables name it: e.g. labelset+st, or
+        labelset+st5 for self-training from epoch 6 on."""
+        st = "" if not self.self_training else f"+st{self.self_train_after or ''}"
+        return self.loss + st + ("+child" if self.select == "child-dice" else "")
+
+    @property
+    def name(self) -> str:
+        loss = self.recipe.replace("+", "-") + ("-observed" if self.reduction == "observed" else "") + \
+            (f"-x{self.budget}" if self.budget != 1 else "")
+        return f"{self.model}-{self.kind}-{loss}-f{round(self.fraction * 100):03d}-d{self.draw}"
+
+    @property
+    def needs(self) -> str | None:
+        """The run whose model this one starts from (the semi-supervised fine-tuning)."""
+        if self.kind != "semi":
+            return None
+        return dataclasses.replace(self, kind="supervised", loss="bce", reduction="mean", budget=1).name
+
+
+def plan(profile: Profile) -> list[RunSpec]:
+    """The runs of the profile's grid, in the order they are started."""
+    if profile.grid == "headline":
+        return plan_headline(profile)
+    return plan_full(profile)
+
+
+def plan_headline(profile: Profile) -> list[RunSpec]:
+    """2 %: supervised, IUC and semi-supervised per draw, plus the 100 % reference; then the recipes
+    beyond the paper (label-set loss, with and without self-training) at 2 %, and at 5 % supervised,
+    IUC and label-set + self-training. The long runs (over every training subject) come first within
+    each part, so that two workers finish close together."""
+    fraction, draws = profile.fractions[0], range(profile.draws)
+    runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
+    runs += [RunSpec("unet", "supervised", "bce", fraction, d) for d in draws]
+    for d in draws:
+        runs += [RunSpec("unet", "partial", "iuc", fraction, d), RunSpec("unet", "semi", "bce", fraction, d)]
+    runs += beyond_runs([fraction], draws)
+    if len(profile.fractions) > 1:
+        more = profile.fractions[1]
+        for d in draws:
+            runs += [RunSpec("unet", "supervised", "bce", more, d), RunSpec("unet", "partial", "iuc", more, d),
+                     RunSpec("unet", "partial", "labelset", more, d, self_training=True)]
+    return runs
+
+
+def beyond_runs(fractions: list[float], draws) -> list[RunSpec]:
+    """The recipes beyond the paper: the label-set loss alone, with self-training once it plateaus,
+    and with self-training from epoch 6 (an early start, kept to show its failure: see the report)."""
+    return [RunSpec("unet", "partial", "labelset", f, d, self_training=st, self_train_after=after)
+            for f in fractions for d in draws for st, after in ((True, None), (False, None), (True, 5))]
+
+
+def plan_full(profile: Profile) -> list[RunSpec]:
+    """The run grid of the paper's Tables 1-3 and Appendix A, in the order they are started."""
+    fractions, draws = profile.fractions, range(profile.draws)
+    low = [f for f in fractions if f <= 0.05]
+    runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
+    for f in fractions:  # Figure 4 first: supervised, IUC, semi-supervised (started once its supervised run is done)
+        for d in draws:
+            runs += [RunSpec("unet", kind, loss, f, d) for kind, loss in
+                     (("supervised", "bce"), ("partial", "iuc"), ("semi", "bce"))]
+    for f in low:  # Tables 1-2: the other losses
+        for d in draws:
+            runs += [RunSpec("unet", "partial", loss, f, d) for loss in ("weight", "wnorm", "huc")]
+    if profile.extra_observed and fractions:
+        runs += [RunSpec("unet", "partial", "iuc", fractions[0], d, "observed") for d in draws]
+    if profile.extra_budget and fractions:
+        runs += [RunSpec("unet", "partial", "iuc", fractions[0], d, budget=profile.extra_budget)
+                 for d in range(profile.fewer_draws.get("budget", profile.draws))]
+    runs += beyond_runs(low, draws)
+    for f in low:  # Table 3
+        for d in range(profile.fewer_draws.get("segformer", profile.draws)):
+            runs += [RunSpec("segformer", kind, loss, f, d) for kind, loss in
+                     (("supervised", "bce"), ("partial", "iuc"), ("semi", "bce"))]
+    return runs

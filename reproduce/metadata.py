@@ -1,0 +1,48 @@
+"""``OUT/experiment.json``: the experiment's profile, grid, data and every invocation of the command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import platform
+from datetime import datetime
+from pathlib import Path
+
+from neoseg.benchmarks.common import machine as benchmark_machine
+
+from .profiles import Profile
+
+
+def load(out: Path, profile: Profile) -> dict:
+    """The metadata of the experiment in ``out`` (new when there is none); refuses another profile's."""
+    path = out / "experiment.json"
+    meta = json.loads(path.read_text()) if path.is_file() else {"profile": profile.name, "invocations": []}
+    meta["grid"] = profile.grid
+    if meta["profile"] != profile.name:
+        raise ValueError(f"{out} holds a '{meta['profile']}' experiment; use --profile {meta['profile']} or another --out")
+    return meta
+
+
+def add_invocation(meta: dict, started_at: datetime, seconds: float, setup_seconds: float, workers: int,
+                   threads: int | None, device: str, failed: dict) -> None:
+    meta["invocations"].append({"started": started_at.isoformat(timespec="seconds"),
+                                "seconds": round(seconds, 1),
+                                "setup_seconds": round(setup_seconds, 1), "workers": workers,
+                                "threads": threads, "device": device, "failed": failed,
+                                "machine": machine()})
+
+
+def describe(meta: dict, profile: Profile, data: Path, sessions: int) -> None:
+    """The profile's settings, the data and its number of sessions."""
+    meta["profile_settings"] = dataclasses.asdict(profile)
+    meta["data"] = str(data)
+    meta["sessions"] = sessions
+
+
+def save(out: Path, meta: dict) -> None:
+    (out / "experiment.json").write_text(json.dumps(meta, indent=2))
+
+
+def machine() -> dict:
+    """The shared benchmark description of this machine, plus the operating system."""
+    return {**benchmark_machine(), "system": f"{platform.system()} {platform.release()}"}

@@ -1,0 +1,82 @@
+"""One run of the grid: its training config, and training (or resuming) it into ``OUT/runs/<name>``."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from .grid import RunSpec
+from .profiles import Profile
+
+
+def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device: str):
+    """The run's training config; a supervised run below 100 % is BCE with partial labels, which
+    :func:`neoseg.train.loop.train` trains as the supervised baseline (fully labelled subjects only)."""
+    from neoseg.train.config import TrainConfig
+
+    config = TrainConfig(
+        data=str(data), cache=str(cache), full_fraction=spec.fraction, draw=spec.draw,
+        slice_size=profile.slice_size[spec.model], model=spec.model, widths=list(profile.widths), loss=spec.loss,
+        reduction=spec.reduction, self_training=spec.self_training, self_train_after=spec.self_train_after,
+        select=spec.select, lr=profile.lr,
+        batch_size=profile.batch_size,
+        epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
+        patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
+        max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None,
+        augment="none", seed=0, device=device)  # the paper's protocol: no augmentation
+    return config
+
+
+def init_worker(threads: int | None) -> None:
+    """Set up a worker process: its torch threads and quiet logging."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+
+
+def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
+    """Train (or resume) one run into ``OUT/runs/<name>``; returns what ``done.json`` records."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.data.splits import make_split
+    from neoseg.train.baselines import write_pseudo_labels
+    from neoseg.train.recipes import semi_supervised_config
+    from neoseg.train.loop import train
+
+    began = time.monotonic()
+    run_dir = out / "runs" / spec.name
+    handler = logging.FileHandler(out / "logs" / f"{spec.name}.log")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    train_log = logging.getLogger("neoseg.train")
+    train_log.addHandler(handler)
+    train_log.setLevel(logging.INFO)
+    train_log.propagate = False  # the run's log goes to its file; the runner prints one line per run
+    try:
+        sessions = find_sessions(data)
+        config = run_config(spec, profile, data, out / "cache", device)
+        if spec.kind == "semi":
+            supervised = out / "runs" / spec.needs / "best.pt"
+            pseudo = out / "pseudo" / spec.needs
+            if not (pseudo / "done").is_file():
+                split = make_split(sessions, spec.fraction, seed=config.seed, draw=spec.draw)
+                write_pseudo_labels(supervised, [s for s in split.train if not split.is_full(s)], pseudo, device)
+                (pseudo / "done").write_text("")
+            config = semi_supervised_config(config, supervised, pseudo)
+        result = train(config, run_dir, resume=(run_dir / "config.json").is_file(), progress=False)
+    finally:
+        train_log.removeHandler(handler)
+        train_log.propagate = True
+        handler.close()
+    with (run_dir / "metrics.csv").open(newline="") as f:
+        epochs = len(list(csv.DictReader(f)))
+    record = {"run": spec.name, "seconds": round(time.monotonic() - began, 1), "best_epoch": result.best_epoch,
+              "epochs": epochs, "stopped_by": result.stopped_by, "best_val_loss": result.best_val_loss,
+              "self_train_began": result.self_train_began, "recipe": spec.recipe,
+              **dataclasses.asdict(spec)}
+    (run_dir / "done.json").write_text(json.dumps(record, indent=2))
+    return record

@@ -1,0 +1,63 @@
+"""How a run's weights start: from another run's checkpoint (fine-tuning), or with the output
+biases at the training labels' priors."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from neoseg.core import hierarchy as hier
+
+from . import checkpoint
+from .config import TrainConfig
+from .dataset import SliceDataset
+
+
+def load_initial_weights(model: torch.nn.Module, config: TrainConfig, hierarchy: hier.Hierarchy) -> None:
+    """Copy the weights of ``config.init_from``, a checkpoint of the same network and hierarchy."""
+    start = checkpoint.load(config.init_from)
+    if (start.config.model, start.config.model_kwargs(), start.config.head) != \
+            (config.model, config.model_kwargs(), config.head):
+        raise ValueError(f"init_from {config.init_from} holds a '{start.config.model}' {start.config.model_kwargs()} "
+                         f"with a {start.config.head} head but this run trains a '{config.model}' "
+                         f"{config.model_kwargs()} with a {config.head} head; they must match")
+    if start.hierarchy.names != hierarchy.names:
+        raise ValueError(f"init_from {config.init_from} predicts {start.hierarchy.names}, this run {hierarchy.names}")
+    model.load_state_dict(start.net.state_dict())
+
+
+def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset, head: str = "sigmoid") -> None:
+    """Set the output layer's biases to each channel's prior log odds log(p / (1 - p)) over the
+    training slices (sigmoid head), or to the leaves' log priors log p (softmax head). A channel's
+    p is its fraction of 1s among its observed (not unknown) target entries, except for children:
+    partially labelled slices hide them exactly where their parent is present, so that fraction
+    underestimates them; a child's p is p(parent) x p(child | parent), the latter counted on the
+    fully labelled slices (the same number as the plain fraction when all are full)."""
+    table = dataset.table.astype(np.int64)
+    every, full = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64)
+    for stack, partial in zip(dataset.stacks, dataset.partial):
+        values = np.bincount(np.asarray(stack.labels).ravel(), minlength=len(table))[: len(table)]
+        if partial:
+            every += np.bincount(dataset.coarse_lut, weights=values, minlength=len(table)).astype(np.int64)
+        else:
+            every += values
+            full += values
+    positive = (every[:, None] * (table == 1)).sum(axis=0)
+    observed = (every[:, None] * (table != hier.UNKNOWN)).sum(axis=0)
+    p = positive / np.maximum(observed, 1)
+    full_positive = (full[:, None] * (table == 1)).sum(axis=0)
+    for parent, kids in dataset.hierarchy.sibling_groups:  # top-down
+        if full_positive[parent] > 0:
+            p[kids] = p[parent] * full_positive[kids] / full_positive[parent]
+    p = np.clip(p, 1e-4, 1 - 1e-4)
+    if head == "softmax":
+        leaves = dataset.hierarchy.leaves
+        bias, channels = np.log(p[leaves] / p[leaves].sum()), len(leaves)
+    else:
+        bias, channels = np.log(p / (1 - p)), table.shape[1]
+    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None
+             and getattr(m, "out_channels", getattr(m, "out_features", None)) == channels]
+    if not heads:
+        raise ValueError(f"prior_bias: found no output layer with {channels} biased outputs in {type(model).__name__}")
+    with torch.no_grad():
+        heads[-1].bias.copy_(torch.as_tensor(bias, dtype=heads[-1].bias.dtype))

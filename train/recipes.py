@@ -1,0 +1,78 @@
+"""The paper's training recipes as configs, and the sessions a config trains on.
+
+* The supervised baseline: BCE on the fully labelled training subjects only
+  (:func:`supervised_config`); a run asked for ``bce`` on a partially labelled split becomes it
+  (:func:`resolve_recipe`).
+* The semi-supervised fine-tuning: BCE on every training subject from the supervised model, with
+  pseudo label maps in place of the partial ones (:func:`semi_supervised_config`; the maps are
+  written by :func:`neoseg.train.baselines.write_pseudo_labels` at :func:`pseudo_label_path`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+from neoseg.data.dhcp import LABEL_SUFFIX, Session
+from neoseg.data.splits import Split
+
+from .config import TrainConfig
+
+log = logging.getLogger("neoseg.train")
+
+
+def supervised_config(config: TrainConfig, split: Split) -> TrainConfig:
+    """``config`` as the supervised baseline: BCE, trained on the fully labelled subjects only."""
+    if not split.fully_labelled:
+        raise ValueError("the supervised baseline needs at least one fully labelled training subject; "
+                         "raise full_fraction")
+    return dataclasses.replace(config, loss="bce", reduction="mean", train_subjects=sorted(split.fully_labelled),
+                               init_from=None, pseudo_labels=None)
+
+
+def semi_supervised_config(config: TrainConfig, supervised_checkpoint: str | Path,
+                           pseudo_labels: str | Path) -> TrainConfig:
+    """``config`` as the semi-supervised fine-tuning: BCE on every training subject, starting from the
+    supervised model, with the pseudo label maps in place of the partial ones."""
+    return dataclasses.replace(config, loss="bce", reduction="mean", train_subjects=None,
+                               init_from=str(supervised_checkpoint), pseudo_labels=str(pseudo_labels))
+
+
+def resolve_recipe(config: TrainConfig, split: Split) -> TrainConfig:
+    """The config a new run trains with: plain BCE cannot learn from partial labels, so ``bce`` on
+    a split with partially labelled training subjects (and no pseudo labels or chosen subjects) is
+    the supervised baseline. Resolved before the run's config.json is written."""
+    if config.loss == "bce" and config.pseudo_labels is None and config.train_subjects is None \
+            and any(not split.is_full(s) for s in split.train):
+        config = supervised_config(config, split)
+        log.info("loss bce with %g %% fully labelled: the supervised baseline, trained on the %d fully labelled "
+                 "subject(s) only (config.json says so: train_subjects)", 100 * config.full_fraction,
+                 len(config.train_subjects))
+    return config
+
+
+def pseudo_label_path(root: str | Path, session: Session) -> Path:
+    """Where a pseudo label map of ``session`` lies in a dHCP-layout folder."""
+    return Path(root) / f"sub-{session.subject}" / f"ses-{session.session}" / "anat" / f"{session.key}{LABEL_SUFFIX}"
+
+
+def training_sessions(config: TrainConfig, split: Split) -> tuple[list[Session], list[bool]]:
+    """The sessions ``config`` trains on (its ``train_subjects`` of the split's training part, with
+    their pseudo label maps where it names them), and which of them are partially labelled."""
+    sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
+    if not sessions:
+        raise ValueError("no training sessions left; check --train-subjects")
+    partial = [not split.is_full(s) for s in sessions]
+    if config.pseudo_labels is None:
+        return sessions, partial
+    return [_with_pseudo_labels(s, config.pseudo_labels) if p else s for s, p in zip(sessions, partial)], \
+        [False] * len(sessions)
+
+
+def _with_pseudo_labels(session: Session, root: str) -> Session:
+    path = pseudo_label_path(root, session)
+    if not path.is_file():
+        raise ValueError(f"pseudo_labels folder {root} has no label map for {session.key} (expected {path}); "
+                         f"write them with neoseg.train.baselines.write_pseudo_labels first")
+    return dataclasses.replace(session, labels=path)

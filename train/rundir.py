@@ -1,0 +1,69 @@
+"""The run folder: config.json written once, the per-epoch metrics.csv, and split.json."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from neoseg.core.io import write_text
+from neoseg.data.dhcp import Session
+from neoseg.data.splits import Split
+
+from .config import TrainConfig
+
+METRICS_FIELDS = ["epoch", "train_loss", "val_loss", "val_dice", "val_child_dice", "best", "seconds"]
+
+
+class RunExistsError(FileExistsError):
+    pass
+
+
+def stored_config(out: Path, resume: bool) -> TrainConfig | None:
+    """The config of the run in ``out`` to resume, or None where ``out`` may hold a new run (it is
+    absent or empty); refuses a run folder without ``resume``, and any other non-empty folder."""
+    config_path = out / "config.json"
+    if config_path.is_file():
+        if not resume:
+            raise RunExistsError(f"{out} already holds a training run; pass --resume to continue it, "
+                                 f"or choose another --out")
+        return TrainConfig.from_json(config_path.read_text())
+    if out.exists() and any(out.iterdir()):
+        raise RunExistsError(f"{out} exists and is not empty (and holds no neoseg run); choose another --out")
+    return None
+
+
+def create_run_dir(out: Path, config: TrainConfig) -> None:
+    """Make ``out`` (checked by :func:`stored_config`) and write the run's config.json, once."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.json", config.to_json())
+
+
+def append_metrics(path: Path, row: dict) -> None:
+    new = not path.is_file()
+    with path.open("a", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=METRICS_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
+def truncate_metrics(path: Path, start: int) -> None:
+    """Drop rows of epochs that the resumed checkpoint does not include (replacing the file at once)."""
+    if path.is_file():
+        with path.open(newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["epoch"]) < start]
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=METRICS_FIELDS, lineterminator="\r\n")
+        writer.writeheader()
+        writer.writerows(rows)
+        write_text(path, text.getvalue(), overwrite=True)
+
+
+def write_split(path: Path, split: Split, trained_on: list[Session]) -> None:
+    """The subjects of each part of ``split``, and the sessions actually trained on."""
+    names = lambda ss: sorted({s.subject for s in ss})  # noqa: E731
+    write_text(path, json.dumps({"train": names(split.train), "val": names(split.val), "test": names(split.test),
+                                 "fully_labelled": sorted(split.fully_labelled),
+                                 "trained_on": sorted(s.key for s in trained_on)}, indent=2), overwrite=True)
