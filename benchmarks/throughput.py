@@ -161,9 +161,10 @@ def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str) -> 
     from neoseg.runtime.backends import open_backend
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train import checkpoint
+    from neoseg.train.torch_backend import open_checkpoint
 
     loaded = checkpoint.load(ckpt)
-    backend = open_backend(ckpt, f"torch-{device}")
+    backend = open_checkpoint(ckpt, f"torch-{device}")
     out = {BASELINE: Segmenter(EagerTorch(loaded.model.to(device), backend.info, device,
                                           256 if device == "cuda" else 8), skip_empty=False)}
     if device == "cuda":
