@@ -75,6 +75,7 @@ def infer(
     (labels), _mask.nii.gz (4D, one volume per channel), _mask.json and _volumes.tsv on the scan's
     own grid, affine and header. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
     dataset_description.json, dseg.tsv and a group volumes.tsv; finished scans are skipped on a rerun."""
+    import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for .pt checkpoints
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.engine import EngineMismatchError
     from neoseg.runtime.pipeline import Segmenter
