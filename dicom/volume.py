@@ -21,7 +21,7 @@ from neoseg.core.scans import Scan, ScanError, available_memory, human_bytes, pl
 
 from .deps import highdicom as hd
 from .deps import pydicom
-from .series import MR_CLASSES, OBLIQUE_DEGREES, Frame, Series, frame_geometry, normal
+from .series import MR_CLASSES, MR_IMAGE, OBLIQUE_DEGREES, Frame, Series, frame_geometry, normal
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_RTOL = 0.01  # slice steps may differ from the median step by this share (highdicom's default)
@@ -46,6 +46,10 @@ def read_series(series: Series, where: Path, working_bytes=None) -> DicomScan:
     _check_kind(series, name)
     frames = [f for ds in series.headers for f in frame_geometry(ds)]
     spacing = _check_geometry(frames, name)
+    expected = series.headers[0].get("ImagesInAcquisition")
+    if series.sop_class == MR_IMAGE and expected not in (None, "") and int(expected) > len(frames):
+        raise ScanError(f"{name}: incomplete, {len(frames)} of {int(expected)} images (ImagesInAcquisition) are "
+                        f"here; receive or export the whole series again")
     shape = (frames[0].size[1], frames[0].size[0], len(frames))
     zooms = (frames[0].spacing[1], frames[0].spacing[0], spacing)
     need = 4 * int(np.prod(shape)) * 2 + (working_bytes(shape, zooms) if working_bytes else 0)
@@ -74,7 +78,7 @@ def _check_kind(s: Series, name: str) -> None:
     if s.sop_class not in MR_CLASSES:
         raise ScanError(f"{name} is not an MR image series (modality {s.modality or 'unknown'}, SOP class "
                         f"{s.sop_class}); neoseg segments T2-weighted MR; choose the T2w series")
-    if s.sop_class != "1.2.840.10008.5.1.4.1.1.4" and len(s.headers) > 1:
+    if s.sop_class != MR_IMAGE and len(s.headers) > 1:
         raise ScanError(f"{name} holds {len(s.headers)} multi-frame instances; neoseg reads one enhanced MR "
                         f"instance per series; export the T2w volume as one instance")
     for ds in s.headers:

@@ -88,7 +88,7 @@ def write_series(data: np.ndarray, affine: np.ndarray, folder: Path, study: dict
     if not multiframe:
         for k in range(nz):
             ds = _base(study, series_uid, MR_IMAGE, description, number)
-            ds.InstanceNumber = k + 1
+            ds.InstanceNumber, ds.ImagesInAcquisition = k + 1, nz
             ds.Rows, ds.Columns = ny, nx
             ds.ImagePositionPatient = [float(v) for v in origin + k * step]
             ds.ImageOrientationPatient = orientation
