@@ -20,6 +20,8 @@ def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool,
     rules = SeriesRules(tuple(descriptions) if descriptions else DEFAULT_INCLUDE,
                         () if descriptions else DEFAULT_EXCLUDE, tuple(p.lower() for p in planes or ()), max_voxel,
                         explicit)
+    if dry_run:
+        typer.echo(rules.describe() + ("" if explicit else " (a folder of one series: that series)"))
     jobs, planned = [], {}
     for folder in folders:
         found = find_series(folder)

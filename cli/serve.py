@@ -32,7 +32,9 @@ def serve(
         if config is None:
             raise ValueError("missing --config node.toml (neoseg-serve --example prints one)")
         node = build_node(load_config(config))
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+        # one line per study: the libraries' own INFO chatter (each C-STORE, each copied module) is kept out
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+        logging.getLogger("neoseg.serve").setLevel(logging.INFO)
         signal.signal(signal.SIGTERM, lambda *_: node.stopping.set())
         node.serve_forever()
 

@@ -69,6 +69,7 @@ class Node:
             self.server.shutdown()
         for thread in self.threads:
             thread.join(timeout=self.config.timeout_seconds)
+        log.info("neoseg-serve: stopped")
 
     def serve_forever(self) -> None:
         self.start()

@@ -181,6 +181,15 @@ class SeriesRules:
         if bad:
             raise ValueError(f"--plane {bad[0]}: choose from {', '.join((*PLANES, 'oblique'))}")
 
+    def describe(self) -> str:
+        """The rules in one line, as the dry run shows them."""
+        parts = [f"description or protocol matches {' or '.join(self.include) or 'anything'}"]
+        if self.exclude:
+            parts.append(f"not {' or '.join(self.exclude)}")
+        parts.append(f"plane {'/'.join(self.planes) or 'any'}")
+        parts.append("voxels any size" if self.max_voxel is None else f"voxels at most {self.max_voxel:g} mm")
+        return "T2w rules: MR volume; " + "; ".join(parts)
+
     def verdict(self, s: Series) -> str:
         """'' when ``s`` passes, else why not."""
         if s.sop_class not in MR_CLASSES:

@@ -285,3 +285,27 @@ def test_dicom_options_need_dicom_input(model, study, tmp_path):
     assert result.exit_code == 2 and "--dicom-seg applies to DICOM input" in result.output
     result = runner.invoke(app, [str(study / "study"), "-o", str(tmp_path)])
     assert result.exit_code == 2 and "missing -m MODEL" in result.output
+
+
+def test_dicom_path_runs_without_torch(model, study, tmp_path):
+    """The scanner-side install (runtime + dicom extra) needs no torch or onnx, SEG included."""
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+            "from neoseg.cli.infer import main; "
+            f"sys.argv = ['neoseg-infer', {str(study / 'study')!r}, '-m', {str(model)!r}, '-o', {str(tmp_path)!r}, "
+            "'--dicom-seg']; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "study_desc-neoseg_seg.dcm").is_file()
+
+
+def test_without_the_dicom_extra_the_error_names_it(study, tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['pydicom'] = None; from neoseg.cli.infer import main; "
+            f"sys.argv = ['neoseg-infer', {str(study / 'study')!r}, '--dry-run']; main()")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2 and "pip install 'neoseg[dicom]'" in done.stderr, done.stderr

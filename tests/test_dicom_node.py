@@ -136,3 +136,22 @@ def test_example_config_parses_and_bad_ones_are_refused(tmp_path):
         parse_config({**tomllib.loads(EXAMPLE), "destination": {"ae_title": "X", "host": "h", "port": "104"}})
     with pytest.raises(ValueError, match=r"\[model\] path is missing"):
         parse_config({**tomllib.loads(EXAMPLE), "model": {}})
+
+
+def test_serve_command_errors_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from neoseg.cli.serve import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["--example"])
+    assert result.exit_code == 0 and "[destination]" in result.output
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2 and "missing --config" in result.output
+    config = tmp_path / "node.toml"
+    config.write_text(EXAMPLE.replace("/opt/neoseg/model.onnx", str(tmp_path / "none.onnx")))
+    result = runner.invoke(app, ["--config", str(config)])
+    assert result.exit_code == 2 and "[model] path" in result.output and "does not exist" in result.output
+    config.write_text("[node\n")
+    result = runner.invoke(app, ["--config", str(config)])
+    assert result.exit_code == 2 and "is not valid TOML" in result.output
