@@ -22,6 +22,7 @@ spool = "/var/lib/neoseg/spool"  # received instances, one folder per study (rem
 output = "/var/lib/neoseg/out"   # NIfTI results, SEG and volumes JSON, one folder per study
 settle_seconds = 30            # a study is complete after this long without a new instance
 queue_size = 16                # complete studies waiting for the model; more wait in the spool
+# timeout_seconds = 30         # association and message timeouts, both directions
 
 [model]
 path = "/opt/neoseg/model.onnx"

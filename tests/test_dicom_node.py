@@ -155,3 +155,10 @@ def test_serve_command_errors_are_one_line(tmp_path):
     config.write_text("[node\n")
     result = runner.invoke(app, ["--config", str(config)])
     assert result.exit_code == 2 and "is not valid TOML" in result.output
+
+
+def test_the_docs_show_the_example_configuration():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "dicom.md").read_text()
+    assert EXAMPLE in docs
