@@ -42,6 +42,6 @@ def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool,
                 raise ValueError(f"{folder} and {planned[path]} would both write {path}; run them separately")
             planned[path] = folder
             check_writable(path, overwrite)
-        jobs.append(Job(folder, outdir, f"{folder.name} ({chosen.name})", overwrite=overwrite, dicom=chosen,
+        jobs.append(Job(folder, outdir, f"{folder.name}, {chosen.name}", overwrite=overwrite, dicom=chosen,
                         paths=paths))
     return jobs

@@ -82,8 +82,9 @@ def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
     if unknown:
         raise ValueError(f"{where}: unknown table [{sorted(unknown)[0]}]; the tables are node, model, destination "
                          f"and series")
-    rules = SeriesRules(tuple(series.get("description", DEFAULT_INCLUDE)), tuple(series.get("exclude", DEFAULT_EXCLUDE)),
-                        tuple(series.get("planes", ())), series.get("max_voxel_size"), explicit=True)
+    rules = SeriesRules(tuple(series.get("description", DEFAULT_INCLUDE)),
+                        tuple(series.get("exclude", DEFAULT_EXCLUDE)), tuple(series.get("planes", ())),
+                        series.get("max_voxel_size"), explicit=True)
     return NodeConfig(
         listen=Peer(str(node.get("ae_title", "NEOSEG")), str(node.get("host", "0.0.0.0")), _port(node, where, "node")),
         destination=Peer(_need(dest, "ae_title", where, "destination"), _need(dest, "host", where, "destination"),
@@ -91,8 +92,8 @@ def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
         spool=Path(_need(node, "spool", where, "node")), output=Path(_need(node, "output", where, "node")),
         model=Path(_need(model, "path", where, "model")), backend=str(model.get("backend", "auto")),
         precision=str(model.get("precision", "auto")), threads=model.get("threads"),
-        settle_seconds=_positive(node, "settle_seconds", 30.0, where), queue_size=int(_positive(node, "queue_size", 16,
-                                                                                                where)),
+        settle_seconds=_positive(node, "settle_seconds", 30.0, where),
+        queue_size=int(_positive(node, "queue_size", 16, where)),
         timeout_seconds=_positive(node, "timeout_seconds", 30.0, where), rules=rules)
 
 

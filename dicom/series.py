@@ -176,7 +176,8 @@ class SeriesRules:
             try:
                 re.compile(pattern)
             except re.error as e:
-                raise ValueError(f"series pattern {pattern!r} is not a valid regular expression ({e}); fix it") from None
+                raise ValueError(f"series pattern {pattern!r} is not a valid regular expression ({e}); "
+                                 f"fix it") from None
         bad = [p for p in self.planes if p not in (*PLANES, "oblique")]
         if bad:
             raise ValueError(f"--plane {bad[0]}: choose from {', '.join((*PLANES, 'oblique'))}")

@@ -135,7 +135,7 @@ def _check_geometry(frames: list[Frame], name: str) -> float:
         raise ScanError(f"{name}: {repeats} frames repeat a slice position, so the series holds several volumes "
                         f"(echoes, dynamics or repeats); export one volume")
     offsets = positions - np.outer(along, n)  # what is left once the normal component is taken out
-    if np.max(np.linalg.norm(offsets - offsets[0], axis=1)) > max(0.01 * step, 1e-3) * len(frames):
+    if np.max(np.linalg.norm(offsets - offsets[0], axis=1)) > 0.05 * min(first.spacing):
         raise ScanError(f"{name}: slices are not stacked along their normal (gantry tilt or shifted slices); "
                         f"neoseg needs a regular volume; resample it first")
     gaps = np.flatnonzero(steps > (1 + 0.5) * step)

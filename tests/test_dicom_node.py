@@ -69,6 +69,7 @@ def _echo(port: int) -> int:
     return status.Status
 
 
+@pytest.mark.slow
 def test_node_returns_a_seg_per_study_and_survives_a_broken_one(model, tiny_dataset, tmp_path, caplog):
     from neoseg.cli.serve import build_node
 
