@@ -45,6 +45,9 @@ class Node:
     def start(self) -> tuple[str, int]:
         """Listen, and start the watcher and the worker; returns the address listened on."""
         self.spool.mkdir(parents=True, exist_ok=True)
+        for work in sorted((self.spool / ".work").glob("*")):  # interrupted by a stop: do them again
+            if UID_TEXT.match(work.name) and not (self.spool / work.name).exists():
+                work.replace(self.spool / work.name)
         for study in sorted(p.name for p in self.spool.iterdir() if UID_TEXT.match(p.name)):
             self.last_seen[study] = time.monotonic()  # left by an earlier run: complete them too
         ae = AE(ae_title=self.config.listen.ae_title)
@@ -124,12 +127,12 @@ class Node:
             except queue.Empty:
                 continue
             start = time.perf_counter()
-            with self.lock:  # what has arrived is this run's; later instances start the study anew
-                work = self.spool / ".work" / study
-                work.parent.mkdir(exist_ok=True)
-                shutil.rmtree(work, ignore_errors=True)
-                (self.spool / study).replace(work)
+            work = self.spool / ".work" / study
             try:
+                with self.lock:  # what has arrived is this run's; later instances start the study anew
+                    work.parent.mkdir(exist_ok=True)
+                    shutil.rmtree(work, ignore_errors=True)
+                    (self.spool / study).replace(work)
                 text = self.process(study, work)
             except Exception as e:  # noqa: BLE001 - one study's failure must not stop the node
                 log.error(f"study {study}: error: {_one_line(e)}")

@@ -163,3 +163,31 @@ def test_the_docs_show_the_example_configuration():
 
     docs = (Path(__file__).resolve().parents[1] / "docs" / "dicom.md").read_text()
     assert EXAMPLE in docs
+
+
+def test_a_study_left_in_the_spool_is_done_at_start(model, tiny_dataset, tmp_path):
+    """A node stopped before it processed a study picks it up when it starts again."""
+    from neoseg.cli.serve import build_node
+
+    img = nib.load(find_sessions(tiny_dataset)[5].t2)
+    uids = new_study()
+    series = write_series(np.round(np.asarray(img.dataobj)).astype(np.int16), img.affine,
+                          tmp_path / "spool" / ".work" / uids["uid"] / "x", uids)
+    received: list = []
+    destination = _destination(received)
+    config = parse_config({
+        "node": {"host": "127.0.0.1", "port": 0, "spool": str(tmp_path / "spool"), "output": str(tmp_path / "out"),
+                 "settle_seconds": 0.5, "timeout_seconds": 5},
+        "model": {"path": str(model), "backend": "ort-cpu"},
+        "destination": {"ae_title": "DEST", "host": "127.0.0.1", "port": destination.server_address[1]},
+    })
+    node = build_node(config)
+    node.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not received:
+            time.sleep(0.2)
+    finally:
+        node.stop()
+        destination.shutdown()
+    assert [str(s.ReferencedSeriesSequence[0].SeriesInstanceUID) for s in received] == [series]
