@@ -167,6 +167,11 @@ def _dicom_folders(inputs: list[Path]) -> list[Path]:
     if any(found) and not all(found):
         bad = inputs[found.index(False)]
         raise ValueError(f"{bad} holds no DICOM files, unlike the other folders; pass DICOM folders only")
+    bare = next((p for p in inputs if not any(p.glob("sub-*"))), None)
+    if not any(found) and bare is not None:
+        raise ValueError(f"{bare} is neither a BIDS / dHCP-layout dataset (no sub-* folders) nor a DICOM folder (no "
+                         f"DICOM Part 10 files, i.e. with the DICM marker); pass a dataset, a DICOM series or study "
+                         f"folder, or NIfTI scans")
     return list(inputs) if all(found) else []
 
 

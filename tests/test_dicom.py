@@ -280,6 +280,13 @@ def test_compressed_series_read_as_uncompressed(cohort, tmp_path):
         assert np.allclose(read[name].scan.affine, read["plain"].scan.affine)
 
 
+def test_a_folder_of_neither_kind_is_named_as_such(model, tmp_path):
+    (tmp_path / "notes.txt").write_text("no images here")
+    result = runner.invoke(app, [str(tmp_path), "-m", str(model), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2 and "neither a BIDS / dHCP-layout dataset" in result.output
+    assert "nor a DICOM folder" in result.output
+
+
 def test_dicom_options_need_dicom_input(model, study, tmp_path):
     result = runner.invoke(app, [str(study / "t2.nii.gz"), "-m", str(model), "-o", str(tmp_path), "--dicom-seg"])
     assert result.exit_code == 2 and "--dicom-seg applies to DICOM input" in result.output
