@@ -4,7 +4,7 @@ and choose the T2w series by rules the user can set (shown by ``neoseg-infer --d
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +15,7 @@ from .detect import dicom_files
 MR_IMAGE = "1.2.840.10008.5.1.4.1.1.4"
 ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.1"
 LEGACY_ENHANCED_MR = "1.2.840.10008.5.1.4.1.1.4.4"
+DICOMDIR = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
 MR_CLASSES = {MR_IMAGE: "MR", ENHANCED_MR: "enhanced MR", LEGACY_ENHANCED_MR: "legacy enhanced MR"}
 DEFAULT_INCLUDE = (r"t2",)  # series description or protocol name, case-insensitive
 DEFAULT_EXCLUDE = (r"scout|locali[sz]er|survey|\bloc\b|calibration|flair|t2\*|t2star|swi|dwi|diffusion",)
@@ -38,7 +39,6 @@ class Series:
     tilt: float | None  # degrees between the slice normal and the nearest axis
     voxel: tuple[float, float, float] | None  # row spacing, column spacing, slice spacing (mm)
     verdict: str = ""  # why it was chosen or passed over
-    notes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -61,6 +61,9 @@ def find_series(folder: str | Path) -> list[Series]:
         except Exception as e:  # noqa: BLE001 - pydicom raises many types for damaged files
             raise ValueError(f"{path} is not a readable DICOM file ({_short(e)}); remove it or export the series "
                              f"again") from None
+        meta = getattr(ds, "file_meta", None)
+        if meta is not None and meta.get("MediaStorageSOPClassUID") == DICOMDIR:
+            continue  # the index of an exported study, not an image
         uid = str(ds.get("SeriesInstanceUID", ""))
         if not uid:
             raise ValueError(f"{path} has no SeriesInstanceUID; it is not a valid DICOM image; remove it")

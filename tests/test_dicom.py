@@ -156,6 +156,13 @@ def study(cohort, tmp_path_factory):
         write_series(d[:, :, 10:11], a @ np.array([[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 10], [0, 0, 0, 1.0]]),
                      localizer, uids, description="3-plane loc", number=2, series_uid="1.2.3.2", prefix=f"p{k}")
     nib.save(nib.Nifti1Image(data, affine), root / "t2.nii.gz")
+    index = pydicom.dataset.Dataset()  # a DICOMDIR, as exported studies carry: no image, passed over
+    index.file_meta = pydicom.dataset.FileMetaDataset()
+    index.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.1.3.10"
+    index.file_meta.MediaStorageSOPInstanceUID = pydicom.uid.generate_uid()
+    index.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
+    index.FileSetID = "STUDY"
+    index.save_as(root / "study" / "DICOMDIR", enforce_file_format=True)
     return root
 
 
