@@ -216,6 +216,12 @@ def _mixed_sizes(folder, data, affine):
     write_series(data[:20, :20, :4], affine, folder / "x", series_uid=uid, prefix="small")
 
 
+def _localizer(folder, data, affine):
+    """Three planes in one series, as scanners' localizers are."""
+    for k, (d, a) in enumerate(list(orientations(data, affine).values())[:3]):
+        write_series(d[:, :, 8:12], a, folder, series_uid="1.2.3.4", prefix=f"p{k}")
+
+
 def _unknown_compression(folder, data, affine):
     write_series(data, affine, folder)
     for path in folder.iterdir():
@@ -251,6 +257,7 @@ def _enhanced_two_volumes(folder, data, affine):
     (_uneven, "uneven slice spacing"),
     (_two_volumes, "repeat a slice position"),
     (_mixed_sizes, "frames of different sizes"),
+    (_localizer, "frames in different orientations"),
     (_unknown_compression, "cannot decode"),
     (_not_mr, "is not an MR image series"),
     (_enhanced_two_volumes, "repeat a slice position"),
