@@ -19,6 +19,7 @@ import numpy as np
 from pydicom.sr.coding import Code
 
 from neoseg.core.hierarchy import Hierarchy
+from neoseg.runtime.qc import structure_colours
 from neoseg.runtime.volumes import structure_volumes
 
 from .deps import highdicom as hd
@@ -70,6 +71,7 @@ def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None 
     algorithm = hd.AlgorithmIdentificationSequence(name="neoseg", family=Code("123109", "DCM",
                                                                                 "Artificial Intelligence"),
                                                    version=_version(), source="neoseg")
+    colours = structure_colours(hierarchy)  # as the QC pictures draw them
     descriptions = []
     for number, i in enumerate(_leaves(hierarchy), 1):
         channel = hierarchy.channels[i]
@@ -78,7 +80,8 @@ def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None 
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=label, segmented_property_category=category,
             segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
-            tracking_uid=hd.UID(), tracking_id=channel.name, primary_anatomic_structures=list(related) or None))
+            tracking_uid=hd.UID(), tracking_id=channel.name, primary_anatomic_structures=list(related) or None,
+            display_color=_colour(colours.get(channel.name))))
     source = read.series
     mask = read.volume.with_array(read.to_volume_order(numbers))
     equipment = equipment or {}
@@ -91,6 +94,12 @@ def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None 
         software_versions=_version(), device_serial_number=equipment.get("serial", "0"),
         content_label="NEOSEG", content_description=f"neoseg {hierarchy.name} segmentation",
         series_description=f"neoseg segmentation of series {source.number}"[:64])
+
+
+def _colour(hex_rgb: str | None):
+    if not hex_rgb:
+        return None
+    return hd.color.CIELabColor.from_rgb(*(int(hex_rgb[k:k + 2], 16) for k in (1, 3, 5)))
 
 
 def write_seg_outputs(read: DicomScan, labels: np.ndarray, info, seg_path: Path, uids_path: Path,

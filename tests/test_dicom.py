@@ -123,6 +123,7 @@ def test_seg_read_back_equals_the_label_map(converted):
     assert codes["wm"] == ("SCT", "68523003") and codes["cgm"] == ("SCT", "40146001")
     assert codes["ventricles"] == ("SCT", "35764002") and codes["dgm"][0] == "99NEOSEG"
     assert "unlabelled" not in codes and "tcv" not in codes  # the outside and parents are no segments
+    assert all(len(s.RecommendedDisplayCIELabValue) == 3 for s in seg.SegmentSequence)  # the QC colours
     assert str(seg.PatientID) == PATIENT_ID  # copied, as the standard requires of a derived object
 
 
