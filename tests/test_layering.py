@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 MAY_IMPORT = {"core": {"core"}, "data": {"core", "data"}, "runtime": {"core", "runtime"},
               "train": {"core", "data", "runtime", "train"}, "export": {"core", "data", "runtime", "train", "export"}}
-MAY_IMPORT["cli"] = MAY_IMPORT["export"] | {"cli"}
+MAY_IMPORT["dicom"] = {"core", "runtime", "dicom"}
+MAY_IMPORT["cli"] = MAY_IMPORT["export"] | {"dicom", "cli"}
 MAY_IMPORT["benchmarks"] = MAY_IMPORT["cli"] | {"benchmarks"}
 MAY_IMPORT["reproduce"] = MAY_IMPORT["benchmarks"] | {"reproduce"}
 
