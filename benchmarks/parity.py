@@ -23,7 +23,7 @@ import numpy as np
 
 from neoseg.export.parity import agreement
 
-from neoseg.runtime.backends import Backend
+from neoseg.runtime.backend import Backend
 
 from .common import cohort, machine, table, write_results
 
@@ -54,6 +54,7 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train import checkpoint
+    from neoseg.train.torch_backend import open_checkpoint
 
     default = open_backend(onnx, "auto")  # what neoseg-infer -m model.onnx runs here, by the parity record
     log(f"  neoseg-infer default: {default.name}" + (f" ({default.note})" if default.note else ""))
@@ -73,7 +74,7 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
             backend = Emulated(loaded.model, info, precision, remedy)
             out[backend.name] = Segmenter(backend)
     if device == "cuda":
-        out["torch-cuda fp16 (runtime)"] = Segmenter(open_backend(ckpt, "torch-cuda"))
+        out["torch-cuda fp16 (runtime)"] = Segmenter(open_checkpoint(ckpt, "torch-cuda"))
     if engine is not None:
         out["tensorrt fp16 engine"] = Segmenter(open_backend(engine, "tensorrt"))
     return out

@@ -20,8 +20,8 @@ where the generator has them, other realism settings: see :data:`OTHER_COHORT`),
 
 Each corruption draws from its own generator, seeded by the suite seed, the condition and the
 session's name, so the suite is the same on every run and machine, whatever the order. Predictions
-go through :func:`neoseg.train.evaluate.evaluate_scan` (the torch path of ``neoseg-eval``), so any
-``neoseg-train`` checkpoint can be measured. Dice is the mean over volumes per structure; empty
+go through :func:`neoseg.train.evaluate.model_segmenter` (the runtime's segmentation over the torch
+model, as ``neoseg-eval`` and ``neoseg-infer``), so any ``neoseg-train`` checkpoint can be measured. Dice is the mean over volumes per structure; empty
 truths (a structure cut away) are left out.
 """
 
@@ -204,7 +204,7 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.synth import default_cohort_dir, generate_cohort
     from neoseg.train import checkpoint as ckpt
-    from neoseg.train.evaluate import evaluate_scan
+    from neoseg.train.evaluate import model_segmenter, score, segment_canonical
     from neoseg.train.ranks import resolve_device
 
     loaded = ckpt.load(checkpoint)
@@ -215,7 +215,8 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
     spec = other_cohort_spec(grid, other_subjects)
     others = find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress)) if other_subjects else []
     dev = resolve_device(device)
-    model = loaded.model.to(dev)
+    segmenter = model_segmenter(loaded.model, loaded.hierarchy, config.axis, config.slice_size, dev, thresholds,
+                                model_spacing=loaded.spacing)
     rows = []
     cases = build_cases(tests, others)
     if progress:
@@ -224,8 +225,8 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
         cases = tqdm(cases, total=len(tests) * len(CONDITIONS) + len(others), desc="robustness", unit="volume",
                      disable=None)
     for case in cases:
-        for row in evaluate_scan(model, loaded.hierarchy, case.image, case.labels, case.spacing, config.axis,
-                                 config.slice_size, dev, thresholds):
+        seg = segment_canonical(segmenter, case.image, case.spacing)
+        for row in score(seg, loaded.hierarchy, case.labels, case.spacing):
             rows.append({"condition": case.condition, "subject": case.subject, "session": case.session,
                          "scan_age": case.scan_age, **{k: row[k] for k in FIELDS[4:]}})
     about = {"checkpoint": str(checkpoint), "test_sessions": len(tests), "other_sessions": len(others),

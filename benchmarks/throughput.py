@@ -45,7 +45,7 @@ def torch_variants(ckpt: Path, device: str, compile_modes: list[str]) -> dict:
     """name -> (callable on a device tensor, input dtype, channels_last)."""
     import torch
 
-    from neoseg.runtime.torch_backend import TorchBackend, fold_batchnorm
+    from neoseg.train.torch_backend import fold_batchnorm, open_checkpoint
     from neoseg.train import checkpoint
 
     def model():
@@ -67,7 +67,7 @@ def torch_variants(ckpt: Path, device: str, compile_modes: list[str]) -> dict:
         half = torch.float16
         out["torch eager fp16 channels-last"] = (model().to(half, memory_format=cl), half, True)
         out["torch fp16 channels-last, BN folded"] = (fold_batchnorm(model()).to(half, memory_format=cl), half, True)
-        graph = TorchBackend(ckpt, "cuda")  # the runtime's torch backend: + one CUDA graph per shape
+        graph = open_checkpoint(ckpt, "torch-cuda")  # the runtime's torch backend: + one CUDA graph per shape
 
         def replay(x, graph=graph):
             g, static_in, static_out = graph._capture(tuple(x.shape))
@@ -161,9 +161,10 @@ def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str) -> 
     from neoseg.runtime.backends import open_backend
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train import checkpoint
+    from neoseg.train.torch_backend import open_checkpoint
 
     loaded = checkpoint.load(ckpt)
-    backend = open_backend(ckpt, f"torch-{device}")
+    backend = open_checkpoint(ckpt, f"torch-{device}")
     out = {BASELINE: Segmenter(EagerTorch(loaded.model.to(device), backend.info, device,
                                           256 if device == "cuda" else 8), skip_empty=False)}
     if device == "cuda":

@@ -55,8 +55,8 @@ def evaluate(
             split = make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
             sessions = list(getattr(split, subset))
         dev = resolve_device(device)
-        rows = evaluate_sessions(loaded.model.to(dev), loaded.hierarchy, sessions, config.axis, config.slice_size,
-                                 dev, thresholds=chosen, progress=not quiet)
+        rows = evaluate_sessions(loaded.model, loaded.hierarchy, sessions, config.axis, config.slice_size, dev,
+                                 thresholds=chosen, progress=not quiet, model_spacing=loaded.spacing)
         if out is not None:
             write_rows(out, rows, overwrite)
     typer.echo(report(rows))

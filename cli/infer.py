@@ -1,5 +1,5 @@
-"""``neoseg-infer SCAN... | DATASET -m MODEL -o OUTDIR``: segment scans, or a whole BIDS / dHCP dataset, on
-the scans' own voxel grids."""
+"""``neoseg-infer SCAN... | DATASET | DICOM_FOLDER... -m MODEL -o OUTDIR``: segment scans, a whole BIDS /
+dHCP dataset, or DICOM series, on the scans' own voxel grids."""
 
 from __future__ import annotations
 
@@ -39,14 +39,17 @@ class Precision(str, Enum):
 
 @app.command()
 def infer(
-    inputs: Annotated[list[Path], typer.Argument(metavar="SCAN... | DATASET",
-                                                 help="NIfTI scans (.nii, .nii.gz, .hdr/.img), or one BIDS / dHCP-layout "
-                                                      "dataset folder (sub-*/anat/ or sub-*/ses-*/anat/ *_T2w.nii.gz)")],
-    model: Annotated[Path, typer.Option("-m", "--model", exists=True, dir_okay=False,
-                                       help="model.onnx, an engine from neoseg-export --trt, or a .pt checkpoint")],
-    outdir: Annotated[Path, typer.Option("-o", "--outdir", file_okay=False,
-                                         help="folder for the results (for a dataset: its derivatives folder, "
-                                              "e.g. DATASET/derivatives/neoseg)")],
+    inputs: Annotated[list[Path], typer.Argument(metavar="SCAN... | DATASET | DICOM_FOLDER...",
+                                                 help="NIfTI scans (.nii, .nii.gz, .hdr/.img), one BIDS / dHCP-layout "
+                                                      "dataset folder (sub-*/anat/ or sub-*/ses-*/anat/ *_T2w.nii.gz), "
+                                                      "or DICOM series or study folders (needs the dicom extra)")],
+    model: Annotated[Optional[Path], typer.Option("-m", "--model", exists=True, dir_okay=False,
+                                                 help="model.onnx, an engine from neoseg-export --trt, or a .pt "
+                                                      "checkpoint (required, except for --dry-run)")] = None,
+    outdir: Annotated[Optional[Path], typer.Option("-o", "--outdir", file_okay=False,
+                                                  help="folder for the results (for a dataset: its derivatives "
+                                                       "folder, e.g. DATASET/derivatives/neoseg); required, except "
+                                                       "for --dry-run")] = None,
     backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
         BackendName.auto,
     precision: Annotated[Precision, typer.Option(help="auto: BF16 (or FP16) on a CPU that runs it fast, for a model "
@@ -70,25 +73,53 @@ def infer(
                                              "a large field of view; changes results at the cut")] = False,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs (for a dataset: redo every scan)")] =
         False,
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg", help="DICOM input: also write a DICOM SEG "
+                                            "(_desc-neoseg_seg.dcm) and the volumes keyed by study and series "
+                                            "UIDs (_desc-neoseg_volumes.json)")] = False,
+    series_description: Annotated[Optional[list[str]], typer.Option(
+        help="DICOM study: the T2w series' description or protocol name matches this regular expression "
+             "(case-insensitive; repeat for any of several; default: t2, less scouts, localizers, FLAIR, T2*)")] = None,
+    plane: Annotated[Optional[list[str]], typer.Option(
+        help="DICOM study: only series in this slice plane: axial, sagittal, coronal or oblique (repeatable)")] = None,
+    max_voxel_size: Annotated[Optional[float], typer.Option(
+        min=0, help="DICOM study: only series whose voxels are at most this large (mm) along every axis")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="DICOM input: list the series found and which one "
+                                          "the rules choose, then stop")] = False,
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
     (labels), _mask.nii.gz (4D, one volume per channel), _mask.json and _volumes.tsv on the scan's
     own grid, affine and header. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
-    dataset_description.json, dseg.tsv and a group volumes.tsv; finished scans are skipped on a rerun."""
+    dataset_description.json, dseg.tsv and a group volumes.tsv; finished scans are skipped on a rerun.
+    A DICOM folder (one series, or a study from which the T2w series is chosen by the rules shown by
+    --dry-run) gives the same outputs, named after the folder, and with --dicom-seg a DICOM SEG."""
+    import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for .pt checkpoints
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.engine import EngineMismatchError
     from neoseg.runtime.pipeline import Segmenter
 
     with user_errors("neoseg-infer"), as_user_error(BackendUnavailable, EngineMismatchError):
         summary = Summary(json_summary, overwrite)
-        root = _dataset_root(inputs)
+        dicom = _dicom_folders(inputs)
+        _check_dicom_options(bool(dicom), dicom_seg, dry_run, series_description, plane, max_voxel_size)
+        if not dry_run and (model is None or outdir is None):
+            raise ValueError(f"missing {'-m MODEL' if model is None else '-o OUTDIR'}: "
+                             + ("the model.onnx (or engine, or .pt checkpoint) to segment with" if model is None
+                                else "the folder for the results"))
+        root = None if dicom else _dataset_root(inputs)
         if root is None and (participant_label or session_label):
             raise ValueError("--participant-label and --session-label select scans of a dataset; pass one "
                              "dataset folder instead of scan files")
+        if dicom:
+            from neoseg.cli.dicom_inputs import dicom_jobs
+
+            plan, jobs = None, dicom_jobs(dicom, outdir, probabilities, qc, overwrite, dicom_seg, dry_run,
+                                          series_description, plane, max_voxel_size)
+            if dry_run:
+                return
         if root is not None:
             plan = DatasetPlan(root, outdir, model, participant_label, session_label, probabilities, qc, overwrite)
             jobs = plan.jobs
-        else:
+        elif not dicom:
             plan, jobs = None, _file_jobs(inputs, outdir, probabilities, qc, overwrite)
         opened = open_backend(model, backend.value, threads, precision.value)
         runner = Segmenter(opened, batch, skip_empty, crop_plane)
@@ -122,6 +153,35 @@ class Job:
     session: str | None = None
     state: str = "todo"  # todo, partial (an interrupted run's leftovers: redone) or done (skipped)
     overwrite: bool = False
+    dicom: object = None  # a DICOM input: the chosen series (neoseg.dicom.series.Series)
+    paths: dict | None = None  # a DICOM input's outputs
+
+
+def _dicom_folders(inputs: list[Path]) -> list[Path]:
+    """The inputs when every one is a DICOM series or study folder, else []."""
+    from neoseg.dicom.detect import is_dicom_folder
+
+    if not inputs or not all(p.is_dir() for p in inputs):
+        return []
+    found = [is_dicom_folder(p) for p in inputs]
+    if any(found) and not all(found):
+        bad = inputs[found.index(False)]
+        raise ValueError(f"{bad} holds no DICOM files, unlike the other folders; pass DICOM folders only")
+    bare = next((p for p in inputs if not any(p.glob("sub-*"))), None)
+    if not any(found) and bare is not None:
+        raise ValueError(f"{bare} is neither a BIDS / dHCP-layout dataset (no sub-* folders) nor a DICOM folder (no "
+                         f"DICOM Part 10 files, i.e. with the DICM marker); pass a dataset, a DICOM series or study "
+                         f"folder, or NIfTI scans")
+    return list(inputs) if all(found) else []
+
+
+def _check_dicom_options(dicom: bool, seg: bool, dry_run: bool, *rules) -> None:
+    if dicom:
+        return
+    given = [name for name, on in (("--dicom-seg", seg), ("--dry-run", dry_run), ("--series-description", rules[0]),
+                                   ("--plane", rules[1]), ("--max-voxel-size", rules[2] is not None)) if on]
+    if given:
+        raise ValueError(f"{given[0]} applies to DICOM input; pass DICOM series or study folders")
 
 
 def _dataset_root(inputs: list[Path]) -> Path | None:
@@ -272,7 +332,13 @@ def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summar
                     continue
                 progress.start(job.name)
                 try:
-                    paths, seg = segment_file(job.scan, runner, job.outdir, job.overwrite, probabilities, qc)
+                    if job.dicom is not None:
+                        from neoseg.dicom.run import segment_series
+
+                        paths, seg = segment_series(job.dicom, job.scan, runner, job.paths, job.overwrite,
+                                                    probabilities, qc)
+                    else:
+                        paths, seg = segment_file(job.scan, runner, job.outdir, job.overwrite, probabilities, qc)
                 except Exception as e:  # noqa: BLE001 - one scan's failure must not stop the others
                     error = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
                     if not isinstance(e, USER_ERRORS):  # a bug: keep its traceback for the report

@@ -141,7 +141,7 @@ def compare_onnx(path: str | Path, model: torch.nn.Module, info: ModelInfo, x: n
                  reference: np.ndarray | None = None) -> ParityReport:
     """ONNX Runtime (CPU, FP32) vs PyTorch FP32 (``reference`` logits, computed when None) on the
     same slices."""
-    from neoseg.runtime.backends import OrtBackend
+    from neoseg.runtime.ort_backend import OrtBackend
 
     ref = torch_logits(model, x) if reference is None else reference
     backend = OrtBackend(Path(path), "ort-cpu")

@@ -37,7 +37,7 @@ REMEDIES = {"head in fp32": (-1,), "first and head in fp32": (0, -1)}  # layers 
 def emulated(model: nn.Module, precision: str, keep_fp32: tuple[int, ...] = ()) -> nn.Module:
     """A copy of ``model`` (eval, BatchNorm folded) computing as a ``precision`` runtime does;
     the layers ``keep_fp32`` (indices among its convolutions, -1 the output head) stay in FP32."""
-    from neoseg.runtime.torch_backend import fold_batchnorm
+    from neoseg.train.torch_backend import fold_batchnorm
 
     dtype = DTYPES[precision]
     out = fold_batchnorm(copy.deepcopy(model).eval().cpu())

@@ -96,7 +96,7 @@ def build_engine(onnx_path: str | Path, info: ModelInfo, out: str | Path, timing
 
 def compare_engine(engine_path, onnx_path, info: ModelInfo, x: np.ndarray) -> ParityReport:
     """Per-structure Dice of the FP16 engine's masks against ONNX Runtime FP32's."""
-    from neoseg.runtime.backends import OrtBackend
+    from neoseg.runtime.ort_backend import OrtBackend
     from neoseg.runtime.trt_backend import TensorRTBackend
 
     ref_backend, engine = OrtBackend(Path(onnx_path), "ort-cpu"), TensorRTBackend(Path(engine_path))

@@ -11,17 +11,17 @@ here, and ``auto`` uses a reduced one only where the model passed the parity gat
 
 from __future__ import annotations
 
-import os
+from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
-from .model import INPUT, ModelInfo
+from .backend import Backend, BackendUnavailable, fixed_precision
+from .ort_backend import PROVIDERS as ORT_PROVIDERS
+from .ort_backend import OrtBackend
 from .precision import check_precision
 
+__all__ = ["BACKENDS", "Backend", "BackendUnavailable", "OrtBackend", "open_backend", "provide"]
+
 BACKENDS = ("auto", "ov-cpu", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch-cuda", "torch-cpu")
-ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                 "ort-trt": "TensorrtExecutionProvider"}
 # Candidates of ``auto`` by model file kind, fastest first. ort-trt is left out: it builds an engine
 # on first use (minutes); ``neoseg-export --trt`` builds it once instead. On the CPU OpenVINO comes
 # first: as fast as ONNX Runtime or faster in FP32, and several times faster in BF16 (README).
@@ -32,24 +32,19 @@ KIND_OF = {**{b: "onnx" for b in ORT_PROVIDERS}, "ov-cpu": "onnx", "tensorrt": "
            "torch-cpu": "checkpoint"}
 
 
-class BackendUnavailable(RuntimeError):
-    """The requested backend cannot run here; the message says what is missing."""
+# Backends that packages above the runtime provide, by name: (path, backend, threads, precision) ->
+# Backend. The torch backends run training checkpoints and need the training code, which depends on
+# the runtime and not the other way round: importing neoseg.train.torch_backend provides them.
+Opener = Callable[[Path, str, "int | None", str], Backend]
+_PROVIDED: dict[str, Opener] = {}
 
 
-class Backend:
-    """Base: ``info`` (the model's metadata), ``name`` (what actually runs), ``precision`` (its
-    numeric precision) and ``note`` (why that one), ``batch`` (default slices per call) and
-    ``fixed_size`` (None when any multiple of ``info.divisor`` is accepted)."""
-
-    info: ModelInfo
-    name: str
-    precision: str = "fp32"
-    note: str = ""
-    batch: int = 256
-    fixed_size: int | None = None
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+def provide(backends: tuple[str, ...], opener: Opener) -> None:
+    """Let :func:`open_backend` open ``backends`` with ``opener``."""
+    unknown = [b for b in backends if b not in KIND_OF]
+    if unknown:
+        raise ValueError(f"unknown backends {unknown}; the runtime knows {', '.join(KIND_OF)}")
+    _PROVIDED.update(dict.fromkeys(backends, opener))
 
 
 def model_kind(path: Path) -> str:
@@ -101,62 +96,7 @@ def _open(path: Path, backend: str, threads: int | None, precision: str = "auto"
         opened = TensorRTBackend(path)
         fixed_precision(opened.precision, precision, "this engine (rebuild it with neoseg-export --trt)")
         return opened
-    from .torch_backend import TorchBackend
-    return TorchBackend(path, device=backend.removeprefix("torch-"), precision=precision)
-
-
-def fixed_precision(runs: str, requested: str, what: str, hint: str = "") -> str:
-    """For a path that runs only ``runs``: the precision, or why ``requested`` cannot run."""
-    if requested not in ("auto", runs):
-        raise BackendUnavailable(f"{what} runs {runs} only, not {requested}" + (f"; {hint}" if hint else ""))
-    return runs
-
-
-def physical_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-class OrtBackend(Backend):
-    """ONNX Runtime with exactly one requested execution provider (CPU kept only for shape ops)."""
-
-    def __init__(self, path: Path, backend: str = "ort-cpu", threads: int | None = None, precision: str = "auto"):
-        from . import ort_packages
-
-        try:
-            import onnxruntime as ort
-        except ImportError:
-            raise BackendUnavailable(ort_packages.not_installed_message()) from None
-        provider = ORT_PROVIDERS[backend]
-        if backend == "ort-trt":  # TensorRT builds FP16 engines by default, FP32 on request
-            self.precision = fixed_precision("fp16", precision, "ort-trt") if precision != "fp32" else "fp32"
-        else:
-            self.precision = fixed_precision("fp32", precision, f"ONNX Runtime's {provider}",
-                                             "for BF16/FP16 on a CPU use --backend ov-cpu" if backend == "ort-cpu" else "")
-        if provider not in ort.get_available_providers():
-            raise BackendUnavailable(ort_packages.missing_provider_message(provider, ort.get_available_providers()))
-        missing = [] if backend == "ort-cpu" else ort_packages.preload_gpu_libraries(ort, backend == "ort-trt")
-        options = ort.SessionOptions()
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        options.intra_op_num_threads = threads or physical_cores()
-        options.log_severity_level = 3
-        providers: list = [provider] if backend == "ort-cpu" else [provider, "CPUExecutionProvider"]
-        if backend == "ort-trt":
-            cache = Path.home() / ".cache" / "neoseg" / "ort-trt"
-            providers[0] = (provider, {"trt_fp16_enable": self.precision == "fp16", "trt_engine_cache_enable": True,
-                                       "trt_engine_cache_path": str(cache)})
-        try:
-            with ort_packages.quiet(ort):
-                self.session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # noqa: BLE001 - ORT raises its own exception types
-            raise BackendUnavailable(f"ONNX Runtime could not load {path} with {provider}: {e}") from None
-        active = self.session.get_providers()
-        if active[0] != provider:  # ORT drops a provider that fails to initialise and carries on
-            raise BackendUnavailable(ort_packages.not_activated_message(provider, active, missing))
-        self.info = ModelInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, str(path))
-        self.name = f"onnxruntime {ort.__version__} [{provider}] {self.precision}"
-        self.batch = 8 if backend == "ort-cpu" else 256  # CPU: same speed, far less memory
-        if backend == "ort-trt" or not self.info.flexible:
-            self.fixed_size = self.info.slice_size  # one engine shape / a graph of fixed size
-
-    def run(self, x: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {INPUT: np.ascontiguousarray(x, np.float32)})[0]
+    if backend not in _PROVIDED:
+        raise BackendUnavailable(f"{backend} is provided by the training code, which is not loaded: "
+                                 f"import neoseg.train.torch_backend first")
+    return _PROVIDED[backend](path, backend, threads, precision)

@@ -63,13 +63,22 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
         check_writable(p, overwrite)
     start = time.perf_counter()
     checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
-    read = time.perf_counter() - start
+    return segment_scan(checked, segmenter, paths, overwrite, probabilities, qc, time.perf_counter() - start)
+
+
+def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], overwrite: bool = False,
+                 probabilities: bool = False, qc: bool = False, read_seconds: float = 0.0,
+                 extra=None) -> tuple[dict[str, Path], Segmentation]:
+    """Segment a scan already read and checked (a NIfTI file, a DICOM series) and write the outputs
+    ``paths`` (from :func:`output_paths`, plus any that ``extra(tmp, seg)`` writes: a caller's own
+    outputs, e.g. a DICOM SEG, written to ``tmp[key]`` in the same all-or-nothing step)."""
+    outdir = next(iter(paths.values())).parent
     try:
         seg = segmenter.segment(checked.data, checked.affine, checked.zooms, probabilities)
     except MemoryError:
         raise ValueError(f"{checked.path}: ran out of memory while segmenting it; use a machine with more memory, "
                          f"or crop or downsample the scan") from None
-    seg.timings = {"read": read, **seg.timings}
+    seg.timings = {"read": read_seconds, **seg.timings}
     seg.warnings = list(checked.notes)
     if checked.nonfinite is not None:
         _set_outside(seg, checked.nonfinite, segmenter)
@@ -77,6 +86,7 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
         seg.warnings.append(f"{checked.path}: no brain found, every voxel is labelled outside; check that it is a "
                             f"T2-weighted head scan")
     img = checked.image
+    name = paths["dseg"].name.removesuffix(OUTPUTS["dseg"])
     start = time.perf_counter()
     try:
         with atomic_paths(paths, overwrite) as tmp:
@@ -89,8 +99,10 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
             tmp["volumes"].write_text(volumes_tsv(volumes))
             if qc:
                 save_qc(render_qc(checked.data, seg.labels, img.affine, zooms, segmenter.info.hierarchy,
-                                  stem(scan), _qc_subtitle(volumes)), tmp["qc"])
-            tmp["sidecar"].write_text(json.dumps(_sidecar(scan, segmenter, seg, checked), indent=2))
+                                  name, _qc_subtitle(volumes)), tmp["qc"])
+            tmp["sidecar"].write_text(json.dumps(_sidecar(checked.path, segmenter, seg, checked), indent=2))
+            if extra is not None:
+                extra(tmp, seg)
     except FileExistsError:
         raise
     except OSError as e:  # a full disk, a read-only folder: nothing was left behind

@@ -53,16 +53,26 @@ def resize_linear(volume: np.ndarray, shape, first_axis: int = 0) -> np.ndarray:
     edges stay aligned (same field of view), values beyond the edge repeat the border."""
     out = volume
     for k, n_out in enumerate(shape):
-        axis = first_axis + k
-        n_in = out.shape[axis]
-        if n_in == n_out:
-            continue
-        x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
-        i0 = np.floor(x).astype(np.intp)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        w = (x - i0).astype(np.float32).reshape([-1 if a == axis else 1 for a in range(out.ndim)])
-        lo = np.take(out, i0, axis=axis)
-        out = lo + (np.take(out, i1, axis=axis) - lo) * w
+        out = resize_axis(out, first_axis + k, n_out)
     return out
+
+
+def resize_axis(volume: np.ndarray, axis: int, n_out: int) -> np.ndarray:
+    """:func:`resize_linear` along one axis (``volume`` itself where the size is already right)."""
+    n_in = volume.shape[axis]
+    if n_in == n_out:
+        return volume
+    i0, i1, w = linear_weights(n_in, n_out)
+    w = w.reshape([-1 if a == axis else 1 for a in range(volume.ndim)])
+    lo = np.take(volume, i0, axis=axis)
+    return lo + (np.take(volume, i1, axis=axis) - lo) * w
+
+
+def linear_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """For each of ``n_out`` points on an axis of ``n_in``: the two neighbours (i0, i1) and the
+    float32 weight w of i1 (value = v[i0] + (v[i1] - v[i0]) * w)."""
+    x = np.clip((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0, n_in - 1)
+    i0 = np.floor(x).astype(np.intp)
+    return i0, np.minimum(i0 + 1, n_in - 1), (x - i0).astype(np.float32)
 
 

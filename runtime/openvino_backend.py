@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, BackendUnavailable, physical_cores
+from .backend import Backend, BackendUnavailable
+from .cpu import cpu_flags, physical_cores
 from .model import ModelInfo
-from .precision import choose, cpu_flags
+from .precision import choose
 
 HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}

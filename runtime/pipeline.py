@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neoseg.core.preprocess import box_center, foreground_profiles, from_slices, head_box, plane_windows
+from neoseg.core.preprocess import box_center, foreground_profiles, head_box, plane_windows
 
 from . import geometry
-from .backends import Backend
+from .backend import Backend
+from .resample import PlaneResampler
 
 MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
 HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's foreground are not head
@@ -83,28 +84,17 @@ class Segmenter:
         if resample:
             image = geometry.resize_linear(image, geometry.resampled_shape(image.shape, spacing, self.info.spacing))
         t["resample"] = time.perf_counter() - start
-        if resample:  # decode on the scan's grid: interpolate logits, then threshold
-            logits, n = self.predict(image, t, logits=True)
-            start = time.perf_counter()
-            decoded = self.decode(geometry.resize_linear(logits, native_shape, first_axis=1), 0, probabilities)
-            labels = geometry.from_canonical(decoded.labels, ornt)
-            masks = geometry.from_canonical(np.moveaxis(decoded.masks, 0, -1), ornt)
-            probs = None if decoded.probs is None else geometry.from_canonical(np.moveaxis(decoded.probs, 0, -1), ornt)
-            t["postprocess"] += time.perf_counter() - start
-            return Segmentation(labels, masks, probs, n, t)
         # results are decoded straight into arrays on the stored grid, in the file's (Fortran) order
         out = self._outputs(np.shape(data)[:3], probabilities)
-        n = self._predict_into(image, t, [None if a is None else geometry.to_canonical(a, ornt) for a in out])
+        targets = [None if a is None else geometry.to_canonical(a, ornt) for a in out]
+        n = self._predict_into(image, t, targets, native_shape if resample else None)
         return Segmentation(*out, n, t)
 
     # ---- canonical volumes at the model's spacing ----------------------------------------------
-    def predict(self, image: np.ndarray, timings: dict | None = None, probabilities: bool = False,
-                logits: bool = False):
-        """Canonical (X, Y, Z) volume at the model's spacing -> (:class:`Decoded`, or (C, X, Y, Z)
-        float32 logits when ``logits``; number of slices computed)."""
+    def predict(self, image: np.ndarray, timings: dict | None = None, probabilities: bool = False):
+        """Canonical (X, Y, Z) volume at the model's spacing -> (:class:`Decoded`, number of slices
+        computed)."""
         t = timings if timings is not None else {}
-        if logits:
-            return self._predict_logits(image, t)
         labels, masks, probs = self._outputs(image.shape, probabilities)
         n = self._predict_into(image, t, [labels, masks, probs])
         return Decoded(labels, np.moveaxis(masks, -1, 0), None if probs is None else np.moveaxis(probs, -1, 0)), n
@@ -151,80 +141,66 @@ class Segmenter:
                 np.divide(region, hi - lo, out=region)
             yield i, j, buf[:j - i, :, plane[0], plane[1]]
 
-    def _predict_into(self, image: np.ndarray, t: dict, targets: list) -> int:
+    def _predict_into(self, image: np.ndarray, t: dict, targets: list, native_shape=None) -> int:
         """Compute ``image``'s head slices and decode each batch straight into ``targets``
         (labels, masks, probs or None: canonical (X, Y, Z[, C]) views of the outputs, already
-        "outside"): no slice stacks, no restacking pass."""
+        "outside"): no slice stacks, no restacking pass. With ``native_shape`` the targets lie on
+        the scan's own grid, which ``image`` was resampled from: the logits go back onto it plane
+        by plane (:class:`.resample.PlaneResampler`) and are decoded there."""
         start = time.perf_counter()
-        axis = self.info.axis
-        windows, todo, (rows, cols), scale = self._plan(image)
-        (_, w1), (_, w2) = sorted(windows.items())
-        (lr, dr), (lc, dc) = _overlap(rows, w1), _overlap(cols, w2)  # computed and inside the volume
-        dst = [None if a is None else np.moveaxis(a, axis, 0)[:, dr, dc] for a in targets]
+        windows, todo, plane, scale = self._plan(image)
         probabilities = targets[2] is not None
+        if native_shape is None:
+            sink = _Staged(self, windows, todo, plane, targets)
+        else:
+            sink = self._resampler(image.shape, native_shape, windows, todo, plane, targets)
+        on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
         t["preprocess"] = time.perf_counter() - start
         t.setdefault("network", 0.0)
         t.setdefault("postprocess", 0.0)
         start = time.perf_counter()
-        # decoded into contiguous staging buffers of STAGED slices (fast ufunc loops), then copied to
-        # the (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest,
-        # STAGED uint8 slices fill whole cache lines
-        n_todo = max(1, todo.stop - todo.start)
-        staged = min(n_todo, max(self.batch, -(-STAGED // self.batch) * self.batch))
-        shape = (staged, len(self.info.hierarchy), lr.stop - lr.start, lc.stop - lc.start)
-        buf = Decoded(np.empty((staged,) + shape[2:], dst[0].dtype), np.empty(shape, np.uint8),
-                      np.empty(shape, np.float32) if probabilities else None)
-        first = todo.start  # first slice held in the staging buffers
-        for i, j, x in self._batches(image, windows, todo, (rows, cols), scale):
+        for i, j, x in self._batches(image, windows, todo, plane, scale):
             t["preprocess"] += time.perf_counter() - start
             start = time.perf_counter()
-            at = slice(i - first, j - first)
-            part = Decoded(buf.labels[at], buf.masks[at], None if buf.probs is None else buf.probs[at])
-            if hasattr(self.backend, "run_decoded") and not probabilities:
-                decoded = self.backend.run_decoded(x)  # decoded where the logits are
-                t["network"] += time.perf_counter() - start
-                start = time.perf_counter()
-                part.labels[...], part.masks[...] = decoded[0][:, lr, lc], decoded[1][:, :, lr, lc]
+            out = self.backend.run_decoded(x) if on_device else self.backend.run(x)  # decoded where the logits are
+            t["network"] += time.perf_counter() - start
+            start = time.perf_counter()
+            if on_device:
+                sink.put_decoded(i, out)
             else:
-                logits = self.backend.run(x)
-                t["network"] += time.perf_counter() - start
-                start = time.perf_counter()
-                self.decode(logits[:, :, lr, lc], 1, probabilities, out=part)
-            if j - first == staged or j == todo.stop:  # staging full: out to the outputs
-                _copy_blocked(dst[0][first:j], buf.labels[:j - first])
-                for c in range(shape[1]):
-                    _copy_blocked(dst[1][first:j, ..., c], buf.masks[:j - first, c])
-                    if probabilities:
-                        _copy_blocked(dst[2][first:j, ..., c], buf.probs[:j - first, c])
-                first = j
+                sink.put(i, out)
             t["postprocess"] += time.perf_counter() - start
             start = time.perf_counter()
         t["preprocess"] += time.perf_counter() - start
+        start = time.perf_counter()
+        sink.finish()
+        t["postprocess"] += time.perf_counter() - start
         return todo.stop - todo.start
 
-    def _predict_logits(self, image: np.ndarray, t: dict) -> tuple[np.ndarray, int]:
-        """(C, X, Y, Z) float32 logits of ``image``; "outside" where nothing was computed."""
-        start = time.perf_counter()
+    def _resampler(self, shape, native_shape, windows, todo: slice, plane, targets: list) -> PlaneResampler:
+        """Logits of the model-grid slices -> decoded planes of ``targets`` on the scan's grid."""
         info, size = self.info, self.info.slice_size
-        windows, todo, (rows, cols), scale = self._plan(image)
-        n_ch, out_ch = len(info.hierarchy), info.hierarchy.outside_channel
-        out = np.full((image.shape[info.axis], n_ch, size, size), -OUTSIDE_LOGIT, np.float32)
+        axis, out_ch = info.axis, info.hierarchy.outside_channel
+        (a1, w1), (a2, w2) = sorted(windows.items())
+        n_ch = len(info.hierarchy)
+        outside = np.full((n_ch, shape[a1], shape[a2]), -OUTSIDE_LOGIT, np.float32)
+        blank = np.full((n_ch, size, size), -OUTSIDE_LOGIT, np.float32)  # a slice's window before its logits
         if out_ch is not None:
-            out[:, out_ch] = OUTSIDE_LOGIT
-        t["preprocess"] = time.perf_counter() - start
-        t.setdefault("network", 0.0)
-        t.setdefault("postprocess", 0.0)
-        for i, j, x in self._batches(image, windows, todo, (rows, cols), scale):
-            start = time.perf_counter()
-            out[i:j, :, rows, cols] = self.backend.run(x)
-            t["network"] += time.perf_counter() - start
-        start = time.perf_counter()
-        vol = from_slices(out, image.shape, info.axis, windows, fill=-OUTSIDE_LOGIT)
-        if out_ch is not None:
-            inside = from_slices(np.ones((image.shape[info.axis], size, size), bool), image.shape, info.axis, windows)
-            vol[out_ch][~inside] = OUTSIDE_LOGIT
-        t["postprocess"] += time.perf_counter() - start
-        return vol, todo.stop - todo.start
+            outside[out_ch] = blank[out_ch] = OUTSIDE_LOGIT
+        rows, cols = plane
+        dst = [None if a is None else np.moveaxis(a, axis, 0) for a in targets]
+
+        def window(k: int, logits: np.ndarray) -> np.ndarray:
+            computed, out = blank.copy(), outside.copy()
+            computed[:, rows, cols] = logits
+            out[:, w1.src, w2.src] = computed[:, w1.dst, w2.dst]
+            return out
+
+        def emit(p: int, logits: np.ndarray) -> None:
+            self.decode(logits, 0, dst[2] is not None, out=Decoded(
+                dst[0][p], np.moveaxis(dst[1][p], -1, 0), None if dst[2] is None else np.moveaxis(dst[2][p], -1, 0)))
+
+        return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit)
 
     def _regions(self, box, windows, n_slices) -> tuple[slice, tuple[slice, slice]]:
         """The slice range and in-plane (rows, cols) of the window that hold head."""
@@ -292,6 +268,54 @@ class Segmenter:
             np.copyto(best, logits[c], where=higher)
             np.copyto(index, c, where=higher)
         return index
+
+
+class _Staged:
+    """Batches of slices decoded on the model's grid into contiguous staging buffers of STAGED
+    slices (fast ufunc loops), then copied to the (Fortran-ordered) outputs in blocks: along the
+    sagittal axis, the file's fastest, STAGED uint8 slices fill whole cache lines."""
+
+    def __init__(self, segmenter: "Segmenter", windows, todo: slice, plane, targets: list):
+        self.segmenter, self.todo = segmenter, todo
+        (_, w1), (_, w2) = sorted(windows.items())
+        (self.lr, dr), (self.lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
+        axis = segmenter.info.axis
+        self.dst = [None if a is None else np.moveaxis(a, axis, 0)[:, dr, dc] for a in targets]
+        batch = segmenter.batch
+        staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
+        shape = (staged, len(segmenter.info.hierarchy), self.lr.stop - self.lr.start, self.lc.stop - self.lc.start)
+        self.buf = Decoded(np.empty((staged,) + shape[2:], self.dst[0].dtype), np.empty(shape, np.uint8),
+                           np.empty(shape, np.float32) if targets[2] is not None else None)
+        self.first = todo.start  # first slice held in the staging buffers
+
+    def _part(self, i: int, n: int) -> Decoded:
+        at, buf = slice(i - self.first, i - self.first + n), self.buf
+        return Decoded(buf.labels[at], buf.masks[at], None if buf.probs is None else buf.probs[at])
+
+    def put(self, i: int, logits: np.ndarray) -> None:
+        """Slices i, i + 1, ...: their (N, C, rows, cols) logits."""
+        self.segmenter.decode(logits[:, :, self.lr, self.lc], 1, self.buf.probs is not None,
+                              out=self._part(i, len(logits)))
+        self._copy_out(i + len(logits))
+
+    def put_decoded(self, i: int, decoded: tuple[np.ndarray, np.ndarray]) -> None:
+        """Slices i, i + 1, ... as the backend decoded them: labels (N, rows, cols), masks (N, C, rows, cols)."""
+        part = self._part(i, len(decoded[0]))
+        part.labels[...], part.masks[...] = decoded[0][:, self.lr, self.lc], decoded[1][:, :, self.lr, self.lc]
+        self._copy_out(i + len(decoded[0]))
+
+    def _copy_out(self, j: int) -> None:
+        first, buf, dst = self.first, self.buf, self.dst
+        if j - first == len(buf.labels) or j == self.todo.stop:  # staging full: out to the outputs
+            _copy_blocked(dst[0][first:j], buf.labels[:j - first])
+            for c in range(buf.masks.shape[1]):
+                _copy_blocked(dst[1][first:j, ..., c], buf.masks[:j - first, c])
+                if buf.probs is not None:
+                    _copy_blocked(dst[2][first:j, ..., c], buf.probs[:j - first, c])
+            self.first = j
+
+    def finish(self) -> None:
+        pass
 
 
 def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:

@@ -11,7 +11,6 @@ reason; nothing falls back silently.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 REDUCED = ("bf16", "fp16")  # fastest first where a CPU has both
@@ -33,14 +32,6 @@ class ParityRecord:
 
     def describe(self) -> str:
         return f"worst structure {self.worst} Dice {self.min_dice:.4f} vs FP32 ({self.measured_with}, {self.slices} slices)"
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's feature flags as Linux lists them (``amx_bf16``, ``avx512_fp16``, ...); empty elsewhere."""
-    try:
-        return Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return []
 
 
 def check_precision(precision: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, BackendUnavailable
+from .backend import Backend, BackendUnavailable
 from .engine import EngineHeader, check_compatible, read_engine
 from .model import INPUT, OUTPUT, ModelInfo
 

@@ -173,6 +173,8 @@ def test_torch_backend_matches_the_onnx_model(trained, slices, tmp_path):
     """The optional torch backend (BatchNorm folded into the convolutions) computes the same logits."""
     loaded, ckpt = trained
     export_onnx(loaded.model, info_from_checkpoint(loaded), tmp_path / "m.onnx")
+    import neoseg.train.torch_backend  # noqa: F401 - provides the torch backends
+
     torch_backend = open_backend(ckpt, "torch-cpu")
     assert torch_backend.info == OrtBackend(tmp_path / "m.onnx").info
     np.testing.assert_allclose(torch_backend.run(slices[:4]), OrtBackend(tmp_path / "m.onnx").run(slices[:4]), atol=1e-4)

@@ -79,7 +79,11 @@ def test_runtime_runs_without_torch_or_onnx(model, scans, tmp_path):
     assert done.returncode == 0, done.stderr
     assert f"backend: {CPU_DEFAULT}" in done.stdout and any(tmp_path.glob("*_desc-neoseg_dseg.nii.gz"))
     # and the torch backend says what is missing instead of failing obscurely
-    code = BLOCK + ("from neoseg.runtime.backends import open_backend; "
-                    f"open_backend({str(model.with_suffix('.pt'))!r}, 'torch-cpu')")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode != 0 and "torch is not installed: pip install 'neoseg[train]'" in done.stderr
+    pt = str(model.with_suffix('.pt'))
+    for backend in ("torch-cpu", "auto"):
+        code = BLOCK + ("from neoseg.cli.infer import main; "
+                        f"sys.argv = ['neoseg-infer', {str(scans[0])!r}, '-m', {pt!r}, '-o', {str(tmp_path / 'pt')!r}, "
+                        f"'--backend', {backend!r}]; main()")
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+        assert done.returncode != 0 and "torch is not installed: pip install 'neoseg[train]'" in done.stderr, backend
+        assert done.stderr.startswith("neoseg-infer: error: ") and not (tmp_path / "pt").exists()

@@ -13,7 +13,9 @@ from neoseg.core.io import OutputExistsError
 from neoseg.core.preprocess import box_center, foreground_profiles, head_box, head_center
 from neoseg.data.dhcp import find_sessions
 from neoseg.runtime import geometry, pipeline
-from neoseg.runtime.backends import Backend, BackendUnavailable, OrtBackend, open_backend
+from neoseg.runtime.backend import Backend, BackendUnavailable
+from neoseg.runtime.backends import open_backend
+from neoseg.runtime.ort_backend import OrtBackend
 from neoseg.runtime.files import output_paths, segment_file, stem
 from neoseg.runtime.pipeline import Segmenter
 
@@ -138,6 +140,38 @@ def test_scan_at_another_spacing_is_segmented_on_its_own_grid(model, scan, tmp_p
     assert (fine_seg.labels == nearest).mean() > 0.8
 
 
+def _whole_volume_reference(backend, data, zooms):
+    """The resampled path as a whole (C, X, Y, Z) logit volume: every slice computed, logits
+    interpolated back onto the scan's grid, then decoded (labels by Hierarchy.to_labels)."""
+    from neoseg.core.preprocess import from_slices, minmax_scale, plane_windows, to_slices
+
+    info, h = backend.info, backend.info.hierarchy
+    image = geometry.resize_linear(data, geometry.resampled_shape(data.shape, zooms, info.spacing))
+    windows = plane_windows(image.shape, info.axis, info.slice_size, head_center(image))
+    slices = to_slices(minmax_scale(image), info.axis, windows)[:, None]
+    logits = np.concatenate([backend.run(slices[i:i + 8]) for i in range(0, len(slices), 8)])
+    volume = from_slices(logits, image.shape, info.axis, windows, fill=-pipeline.OUTSIDE_LOGIT)
+    inside = from_slices(np.ones(slices[:, 0].shape, bool), image.shape, info.axis, windows)
+    volume[h.outside_channel][~inside] = pipeline.OUTSIDE_LOGIT
+    native = geometry.resize_linear(volume, data.shape, first_axis=1)
+    return h.to_labels(native), native >= info.logit_thresholds[:, None, None, None]
+
+
+@pytest.mark.parametrize("factors", [(0.7, 1.0, 1.3), (1.25, 0.8, 1.0)])
+def test_resampled_scan_decoded_plane_by_plane_equals_the_whole_volume_decoding(model, scan, factors):
+    """The scan-grid planes are interpolated from a few model-grid planes at a time, in batches of
+    3 slices here, and equal the decoding of the whole interpolated logit volume exactly."""
+    img = nib.as_closest_canonical(nib.load(scan))
+    data = np.asarray(img.dataobj, np.float32)
+    zooms = tuple(z * f for z, f in zip(img.header.get_zooms()[:3], factors))
+    backend = open_backend(model, "ort-cpu")
+    seg = Segmenter(backend, batch=3, skip_empty=False).segment(data, np.diag([*zooms, 1.0]), zooms)
+    labels, masks = _whole_volume_reference(backend, data, zooms)
+    assert seg.labels.shape == data.shape and np.array_equal(seg.labels, labels)
+    assert np.array_equal(np.moveaxis(seg.masks, -1, 0), masks)
+    assert len(np.unique(labels)) > 3
+
+
 # ---- decoding and outputs ------------------------------------------------------------------
 def test_thresholds_on_logits_equal_thresholds_on_probabilities(model):
     runner = Segmenter(open_backend(model))
@@ -213,3 +247,18 @@ def test_robust_sample_of_fortran_volumes_is_the_flattened_sample(shape):
     assert np.array_equal(np.sort(robust_sample(volume)), np.sort(volume.reshape(-1)[::7]))
     flipped = volume[::-1].transpose(2, 0, 1)  # any other layout: the plain flattened sample
     assert np.array_equal(robust_sample(flipped), flipped.reshape(-1)[::7])
+
+
+# ---- the CPU ------------------------------------------------------------------------------
+def test_physical_cores_counts_hyperthread_siblings_once(tmp_path):
+    from neoseg.runtime.cpu import physical_cores
+
+    for cpu, package, core in ((0, 0, 0), (1, 0, 0), (2, 0, 1), (3, 1, 0)):  # 0 and 1: siblings
+        topology = tmp_path / f"cpu{cpu}" / "topology"
+        topology.mkdir(parents=True)
+        (topology / "physical_package_id").write_text(f"{package}\n")
+        (topology / "core_id").write_text(f"{core}\n")
+    assert physical_cores({0, 1}, tmp_path) == 1
+    assert physical_cores({0, 1, 2, 3}, tmp_path) == 3  # core 0 of package 1 is another core
+    assert physical_cores({0, 2, 5}, tmp_path) == 3  # no topology for cpu5: the logical count
+    assert 1 <= physical_cores() <= len(__import__("os").sched_getaffinity(0))

@@ -1,8 +1,17 @@
-"""Whole-volume prediction with a torch model and per-structure evaluation of sessions."""
+"""Per-structure evaluation of a torch model on whole volumes, segmented as ``neoseg-infer`` does.
+
+The model runs as a runtime backend (:meth:`.torch_backend.TorchBackend.plain`: as it is, FP32)
+under the runtime's :class:`~neoseg.runtime.pipeline.Segmenter`: the same head windows, slice
+skipping, thresholds on the logits and hierarchy decoding as ``neoseg-infer``, so a score describes
+what the product writes for the checkpoint. Scores compare the per-channel masks (channels at their
+thresholds) with the fully labelled truth; the :class:`~neoseg.runtime.pipeline.Segmentation`
+scored also holds the label map (``.labels``).
+"""
 
 from __future__ import annotations
 
 import csv
+import math
 from pathlib import Path
 
 import numpy as np
@@ -13,51 +22,65 @@ from neoseg.core import metrics
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import atomic_path
 from neoseg.core.labels import present_values
-from neoseg.core.preprocess import from_slices, head_center, minmax_scale, plane_windows, to_slices
 from neoseg.core.thresholds import check_thresholds
 from neoseg.data.dhcp import Session
+from neoseg.runtime.model import ModelInfo
+from neoseg.runtime.pipeline import Segmentation, Segmenter
 
+from .torch_backend import TorchBackend
 from .volumes import load_session
 
 
-@torch.no_grad()
+def model_segmenter(model: nn.Module, hierarchy: Hierarchy, axis: int, size: int, device: str | torch.device = "cpu",
+                    thresholds=0.5, model_spacing=None, batch: int = 32) -> Segmenter:
+    """The runtime's segmenter over ``model`` (one logit per channel of ``hierarchy``), slicing
+    along ``axis`` at ``size``^2, thresholds on the sigmoid (one, or one per channel).
+    ``model_spacing``: the voxel size (mm) the model was trained at, to which scans of another
+    are resampled as by ``neoseg-infer``; None: every scan is taken as it is."""
+    info = ModelInfo(hierarchy=hierarchy, thresholds=check_thresholds(thresholds, hierarchy.names), axis=axis,
+                     slice_size=size, divisor=math.gcd(size, int(getattr(model, "divisor", 32))),
+                     spacing=tuple(float(s) for s in model_spacing or (1.0, 1.0, 1.0)),
+                     architecture=type(model).__name__, version="", config_digest="")
+    return Segmenter(TorchBackend.plain(model, info, device, batch))
+
+
+def segment_canonical(segmenter: Segmenter, image: np.ndarray, spacing=None, probabilities: bool = False) -> Segmentation:
+    """A canonical (RAS+) volume of voxel size ``spacing`` (mm; None: the model's, so that nothing
+    is resampled) through ``segmenter``."""
+    zooms = segmenter.info.spacing if spacing is None else tuple(float(s) for s in spacing)
+    return segmenter.segment(image, np.diag([*zooms, 1.0]), zooms, probabilities)
+
+
 def predict_volume(model: nn.Module, image: np.ndarray, hierarchy: Hierarchy, axis: int, size: int,
                    batch: int = 32, device: str | torch.device = "cpu") -> np.ndarray:
     """Canonical (X, Y, Z) image -> (C, X, Y, Z) float32 sigmoid probabilities on the same grid."""
-    model.eval()
-    windows = plane_windows(image.shape, axis, size, head_center(image))
-    slices = to_slices(minmax_scale(image), axis, windows)
-    out = np.empty((len(slices), len(hierarchy), size, size), np.float32)
-    for start in range(0, len(slices), batch):
-        x = torch.from_numpy(slices[start:start + batch, None]).to(device)
-        out[start:start + batch] = torch.sigmoid(model(x).float()).cpu().numpy()
-    probs = from_slices(out, image.shape, axis, windows)
-    inside = from_slices(np.ones((len(slices), size, size), np.uint8), image.shape, axis, windows)
-    fill = hierarchy.outside_channel
-    if fill is not None:
-        probs[fill][inside == 0] = 1.0
-    return probs
+    seg = segment_canonical(model_segmenter(model, hierarchy, axis, size, device, batch=batch), image, None, True)
+    return np.moveaxis(seg.probs, -1, 0)
+
+
+def score(seg: Segmentation, hierarchy: Hierarchy, labels: np.ndarray, spacing) -> list[dict]:
+    """One row per structure: Dice, HD95/HD100 (mm), volume difference of ``seg``'s masks against
+    the fully labelled map ``labels`` (parents filled in)."""
+    truth = (hierarchy.encode(labels) == 1).astype(np.uint8)
+    return metrics.evaluate_volume(np.moveaxis(seg.masks, -1, 0), truth, hierarchy.names, spacing)
 
 
 def evaluate_scan(model: nn.Module, hierarchy: Hierarchy, image: np.ndarray, labels: np.ndarray,
-                    spacing: tuple[float, ...], axis: int, size: int, device: str | torch.device = "cpu",
-                    thresholds=0.5) -> list[dict]:
-    """One row per structure for a canonical ``image`` and its label map: Dice, HD95/HD100 (mm),
-    volume difference; truth is the fully labelled map (parents filled in), prediction the
-    sigmoid at ``thresholds`` (one, or one per channel, in [1e-6, 1 - 1e-6])."""
-    thresholds = np.asarray(check_thresholds(thresholds, hierarchy.names), np.float32)
-    probs = predict_volume(model, image, hierarchy, axis, size, device=device)
-    pred = hierarchy.masks(probs, thresholds)
-    truth = (hierarchy.encode(labels) == 1).astype(np.uint8)
-    return metrics.evaluate_volume(pred, truth, hierarchy.names, spacing)
+                  spacing: tuple[float, ...], axis: int, size: int, device: str | torch.device = "cpu",
+                  thresholds=0.5, model_spacing=None) -> list[dict]:
+    """:func:`score` of a canonical ``image`` segmented by :func:`model_segmenter`."""
+    segmenter = model_segmenter(model, hierarchy, axis, size, device, thresholds, model_spacing)
+    seg = segment_canonical(segmenter, image, None if model_spacing is None else spacing)
+    return score(seg, hierarchy, labels, spacing)
 
 
 def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Session], axis: int, size: int,
-                      device: str | torch.device = "cpu", thresholds=0.5, progress: bool = False) -> list[dict]:
+                      device: str | torch.device = "cpu", thresholds=0.5, progress: bool = False,
+                      model_spacing=None) -> list[dict]:
     """One row per session and structure (see :func:`evaluate_scan`)."""
     from tqdm import tqdm
 
-    check_thresholds(thresholds, hierarchy.names)
+    segmenter = model_segmenter(model, hierarchy, axis, size, device, thresholds, model_spacing)
     rows = []
     for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
         image, labels, img = load_session(session)
@@ -66,7 +89,8 @@ def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Ses
             raise ValueError(f"{session.labels}: label values {unnamed} are not named by hierarchy "
                              f"'{hierarchy.name}' (known: {hierarchy.label_values}); pass the matching hierarchy")
         spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-        for row in evaluate_scan(model, hierarchy, image, labels, spacing, axis, size, device, thresholds):
+        seg = segment_canonical(segmenter, image, None if model_spacing is None else spacing)
+        for row in score(seg, hierarchy, labels, spacing):
             rows.append({"subject": session.subject, "session": session.session, "scan_age": session.scan_age,
                          "age_group": session.age_group, **row})
     return rows

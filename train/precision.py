@@ -15,7 +15,8 @@ import contextlib
 
 import torch
 
-from neoseg.runtime.precision import HARDWARE, cpu_flags
+from neoseg.runtime.cpu import cpu_flags
+from neoseg.runtime.precision import HARDWARE
 
 from .config import PRECISIONS
 

@@ -1,6 +1,12 @@
-"""Optional PyTorch backend for machines with torch but no TensorRT: a training checkpoint,
-BatchNorm folded into the convolutions, FP16 channels-last on CUDA with the whole batch replayed
-as one captured CUDA graph. torch is imported here only, when this backend is asked for."""
+"""The runtime's PyTorch backends, which live with the training code they need.
+
+``torch-cpu`` / ``torch-cuda`` (``neoseg-infer -m best.pt``) open a training checkpoint, BatchNorm
+folded into the convolutions, channels-last, FP16 on CUDA with the whole batch replayed as one
+captured CUDA graph; importing this module makes :func:`neoseg.runtime.backends.open_backend`
+offer them. :meth:`TorchBackend.plain` wraps an in-memory model as it is (FP32), so training's
+evaluation decodes volumes through the runtime's :class:`~neoseg.runtime.pipeline.Segmenter`
+like ``neoseg-infer`` does. torch is imported when a backend is opened, not with this module.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +14,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .backends import Backend, BackendUnavailable
-from .model import info_from_checkpoint
+from neoseg.runtime import backends
+from neoseg.runtime.backend import Backend, BackendUnavailable
+from neoseg.runtime.model import ModelInfo, info_from_checkpoint
+
+TORCH_MISSING = ("torch is not installed: pip install 'neoseg[train]' "
+                 "('neoseg[train-gpu]' where neoseg was installed with the gpu extra)")
 
 
 def fold_batchnorm(model):
@@ -26,45 +36,59 @@ def fold_batchnorm(model):
     return model
 
 
+def open_checkpoint(path: Path, backend: str = "torch-cuda", threads: int | None = None,
+                    precision: str | None = None) -> "TorchBackend":
+    """``backend`` torch-cuda (``precision`` fp16 by default, or fp32; CUDA graphs) or torch-cpu
+    (fp32 by default, or bf16 where oneDNN has BF16 kernels for the CPU). ``threads`` is not used:
+    torch sizes its own thread pool."""
+    try:
+        import torch
+    except ImportError:
+        raise BackendUnavailable(TORCH_MISSING) from None
+    device = backend.removeprefix("torch-")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise BackendUnavailable("torch sees no CUDA GPU")
+    from . import checkpoint
+
+    loaded = checkpoint.load(path)
+    precision = precision if precision not in (None, "auto") else ("fp16" if device == "cuda" else "fp32")
+    runs = ("fp16", "fp32") if device == "cuda" else ("fp32", "bf16") if torch.ops.mkldnn._is_mkldnn_bf16_supported() \
+        else ("fp32",)
+    if precision not in runs:
+        raise BackendUnavailable(f"torch-{device} runs {', '.join(runs)} here, not {precision}"
+                                 + ("; BF16 needs a CPU with AVX-512" if precision == "bf16" else ""))
+    return TorchBackend(fold_batchnorm(loaded.model.eval()), info_from_checkpoint(loaded), device, precision,
+                        fast=True)
+
+
 class TorchBackend(Backend):
-    """``device`` 'cuda' (``precision`` fp16 by default, or fp32; CUDA graphs) or 'cpu' (fp32 by
-    default, or bf16 where oneDNN has BF16 kernels for the CPU)."""
+    """A torch module (one logit per hierarchy channel) on ``device`` in ``precision``. ``fast``:
+    channels-last memory and, on CUDA, one captured CUDA graph per input shape (the batch is then
+    fixed at 256 slices of the model's size). Moves ``model`` to the device and dtype in place."""
 
-    def __init__(self, path: Path, device: str = "cuda", precision: str | None = None, cuda_graphs: bool = True):
-        try:
-            import torch
-        except ImportError:
-            raise BackendUnavailable("torch is not installed: pip install 'neoseg[train]' "
-                                     "('neoseg[train-gpu]' where neoseg was installed with the gpu extra)") from None
-        if device == "cuda" and not torch.cuda.is_available():
-            raise BackendUnavailable("torch sees no CUDA GPU")
-        from neoseg.train import checkpoint
+    def __init__(self, model, info: ModelInfo, device: str = "cpu", precision: str = "fp32", fast: bool = False,
+                 batch: int | None = None):
+        import torch
 
-        self.torch = torch
-        loaded = checkpoint.load(path)
-        self.info = info_from_checkpoint(loaded)
+        self.torch, self.info, self.precision = torch, info, precision
         self.device = torch.device(device)
-        precision = precision if precision not in (None, "auto") else ("fp16" if device == "cuda" else "fp32")
-        runs = ("fp16", "fp32") if device == "cuda" else ("fp32", "bf16") if torch.ops.mkldnn._is_mkldnn_bf16_supported() \
-            else ("fp32",)
-        if precision not in runs:
-            raise BackendUnavailable(f"torch-{device} runs {', '.join(runs)} here, not {precision}"
-                                     + ("; BF16 needs a CPU with AVX-512" if precision == "bf16" else ""))
-        self.precision = precision
         self.dtype = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-        self.model = fold_batchnorm(loaded.model.eval()).to(self.device, self.dtype,
-                                                            memory_format=torch.channels_last)
-        self.graphs = cuda_graphs and device == "cuda"
+        self.memory_format = torch.channels_last if fast else torch.contiguous_format
+        self.model = model.eval().to(self.device, self.dtype, memory_format=self.memory_format)
+        self.graphs = fast and self.device.type == "cuda"
         self._captured: dict[tuple, tuple] = {}
         self._decode = None  # device tensors for run_decoded, made on first use
-        if device == "cuda":
+        if fast and self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-            self.batch = 256
-            self.fixed_size = self.info.slice_size  # one captured shape per batch size
-        else:
-            self.batch = 8
-        self.name = (f"torch {torch.__version__} {device} {precision} channels-last"
+            self.fixed_size = info.slice_size  # one captured shape per batch size
+        self.batch = batch or (256 if self.device.type == "cuda" else 8)
+        self.name = (f"torch {torch.__version__} {self.device.type} {precision}" + (" channels-last" if fast else "")
                      + (" cuda-graph" if self.graphs else ""))
+
+    @classmethod
+    def plain(cls, model, info: ModelInfo, device="cpu", batch: int = 32) -> "TorchBackend":
+        """``model`` as it is, in FP32 and standard memory layout (as trained and validated)."""
+        return cls(model, info, str(device), "fp32", fast=False, batch=batch)
 
     def _forward(self, x):
         return self.model(x).float()
@@ -97,7 +121,7 @@ class TorchBackend(Backend):
     def _logits(self, x: np.ndarray):
         torch = self.torch
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, non_blocking=True)
-        t = t.to(self.dtype).contiguous(memory_format=torch.channels_last)
+        t = t.to(self.dtype).contiguous(memory_format=self.memory_format)
         if not self.graphs:
             return self._forward(t)
         n = len(t)
@@ -112,7 +136,7 @@ class TorchBackend(Backend):
         if shape not in self._captured:
             torch = self.torch
             static_in = torch.zeros(shape, device=self.device, dtype=self.dtype).contiguous(
-                memory_format=torch.channels_last)
+                memory_format=self.memory_format)
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):
@@ -124,3 +148,6 @@ class TorchBackend(Backend):
                 static_out = self._forward(static_in)
             self._captured[shape] = (graph, static_in, static_out)
         return self._captured[shape]
+
+
+backends.provide(("torch-cuda", "torch-cpu"), open_checkpoint)

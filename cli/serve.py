@@ -1,0 +1,59 @@
+"""``neoseg-serve --config node.toml``: a DICOM node that receives MR studies, segments each study's T2w
+series once the study has stopped growing, and sends the DICOM SEG on by C-STORE (docs/dicom.md)."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from .common import user_errors
+
+app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+
+
+@app.command()
+def serve(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", dir_okay=False,
+                                                   help="the node's TOML configuration")] = None,
+    example: Annotated[bool, typer.Option("--example", help="print an example configuration and stop")] = False,
+) -> None:
+    """Run the node until stopped (SIGTERM or Ctrl-C): one line per study on stderr."""
+    with user_errors("neoseg-serve"):
+        from neoseg.dicom.config import EXAMPLE, load_config
+
+        if example:
+            typer.echo(EXAMPLE, nl=False)
+            return
+        if config is None:
+            raise ValueError("missing --config node.toml (neoseg-serve --example prints one)")
+        node = build_node(load_config(config))
+        # one line per study: the libraries' own INFO chatter (each C-STORE, each copied module) is kept out
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", stream=sys.stderr)
+        logging.getLogger("neoseg.serve").setLevel(logging.INFO)
+        signal.signal(signal.SIGTERM, lambda *_: node.stopping.set())
+        node.serve_forever()
+
+
+def build_node(config):
+    """The node with its model loaded once."""
+    from neoseg.dicom.node import Node
+    from neoseg.runtime.backends import open_backend
+    from neoseg.runtime.pipeline import Segmenter
+
+    if not config.model.is_file():
+        raise ValueError(f"[model] path {config.model} does not exist; set the path of the model.onnx")
+    backend = open_backend(config.model, config.backend, config.threads, config.precision)
+    return Node(config, Segmenter(backend))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

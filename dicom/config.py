@@ -1,0 +1,126 @@
+"""``neoseg-serve``'s configuration file (TOML), read once and checked with one-line errors."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+from .series import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, SeriesRules
+
+EXAMPLE = """\
+[node]
+ae_title = "NEOSEG"            # this node's AE title
+host = "0.0.0.0"               # where the Storage SCP listens
+port = 11112
+spool = "/var/lib/neoseg/spool"  # received instances, one folder per study (removed once done)
+output = "/var/lib/neoseg/out"   # NIfTI results, SEG and volumes JSON, one folder per study
+settle_seconds = 30            # a study is complete after this long without a new instance
+queue_size = 16                # complete studies waiting for the model; more wait in the spool
+# timeout_seconds = 30         # association and message timeouts, both directions
+
+[model]
+path = "/opt/neoseg/model.onnx"
+backend = "auto"               # as neoseg-infer --backend
+precision = "auto"
+
+[destination]                  # where each SEG is sent by C-STORE
+ae_title = "PACS"
+host = "pacs.example.org"
+port = 104
+
+[series]                       # which series of a study is the T2w one (as neoseg-infer's rules)
+description = ["t2"]
+exclude = ["scout|locali[sz]er|survey"]
+planes = []                    # e.g. ["axial"]
+# max_voxel_size = 3.0
+"""
+
+
+@dataclass(frozen=True)
+class Peer:
+    ae_title: str
+    host: str
+    port: int
+
+
+@dataclass
+class NodeConfig:
+    listen: Peer
+    destination: Peer
+    spool: Path
+    output: Path
+    model: Path
+    backend: str = "auto"
+    precision: str = "auto"
+    threads: int | None = None
+    settle_seconds: float = 30.0
+    queue_size: int = 16
+    timeout_seconds: float = 30.0  # ACSE, DIMSE and network timeouts of both roles
+    rules: SeriesRules = field(default_factory=SeriesRules)
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"config {path} does not exist; write one (see docs/dicom.md)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"config {path} is not valid TOML ({e}); fix it") from None
+    return parse_config(data, path)
+
+
+def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
+    node, model, dest, series = (_table(data, k, where) for k in ("node", "model", "destination", "series"))
+    unknown = set(data) - {"node", "model", "destination", "series"}
+    if unknown:
+        raise ValueError(f"{where}: unknown table [{sorted(unknown)[0]}]; the tables are node, model, destination "
+                         f"and series")
+    rules = SeriesRules(tuple(series.get("description", DEFAULT_INCLUDE)),
+                        tuple(series.get("exclude", DEFAULT_EXCLUDE)), tuple(series.get("planes", ())),
+                        series.get("max_voxel_size"), explicit=True)
+    return NodeConfig(
+        listen=Peer(str(node.get("ae_title", "NEOSEG")), str(node.get("host", "0.0.0.0")), _port(node, where, "node")),
+        destination=Peer(_need(dest, "ae_title", where, "destination"), _need(dest, "host", where, "destination"),
+                         _port(dest, where, "destination", required=True)),
+        spool=Path(_need(node, "spool", where, "node")), output=Path(_need(node, "output", where, "node")),
+        model=Path(_need(model, "path", where, "model")), backend=str(model.get("backend", "auto")),
+        precision=str(model.get("precision", "auto")), threads=model.get("threads"),
+        settle_seconds=_positive(node, "settle_seconds", 30.0, where),
+        queue_size=int(_positive(node, "queue_size", 16, where)),
+        timeout_seconds=_positive(node, "timeout_seconds", 30.0, where), rules=rules)
+
+
+def _table(data: dict, key: str, where) -> dict:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise ValueError(f"{where}: [{key}] must be a table")
+    return value
+
+
+def _need(table: dict, key: str, where, name: str) -> str:
+    if not table.get(key):
+        raise ValueError(f"{where}: [{name}] {key} is missing; set it (see docs/dicom.md)")
+    return str(table[key])
+
+
+def _port(table: dict, where, name: str, required: bool = False) -> int:
+    if "port" not in table and not required:
+        return 11112
+    port = table.get("port")
+    if not isinstance(port, int) or not 0 <= port <= 65535:
+        raise ValueError(f"{where}: [{name}] port must be a number from 0 to 65535, got {port!r}")
+    return port
+
+
+def _positive(table: dict, key: str, default: float, where) -> float:
+    value = table.get(key, default)
+    if not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"{where}: [node] {key} must be a positive number, got {value!r}")
+    return float(value)

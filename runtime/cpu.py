@@ -1,0 +1,41 @@
+"""Facts about this machine's CPU: its feature flags and how many physical cores this process
+may use. Read from Linux's /proc and /sys; elsewhere the flags are empty and the core count is
+the logical one."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+CPUINFO = Path("/proc/cpuinfo")
+TOPOLOGY = Path("/sys/devices/system/cpu")
+
+
+def cpu_flags(cpuinfo: Path = CPUINFO) -> list[str]:
+    """The CPU's feature flags as Linux lists them (``amx_bf16``, ``avx512_fp16``, ...); empty elsewhere."""
+    try:
+        return cpuinfo.read_text().split()
+    except OSError:
+        return []
+
+
+def usable_cpus() -> set[int]:
+    """The logical CPUs this process may run on."""
+    if hasattr(os, "sched_getaffinity"):
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def physical_cores(cpus: set[int] | None = None, topology: Path = TOPOLOGY) -> int:
+    """Physical cores among ``cpus`` (default: those this process may use): hyperthread siblings
+    share a (package, core) pair in sysfs and count once. Inference threads beyond this only
+    compete for the same units. Without the topology files: the logical count."""
+    cpus = usable_cpus() if cpus is None else cpus
+    cores = set()
+    for cpu in cpus:
+        where = topology / f"cpu{cpu}" / "topology"
+        try:
+            cores.add(((where / "physical_package_id").read_text().strip(), (where / "core_id").read_text().strip()))
+        except OSError:
+            return max(1, len(cpus))
+    return max(1, len(cores))

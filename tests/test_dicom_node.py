@@ -1,0 +1,193 @@
+"""neoseg-serve on the loopback interface: a sender and a destination SCP inside the test, 10 studies
+sent one after another (one broken: its association aborted halfway through the series), plus a
+connection that speaks no DICOM. The 9 good studies' SEGs arrive, the broken one gets one error
+line, the node keeps answering, and its log holds no patient data."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+pytest.importorskip("pynetdicom")
+import pydicom  # noqa: E402
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt  # noqa: E402
+from pynetdicom.sop_class import MRImageStorage, SegmentationStorage, Verification  # noqa: E402
+
+from dicom_synth import PATIENT_ID, PATIENT_NAME, new_study, write_series  # noqa: E402
+from neoseg.data.dhcp import find_sessions  # noqa: E402
+from neoseg.dicom.config import EXAMPLE, parse_config  # noqa: E402
+
+SECRETS = (PATIENT_NAME, PATIENT_ID, "Secretina")
+
+
+@pytest.fixture(scope="module")
+def model(tiny_dataset, tmp_path_factory):
+    from neoseg.benchmarks.toy import toy_onnx
+
+    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
+
+
+def _destination(received: list):
+    ae = AE(ae_title="DEST")
+    ae.add_supported_context(SegmentationStorage, ALL_TRANSFER_SYNTAXES)
+
+    def on_store(event):
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        received.append(ds)
+        return 0x0000
+
+    return ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=[(evt.EVT_C_STORE, on_store)])
+
+
+def _send(port: int, files: list, abort_after: int | None = None) -> None:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(MRImageStorage)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = 5
+    assoc = ae.associate("127.0.0.1", port, ae_title="NEOSEG")
+    assert assoc.is_established
+    for k, path in enumerate(files):
+        if abort_after is not None and k == abort_after:
+            assoc.abort()
+            return
+        status = assoc.send_c_store(pydicom.dcmread(path))
+        assert status.Status == 0x0000
+    assoc.release()
+
+
+def _echo(port: int) -> int:
+    ae = AE(ae_title="SCANNER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", port, ae_title="NEOSEG")
+    status = assoc.send_c_echo()
+    assoc.release()
+    return status.Status
+
+
+@pytest.mark.slow
+def test_node_returns_a_seg_per_study_and_survives_a_broken_one(model, tiny_dataset, tmp_path, caplog):
+    from neoseg.cli.serve import build_node
+
+    caplog.set_level(logging.INFO, logger="neoseg.serve")
+    img = nib.load(find_sessions(tiny_dataset)[5].t2)
+    data = np.round(np.asarray(img.dataobj)).astype(np.int16)
+    received: list = []
+    destination = _destination(received)
+    config = parse_config({
+        "node": {"ae_title": "NEOSEG", "host": "127.0.0.1", "port": 0, "spool": str(tmp_path / "spool"),
+                 "output": str(tmp_path / "out"), "settle_seconds": 1.0, "queue_size": 2, "timeout_seconds": 5},
+        "model": {"path": str(model), "backend": "ort-cpu"},
+        "destination": {"ae_title": "DEST", "host": "127.0.0.1", "port": destination.server_address[1]},
+        "series": {"description": ["t2"], "exclude": ["survey"]},
+    })
+    node = build_node(config)
+    _, port = node.start()
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:  # no DICOM at all
+            s.sendall(b"\x07\x00garbage, not an A-ASSOCIATE-RQ" * 4)
+        studies, broken = [], None
+        for i in range(10):
+            uids = new_study()
+            folder = tmp_path / "send" / f"study{i}"
+            write_series(data, img.affine, folder / "t2", uids, description="T2w TSE", number=3)
+            write_series(data[:, :, ::6], img.affine @ np.diag([1, 1, 6, 1]), folder / "survey", uids,
+                         description="Survey", number=1)
+            files = sorted((folder / "survey").iterdir()) + sorted((folder / "t2").iterdir())
+            if i == 4:  # the broken one: the association is aborted halfway through the T2w series
+                broken = uids["uid"]
+                _send(port, files, abort_after=len(files) // 2 + 2)
+            else:
+                studies.append(uids["uid"])
+                _send(port, files)
+        deadline = time.monotonic() + 180
+        errors = lambda: [r for r in caplog.records if r.levelno >= logging.ERROR]  # noqa: E731
+        while time.monotonic() < deadline and (len(received) < 9 or not errors()):
+            time.sleep(0.2)
+        time.sleep(1.5)  # nothing more may arrive
+        assert _echo(port) == 0x0000  # still answering
+    finally:
+        node.stop()
+        destination.shutdown()
+    assert sorted(str(seg.StudyInstanceUID) for seg in received) == sorted(studies)
+    for seg in received:
+        assert seg.Modality == "SEG" and len(seg.SegmentSequence) == 9
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line for line in lines if "error" in line] == [
+        line for line in lines if line.startswith(f"study {broken}: error:")]
+    assert len([line for line in lines if line.startswith(f"study {broken}:")]) == 1
+    assert "incomplete" in next(line for line in lines if line.startswith(f"study {broken}:"))
+    for study in studies:
+        assert len([line for line in lines if line.startswith(f"study {study}: series 3 (T2w TSE)")]) == 1
+    assert not any(secret in line for line in lines for secret in SECRETS)
+    assert (tmp_path / "spool" / "failed" / broken).is_dir()  # kept for a look; the others are cleared
+    assert not any((tmp_path / "spool" / s).exists() for s in studies)
+
+
+def test_example_config_parses_and_bad_ones_are_refused(tmp_path):
+    import tomllib
+
+    config = parse_config(tomllib.loads(EXAMPLE))
+    assert config.destination.port == 104 and config.rules.explicit and config.settle_seconds == 30
+    with pytest.raises(ValueError, match=r"\[destination\] port must be"):
+        parse_config({**tomllib.loads(EXAMPLE), "destination": {"ae_title": "X", "host": "h", "port": "104"}})
+    with pytest.raises(ValueError, match=r"\[model\] path is missing"):
+        parse_config({**tomllib.loads(EXAMPLE), "model": {}})
+
+
+def test_serve_command_errors_are_one_line(tmp_path):
+    from typer.testing import CliRunner
+
+    from neoseg.cli.serve import app
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["--example"])
+    assert result.exit_code == 0 and "[destination]" in result.output
+    result = runner.invoke(app, [])
+    assert result.exit_code == 2 and "missing --config" in result.output
+    config = tmp_path / "node.toml"
+    config.write_text(EXAMPLE.replace("/opt/neoseg/model.onnx", str(tmp_path / "none.onnx")))
+    result = runner.invoke(app, ["--config", str(config)])
+    assert result.exit_code == 2 and "[model] path" in result.output and "does not exist" in result.output
+    config.write_text("[node\n")
+    result = runner.invoke(app, ["--config", str(config)])
+    assert result.exit_code == 2 and "is not valid TOML" in result.output
+
+
+def test_the_docs_show_the_example_configuration():
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "dicom.md").read_text()
+    assert EXAMPLE in docs
+
+
+def test_a_study_left_in_the_spool_is_done_at_start(model, tiny_dataset, tmp_path):
+    """A node stopped before it processed a study picks it up when it starts again."""
+    from neoseg.cli.serve import build_node
+
+    img = nib.load(find_sessions(tiny_dataset)[5].t2)
+    uids = new_study()
+    series = write_series(np.round(np.asarray(img.dataobj)).astype(np.int16), img.affine,
+                          tmp_path / "spool" / ".work" / uids["uid"] / "x", uids)
+    received: list = []
+    destination = _destination(received)
+    config = parse_config({
+        "node": {"host": "127.0.0.1", "port": 0, "spool": str(tmp_path / "spool"), "output": str(tmp_path / "out"),
+                 "settle_seconds": 0.5, "timeout_seconds": 5},
+        "model": {"path": str(model), "backend": "ort-cpu"},
+        "destination": {"ae_title": "DEST", "host": "127.0.0.1", "port": destination.server_address[1]},
+    })
+    node = build_node(config)
+    node.start()
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not received:
+            time.sleep(0.2)
+    finally:
+        node.stop()
+        destination.shutdown()
+    assert [str(s.ReferencedSeriesSequence[0].SeriesInstanceUID) for s in received] == [series]
