@@ -15,9 +15,14 @@ class Split:
     val: tuple[Session, ...]
     test: tuple[Session, ...]
     fully_labelled: frozenset[str]  # training subjects that keep their full labels
+    partial_sessions: frozenset[str] = frozenset()  # keys of sessions whose files are partial (not simulated)
 
     def is_full(self, session: Session) -> bool:
         return session.subject in self.fully_labelled
+
+    def coarsened(self, session: Session) -> bool:
+        """True for a training session whose full labels are coarsened to simulate partial ones."""
+        return not self.is_full(session) and session.key not in self.partial_sessions
 
 
 def split_subjects(subjects: list[str], fractions=(0.8, 0.1, 0.1), seed: int = 0) -> tuple[list[str], list[str], list[str]]:
@@ -69,4 +74,5 @@ def split_by_annotation(sessions: list[Session], partial: dict[str, bool], seed:
         raise ValueError(f"{len(subjects)} subjects are too few for a train/validation/test split with "
                          f"{len(full)} fully labelled; add subjects (at least 3 partially or 3 fully labelled)")
     pick = lambda names: tuple(s for s in sessions if s.subject in set(names))  # noqa: E731
-    return Split(pick(sides[0]), pick(sides[1]), pick(sides[2]), frozenset(x for x in full if x in sides[0]))
+    return Split(pick(sides[0]), pick(sides[1]), pick(sides[2]), frozenset(x for x in full if x in sides[0]),
+                 frozenset(k for k, p in partial.items() if p))

@@ -16,7 +16,7 @@ def slice_passes(spec: RunSpec, profile: Profile, sessions, cache: Path) -> floa
     from neoseg.train.volumes import VolumeCache
 
     split = make_split(sessions, spec.fraction, seed=0, draw=spec.draw)
-    stacks = VolumeCache(cache, 0, profile.slice_size[spec.model])
+    stacks = VolumeCache(cache, 0, profile.slice_size[spec.model], builtin())
     count = lambda ss: sum(len(stacks.get(s).image) for s in ss)  # noqa: E731
     own = [s for s in split.train if spec.kind != "supervised" or split.is_full(s)]
     per_epoch = profile.steps_per_epoch * profile.batch_size if profile.steps_per_epoch else count(own)

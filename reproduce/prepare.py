@@ -17,6 +17,7 @@ def cohort_spec(profile: Profile):
 def prepare_data(profile: Profile, out: Path, data: Path | None, progress: bool):
     """The dataset (``data``, or the built-in cohort written to ``OUT/cohort``) and its slice cache."""
     from neoseg.data.dhcp import find_sessions
+    from neoseg.core.hierarchy import builtin
     from neoseg.train.volumes import VolumeCache
 
     if data is None:
@@ -25,7 +26,7 @@ def prepare_data(profile: Profile, out: Path, data: Path | None, progress: bool)
         data = generate_cohort(out / "cohort", cohort_spec(profile), progress=progress)
     sessions = find_sessions(data)
     for size in sorted(set(profile.slice_size.values())):
-        cache = VolumeCache(out / "cache", 0, size)
+        cache = VolumeCache(out / "cache", 0, size, builtin())
         for s in sessions:
             cache.get(s)
     return Path(data), sessions

@@ -74,7 +74,7 @@ def test_sessions_of_a_subject_stay_together(tiny_dataset, tmp_path):
 def test_cache_and_slice_dataset_encode_full_and_partial(tiny_dataset, tmp_path):
     h = builtin()
     sessions = find_sessions(tiny_dataset)[:2]
-    cache = VolumeCache(tmp_path / "cache", axis=0, size=32)
+    cache = VolumeCache(tmp_path / "cache", axis=0, size=32, hierarchy=builtin())
     stacks = [cache.get(s) for s in sessions]
     assert stacks[0].image.dtype == np.float16 and isinstance(stacks[0].image, np.memmap)
     assert stacks[0].image.shape[1:] == (32, 32) and 0 <= stacks[0].image.min() and stacks[0].image.max() <= 1

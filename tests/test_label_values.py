@@ -89,7 +89,7 @@ def test_slice_cache_and_coarsened_targets_keep_every_value(big_dataset, tmp_pat
     root, hierarchy_file = big_dataset
     h = Hierarchy.load(hierarchy_file)
     sessions = find_sessions(root)[:3]  # stored as uint16, int32 and float32
-    stacks = [VolumeCache(tmp_path, 0, 32).get(s) for s in sessions]
+    stacks = [VolumeCache(tmp_path, 0, 32, h).get(s) for s in sessions]
     for session, stack in zip(sessions, stacks):
         truth = file_labels(session.labels)
         assert stack.labels.dtype == np.uint16

@@ -20,7 +20,7 @@ def check_before_training(config: TrainConfig, hierarchy: Hierarchy, stacks: lis
     and validation ``stacks``, and the test label files with the values found in them) with values
     the hierarchy does not name, each reported by file and value."""
     check_thresholds(config.thresholds, hierarchy.names, "config thresholds")
-    found: dict[Path, list[int]] = {Path(s.session.labels): list(s.values) for s in stacks}
+    found: dict[Path, list[int]] = {Path(s.session.labels): list(s.values) for s in stacks if s.session.labels}
     check_label_values(hierarchy, {**test_values, **found})
 
 

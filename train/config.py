@@ -149,8 +149,13 @@ class TrainConfig:
 
 
 def dataset_sessions(config: TrainConfig, progress: bool = False) -> list:
-    """The sessions of ``config.data``, or of the built-in synthetic cohort (generated once, then reused)."""
+    """The sessions of ``config.data`` (with a label map, or else masks of the hierarchy's
+    structures), or of the built-in synthetic cohort (generated once, then reused)."""
+    from neoseg.core.hierarchy import resolve
+    from neoseg.core.partial import mask_names
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.synth import cohort_sessions
 
-    return find_sessions(config.data) if config.data is not None else cohort_sessions(config.cohort_spec(), progress)
+    if config.data is None:
+        return cohort_sessions(config.cohort_spec(), progress)
+    return find_sessions(config.data, mask_names=mask_names(resolve(config.hierarchy)))

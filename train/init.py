@@ -32,16 +32,15 @@ def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset, head: str = "s
     p is its fraction of 1s among its observed (not unknown) target entries, except for children:
     partially labelled slices hide them exactly where their parent is present, so that fraction
     underestimates them; a child's p is p(parent) x p(child | parent), the latter counted on the
-    fully labelled slices (the same number as the plain fraction when all are full)."""
+    fully labelled slices (the same number as the plain fraction when all are full). Really partial
+    slices (parent values, masks) count like simulated ones, through their target rows."""
     table = dataset.table.astype(np.int64)
     every, full = np.zeros(len(table), np.int64), np.zeros(len(table), np.int64)
-    for stack, partial in zip(dataset.stacks, dataset.partial):
-        values = np.bincount(np.asarray(stack.labels).ravel(), minlength=len(table))[: len(table)]
-        if partial:
-            every += np.bincount(dataset.coarse_lut, weights=values, minlength=len(table)).astype(np.int64)
-        else:
-            every += values
-            full += values
+    for s, (stack, is_full) in enumerate(zip(dataset.stacks, dataset.full)):
+        counts = np.bincount(dataset.codes(s, np.asarray(stack.labels).ravel()), minlength=len(table))[: len(table)]
+        every += counts
+        if is_full:
+            full += counts
     positive = (every[:, None] * (table == 1)).sum(axis=0)
     observed = (every[:, None] * (table != hier.UNKNOWN)).sum(axis=0)
     p = positive / np.maximum(observed, 1)

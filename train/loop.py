@@ -29,7 +29,7 @@ from torch.utils.data import DataLoader
 from neoseg.core import hierarchy as hier
 from neoseg.core.io import write_text
 from neoseg.core.labels import present_values
-from neoseg.data.splits import Split, make_split
+from neoseg.data.splits import Split, make_split, split_by_annotation
 
 from . import checkpoint
 from .augment import make_augment
@@ -49,7 +49,7 @@ from .rundir import append_metrics, create_run_dir, stored_config, truncate_metr
 from .sampling import ShardedBatches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
-from .volumes import VolumeCache, load_session
+from .volumes import VolumeCache, load_session, partial_sessions
 
 log = logging.getLogger("neoseg.train")
 
@@ -74,7 +74,7 @@ class _Run:
     out: Path
     config: TrainConfig
     hierarchy: hier.Hierarchy
-    spacing: tuple[float, ...]  # median voxel size of the training scans, stored in the checkpoints
+    spacing: tuple[float, ...]  # the voxel size every scan was resampled to, stored in the checkpoints
     ctx: EpochContext  # its model is the DDP wrapper under torchrun
     bare: torch.nn.Module  # the network itself, what the checkpoints hold
     train_loader: DataLoader
@@ -131,7 +131,8 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))
     if config.prior_bias and config.init_from is None:
         set_prior_bias(model, train_set, config.head)
-    spacing = tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())
+    spacing = tuple(config.spacing) if config.spacing is not None else \
+        tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())  # runs before resampling existed
     run = _assemble(out, config, hierarchy, spacing, model, train_set, val_set, precision, device, ranks, progress)
     schedule = Schedule.of(config)
     start = _resume(run, schedule) if resume and (out / "last.pt").is_file() else 1
@@ -173,7 +174,17 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, progress: bool, spli
 
 
 def _make_split(config: TrainConfig, progress: bool) -> Split:
-    return make_split(dataset_sessions(config, progress), config.full_fraction, seed=config.seed, draw=config.draw)
+    """The subject split. A dataset whose files hold partial annotations is split by them
+    (:func:`~neoseg.data.splits.split_by_annotation`); a fully labelled one by ``--full-fraction``,
+    the simulation of partial labels."""
+    sessions = dataset_sessions(config, progress)
+    partial = partial_sessions(sessions, hier.resolve(config.hierarchy)) if config.data is not None else {}
+    if not any(partial.values()):
+        return make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
+    log.info("%s holds %d fully and %d partially labelled sessions (read from the files; --full-fraction "
+             "applies to fully labelled datasets only)", config.data, sum(not p for p in partial.values()),
+             sum(partial.values()))
+    return split_by_annotation(sessions, partial, seed=config.seed)
 
 
 def _build_model(config: TrainConfig, hierarchy: hier.Hierarchy, out: Path, resume: bool) -> torch.nn.Module:
@@ -192,26 +203,44 @@ def _build_model(config: TrainConfig, hierarchy: hier.Hierarchy, out: Path, resu
 
 def _load_stacks(config: TrainConfig, hierarchy: hier.Hierarchy, split: Split, train_sessions: list,
                  partial: list[bool], out: Path, ranks: Ranks) -> tuple[list, list]:
-    """The training and validation slice stacks; rank 0 builds the slice cache and checks the data
-    (the test sessions too: now, not after hours of training) before the others read the cache."""
-    cache = VolumeCache(Path(config.cache) if config.cache else out / "cache", config.axis, config.slice_size)
+    """The training and validation slice stacks at the run's spacing; rank 0 builds the slice cache
+    and checks the data (the test sessions too: now, not after hours of training) before the others
+    read the cache."""
+    cache = VolumeCache(Path(config.cache) if config.cache else out / "cache", config.axis, config.slice_size,
+                        hierarchy, config.spacing)
+    val_sessions = _validation_sessions(config, split)
     error = None
     if ranks.main:
         try:
             train_stacks = [cache.get(s) for s in train_sessions]
-            val_stacks = [cache.get(s) for s in split.val]
-            test_values = {Path(s.labels): present_values(load_session(s)[1]) for s in split.test}
+            val_stacks = [cache.get(s) for s in val_sessions]
+            test_values = {Path(s.labels): present_values(load_session(s)[1]) for s in split.test
+                           if s.labels is not None}
             check_before_training(config, hierarchy, train_stacks + val_stacks, test_values)
             if config.head == "softmax":
-                full = [st for st, p in zip(train_stacks, partial) if not p] + val_stacks
+                full = [st for st, p in zip(train_stacks, partial) if not (p or st.partial)]
+                full += [st for st in val_stacks if not st.partial]
                 check_exclusive_leaves(hierarchy, {str(st.session.labels): list(st.values) for st in full})
         except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
             error = e
     ranks.after_main(error)
     if not ranks.main:
         train_stacks = [cache.get(s) for s in train_sessions]
-        val_stacks = [cache.get(s) for s in split.val]
+        val_stacks = [cache.get(s) for s in val_sessions]
     return train_stacks, val_stacks
+
+
+def _validation_sessions(config: TrainConfig, split: Split) -> list:
+    """The validation sessions: all of them, their unknown entries left out of the loss, except
+    for plain BCE, which has no unknown entries and so validates on the fully labelled ones."""
+    if config.loss != "bce" or not split.partial_sessions:
+        return list(split.val)
+    full = [s for s in split.val if s.key not in split.partial_sessions]
+    if not full:
+        raise ValueError("the supervised baseline (loss bce) validates on fully labelled sessions, but the "
+                         "validation subjects are all partially labelled; fully label more subjects or train with "
+                         "a partial-label loss (iuc, labelset)")
+    return full
 
 
 def _assemble(out: Path, config: TrainConfig, hierarchy: hier.Hierarchy, spacing: tuple[float, ...],

@@ -59,13 +59,17 @@ def pseudo_label_path(root: str | Path, session: Session) -> Path:
 
 def training_sessions(config: TrainConfig, split: Split) -> tuple[list[Session], list[bool]]:
     """The sessions ``config`` trains on (its ``train_subjects`` of the split's training part, with
-    their pseudo label maps where it names them), and which of them are partially labelled."""
+    their pseudo label maps where it names them), and which of them to coarsen (the simulation of
+    partial labels; sessions whose files are partial are read as they are)."""
     sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
     if not sessions:
         raise ValueError("no training sessions left; check --train-subjects")
-    partial = [not split.is_full(s) for s in sessions]
+    partial = [split.coarsened(s) for s in sessions]
     if config.pseudo_labels is None:
         return sessions, partial
+    if split.partial_sessions:
+        raise ValueError("pseudo labels replace simulated partial labels; this dataset's partial sessions are partial "
+                         "in their files, so train them with a partial-label loss (iuc, labelset) instead")
     return [_with_pseudo_labels(s, config.pseudo_labels) if p else s for s, p in zip(sessions, partial)], \
         [False] * len(sessions)
 

@@ -89,6 +89,22 @@ def load_coded(session: Session, hierarchy: Hierarchy):
     return image, code_session(hierarchy, None, masks, [str(p) for _, p in session.masks]), img
 
 
+def partial_sessions(sessions: list[Session], hierarchy: Hierarchy) -> dict[str, bool]:
+    """Per session key: is its annotation partial in its files (masks only, or a label map holding
+    a value whose target leaves a child unknown, such as TCV's own)? Reads each label map once."""
+    table = hierarchy.target_table()
+    unknown = {v for v in hierarchy.label_values if (table[v] == UNKNOWN).any()}
+    found = {}
+    for session in sessions:
+        if session.labels is None:
+            found[session.key] = True
+        else:
+            values = present_values(as_label_map(read_labels(session.labels, max_value=MAX_LABEL_VALUE).data,
+                                                 session.labels))
+            found[session.key] = bool(unknown.intersection(values))
+    return found
+
+
 def resample_labels(labels: np.ndarray, shape, spacing, target) -> np.ndarray:
     """A label map onto ``shape`` (the same field of view at voxel size ``target``): per label, its
     indicator box-filtered over the new voxel's footprint and interpolated; the largest share wins
@@ -166,7 +182,7 @@ class VolumeCache:
         self._check_fits(session, self._inside_brain(labels, coded), windows, spacing)
         image = to_slices(minmax_scale(image), self.axis, windows)
         codes = present_values(coded.codes)
-        values = [v for v in codes if v < coded.first_extra]
+        values = [v for v in codes if v < coded.first_extra or not coded.extra_rows]  # unnamed ones too: refused later
         table = self.hierarchy.target_table()
         partial = bool(coded.extra_rows) or any((table[v] == UNKNOWN).any() for v in values if v < len(table))
         labels = to_slices(labels, self.axis, windows)
@@ -188,7 +204,9 @@ class VolumeCache:
         outside = self.hierarchy.outside_channel
         if outside is None:
             return codes != 0
-        return table[:, outside][codes] == 0
+        brain = np.zeros(max(len(table), int(codes.max(initial=0)) + 1), bool)  # unnamed values: refused later
+        brain[:len(table)] = table[:, outside] == 0
+        return brain[codes]
 
     def _check_fits(self, session: Session, brain: np.ndarray, windows, spacing) -> None:
         """Refuse a session whose labelled brain the in-plane window would cut."""
