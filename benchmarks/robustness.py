@@ -50,7 +50,7 @@ OTHER = "other-cohort"
 # The second cohort: a CohortSpec's fields; those the installed generator lacks are left out.
 OTHER_COHORT = {"seed": 20_261_128, "folding": 1.6, "intensity_jitter": 0.08}
 OTHER_SUBJECTS = 6
-FIELDS = ["condition", "subject", "session", "scan_age", "structure", "dice", "hd95", "truth_empty"]
+FIELDS = ["condition", "subject", "session", "scan_age", "output", "structure", "dice", "hd95", "truth_empty"]
 
 
 @dataclass(frozen=True)
@@ -204,7 +204,7 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.synth import default_cohort_dir, generate_cohort
     from neoseg.train import checkpoint as ckpt
-    from neoseg.train.evaluate import model_segmenter, score, segment_canonical
+    from neoseg.train.evaluate import Truth, model_segmenter, score, segment_canonical
     from neoseg.train.ranks import resolve_device
 
     loaded = ckpt.load(checkpoint)
@@ -226,7 +226,7 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
                      disable=None)
     for case in cases:
         seg = segment_canonical(segmenter, case.image, case.spacing)
-        for row in score(seg, loaded.hierarchy, case.labels, case.spacing):
+        for row in score(seg, loaded.hierarchy, Truth.of_labels(loaded.hierarchy, case.labels), case.spacing):
             rows.append({"condition": case.condition, "subject": case.subject, "session": case.session,
                          "scan_age": case.scan_age, **{k: row[k] for k in FIELDS[4:]}})
     about = {"checkpoint": str(checkpoint), "test_sessions": len(tests), "other_sessions": len(others),
@@ -237,18 +237,20 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
 
 
 # ---- reporting ----------------------------------------------------------------------------
-def mean_dice(rows: list[dict]) -> dict[str, dict[str, float]]:
-    """condition -> structure -> mean Dice over volumes whose truth holds the structure."""
+def mean_dice(rows: list[dict], output: str = "dseg") -> dict[str, dict[str, float]]:
+    """condition -> structure -> mean Dice of ``output`` (the label map, or the masks) over volumes
+    whose truth holds the structure."""
     sums: dict[str, dict[str, list[float]]] = {}
     for r in rows:
-        if not r["truth_empty"]:
+        if not r["truth_empty"] and r.get("output", "mask") == output:
             sums.setdefault(r["condition"], {}).setdefault(r["structure"], []).append(float(r["dice"]))
     return {c: {s: float(np.mean(v)) for s, v in by.items()} for c, by in sums.items()}
 
 
-def table(rows: list[dict], skip: tuple[str, ...] = ()) -> str:
-    """Markdown: one row per condition, mean Dice per structure, and its difference to clean."""
-    means = mean_dice(rows)
+def table(rows: list[dict], skip: tuple[str, ...] = (), output: str = "dseg") -> str:
+    """Markdown: one row per condition, mean Dice of ``output`` per structure, and its difference
+    to clean."""
+    means = mean_dice(rows, output)
     clean = means.get("clean", {})
     structures = [s for s in dict.fromkeys(r["structure"] for r in rows) if s not in skip]
     lines = ["| condition | " + " | ".join(structures) + " |", "|---|" + "---|" * len(structures)]
@@ -293,7 +295,9 @@ def report(rows: list[dict], about: dict) -> str:
     other = ", ".join(f"{k} {v}" for k, v in about["other_cohort"].items())
     return (f"Mean Dice per structure ({about['test_sessions']} test volumes per condition; other cohort: "
             f"{about['other_sessions']} volumes, {other}); in brackets the difference to clean.\n\n"
-            + table(rows, skip) + "\n" + "\n".join(f"- {line}" for line in criteria(rows, skip)) + "\n")
+            "Of the label map (`_dseg`, what neoseg-infer writes; the checks below are of it):\n\n"
+            + table(rows, skip) + "\n" + "\n".join(f"- {line}" for line in criteria(rows, skip)) + "\n\n"
+            "Of the per-structure masks at the thresholds (`_mask`, the paper's metric):\n\n" + table(rows, skip, "mask"))
 
 
 def write(out: Path, rows: list[dict], text: str, overwrite: bool) -> None:

@@ -1,4 +1,4 @@
-"""``neoseg-eval``: evaluate a checkpoint on the sessions of a dataset."""
+"""``neoseg-eval``: evaluate a checkpoint or an exported model on the sessions of a dataset."""
 
 from __future__ import annotations
 
@@ -7,59 +7,93 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import setup_logging, user_errors
+from neoseg.runtime.backend import BackendUnavailable
+
+from .common import as_user_error, setup_logging, user_errors
 
 app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
 
 
 @app.command()
 def evaluate(
-    checkpoint: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="best.pt from neoseg-train.")],
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
+                                          help="best.pt from neoseg-train, or an exported .onnx model.")],
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
-                                                 help="dHCP-layout dataset; default: the checkpoint's own data.")] = None,
-    subset: Annotated[Optional[str], typer.Option(help="test, val, train (the checkpoint's split) or all; "
+                                                 help="dHCP-layout dataset; default: the model's own data.")] = None,
+    subset: Annotated[Optional[str], typer.Option(help="test, val, train (the model's split) or all; "
                                                   "default test, or all with --data.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write per-volume rows to this CSV.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
     thresholds: Annotated[Optional[str], typer.Option(help="One value or one per channel, comma-separated, in "
-                                                      "[1e-6, 1 - 1e-6]; default: the checkpoint's.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
+                                                      "[1e-6, 1 - 1e-6]; default: the model's.")] = None,
+    backend: Annotated[str, typer.Option(help="An .onnx model's backend (as neoseg-infer); default auto.")] = "auto",
+    device: Annotated[str, typer.Option(help="A checkpoint's device: auto, cpu, cuda or cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:
-    """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group."""
+    """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group, of the
+    label map (_dseg) and of the per-structure masks, each scan segmented as neoseg-infer does.
+    Partially labelled sessions score only the structures they know."""
     setup_logging()
-    with user_errors("neoseg-eval"):
+    with user_errors("neoseg-eval"), as_user_error(BackendUnavailable):
         subset = subset or ("all" if data is not None else "test")
         if subset not in ("test", "val", "train", "all"):
             raise ValueError(f"--subset must be test, val, train or all, got '{subset}'")
         if out is not None:
             from neoseg.core.io import check_writable
             check_writable(out, overwrite)
-        from neoseg.data.dhcp import find_sessions
-        from neoseg.data.splits import make_split
-        from neoseg.runtime.model import parse_thresholds
-        from neoseg.train import checkpoint as ckpt
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
-        from neoseg.train.config import dataset_sessions
-        from neoseg.train.ranks import resolve_device
 
-        loaded = ckpt.load(checkpoint)
-        config = loaded.config
-        chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds \
-            else loaded.state.get("thresholds", config.thresholds)
-        if data is not None:
-            sessions = find_sessions(data)
-        else:
-            sessions = dataset_sessions(config, progress=False)
-        if subset != "all":
-            split = make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
-            sessions = list(getattr(split, subset))
-        dev = resolve_device(device)
-        rows = evaluate_sessions(loaded.model, loaded.hierarchy, sessions, config.axis, config.slice_size, dev,
-                                 thresholds=chosen, progress=not quiet, model_spacing=loaded.spacing)
+        segmenter, config = _segmenter(model, thresholds, backend, device)
+        sessions = _sessions(config, data, subset)
+        rows = evaluate_sessions(segmenter, sessions, progress=not quiet)
+        if not rows:
+            raise ValueError(f"no structure of the {len(sessions)} session(s) is known at every voxel; evaluate "
+                             f"sessions with full label maps or parent masks")
         if out is not None:
             write_rows(out, rows, overwrite)
     typer.echo(report(rows))
+
+
+def _segmenter(model: Path, thresholds: str | None, backend: str, device: str):
+    """The runtime's segmenter over ``model`` and the training config it records."""
+    import dataclasses
+
+    from neoseg.runtime.model import parse_thresholds
+    from neoseg.runtime.pipeline import Segmenter
+    from neoseg.train.config import TrainConfig
+
+    if model.suffix == ".onnx":
+        from neoseg.runtime.backends import open_backend
+
+        opened = open_backend(model, backend)
+        if thresholds:
+            opened.info = dataclasses.replace(opened.info, thresholds=tuple(
+                parse_thresholds(thresholds, len(opened.info.hierarchy))))
+        return Segmenter(opened), TrainConfig.from_json(opened.info.config)
+    from neoseg.train import checkpoint as ckpt
+    from neoseg.train.evaluate import model_segmenter
+    from neoseg.train.ranks import resolve_device
+
+    loaded = ckpt.load(model)
+    config = loaded.config
+    chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds \
+        else loaded.state.get("thresholds", config.thresholds)
+    return model_segmenter(loaded.model, loaded.hierarchy, config.axis, config.slice_size, resolve_device(device),
+                           chosen, loaded.spacing), config
+
+
+def _sessions(config, data: Path | None, subset: str) -> list:
+    """The sessions of ``subset`` of ``data`` (default: the model's own data), split as in training."""
+    import dataclasses
+
+    from neoseg.train.config import dataset_sessions
+    from neoseg.train.recipes import dataset_split
+
+    if data is not None:
+        config = dataclasses.replace(config, data=str(data))
+    if subset == "all":
+        return dataset_sessions(config)
+    return list(getattr(dataset_split(config), subset))
 
 
 def main() -> None:

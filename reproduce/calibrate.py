@@ -13,6 +13,7 @@ def slice_passes(spec: RunSpec, profile: Profile, sessions, cache: Path) -> floa
     """Training slices one run processes at most (its epoch cap), plus its validation passes at a
     third of the cost (no backward pass); the pseudo-labelling of a semi-supervised run is left out."""
     from neoseg.data.splits import make_split
+    from neoseg.core.hierarchy import builtin
     from neoseg.train.volumes import VolumeCache
 
     split = make_split(sessions, spec.fraction, seed=0, draw=spec.draw)

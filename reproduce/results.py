@@ -8,7 +8,7 @@ from pathlib import Path
 
 from .grid import RunSpec
 
-EVALUATION_FIELDS = ["subject", "session", "scan_age", "age_group", "structure", "dice", "hd95", "hd100",
+EVALUATION_FIELDS = ["subject", "session", "scan_age", "age_group", "output", "structure", "dice", "hd95", "hd100",
                      "vol_diff_ml", "vol_true_ml", "missed", "truth_empty"]
 RESULT_FIELDS = ["run", "model", "kind", "loss", "reduction", "budget", "select", "fraction", "draw",
                  *EVALUATION_FIELDS]
@@ -25,7 +25,8 @@ def collect_results(out: Path, runs: list[RunSpec]) -> list[dict]:
             for r in csv.DictReader(f):
                 rows.append({"run": spec.name, "model": spec.model, "kind": spec.kind, "loss": spec.recipe,
                              "reduction": spec.reduction, "budget": spec.budget, "select": spec.select,
-                             "fraction": spec.fraction, "draw": spec.draw, **{k: r[k] for k in EVALUATION_FIELDS}})
+                             "fraction": spec.fraction, "draw": spec.draw,
+                             **{k: r.get(k, "mask") if k == "output" else r[k] for k in EVALUATION_FIELDS}})
     if rows:
         with (out / "results.csv").open("w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
@@ -48,6 +49,7 @@ def parse_row(row: dict) -> dict:
     out["draw"] = int(out["draw"])
     out["budget"] = int(out.get("budget") or 1)
     out["select"] = out.get("select") or "val-loss"  # results written before model selection was an option
+    out["output"] = out.get("output") or "mask"  # results written before the label map was scored
     for k in ("missed", "truth_empty"):
         if isinstance(out.get(k), str):
             out[k] = out[k] == "True"

@@ -73,18 +73,7 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     ``paths`` (from :func:`output_paths`, plus any that ``extra(tmp, seg)`` writes: a caller's own
     outputs, e.g. a DICOM SEG, written to ``tmp[key]`` in the same all-or-nothing step)."""
     outdir = next(iter(paths.values())).parent
-    try:
-        seg = segmenter.segment(checked.data, checked.affine, checked.zooms, probabilities)
-    except MemoryError:
-        raise ValueError(f"{checked.path}: ran out of memory while segmenting it; use a machine with more memory, "
-                         f"or crop or downsample the scan") from None
-    seg.timings = {"read": read_seconds, **seg.timings}
-    seg.warnings = list(checked.notes)
-    if checked.nonfinite is not None:
-        _set_outside(seg, checked.nonfinite, segmenter)
-    if _empty(seg, segmenter):
-        seg.warnings.append(f"{checked.path}: no brain found, every voxel is labelled outside; check that it is a "
-                            f"T2-weighted head scan")
+    seg = segment_checked(checked, segmenter, probabilities, read_seconds)
     img = checked.image
     name = paths["dseg"].name.removesuffix(OUTPUTS["dseg"])
     start = time.perf_counter()
@@ -110,6 +99,26 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
                          f"check the folder's free space and permissions") from None
     seg.timings["write"] = time.perf_counter() - start
     return paths, seg
+
+
+def segment_checked(checked: Scan, segmenter: Segmenter, probabilities: bool = False,
+                    read_seconds: float = 0.0) -> Segmentation:
+    """The segmentation of a scan already read and checked, as ``neoseg-infer`` writes it (and as
+    every evaluation scores it): non-finite voxels set to outside, and the warnings a user should
+    read."""
+    try:
+        seg = segmenter.segment(checked.data, checked.affine, checked.zooms, probabilities)
+    except MemoryError:
+        raise ValueError(f"{checked.path}: ran out of memory while segmenting it; use a machine with more memory, "
+                         f"or crop or downsample the scan") from None
+    seg.timings = {"read": read_seconds, **seg.timings}
+    seg.warnings = list(checked.notes)
+    if checked.nonfinite is not None:
+        _set_outside(seg, checked.nonfinite, segmenter)
+    if _empty(seg, segmenter):
+        seg.warnings.append(f"{checked.path}: no brain found, every voxel is labelled outside; check that it is a "
+                            f"T2-weighted head scan")
+    return seg
 
 
 def working_bytes(segmenter: Segmenter, probabilities: bool = False):

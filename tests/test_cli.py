@@ -21,7 +21,8 @@ def test_train_then_eval_from_the_command_line(tiny_dataset, tmp_path):
     csv_out = tmp_path / "eval.csv"
     result = runner.invoke(eval_app, [str(out / "best.pt"), "--out", str(csv_out), "--device", "cpu", "-q"])
     assert result.exit_code == 0, result.output
-    assert csv_out.read_text().startswith("subject,session,scan_age,age_group,structure,dice")
+    assert csv_out.read_text().startswith("subject,session,scan_age,age_group,output,structure,dice")
+    assert "of the label map (`_dseg`" in result.output and "of the per-structure masks" in result.output
     # the same checkpoint on the same test subjects gives the same table as at the end of training
     assert result.output.strip() in (out / "evaluation.md").read_text()
     # an existing output is never overwritten unasked

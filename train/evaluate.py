@@ -1,17 +1,25 @@
-"""Per-structure evaluation of a torch model on whole volumes, segmented as ``neoseg-infer`` does.
+"""Per-structure evaluation of a model on whole volumes, segmented exactly as ``neoseg-infer`` does.
 
-The model runs as a runtime backend (:meth:`.torch_backend.TorchBackend.plain`: as it is, FP32)
-under the runtime's :class:`~neoseg.runtime.pipeline.Segmenter`: the same head windows, slice
-skipping, thresholds on the logits and hierarchy decoding as ``neoseg-infer``, so a score describes
-what the product writes for the checkpoint. Scores compare the per-channel masks (channels at their
-thresholds) with the fully labelled truth; the :class:`~neoseg.runtime.pipeline.Segmentation`
-scored also holds the label map (``.labels``).
+A model runs as a runtime backend under the runtime's :class:`~neoseg.runtime.pipeline.Segmenter`:
+a checkpoint's torch model through :meth:`.torch_backend.TorchBackend.plain` (FP32), an exported
+``.onnx`` through :func:`neoseg.runtime.backends.open_backend`. A session's T2 is read and checked
+by the runtime and segmented by :func:`neoseg.runtime.files.segment_checked` on its own grid, at
+the model's spacing, so the scores describe the files ``neoseg-infer`` writes. Each structure is
+scored twice, each row naming its ``output``:
+
+- ``dseg``: the label map (``_dseg.nii.gz``, the hierarchical argmax users read), a parent as the
+  union of its children;
+- ``mask``: the per-channel masks at the thresholds (``_mask.nii.gz``; the paper's metric).
+
+The truth is the session's annotation: a full label map scores every structure; a partial one (a
+parent's own value, masks) only the structures it knows at every voxel (:mod:`neoseg.core.partial`).
 """
 
 from __future__ import annotations
 
 import csv
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,16 +27,21 @@ import torch
 from torch import nn
 
 from neoseg.core import metrics
-from neoseg.core.hierarchy import Hierarchy
+from neoseg.core.hierarchy import UNKNOWN, Hierarchy
 from neoseg.core.io import atomic_path
-from neoseg.core.labels import present_values
+from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
+from neoseg.core.partial import code_session
+from neoseg.core.scans import plain_shape, read_labels, read_scan
 from neoseg.core.thresholds import check_thresholds
 from neoseg.data.dhcp import Session
+from neoseg.runtime.files import segment_checked
 from neoseg.runtime.model import ModelInfo
 from neoseg.runtime.pipeline import Segmentation, Segmenter
 
 from .torch_backend import TorchBackend
-from .volumes import load_session
+
+OUTPUTS = {"dseg": "the label map (`_dseg`, what neoseg-infer writes)",
+           "mask": "the per-structure masks at the thresholds (`_mask`, the paper's metric)"}
 
 
 def model_segmenter(model: nn.Module, hierarchy: Hierarchy, axis: int, size: int, device: str | torch.device = "cpu",
@@ -58,39 +71,80 @@ def predict_volume(model: nn.Module, image: np.ndarray, hierarchy: Hierarchy, ax
     return np.moveaxis(seg.probs, -1, 0)
 
 
-def score(seg: Segmentation, hierarchy: Hierarchy, labels: np.ndarray, spacing) -> list[dict]:
-    """One row per structure: Dice, HD95/HD100 (mm), volume difference of ``seg``'s masks against
-    the fully labelled map ``labels`` (parents filled in)."""
-    truth = (hierarchy.encode(labels) == 1).astype(np.uint8)
-    return metrics.evaluate_volume(np.moveaxis(seg.masks, -1, 0), truth, hierarchy.names, spacing)
+@dataclass(frozen=True)
+class Truth:
+    """What an annotation says: ``codes`` (a label map, or mask codes) whose target rows are
+    ``table`` (codes x channels, {0, 1, 2})."""
+
+    codes: np.ndarray
+    table: np.ndarray
+
+    @classmethod
+    def of_labels(cls, hierarchy: Hierarchy, labels: np.ndarray) -> "Truth":
+        return cls(np.asarray(labels), hierarchy.target_table())
+
+    @property
+    def known(self) -> np.ndarray:
+        """(C,) bool: the channels known at every voxel (every channel of a full label map)."""
+        rows = self.table[present_values(as_label_map(self.codes))]
+        return (rows != UNKNOWN).all(axis=0) & (rows != 255).all(axis=0)
+
+    def mask(self, channel: int) -> np.ndarray:
+        return (self.table[:, channel] == 1)[self.codes]
 
 
-def evaluate_scan(model: nn.Module, hierarchy: Hierarchy, image: np.ndarray, labels: np.ndarray,
-                  spacing: tuple[float, ...], axis: int, size: int, device: str | torch.device = "cpu",
-                  thresholds=0.5, model_spacing=None) -> list[dict]:
-    """:func:`score` of a canonical ``image`` segmented by :func:`model_segmenter`."""
-    segmenter = model_segmenter(model, hierarchy, axis, size, device, thresholds, model_spacing)
-    seg = segment_canonical(segmenter, image, None if model_spacing is None else spacing)
-    return score(seg, hierarchy, labels, spacing)
-
-
-def evaluate_sessions(model: nn.Module, hierarchy: Hierarchy, sessions: list[Session], axis: int, size: int,
-                      device: str | torch.device = "cpu", thresholds=0.5, progress: bool = False,
-                      model_spacing=None) -> list[dict]:
-    """One row per session and structure (see :func:`evaluate_scan`)."""
-    from tqdm import tqdm
-
-    segmenter = model_segmenter(model, hierarchy, axis, size, device, thresholds, model_spacing)
+def score(seg: Segmentation, hierarchy: Hierarchy, truth: Truth, spacing) -> list[dict]:
+    """Rows of Dice, HD95/HD100 (mm) and volume difference per known structure, for the label map
+    (``output`` dseg) and for the masks (``output`` mask) of ``seg``."""
+    known = np.flatnonzero(truth.known)
+    names = [hierarchy.names[c] for c in known]
+    true = np.stack([truth.mask(c) for c in known]).astype(np.uint8)
+    dseg = hierarchy.encode(seg.labels)[known] == 1
+    masks = np.moveaxis(seg.masks, -1, 0)[known]
     rows = []
-    for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
-        image, labels, img = load_session(session)
-        unnamed = hierarchy.unnamed(present_values(labels))
+    for output, pred in (("dseg", dseg), ("mask", masks)):
+        rows += [{"output": output, **row} for row in metrics.evaluate_volume(pred, true, names, spacing)]
+    return rows
+
+
+def session_truth(session: Session, hierarchy: Hierarchy, shape: tuple[int, ...]) -> Truth:
+    """A session's annotation as stored (the T2's axis order), checked to lie on its grid."""
+    if session.labels is not None:
+        data = as_label_map(read_labels(session.labels, max_value=MAX_LABEL_VALUE).data, session.labels)
+        _same_shape(session.labels, data.shape, shape)
+        unnamed = hierarchy.unnamed(present_values(data))
         if unnamed:
             raise ValueError(f"{session.labels}: label values {unnamed} are not named by hierarchy "
                              f"'{hierarchy.name}' (known: {hierarchy.label_values}); pass the matching hierarchy")
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-        seg = segment_canonical(segmenter, image, None if model_spacing is None else spacing)
-        for row in score(seg, hierarchy, labels, spacing):
+        return Truth.of_labels(hierarchy, data)
+    masks = []
+    for name, path in session.masks:
+        data = read_labels(path, max_value=MAX_LABEL_VALUE).data
+        _same_shape(path, data.shape, shape)
+        masks.append((name, data))
+    coded = code_session(hierarchy, None, masks, [str(p) for _, p in session.masks])
+    extra = np.asarray(coded.extra_rows, np.uint8).reshape(-1, len(hierarchy))
+    return Truth(coded.codes, np.concatenate([hierarchy.target_table(), extra]))
+
+
+def _same_shape(path, found, expected) -> None:
+    if tuple(found) != tuple(expected):
+        raise ValueError(f"{path}: shape {plain_shape(found)} differs from its T2's {plain_shape(expected)}; "
+                         f"resample the annotation onto the T2's grid (nearest neighbour)")
+
+
+def evaluate_sessions(segmenter: Segmenter, sessions: list[Session], progress: bool = False) -> list[dict]:
+    """One row per session, output and known structure: each T2 read and segmented as
+    ``neoseg-infer`` does, scored against its annotation (see the module's docstring)."""
+    from tqdm import tqdm
+
+    hierarchy = segmenter.info.hierarchy
+    rows = []
+    for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
+        checked = read_scan(session.t2)
+        truth = session_truth(session, hierarchy, checked.data.shape)
+        seg = segment_checked(checked, segmenter)
+        for row in score(seg, hierarchy, truth, checked.zooms):
             rows.append({"subject": session.subject, "session": session.session, "scan_age": session.scan_age,
                          "age_group": session.age_group, **row})
     return rows
@@ -104,7 +158,13 @@ def write_rows(path: str | Path, rows: list[dict], overwrite: bool = True) -> No
 
 
 def report(rows: list[dict], structures: list[str] | None = None) -> str:
-    """Markdown: mean ± std per age group of Dice and HD95 for each structure."""
-    if structures is not None:
-        rows = [r for r in rows if r["structure"] in structures]
-    return metrics.format_table(metrics.summarize(rows), metrics=("dice", "hd95"))
+    """Markdown: per output (the label map first), mean ± std per age group of Dice and HD95 for
+    each structure."""
+    parts = []
+    for output, what in OUTPUTS.items():
+        chosen = [r for r in rows if r.get("output", "mask") == output
+                  and (structures is None or r["structure"] in structures)]
+        if chosen:
+            table = metrics.format_table(metrics.summarize(chosen), metrics=("dice", "hd95"))
+            parts.append(f"Dice and HD95 (mm) of {what}:\n\n{table}")
+    return "\n\n".join(parts)

@@ -29,27 +29,27 @@ from torch.utils.data import DataLoader
 from neoseg.core import hierarchy as hier
 from neoseg.core.io import write_text
 from neoseg.core.labels import present_values
-from neoseg.data.splits import Split, make_split, split_by_annotation
+from neoseg.data.splits import Split
 
 from . import checkpoint
 from .augment import make_augment
 from .checks import check_before_training
-from .config import TrainConfig, dataset_sessions
+from .config import TrainConfig
 from .dataset import SliceDataset
 from .epoch import EpochContext, run_epoch
-from .evaluate import evaluate_sessions, report, write_rows
+from .evaluate import evaluate_sessions, model_segmenter, report, write_rows
 from .heads import ChannelLogits, check_exclusive_leaves, output_channels
 from .init import load_initial_weights, set_prior_bias
 from .losses import make_loss
 from .models import create_model, input_divisor
 from .precision import grad_scaler, resolve_precision
 from .ranks import Ranks, init_ranks, resolve_device
-from .recipes import resolve_recipe, training_sessions
+from .recipes import dataset_split, resolve_recipe, training_sessions
 from .rundir import append_metrics, create_run_dir, stored_config, truncate_metrics, write_split
 from .sampling import ShardedBatches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
-from .volumes import VolumeCache, load_session, partial_sessions
+from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
 
@@ -160,7 +160,7 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, progress: bool, spli
         try:
             stored = stored_config(out, resume)
             config = config if stored is None else stored
-            split = split if split is not None else _make_split(config, progress)
+            split = split if split is not None else dataset_split(config, progress)
             if stored is None:
                 config = resolve_recipe(config, split)
                 create_run_dir(out, config)
@@ -169,22 +169,8 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, progress: bool, spli
     ranks.after_main(error)
     if not ranks.main:
         config = TrainConfig.from_json((out / "config.json").read_text())
-        split = split if split is not None else _make_split(config, progress)
+        split = split if split is not None else dataset_split(config, progress)
     return config, split
-
-
-def _make_split(config: TrainConfig, progress: bool) -> Split:
-    """The subject split. A dataset whose files hold partial annotations is split by them
-    (:func:`~neoseg.data.splits.split_by_annotation`); a fully labelled one by ``--full-fraction``,
-    the simulation of partial labels."""
-    sessions = dataset_sessions(config, progress)
-    partial = partial_sessions(sessions, hier.resolve(config.hierarchy)) if config.data is not None else {}
-    if not any(partial.values()):
-        return make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
-    log.info("%s holds %d fully and %d partially labelled sessions (read from the files; --full-fraction "
-             "applies to fully labelled datasets only)", config.data, sum(not p for p in partial.values()),
-             sum(partial.values()))
-    return split_by_annotation(sessions, partial, seed=config.seed)
 
 
 def _build_model(config: TrainConfig, hierarchy: hier.Hierarchy, out: Path, resume: bool) -> torch.nn.Module:
@@ -354,8 +340,9 @@ def _evaluate_test(run: _Run, split: Split, schedule: Schedule) -> RunResult:
     if not best_path.is_file():
         raise RuntimeError(f"no epoch finished, so {best_path} was never written; raise --epochs or --max-minutes")
     best = checkpoint.load(best_path, map_location=str(device))
-    rows = evaluate_sessions(best.model.to(device), run.hierarchy, list(split.test), config.axis, config.slice_size,
-                             device, thresholds=config.thresholds, progress=run.ctx.progress)
+    segmenter = model_segmenter(best.model.to(device), run.hierarchy, config.axis, config.slice_size, device,
+                                config.thresholds, best.spacing)
+    rows = evaluate_sessions(segmenter, list(split.test), progress=run.ctx.progress)
     write_rows(run.out / "evaluation.csv", rows)
     table = report(rows)
     write_text(run.out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']})\n\n"

@@ -14,12 +14,28 @@ import dataclasses
 import logging
 from pathlib import Path
 
+from neoseg.core.hierarchy import resolve
 from neoseg.data.dhcp import LABEL_SUFFIX, Session
-from neoseg.data.splits import Split
+from neoseg.data.splits import Split, make_split, split_by_annotation
 
-from .config import TrainConfig
+from .config import TrainConfig, dataset_sessions
+from .volumes import partial_sessions
 
 log = logging.getLogger("neoseg.train")
+
+
+def dataset_split(config: TrainConfig, progress: bool = False) -> Split:
+    """The subject split of ``config``'s data. A dataset whose files hold partial annotations is
+    split by them (:func:`~neoseg.data.splits.split_by_annotation`); a fully labelled one by
+    ``--full-fraction``, the simulation of partial labels."""
+    sessions = dataset_sessions(config, progress)
+    partial = partial_sessions(sessions, resolve(config.hierarchy)) if config.data is not None else {}
+    if not any(partial.values()):
+        return make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
+    log.info("%s holds %d fully and %d partially labelled sessions (read from the files; --full-fraction "
+             "applies to fully labelled datasets only)", config.data, sum(not p for p in partial.values()),
+             sum(partial.values()))
+    return split_by_annotation(sessions, partial, seed=config.seed)
 
 
 def supervised_config(config: TrainConfig, split: Split) -> TrainConfig:
@@ -46,9 +62,8 @@ def resolve_recipe(config: TrainConfig, split: Split) -> TrainConfig:
     if config.loss == "bce" and config.pseudo_labels is None and config.train_subjects is None \
             and any(not split.is_full(s) for s in split.train):
         config = supervised_config(config, split)
-        log.info("loss bce with %g %% fully labelled: the supervised baseline, trained on the %d fully labelled "
-                 "subject(s) only (config.json says so: train_subjects)", 100 * config.full_fraction,
-                 len(config.train_subjects))
+        log.info("loss bce with partially labelled training subjects: the supervised baseline, trained on the %d "
+                 "fully labelled subject(s) only (config.json says so: train_subjects)", len(config.train_subjects))
     return config
 
 
