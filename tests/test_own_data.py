@@ -122,3 +122,112 @@ def test_the_split_keeps_fully_labelled_subjects_for_training(release):
     assert {s.key for s in split.train + split.val + split.test} == set(partial)
     with pytest.raises(ValueError, match="no fully labelled session"):
         split_by_annotation(sessions, {k: True for k in partial})
+
+
+# ---- the walk-through of docs/own-data.md, on a small dataset of that shape ----------------------
+TINY = ["--spacing", "2", "--slice-size", "32", "--widths", "8,16", "--batch-size", "8", "--quiet", "--device", "cpu"]
+
+
+def _dice_rows(path, output="dseg"):
+    import csv
+
+    with open(path, newline="") as f:
+        return {(r["subject"], r["structure"]): float(r["dice"]) for r in csv.DictReader(f)
+                if r["output"] == output and r["truth_empty"] == "False"}
+
+
+def test_train_evaluate_export_and_segment_a_labs_own_dataset(release, tmp_path):
+    import json
+
+    import nibabel as nib
+    from typer.testing import CliRunner
+
+    from neoseg.cli.evaluate import app as eval_app
+    from neoseg.cli.export import app as export_app
+    from neoseg.cli.infer import app as infer_app
+    from neoseg.cli.train import app as train_app
+    from neoseg.core import metrics
+    from neoseg.train import checkpoint
+
+    runner = CliRunner()
+    run = tmp_path / "run"
+    result = runner.invoke(train_app, ["--data", str(release), "--out", str(run), "--epochs", "2", *TINY])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "config.json").read_text())["spacing"] == [2.0, 2.0, 2.0]
+    assert checkpoint.load(run / "best.pt").spacing == (2.0, 2.0, 2.0)
+    split = json.loads((run / "split.json").read_text())
+    kinds = {f"R{i:02d}": kind for i, (_, kind) in enumerate(SUBJECTS)}
+    assert all(kinds[s] == "full" for s in split["fully_labelled"]) and split["fully_labelled"]
+    trained = _dice_rows(run / "evaluation.csv")
+    for subject in split["test"]:  # a partially labelled test session is scored on what it knows
+        scored = {s for (sub, s) in trained if sub == subject}
+        assert ("cgm" in scored) == (kinds[subject] == "full") and ("tcv" in scored) == (kinds[subject] != "brain")
+
+    e_pt, e_onnx, model = tmp_path / "eval-pt.csv", tmp_path / "eval-onnx.csv", tmp_path / "model.onnx"
+    assert runner.invoke(eval_app, [str(run / "best.pt"), "-o", str(e_pt), "--device", "cpu", "-q"]).exit_code == 0
+    result = runner.invoke(export_app, [str(run / "best.pt"), "-o", str(model)])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(eval_app, [str(model), "-o", str(e_onnx), "--backend", "ort-cpu", "-q"])
+    assert result.exit_code == 0, result.output
+    from_pt, from_onnx = _dice_rows(e_pt), _dice_rows(e_onnx)
+    assert from_pt.keys() == from_onnx.keys() == trained.keys()
+    assert all(abs(from_pt[k] - trained[k]) < 0.005 and abs(from_onnx[k] - trained[k]) < 0.005 for k in trained)
+
+    seg = tmp_path / "seg"
+    result = runner.invoke(infer_app, [str(release), "-m", str(model), "-o", str(seg), "--backend", "ort-cpu",
+                                       *[a for s in split["test"] for a in ("--participant-label", s)]])
+    assert result.exit_code == 0, result.output
+    for subject in split["test"]:
+        if kinds[subject] != "full":
+            continue
+        anat = f"sub-{subject}/ses-1/anat/sub-{subject}_ses-1"
+        written = np.asarray(nib.load(seg / f"{anat}_desc-neoseg_dseg.nii.gz").dataobj)
+        truth = np.asarray(nib.load(release / f"{anat}_desc-drawem9_dseg.nii.gz").dataobj)
+        for structure in ("tcv", "cgm", "wm"):
+            c = H.index(structure)
+            d = metrics.dice(H.encode(written)[c] == 1, H.encode(truth)[c] == 1)
+            assert abs(d - from_onnx[(subject, structure)]) < 1e-6, (subject, structure)
+
+
+@pytest.mark.parametrize("loss", ["iuc", "labelset", "bce"])
+def test_real_partial_sessions_train_with_each_recipe(release, tmp_path, loss):
+    import json
+
+    from neoseg.train.config import TrainConfig
+    from neoseg.train.loop import train
+
+    config = TrainConfig(data=str(release), loss=loss, spacing=[2.0], slice_size=32, widths=[8, 16], epochs=1,
+                         batch_size=8, device="cpu")
+    result = train(config, tmp_path / loss, progress=False)
+    trained_on = json.loads((tmp_path / loss / "split.json").read_text())["trained_on"]
+    kinds = {f"sub-R{i:02d}_ses-1": kind for i, (_, kind) in enumerate(SUBJECTS)}
+    if loss == "bce":  # the supervised baseline: the fully labelled sessions only
+        assert trained_on and all(kinds[k] == "full" for k in trained_on)
+    else:
+        assert {kinds[k] for k in trained_on} >= {"full", "partial", "tcv"}
+    assert {r["output"] for r in result.rows} == {"dseg", "mask"}
+
+
+def test_a_dataset_without_any_full_session_is_refused(tmp_path):
+    from neoseg.train.config import TrainConfig
+    from neoseg.train.loop import train
+
+    root = write_release_like(tmp_path / "data", [(s, "partial" if k == "full" else k) for s, k in SUBJECTS])
+    config = TrainConfig(data=str(root), spacing=[2.0], slice_size=32, widths=[8, 16], epochs=1, device="cpu")
+    with pytest.raises(ValueError, match="no fully labelled session"):
+        train(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_refuses_options_that_differ_from_the_run(tiny_dataset, tmp_path):
+    from typer.testing import CliRunner
+
+    from neoseg.cli.train import app as train_app
+
+    run = tmp_path / "run"
+    args = ["--data", str(tiny_dataset), "--out", str(run), "--slice-size", "32", "--widths", "8,16",
+            "--batch-size", "8", "--quiet", "--device", "cpu"]
+    assert CliRunner().invoke(train_app, [*args, "--epochs", "1"]).exit_code == 0
+    result = CliRunner().invoke(train_app, [*args, "--epochs", "2", "--lr", "0.001", "--resume"])
+    assert result.exit_code == 2 and "--epochs 2 (the run has 1)" in result.output and "--lr 0.001" in result.output
+    assert CliRunner().invoke(train_app, [*args, "--epochs", "1", "--resume"]).exit_code == 0
