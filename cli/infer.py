@@ -34,6 +34,7 @@ class BackendName(str, Enum):
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
+    int8 = "int8"
     bf16 = "bf16"
     fp16 = "fp16"
 
@@ -50,7 +51,7 @@ def infer(
                                               "e.g. DATASET/derivatives/neoseg)")],
     backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
         BackendName.auto,
-    precision: Annotated[Precision, typer.Option(help="auto: BF16 (or FP16) on a CPU that runs it fast, for a model "
+    precision: Annotated[Precision, typer.Option(help="auto: INT8, BF16 (or FP16) on a CPU that runs it fast, for a model "
                                                  "that passed the parity gate, else FP32 (GPU paths keep their own); an "
                                                  "explicit one runs or fails")] =
         Precision.auto,

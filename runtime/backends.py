@@ -1,7 +1,7 @@
 """Execution backends: (N, 1, H, W) float32 slices in, (N, C, H, W) float32 logits out.
 
 ``ort-*`` run an exported ``.onnx`` through ONNX Runtime with one explicit provider, ``ov-cpu``
-the same file through OpenVINO on the CPU (FP32, or BF16/FP16 where the CPU has the units), ``tensorrt``
+the same file through OpenVINO on the CPU (FP32, or INT8/BF16/FP16 where the CPU has the units), ``tensorrt``
 a native engine from ``neoseg-export --trt``, ``torch-*`` a training checkpoint (``.pt``; needs
 torch and the training code). A requested backend is used or an error says why not: nothing
 falls back silently. ``auto`` tries the fastest candidates for the model file in order. The same
@@ -131,7 +131,7 @@ class OrtBackend(Backend):
             self.precision = fixed_precision("fp16", precision, "ort-trt") if precision != "fp32" else "fp32"
         else:
             self.precision = fixed_precision("fp32", precision, f"ONNX Runtime's {provider}",
-                                             "for BF16/FP16 on a CPU use --backend ov-cpu" if backend == "ort-cpu" else "")
+                                             "for INT8/BF16/FP16 on a CPU use --backend ov-cpu" if backend == "ort-cpu" else "")
         if provider not in ort.get_available_providers():
             raise BackendUnavailable(ort_packages.missing_provider_message(provider, ort.get_available_providers()))
         missing = [] if backend == "ort-cpu" else ort_packages.preload_gpu_libraries(ort, backend == "ort-trt")

@@ -1,0 +1,123 @@
+"""INT8 at export: post-training quantisation with NNCF, gated by parity on held-out scans.
+
+The verified FP32 ``.onnx`` is read by OpenVINO and quantised by NNCF (8-bit weights per output
+channel, 8-bit activations), calibrated on slices cut from scans exactly as the runtime cuts them.
+The result is an OpenVINO model beside the ``.onnx`` (``model.int8.xml``/``.bin``): OpenVINO is
+the runtime's CPU path, and NNCF's OpenVINO backend keeps its quantisation as is (an ONNX QDQ graph
+would be converted again at load). The ``.onnx`` stays the one file a user names: its metadata
+records the INT8 model's name and digest (``neoseg.int8``) and the parity record ``int8``.
+
+The gate runs what ``neoseg-infer`` runs: the runtime's OpenVINO backend in FP32 and in INT8 over
+whole held-out scans (none of them calibrated on), per-structure Dice of the masks of each scan;
+the worst scan and structure is stored, and ``--precision auto`` uses INT8 only at
+:data:`~neoseg.runtime.precision.PARITY_DICE` or above. Where plain quantisation misses it, the
+first convolution and the output head, the layers most sensitive to rounding (their inputs and
+outputs carry the image and the logits), are kept in FP32 and the gate is measured again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from neoseg.runtime.precision import PARITY_DICE, ParityRecord
+
+from .parity import agreement
+
+CALIBRATION_PER_SCAN = 64  # slices per calibration scan, spread over the head
+REMEDY = "first convolution and head in FP32"
+
+
+def import_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise ImportError("INT8 export needs NNCF: pip install nncf (or pass --no-int8)") from None
+    nncf.set_log_level(logging.ERROR)  # its notes on each layer left out
+    return nncf
+
+
+def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
+    """The OpenVINO model of ``onnx`` quantised to INT8 by NNCF, calibrated on ``calibration``
+    ((N, 1, S, S) slices); ``keep_fp32`` leaves the first convolution and the head unquantised."""
+    import openvino as ov
+
+    nncf = import_nncf()
+    model = ov.Core().read_model(str(onnx))
+    ignored = None
+    if keep_fp32:
+        convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+        ignored = nncf.IgnoredScope(names=[convs[0], convs[-1]])
+    data = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bars
+        return nncf.quantize(model, data, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,
+                             ignored_scope=ignored)
+
+
+def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
+    """Per-structure Dice of the runtime's INT8 masks against its FP32 masks on ``scans`` ((canonical
+    array, NIfTI image) pairs): the worst scan and structure. ``onnx`` must name its INT8 model."""
+    from neoseg.runtime.openvino_backend import OpenVinoBackend
+    from neoseg.runtime.pipeline import Segmenter
+
+    fp32, int8 = (Segmenter(OpenVinoBackend(onnx, precision=p)) for p in ("fp32", "int8"))
+    names = fp32.info.hierarchy.names
+    worst, slices = ("", 1.0), 0
+    for image, img in scans:
+        zooms = img.header.get_zooms()[:3]
+        ref, got = (s.segment(image, img.affine, zooms) for s in (fp32, int8))
+        dice = agreement(got.masks, ref.masks, names, axis=-1)
+        name = min(dice, key=dice.get)
+        worst = min(worst, (name, dice[name]), key=lambda w: w[1])
+        slices += got.computed_slices
+    return ParityRecord(min_dice=round(float(worst[1]), 6), worst=worst[0], slices=slices,
+                        measured_with=f"{int8.backend.name.split(' [')[0]} int8, {detail}; whole scans through the "
+                                      f"runtime, {len(scans)} held out, vs its FP32")
+
+
+def export_int8(onnx: Path, calibration: np.ndarray, scans: list, log=print) -> ParityRecord:
+    """Quantise the verified ``onnx`` to ``<stem>.int8.xml``/``.bin`` beside it, gate it on
+    ``scans`` and record both in ``onnx``'s metadata (first plainly, then with :data:`REMEDY` where
+    the plain model misses the gate). Callers write into a staging folder: files are replaced."""
+    import openvino as ov
+
+    from neoseg.runtime.openvino_backend import companion_digest
+
+    nncf = import_nncf()
+    xml = onnx.with_name(onnx.stem + ".int8.xml")
+    base = f"NNCF {nncf.__version__}, {len(calibration)} calibration slices"
+    record = None
+    for keep_fp32 in (False, True):
+        ov.save_model(quantize(onnx, calibration, keep_fp32), str(xml), compress_to_fp16=False)
+        set_metadata(onnx, {"neoseg.int8": json.dumps({"xml": xml.name, "sha256": companion_digest(xml)})})
+        record = int8_parity(onnx, scans, base + (f", {REMEDY}" if keep_fp32 else ""))
+        if record.passed or keep_fp32:
+            break
+        log(f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {REMEDY}")
+    records = json.loads(metadata(onnx)["neoseg.reduced_precision"])
+    set_metadata(onnx, {"neoseg.reduced_precision": json.dumps({**records, "int8": asdict(record)})})
+    return record
+
+
+def metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Set entries of an ONNX model's ``metadata_props`` in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    merged = {p.key: p.value for p in proto.metadata_props} | values
+    del proto.metadata_props[:]
+    for key, value in merged.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
