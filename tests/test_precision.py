@@ -20,7 +20,7 @@ from neoseg.runtime.pipeline import Segmenter
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord, choose
 
 pytest.importorskip("openvino")
-NO_REDUCED = (["fp32"], ["FP32", "INT8"])  # what a CPU without BF16/FP16 units reports
+NO_REDUCED = (["fp32"], ["FP32", "INT8"])  # what a CPU without INT8/BF16/FP16 units reports
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_auto_uses_reduced_precision_only_where_units_and_parity_allow():
     assert precision == "fp32" and "re-export" in why
     precision, why = choose(["fp32", "bf16", "fp16"], {"bf16": bad, "fp16": good}, "auto", "cpu")
     assert precision == "fp16"
-    assert choose(["fp32"], {"bf16": good}, "auto", "this CPU") == ("fp32", "this CPU has no BF16/FP16 units")
+    assert choose(["fp32"], {"bf16": good}, "auto", "this CPU") == ("fp32", "this CPU has no INT8/BF16/FP16 units")
     # a precision the hardware runs, but no faster than FP32, is left to an explicit request
     slow = {"fp16": "no AMX-FP16"}
     assert choose(["fp32", "fp16"], {"fp16": good}, "auto", "cpu", slow) == ("fp32", "fp16 not used: no AMX-FP16")
@@ -192,7 +192,7 @@ def test_infer_precision_option(trained, scan, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "runs fp32 only, not fp16" in result.output
     result = runner.invoke(app, [str(scan), "-m", model, "-o", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
-    assert "backend: openvino" in result.output and "[CPU] fp32" in result.output and "no BF16/FP16 units" in result.output
+    assert "backend: openvino" in result.output and "[CPU] fp32" in result.output and "no INT8/BF16/FP16 units" in result.output
 
 
 def test_without_openvino_auto_runs_onnxruntime_and_ov_cpu_says_why(trained):
