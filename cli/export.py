@@ -83,25 +83,19 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
     info = info_from_checkpoint(loaded, chosen)
     verify = scan_sessions(loaded.config, data, "verify the export on",
                            "pass --data ROOT or --verify-scans 0")[:verify_scans] if verify_scans else []
-    scans = [load_canonical(s.t2, np.float32) for s in verify]
-    x = verification_slices([image for image, _ in scans], info) if scans else None
+    x = verification_slices([load_canonical(s.t2, np.float32)[0] for s in verify], info) if verify else None
     output = outputs["onnx"]
     with atomic_paths(outputs, overwrite) as tmp, \
             tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
         staged = {k: Path(stage) / p.name for k, p in outputs.items()}
         report = export_onnx(loaded.model, info, staged["onnx"], verify_on=x, overwrite=True)
         if "xml" in outputs:
-            from neoseg.export.int8 import CALIBRATION_PER_SCAN, export_int8
+            from neoseg.export.int8 import add_int8
 
             pool = scan_sessions(loaded.config, calibration_data, "calibrate INT8 on",
                                  "pass --calibration-data FOLDER or --no-int8")
             calibrate = [s for s in pool if s.t2 not in {v.t2 for v in verify}][:calibration_scans]
-            if not calibrate:
-                raise ValueError(f"no scans to calibrate INT8 on besides the {len(verify)} verified on; pass "
-                                 f"--calibration-data FOLDER or --no-int8")
-            calibration = verification_slices([load_canonical(s.t2, np.float32)[0] for s in calibrate], info,
-                                              per_volume=CALIBRATION_PER_SCAN)
-            report.reduced["int8"] = export_int8(staged["onnx"], calibration, scans, log=typer.echo)
+            report.reduced["int8"] = add_int8(staged["onnx"], info, verify, calibrate, log=typer.echo)
         engine_report = None
         if "engine" in outputs:
             from neoseg.export.trt_engine import build_engine

@@ -81,6 +81,22 @@ def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
                                       f"runtime, {len(scans)} held out, vs its FP32")
 
 
+def add_int8(onnx: Path, info, gate_sessions: list, calibration_sessions: list, log=print) -> ParityRecord:
+    """:func:`export_int8` calibrated on ``calibration_sessions`` and gated on ``gate_sessions``
+    (dHCP sessions; none of the first may be among the second)."""
+    from neoseg.train.volumes import load_canonical
+
+    from .onnx_export import verification_slices
+
+    gated = {s.t2 for s in gate_sessions}
+    if not calibration_sessions or any(s.t2 in gated for s in calibration_sessions):
+        raise ValueError(f"no scans to calibrate INT8 on besides the {len(gated)} it is gated on; pass "
+                         f"--calibration-data FOLDER or --no-int8")
+    images = [load_canonical(s.t2, np.float32)[0] for s in calibration_sessions]
+    calibration = verification_slices(images, info, per_volume=CALIBRATION_PER_SCAN)
+    return export_int8(onnx, calibration, [load_canonical(s.t2, np.float32) for s in gate_sessions], log)
+
+
 def export_int8(onnx: Path, calibration: np.ndarray, scans: list, log=print) -> ParityRecord:
     """Quantise the verified ``onnx`` to ``<stem>.int8.xml``/``.bin`` beside it, gate it on
     ``scans`` and record both in ``onnx``'s metadata (first plainly, then with :data:`REMEDY` where

@@ -47,6 +47,13 @@ def cpu_flags() -> list[str]:
         return []
 
 
+def cpu_features() -> list[str]:
+    """This CPU's flags that decide its reduced precisions (for benchmark reports)."""
+    flags = set(cpu_flags())
+    return [f for f in ("amx_int8", "amx_bf16", "amx_fp16", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                        "avx512f", "avx2") if f in flags]
+
+
 def int8_unit(flags: list[str]) -> str | None:
     """The fastest INT8 unit among the CPU's ``flags`` (see :data:`INT8_UNITS`), or None."""
     return next((name for flag, name in INT8_UNITS if flag in flags), None)

@@ -140,7 +140,7 @@ def test_calibration_never_uses_the_scans_it_is_gated_on(exported, tiny_dataset,
     out = tmp_path / "out"
     result = CliRunner().invoke(app, [str(exported[0] / "toy.pt"), "-o", str(out / "m.onnx"), "--data", str(only),
                                       "--calibration-data", str(only)])
-    assert result.exit_code == 2 and "no scans to calibrate INT8 on besides the 2 verified on" in result.output
+    assert result.exit_code == 2 and "no scans to calibrate INT8 on besides the 2 it is gated on" in result.output
     assert not out.exists() or not list(out.iterdir())
     result = CliRunner().invoke(app, [str(exported[0] / "toy.pt"), "-o", str(out / "m.onnx"), "--data", str(only),
                                       "--no-int8"])
