@@ -1,7 +1,8 @@
 """INT8 at export: post-training quantisation with NNCF, gated by parity on held-out scans.
 
 The verified FP32 ``.onnx`` is read by OpenVINO and quantised by NNCF (8-bit weights per output
-channel, 8-bit activations), calibrated on slices cut from scans exactly as the runtime cuts them.
+channel, 8-bit activations over their full calibrated range), calibrated on slices cut from scans
+as the runtime cuts them (the same windows and min-max scaling, slices that hold head).
 The result is an OpenVINO model beside the ``.onnx`` (``model.int8.xml``/``.bin``): OpenVINO is
 the runtime's CPU path, and NNCF's OpenVINO backend keeps its quantisation as is (an ONNX QDQ graph
 would be converted again at load). The ``.onnx`` stays the one file a user names: its metadata
@@ -54,10 +55,18 @@ def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
     if keep_fp32:
         convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
         ignored = nncf.IgnoredScope(names=[convs[0], convs[-1]])
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    # activation ranges from the extremes over all calibration slices: NNCF's default (the mean over
+    # slices of each one's extremes) clipped the brightest activations of slices holding more head
+    # than the average one; on a trained demo model the full range cut the 99th percentile of the
+    # INT8 logits' error from 1.9 to 0.21 (docs/int8.md)
+    full_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
     data = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
     with contextlib.redirect_stdout(io.StringIO()):  # its progress bars
         return nncf.quantize(model, data, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,
-                             ignored_scope=ignored)
+                             ignored_scope=ignored, advanced_parameters=full_range)
 
 
 def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
@@ -68,14 +77,15 @@ def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
 
     fp32, int8 = (Segmenter(OpenVinoBackend(onnx, precision=p)) for p in ("fp32", "int8"))
     names = fp32.info.hierarchy.names
-    worst, slices = ("", 1.0), 0
+    worst, slices = [], 0  # (Dice, structure) of each scan's worst structure
     for image, img in scans:
         zooms = img.header.get_zooms()[:3]
         ref, got = (s.segment(image, img.affine, zooms) for s in (fp32, int8))
         dice = agreement(got.masks, ref.masks, names, axis=-1)
         name = min(dice, key=dice.get)
-        worst = min(worst, (name, dice[name]), key=lambda w: w[1])
+        worst.append((dice[name], name))
         slices += got.computed_slices
+    worst = min(worst, key=lambda w: w[0])[::-1]
     return ParityRecord(min_dice=round(float(worst[1]), 6), worst=worst[0], slices=slices,
                         measured_with=f"{int8.backend.name.split(' [')[0]} int8, {detail}; whole scans through the "
                                       f"runtime, {len(scans)} held out, vs its FP32")
