@@ -31,8 +31,9 @@ def export(
                                                           "verification and INT8")] = 2,
     int8: Annotated[bool, typer.Option(help="also write an INT8 OpenVINO model beside the .onnx (NNCF), with its "
                                             "parity record")] = True,
-    calibration_data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False, help="dHCP-layout folder "
-                                                             "to calibrate INT8 on; default: the training data")] = None,
+    calibration_data: Annotated[Optional[Path], typer.Option(
+        exists=True, file_okay=False, help="dHCP-layout folder to calibrate INT8 on; default: the training data")] \
+        = None,
     calibration_scans: Annotated[int, typer.Option(min=1, help="scans to calibrate INT8 on (never those verified "
                                                                "on)")] = 4,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
@@ -60,7 +61,7 @@ def export(
             from neoseg.runtime.trt_backend import gpu_identity, import_tensorrt
 
             import_tensorrt(), gpu_identity()  # before anything is written
-            outputs["engine"] = engine
+            outputs["engine"] = check_writable(engine, overwrite)
         _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, calibration_data,
                 calibration_scans, overwrite)
 
@@ -108,7 +109,7 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
     typer.echo(f"wrote {output} ({info.architecture}, {len(info.hierarchy)} channels, slices {info.slice_size}^2 "
                f"along axis {info.axis}, spacing {'x'.join(f'{s:g}' for s in info.spacing)} mm, "
                f"config {info.config_digest})")
-    for line in report.lines() if report else ["not verified (--verify-scans 0)"]:
+    for line in report.lines() if report else ["not verified, and no INT8 model (--verify-scans 0)"]:
         typer.echo(line)
     if "xml" in outputs:
         typer.echo(f"wrote {outputs['xml']} and its .bin (INT8 OpenVINO model: keep it beside {output.name})")

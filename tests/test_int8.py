@@ -80,7 +80,8 @@ def test_auto_prefers_int8_and_says_what_it_passed_over():
     supported = ["fp32", "int8", "bf16"]
     assert choose(supported, {"int8": good, "bf16": good}, "auto", "cpu")[0] == "int8"
     precision, why = choose(supported, {"int8": bad, "bf16": good}, "auto", "cpu")
-    assert precision == "bf16" and why.startswith("int8 not used: ") and "Dice 0.9700 vs FP32 (test, 8 slices) < 0.99" in why
+    assert precision == "bf16" and why.startswith("int8 not used: ") and "Dice 0.9700 vs FP32 (test, 8 slices) < 0.99" \
+        in why
     precision, why = choose(supported, {"int8": good}, "auto", "cpu", {"int8": "m.int8.xml is missing"})
     assert precision == "fp32" and "int8 not used: m.int8.xml is missing" in why
     assert [int8_unit(f) for f in (["avx2", "amx_int8", "avx512_vnni"], VNNI, ["avx2", "avx_vnni"], ["avx2"], [])] \
@@ -95,7 +96,8 @@ def test_auto_runs_int8_only_where_it_passed_and_the_cpu_has_the_units(exported,
     assert backend.precision == "int8" and "int8 parity" in backend.note and "INT8 units: AVX-512 VNNI" in backend.note
     failed = copy_model(exported[0], tmp_path / "failed", record(0.97))
     backend = open_backend(failed, "auto")
-    assert backend.precision == "fp32" and "int8 not used: " in backend.note and "Dice 0.9700 vs FP32 (test, 8 slices) < 0.99" in backend.note
+    assert backend.precision == "fp32" and "int8 not used: " in backend.note
+    assert "Dice 0.9700 vs FP32 (test, 8 slices) < 0.99" in backend.note
     assert open_backend(failed, "ov-cpu", precision="int8").precision == "int8"  # explicit: runs, gate or not
     monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: ["sse4_2"])  # no INT8 units
     backend = open_backend(passed, "ov-cpu")
