@@ -48,7 +48,7 @@ def companion_digest(xml: Path) -> str:
 def int8_model(path: Path, info: ModelInfo) -> tuple[Path | None, str]:
     """(the INT8 model of the ``.onnx`` ``path``, or None; why not)."""
     entry = json.loads(info.int8)
-    if not entry:
+    if not entry.get("xml") or not entry.get("sha256"):
         return None, f"{path.name} has no INT8 model (re-export it with neoseg-export, which quantises by default)"
     xml = path.parent / entry["xml"]
     if not xml.is_file() or not xml.with_suffix(".bin").is_file():
