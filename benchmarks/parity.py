@@ -1,7 +1,7 @@
 """Dice parity between inference paths on whole cohort volumes: torch FP32 (the training-side
 reference, ``predict_volume``), ONNX Runtime and OpenVINO FP32 through the runtime (with and
-without the head crop), every reduced-precision path this machine has (OpenVINO BF16/FP16 on the
-CPU, torch CUDA FP16, a TensorRT engine), and BF16/FP16 emulated in FP32 (any CPU; also with the
+without the head crop), every reduced-precision path this machine has (OpenVINO INT8/BF16/FP16 on
+the CPU, torch CUDA FP16, a TensorRT engine), and BF16/FP16 emulated in FP32 (any CPU; also with the
 usual remedies: output head, or first layer and head, in FP32). Reports per structure the Dice of
 each path against torch FP32 (worst volume) with its worst structure, and each path's Dice
 against the ground truth (mean), beside torch FP32's. ``--precision auto`` uses a reduced
@@ -24,6 +24,7 @@ import numpy as np
 from neoseg.export.parity import agreement
 
 from neoseg.runtime.backend import Backend
+from neoseg.runtime.cpu import cpu_features
 
 from .common import cohort, machine, table, write_results
 
@@ -62,7 +63,7 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
            "ort-cpu fp32": Segmenter(open_backend(onnx, "ort-cpu")),
            "ort-cpu fp32, all slices": Segmenter(open_backend(onnx, "ort-cpu"), skip_empty=False),
            "ort-cpu fp32, --crop-plane": Segmenter(open_backend(onnx, "ort-cpu"), crop_plane=True)}
-    for precision in ("fp32", "bf16", "fp16"):
+    for precision in ("fp32", "int8", "bf16", "fp16"):
         try:
             out[f"ov-cpu {precision}"] = Segmenter(open_backend(onnx, "ov-cpu", precision=precision))
         except BackendUnavailable as e:
@@ -80,24 +81,27 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
     return out
 
 
-def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", verify_on=None, log=print) -> dict:
+def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", verify_on=None, calibrate_on=None,
+        log=print) -> dict:
     """Per-structure Dice of every runtime path against strict-FP32 torch and against the truth, on
-    ``sessions``; the export is verified (and its parity record measured) on the sessions
-    ``verify_on``, by default on the checkpoint's first 2 training scans, as neoseg-export does."""
+    ``sessions``; the export is verified (and its parity records measured) on the sessions
+    ``verify_on``, by default on the checkpoint's first 2 training scans, and INT8 calibrated on
+    ``calibrate_on``, by default the next 4, as neoseg-export does."""
     import torch
 
     tf32 = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False  # strict FP32 reference
     try:
-        return _run(ckpt, sessions, engine, device, verify_on, log)
+        return _run(ckpt, sessions, engine, device, verify_on, calibrate_on, log)
     finally:
         torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, log) -> dict:
+def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, calibrate_on, log) -> dict:
     import torch
 
-    from neoseg.export.onnx_export import export_onnx, verification_slices, verification_volumes
+    from neoseg.export.int8 import add_int8
+    from neoseg.export.onnx_export import export_onnx, scan_sessions, verification_slices
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train import checkpoint
     from neoseg.train.evaluate import predict_volume
@@ -107,9 +111,14 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, log)
     info = info_from_checkpoint(loaded)
     h = info.hierarchy
     onnx = Path(tempfile.mkdtemp(prefix="neoseg-parity-")) / "model.onnx"
-    volumes = verification_volumes(loaded.config, None, 2) if verify_on is None else \
-        [load_canonical(s.t2, np.float32)[0] for s in verify_on]
+    if verify_on is None or calibrate_on is None:
+        pool = scan_sessions(loaded.config, None, "verify the export on", "pass --data ROOT")
+        verify_on = pool[:2] if verify_on is None else verify_on
+        calibrate_on = [s for s in pool if s.t2 not in {v.t2 for v in verify_on}][:4] if calibrate_on is None \
+            else calibrate_on
+    volumes = [load_canonical(s.t2, np.float32)[0] for s in verify_on]
     report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices(volumes, info))
+    report.reduced["int8"] = add_int8(onnx, info, verify_on, calibrate_on, log=lambda m: log(f"  export: {m}"))
     for line in report.lines():
         log(f"  export: {line}")
     runners = paths(ckpt, onnx, engine, device, log)
@@ -129,7 +138,8 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, log)
             vs_ref[name].append(agreement(masks, ref, h.names))
             vs_truth[name].append(agreement(masks, truth, h.names))
         log(f"  {s.key}: " + ", ".join(f"{n} min Dice vs torch {min(vs_ref[n][-1].values()):.4f}" for n in runners))
-    result = {"machine": machine(), "device": device, "checkpoint": str(ckpt), "volumes": [s.key for s in sessions],
+    result = {"machine": machine() | {"cpu_features": cpu_features()}, "device": device, "checkpoint": str(ckpt),
+              "volumes": [s.key for s in sessions],
               "parity_records": {p: asdict(r) for p, r in report.reduced.items()},
               "dice_vs_torch_fp32_worst": {n: _worst(v) for n, v in vs_ref.items()},
               "dice_vs_truth_mean": {n: _mean(v) for n, v in vs_truth.items()}}
@@ -149,6 +159,7 @@ def markdown(result: dict) -> str:
     names = list(result["dice_vs_truth_mean"][REFERENCE])
     text = f"Machine: {m.get('gpu', m['cpu'])} ({m['cores']} CPU cores; OpenVINO capabilities " \
            f"{', '.join(m.get('cpu_capabilities', []))}), {len(result['volumes'])} volumes\n\n"
+    text += f"CPU features: {', '.join(result['machine'].get('cpu_features', [])) or 'unknown'}\n\n"
     text += "Parity record stored at export (gates --precision auto at >= 0.99):\n\n" + table(
         ["precision", "worst structure", "Dice vs FP32", "slices", "measured with"],
         [[p, r["worst"], r["min_dice"], r["slices"], r["measured_with"]] for p, r in result["parity_records"].items()])
@@ -178,8 +189,10 @@ def main(argv=None) -> None:
     grid = int(round(128 / loaded.spacing[0]))
     sessions = cohort(args.data, max(2, args.volumes), grid)[-args.volumes:]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    verify_on = None if args.data is None else cohort(args.data, 2, grid)[:2]  # as neoseg-export --data
-    result = run(args.checkpoint, sessions, args.engine, device, verify_on)
+    # as neoseg-export --data ROOT --calibration-data ROOT: verified on the first 2 scans, calibrated on the next 4
+    first = None if args.data is None else cohort(args.data, 6, grid)
+    verify_on, calibrate_on = (None, None) if first is None else (first[:2], first[2:6])
+    result = run(args.checkpoint, sessions, args.engine, device, verify_on, calibrate_on)
     write_results(args.out, f"parity-{device}", result, markdown(result))
     print(markdown(result))
 

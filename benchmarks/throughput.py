@@ -3,7 +3,12 @@ in the same run on the same device:
 
 - network only: ms per 256-slice volume of full slices (slice_size^2) and slices/s;
 - end to end: seconds per scan from reading the NIfTI to writing the results (neoseg-infer's path),
-  with its breakdown (read, resample, preprocess, network, postprocess, write).
+  with its breakdown (read, resample, preprocess, network, postprocess, write), for each precision
+  OpenVINO runs on this CPU and for what ``--precision auto`` picks.
+
+The report names the CPU's features that decide the precisions (AMX, AVX-512 VNNI/BF16/FP16, ...).
+The INT8 model is quantised as ``neoseg-export`` does, but calibrated and gated on the benchmark scan
+itself: its parity record here says nothing about a model's (see the parity benchmark).
 
     python -m neoseg.benchmarks.throughput [--scan T2.nii.gz] [--checkpoint best.pt] [--out DIR]
 
@@ -20,7 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from neoseg.runtime.backends import Backend
+from neoseg.runtime.backend import Backend
+from neoseg.runtime.cpu import cpu_features
 
 from .common import cohort, default_checkpoint, machine, median_seconds, table, write_results
 
@@ -107,6 +113,7 @@ def network_only(ckpt: Path, onnx: Path | None, engine: Path | None, images: np.
 
     for label, path, kind, precision in (("onnxruntime cpu fp32", onnx, "ort-cpu", "fp32"),
                                          ("openvino cpu fp32", onnx, "ov-cpu", "fp32"),
+                                         ("openvino cpu int8", onnx, "ov-cpu", "int8"),
                                          ("openvino cpu bf16", onnx, "ov-cpu", "bf16"),
                                          ("openvino cpu fp16", onnx, "ov-cpu", "fp16"),
                                          ("tensorrt fp16 engine", engine, "tensorrt", "auto")):
@@ -157,8 +164,8 @@ def end_to_end(scan: Path, runners: dict, repeats: int, warmup: int = 1, log=pri
     return rows
 
 
-def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str) -> dict:
-    from neoseg.runtime.backends import open_backend
+def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str, log=print) -> dict:
+    from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train import checkpoint
     from neoseg.train.torch_backend import open_checkpoint
@@ -171,11 +178,31 @@ def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str) -> 
         out["torch-cuda fp16 CUDA graph (runtime)"] = Segmenter(backend)
     if onnx is not None:
         out["ort-cpu fp32 (runtime)"] = Segmenter(open_backend(onnx, "ort-cpu"))
+        for precision in ("fp32", "int8", "bf16"):
+            try:
+                out[f"ov-cpu {precision} (runtime)"] = Segmenter(open_backend(onnx, "ov-cpu", precision=precision))
+            except BackendUnavailable as e:
+                log(f"  ov-cpu {precision}: not run here ({e})")
         default = open_backend(onnx, "auto")  # what neoseg-infer -m model.onnx runs here
         out[f"neoseg-infer default ({default.name.split(' [')[0].split(' ')[0]} {default.precision})"] = Segmenter(default)
     if engine is not None:
         out["tensorrt fp16 engine (runtime)"] = Segmenter(open_backend(engine, "tensorrt"))
     return out
+
+
+def _int8(onnx: Path, loaded, scan: Path, log) -> None:
+    """The INT8 model beside ``onnx``, calibrated and gated on ``scan`` itself (for timing only)."""
+    from neoseg.export.int8 import CALIBRATION_PER_SCAN, export_int8
+    from neoseg.export.onnx_export import verification_slices
+    from neoseg.runtime.model import info_from_checkpoint
+    from neoseg.train.volumes import load_canonical
+
+    image, img = load_canonical(scan, np.float32)
+    x = verification_slices([image], info_from_checkpoint(loaded), per_volume=CALIBRATION_PER_SCAN)
+    try:
+        export_int8(onnx, x, [(image, img)], log=lambda m: log(f"  {m}"))
+    except ImportError as e:
+        log(f"  no INT8 model: {e}")
 
 
 def _verification(loaded, scan: Path) -> np.ndarray:
@@ -192,7 +219,8 @@ def markdown(result: dict) -> str:
     m = result["machine"]
     text = f"Machine: {m.get('gpu', m['cpu'])} ({m['cores']} CPU cores), torch {m.get('torch')}, " \
            f"onnxruntime {m['onnxruntime']}, openvino {m.get('openvino')} (CPU: " \
-           f"{', '.join(m.get('cpu_capabilities', []))}); load at start {m['load']}\n\n"
+           f"{', '.join(m.get('cpu_capabilities', []))}); load at start {m['load']}\n\n" \
+           f"CPU features: {', '.join(m.get('cpu_features', [])) or 'unknown'}\n\n"
     if result.get("network"):
         text += "Network only, one volume of 256 full slices:\n\n" + table(
             ["path", "ms per volume", "slices/s", "× eager FP32"],
@@ -234,7 +262,10 @@ def run(args, log=print) -> dict:
     loaded = checkpoint.load(ckpt)
     onnx = work / "model.onnx"
     export_onnx(loaded.model, info_from_checkpoint(loaded), onnx, verify_on=_verification(loaded, scan))
-    result = {"machine": machine(), "device": device, "scan": str(scan), "checkpoint": str(ckpt)}
+    if device == "cpu":
+        _int8(onnx, loaded, scan, log)
+    result = {"machine": machine() | {"cpu_features": cpu_features()}, "device": device, "scan": str(scan),
+              "checkpoint": str(ckpt)}
     log(f"throughput on {result['machine'].get('gpu', result['machine']['cpu'])}, device {device}")
     if not args.skip_network:
         from neoseg.train.volumes import load_canonical
@@ -248,7 +279,7 @@ def run(args, log=print) -> dict:
         log("network only:")
         result["network"] = network_only(ckpt, onnx, args.engine, images, device, modes, args.repeats, log)
     log("end to end:")
-    result["end_to_end"] = end_to_end(scan, runners(ckpt, onnx, args.engine, device), args.repeats,
+    result["end_to_end"] = end_to_end(scan, runners(ckpt, onnx, args.engine, device, log), args.repeats,
                                       int(device == "cuda"), log)
     write_results(args.out, f"throughput-{device}", result, markdown(result))
     log(markdown(result))

@@ -1,11 +1,13 @@
-"""``neoseg-export CHECKPOINT -o model.onnx [--trt]``: a self-describing, verified ONNX model
-(and an FP16 TensorRT engine beside it)."""
+"""``neoseg-export CHECKPOINT -o model.onnx [--trt]``: a self-describing, verified ONNX model,
+its INT8 OpenVINO model beside it (``model.int8.xml``/``.bin``, gated on held-out scans), and on
+request an FP16 TensorRT engine."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional
 
+import numpy as np
 import typer
 
 from .common import as_user_error, user_errors
@@ -24,7 +26,15 @@ def export(
                                                            "default: the checkpoint's, else 0.5")] = None,
     data: Annotated[Optional[Path], typer.Option(help="dHCP-layout folder whose scans verify the export; "
                                                       "default: the training data")] = None,
-    verify_scans: Annotated[int, typer.Option(min=0, help="scans to verify on; 0 skips verification")] = 2,
+    verify_scans: Annotated[int, typer.Option(min=0, help="scans to verify on (and to gate INT8 on); 0 skips "
+                                                          "verification and INT8")] = 2,
+    int8: Annotated[bool, typer.Option(help="also write an INT8 OpenVINO model beside the .onnx (NNCF), with its "
+                                            "parity record")] = True,
+    calibration_data: Annotated[Optional[Path], typer.Option(
+        exists=True, file_okay=False, help="dHCP-layout folder to calibrate INT8 on; default: the training data")] \
+        = None,
+    calibration_scans: Annotated[int, typer.Option(min=1, help="scans to calibrate INT8 on (never those verified "
+                                                               "on)")] = 4,
     overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
 ) -> None:
     """Export CHECKPOINT to ONNX (and TensorRT), verified against PyTorch on real scans."""
@@ -37,39 +47,71 @@ def export(
         if output.suffix != ".onnx":
             raise ValueError(f"-o {output}: the ONNX model's name must end in .onnx")
         engine = engine or output.with_suffix(".engine")
-        check_writable(output, overwrite)
+        int8 = int8 and verify_scans > 0  # INT8 needs scans to gate it on
+        outputs = {"onnx": output} | ({"xml": output.with_name(output.stem + ".int8.xml"),
+                                       "bin": output.with_name(output.stem + ".int8.bin")} if int8 else {})
+        for path in outputs.values():
+            check_writable(path, overwrite)
+        if int8:
+            from neoseg.export.int8 import import_nncf
+
+            import_nncf()  # before anything is computed
         if trt:
             from neoseg.runtime.trt_backend import gpu_identity, import_tensorrt
 
             import_tensorrt(), gpu_identity()  # before anything is written
-            check_writable(engine, overwrite)
-        _export(checkpoint, output, engine if trt else None, timing_cache, thresholds, data, verify_scans, overwrite)
+            outputs["engine"] = check_writable(engine, overwrite)
+        _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, calibration_data,
+                calibration_scans, overwrite)
 
 
-def _export(checkpoint, output, engine, timing_cache, thresholds, data, verify_scans, overwrite) -> None:
-    from neoseg.export.onnx_export import export_onnx, verification_slices, verification_volumes
+def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, calibration_data, calibration_scans,
+            overwrite) -> None:
+    """Every output is written into a staging folder beside them under its final name (the INT8
+    model is found by name from the .onnx), then all appear together, or none does."""
+    import os
+    import tempfile
+
+    from neoseg.core.io import atomic_paths
+    from neoseg.export.onnx_export import export_onnx, scan_sessions, verification_slices
     from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
     from neoseg.train import checkpoint as ckpt
+    from neoseg.train.volumes import load_canonical
 
     loaded = ckpt.load(checkpoint)
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
     info = info_from_checkpoint(loaded, chosen)
-    x = verification_slices(verification_volumes(loaded.config, data, verify_scans), info) if verify_scans else None
-    if engine is None:
-        report = export_onnx(loaded.model, info, output, verify_on=x, overwrite=overwrite)
-        engine_report = None
-    else:  # the model and its engine appear together, or neither does (no .onnx left by a failed build)
-        from neoseg.core.io import atomic_paths
-        from neoseg.export.trt_engine import build_engine
+    verify = scan_sessions(loaded.config, data, "verify the export on",
+                           "pass --data ROOT or --verify-scans 0")[:verify_scans] if verify_scans else []
+    x = verification_slices([load_canonical(s.t2, np.float32)[0] for s in verify], info) if verify else None
+    output = outputs["onnx"]
+    with atomic_paths(outputs, overwrite) as tmp, \
+            tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
+        staged = {k: Path(stage) / p.name for k, p in outputs.items()}
+        report = export_onnx(loaded.model, info, staged["onnx"], verify_on=x, overwrite=True)
+        if "xml" in outputs:
+            from neoseg.export.int8 import add_int8
 
-        with atomic_paths({"onnx": output, "engine": engine}, overwrite) as tmp:
-            report = export_onnx(loaded.model, info, tmp["onnx"], verify_on=x, overwrite=True)
-            engine_report = build_engine(tmp["onnx"], info, tmp["engine"], timing_cache, verify_on=x, overwrite=True)
+            pool = scan_sessions(loaded.config, calibration_data, "calibrate INT8 on",
+                                 "pass --calibration-data FOLDER or --no-int8")
+            calibrate = [s for s in pool if s.t2 not in {v.t2 for v in verify}][:calibration_scans]
+            report.reduced["int8"] = add_int8(staged["onnx"], info, verify, calibrate, log=typer.echo)
+        engine_report = None
+        if "engine" in outputs:
+            from neoseg.export.trt_engine import build_engine
+
+            engine_report = build_engine(staged["onnx"], info, staged["engine"], timing_cache, verify_on=x,
+                                         overwrite=True)
+        for k, path in staged.items():
+            os.replace(path, tmp[k])
+    engine = outputs.get("engine")
     typer.echo(f"wrote {output} ({info.architecture}, {len(info.hierarchy)} channels, slices {info.slice_size}^2 "
                f"along axis {info.axis}, spacing {'x'.join(f'{s:g}' for s in info.spacing)} mm, "
                f"config {info.config_digest})")
-    for line in report.lines() if report else ["not verified (--verify-scans 0)"]:
+    for line in report.lines() if report else ["not verified, and no INT8 model (--verify-scans 0)"]:
         typer.echo(line)
+    if "xml" in outputs:
+        typer.echo(f"wrote {outputs['xml']} and its .bin (INT8 OpenVINO model: keep it beside {output.name})")
     if engine is not None:
         typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
         for line in engine_report.lines() if engine_report else []:

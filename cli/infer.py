@@ -33,6 +33,7 @@ class BackendName(str, Enum):
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
+    int8 = "int8"
     bf16 = "bf16"
     fp16 = "fp16"
 
@@ -52,9 +53,9 @@ def infer(
                                                        "for --dry-run")] = None,
     backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
         BackendName.auto,
-    precision: Annotated[Precision, typer.Option(help="auto: BF16 (or FP16) on a CPU that runs it fast, for a model "
-                                                 "that passed the parity gate, else FP32 (GPU paths keep their own); an "
-                                                 "explicit one runs or fails")] =
+    precision: Annotated[Precision, typer.Option(help="auto: INT8, BF16 (or FP16) on a CPU that runs it fast, for a "
+                                                 "model that passed the parity gate, else FP32 (GPU paths keep their "
+                                                 "own); an explicit one runs or fails")] =
         Precision.auto,
     batch: Annotated[Optional[int], typer.Option(min=1, help="slices per network call (default: 256 on GPU, "
                                                               "8 on CPU); lower it for small GPUs")] = None,

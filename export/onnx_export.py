@@ -54,7 +54,7 @@ class ParityReport:
         lines = [head, "  Dice agreement: " + ", ".join(f"{k} {v:.4f}" for k, v in self.dice.items())]
         for precision, record in self.reduced.items():
             verdict = "--precision auto may use it where the CPU runs it fast" if record.passed else \
-                f"below {PARITY_DICE}: --precision auto keeps FP32"
+                f"below {PARITY_DICE}: --precision auto passes it over"
             lines.append(f"  {precision}: {record.describe()}; {verdict}")
         return lines
 
@@ -74,8 +74,16 @@ def verification_slices(images: list[np.ndarray], info: ModelInfo, per_volume: i
 def verification_volumes(config, data: Path | None, n: int) -> list:
     """The first ``n`` scans of ``data`` (dHCP layout), else of the checkpoint's training data
     (``config``), canonical: what ``neoseg-export`` verifies the export on."""
-    from neoseg.data.dhcp import find_sessions
     from neoseg.train.volumes import load_canonical
+
+    return [load_canonical(s.t2, np.float32)[0] for s in scan_sessions(config, data, "verify the export on",
+                                                                         "pass --data ROOT or --verify-scans 0")[:n]]
+
+
+def scan_sessions(config, data: Path | None, purpose: str, fix: str) -> list:
+    """The sessions of ``data`` (dHCP layout), else of the checkpoint's training data (``config``);
+    ``purpose`` and ``fix`` complete the error where there are none."""
+    from neoseg.data.dhcp import find_sessions
 
     if data is not None:
         sessions = find_sessions(data, require_labels=False)
@@ -84,11 +92,10 @@ def verification_volumes(config, data: Path | None, n: int) -> list:
         try:
             sessions = dataset_sessions(config, progress=False)
         except (ImportError, ValueError, OSError) as e:
-            raise ValueError(f"cannot find the training scans to verify the export on ({e}); "
-                             f"pass --data ROOT or --verify-scans 0") from None
+            raise ValueError(f"cannot find the training scans to {purpose} ({e}); {fix}") from None
     if not sessions:
-        raise ValueError("no scans to verify the export on; pass --data ROOT or --verify-scans 0")
-    return [load_canonical(s.t2, np.float32)[0] for s in sessions[:n]]
+        raise ValueError(f"no scans to {purpose}; {fix}")
+    return sessions
 
 
 @torch.no_grad()

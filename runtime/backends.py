@@ -1,7 +1,7 @@
 """Execution backends: (N, 1, H, W) float32 slices in, (N, C, H, W) float32 logits out.
 
 ``ort-*`` run an exported ``.onnx`` through ONNX Runtime with one explicit provider, ``ov-cpu``
-the same file through OpenVINO on the CPU (FP32, or BF16/FP16 where the CPU has the units), ``tensorrt``
+the same file through OpenVINO on the CPU (FP32, or INT8/BF16/FP16 where the CPU has the units), ``tensorrt``
 a native engine from ``neoseg-export --trt``, ``torch-*`` a training checkpoint (``.pt``; needs
 torch and the training code). A requested backend is used or an error says why not: nothing
 falls back silently. ``auto`` tries the fastest candidates for the model file in order. The same

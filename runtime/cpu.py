@@ -39,3 +39,10 @@ def physical_cores(cpus: set[int] | None = None, topology: Path = TOPOLOGY) -> i
         except OSError:
             return max(1, len(cpus))
     return max(1, len(cores))
+
+
+def cpu_features() -> list[str]:
+    """This CPU's flags that decide its reduced precisions (for benchmark reports)."""
+    flags = set(cpu_flags())
+    return [f for f in ("amx_int8", "amx_bf16", "amx_fp16", "avx512_vnni", "avx512_bf16", "avx512_fp16", "avx_vnni",
+                        "avx512f", "avx2") if f in flags]

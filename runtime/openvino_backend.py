@@ -1,5 +1,7 @@
 """OpenVINO on the CPU: the same self-describing ``.onnx`` file, read directly, in FP32 or, where
-the CPU has the units, BF16 (AVX-512 BF16 / AMX) or FP16 (AVX-512 FP16 / AMX-FP16, ARM).
+the CPU has the units, BF16 (AVX-512 BF16 / AMX), FP16 (AVX-512 FP16 / AMX-FP16, ARM) or INT8 (AMX-INT8,
+AVX-512 VNNI, AVX-VNNI, AVX2). INT8 runs the quantised OpenVINO model ``neoseg-export`` writes beside
+the ``.onnx`` (``model.int8.xml``/``.bin``), named with its digest in the ``.onnx``'s metadata.
 
 OpenVINO picks BF16 by itself on CPUs that have it, and quietly runs FP32 when asked for a
 precision the CPU lacks; this backend sets the precision explicitly, asks the CPU plugin what it
@@ -8,6 +10,8 @@ can run beforehand, and checks what the compiled model actually uses afterwards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 from pathlib import Path
 
@@ -16,16 +20,43 @@ import numpy as np
 from .backend import Backend, BackendUnavailable
 from .cpu import cpu_flags, physical_cores
 from .model import ModelInfo
-from .precision import choose
+from .precision import choose, int8_unit
 
-HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
-CAPABILITY = {"bf16": "BF16", "fp16": "FP16"}
+# INT8 compiles with an FP32 hint: the quantised convolutions run in INT8, whatever the model kept
+# unquantised in FP32, as at export where its parity was measured
+HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+CAPABILITY = {"int8": "INT8", "bf16": "BF16", "fp16": "FP16"}
 
 
 def cpu_precisions(core) -> tuple[list[str], list[str]]:
-    """(precisions this CPU runs with OpenVINO, fp32 first; the plugin's raw capabilities)."""
+    """(precisions this CPU runs with OpenVINO, fp32 first; the plugin's raw capabilities). INT8
+    counts only with one of :data:`~.precision.INT8_UNITS` (OpenVINO lists INT8 on every CPU)."""
     caps = list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
-    return ["fp32"] + [p for p, c in CAPABILITY.items() if c in caps], caps
+    runs = [p for p, c in CAPABILITY.items() if c in caps and (p != "int8" or int8_unit(cpu_flags()))]
+    return ["fp32"] + runs, caps
+
+
+def companion_digest(xml: Path) -> str:
+    """SHA-256 of an OpenVINO model's ``.xml`` and ``.bin``: binds the INT8 model to its ``.onnx``."""
+    digest = hashlib.sha256()
+    for part in (xml, xml.with_suffix(".bin")):
+        with open(part, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def int8_model(path: Path, info: ModelInfo) -> tuple[Path | None, str]:
+    """(the INT8 model of the ``.onnx`` ``path``, or None; why not)."""
+    entry = json.loads(info.int8)
+    if not entry.get("xml") or not entry.get("sha256"):
+        return None, f"{path.name} has no INT8 model (re-export it with neoseg-export, which quantises by default)"
+    xml = path.parent / entry["xml"]
+    if not xml.is_file() or not xml.with_suffix(".bin").is_file():
+        return None, f"{xml.name} and its .bin are not beside {path.name} (copy them along with it)"
+    if companion_digest(xml) != entry["sha256"]:
+        return None, f"{xml.name} is not the INT8 model exported with {path.name} (its digest differs; re-export)"
+    return xml, ""
 
 
 def slow_precisions() -> dict[str, str]:
@@ -41,7 +72,7 @@ def slow_precisions() -> dict[str, str]:
 
 class OpenVinoBackend(Backend):
     """``precision`` 'auto' (the fastest this CPU runs that the model's parity record allows),
-    'fp32', 'bf16' or 'fp16'. ``note`` says why the precision was chosen."""
+    'fp32', 'int8', 'bf16' or 'fp16'. ``note`` says why the precision was chosen."""
 
     def __init__(self, path: Path, threads: int | None = None, precision: str = "auto"):
         try:
@@ -49,20 +80,27 @@ class OpenVinoBackend(Backend):
         except ImportError:
             raise BackendUnavailable("OpenVINO is not installed: pip install openvino") from None
         core = ov.Core()
-        try:
-            model = core.read_model(str(path))
-        except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-            raise BackendUnavailable(f"OpenVINO could not read {path}: {str(e).splitlines()[0]}") from None
+        model = _read(core, path)
         framework = model.get_rt_info()["framework"] if model.has_rt_info("framework") else {}  # metadata_props
         meta = {k: v.astype(str) if hasattr(v, "astype") else str(v) for k, v in dict(framework).items()}
         self.info = ModelInfo.from_metadata(meta, str(path))
         supported, caps = cpu_precisions(core)
         unit = f"this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}; OpenVINO capabilities {', '.join(caps)})"
+        skip = slow_precisions()
+        wants_int8 = "int8" in supported and precision in ("auto", "int8")
+        int8_xml, missing = int8_model(Path(path), self.info) if wants_int8 else (None, "")
+        if missing:
+            skip["int8"] = missing
         try:
-            self.precision, why = choose(supported, self.info.parity_records, precision, unit, slow_precisions())
+            self.precision, why = choose(supported, self.info.parity_records, precision, unit, skip)
         except ValueError as e:
             raise BackendUnavailable(str(e)) from None
         self.note = "" if why == "requested" else why
+        if self.precision == "int8":
+            if int8_xml is None:
+                raise BackendUnavailable(f"cannot run int8: {missing}")
+            self.note += ("; " if self.note else "") + f"INT8 units: {int8_unit(cpu_flags())}"
+            model = _read(core, int8_xml)
         config = {"INFERENCE_PRECISION_HINT": HINT[self.precision], "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or physical_cores()}
         try:
@@ -73,6 +111,9 @@ class OpenVinoBackend(Backend):
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if ran != HINT[self.precision]:  # e.g. a bf16 request on a CPU the plugin misjudged
             raise BackendUnavailable(f"OpenVINO compiled the model in {ran}, not the requested {self.precision}")
+        if self.precision == "int8" and not int8_convolutions(self.compiled):
+            raise BackendUnavailable("OpenVINO compiled the INT8 model without INT8 convolutions on this CPU "
+                                     "(they would run emulated, slower than FP32); use --precision fp32")
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
         self.name = f"openvino {ov.get_version().split('-')[0]} [CPU] {self.precision}"
@@ -85,3 +126,17 @@ class OpenVinoBackend(Backend):
         them at once, so a 23 MB copy per batch of 8 256^2 slices is saved)."""
         self.request.infer({0: np.ascontiguousarray(x, np.float32)}, share_inputs=True, share_outputs=True)
         return self.request.get_tensor(self.output).data
+
+
+def _read(core, path: Path):
+    try:
+        return core.read_model(str(path))
+    except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
+        raise BackendUnavailable(f"OpenVINO could not read {path}: {str(e).splitlines()[0]}") from None
+
+
+def int8_convolutions(compiled) -> int:
+    """How many convolutions of a compiled model run on 8-bit integers."""
+    return sum(op.get_rt_info()["layerType"].astype(str) in ("Convolution", "Deconvolution")
+               and op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")
+               for op in compiled.get_runtime_model().get_ordered_ops())

@@ -30,7 +30,7 @@ class OrtBackend(Backend):
             self.precision = fixed_precision("fp16", precision, "ort-trt") if precision != "fp32" else "fp32"
         else:
             self.precision = fixed_precision("fp32", precision, f"ONNX Runtime's {provider}",
-                                             "for BF16/FP16 on a CPU use --backend ov-cpu" if backend == "ort-cpu" else "")
+                                             "for INT8/BF16/FP16 on a CPU use --backend ov-cpu" if backend == "ort-cpu" else "")
         if provider not in ort.get_available_providers():
             raise BackendUnavailable(ort_packages.missing_provider_message(provider, ort.get_available_providers()))
         missing = [] if backend == "ort-cpu" else ort_packages.preload_gpu_libraries(ort, backend == "ort-trt")

@@ -1,19 +1,23 @@
 """Numeric precision of a backend, and the parity gate that decides when reduced precision is used.
 
-A reduced precision (``bf16``, ``fp16``) runs only where the hardware has units for it and, when
-chosen automatically, only for a model whose recorded agreement with FP32 reaches
-:data:`PARITY_DICE` on every structure. ``neoseg-export`` measures that agreement on cohort slices
-and stores it in the model's metadata (``neoseg.reduced_precision``); a model without the record
-runs in FP32 under ``--precision auto``. An explicitly requested precision runs or fails with the
-reason; nothing falls back silently.
+A reduced precision (``int8``, ``bf16``, ``fp16``) runs only where the hardware has units for it
+and, when chosen automatically, only for a model whose recorded agreement with FP32 reaches
+:data:`PARITY_DICE` on every structure. ``neoseg-export`` measures that agreement and stores it in
+the model's metadata (``neoseg.reduced_precision``): BF16/FP16 emulated on verification slices,
+INT8 (a quantised OpenVINO model beside the ``.onnx``) through the runtime on held-out scans. A
+model without the record runs in FP32 under ``--precision auto``. An explicitly requested precision
+runs or fails with the reason; nothing falls back silently.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-REDUCED = ("bf16", "fp16")  # fastest first where a CPU has both
+PRECISIONS = ("auto", "fp32", "int8", "bf16", "fp16")
+REDUCED = ("int8", "bf16", "fp16")  # fastest first where a CPU has several (INT8 dot products pack
+# twice the operands of BF16's in AMX tiles and AVX-512 alike)
+# /proc/cpuinfo flags of the units that run INT8 convolutions, fastest first, with their names
+INT8_UNITS = (("amx_int8", "AMX-INT8"), ("avx512_vnni", "AVX-512 VNNI"), ("avx_vnni", "AVX-VNNI"), ("avx2", "AVX2"))
 PARITY_DICE = 0.99  # reduced precision must agree with FP32 at least this well on every structure
 
 
@@ -34,6 +38,11 @@ class ParityRecord:
         return f"worst structure {self.worst} Dice {self.min_dice:.4f} vs FP32 ({self.measured_with}, {self.slices} slices)"
 
 
+def int8_unit(flags: list[str]) -> str | None:
+    """The fastest INT8 unit among the CPU's ``flags`` (see :data:`INT8_UNITS`), or None."""
+    return next((name for flag, name in INT8_UNITS if flag in flags), None)
+
+
 def check_precision(precision: str) -> str:
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision '{precision}'; choose one of {', '.join(PRECISIONS)}")
@@ -41,35 +50,36 @@ def check_precision(precision: str) -> str:
 
 
 def choose(supported: list[str], records: dict[str, ParityRecord], requested: str, unit: str,
-           slow: dict[str, str] | None = None) -> tuple[str, str]:
+           skip: dict[str, str] | None = None) -> tuple[str, str]:
     """(precision to run, why) among ``supported`` (what this hardware runs, "fp32" always
-    included) for ``requested``; ``unit`` names the hardware in messages. ``slow`` maps a
-    supported precision that runs no faster than FP32 here to the reason: ``auto`` skips it. Raises
-    :class:`ValueError` for an explicit precision the hardware lacks (callers turn it into
+    included) for ``requested``; ``unit`` names the hardware in messages. ``skip`` maps a supported
+    precision that ``auto`` passes over here (no faster than FP32, its file missing) to the reason.
+    Raises :class:`ValueError` for an explicit precision the hardware lacks (callers turn it into
     ``BackendUnavailable``)."""
     if requested != "auto":
         if requested not in supported:
             raise ValueError(f"{unit} cannot run {requested} (it runs {', '.join(supported)})"
                              + (f"; {HARDWARE[requested]}" if requested in HARDWARE else ""))
         return requested, "requested"
-    notes, slow = [], slow or {}
+    notes, skip = [], skip or {}
     for p in REDUCED:
         if p not in supported:
             continue
-        if p in slow:
-            notes.append(f"{p} not used: {slow[p]}")
+        if p in skip:
+            notes.append(f"{p} not used: {skip[p]}")
             continue
         record = records.get(p)
         if record is None:
             notes.append(f"{p} not used: the model carries no {p} parity record (re-export it with neoseg-export)")
         elif not record.passed:
             notes.append(f"{p} not used: {record.describe()} < {PARITY_DICE}")
-        else:
-            return p, f"{p} parity {record.describe()} >= {PARITY_DICE}"
+        else:  # what was passed over, then why this one
+            return p, "; ".join(notes + [f"{p} parity {record.describe()} >= {PARITY_DICE}"])
     if not any(p in supported for p in REDUCED):
-        notes.append(f"{unit} has no BF16/FP16 units")
+        notes.append(f"{unit} has no INT8/BF16/FP16 units")
     return "fp32", "; ".join(notes)
 
 
-HARDWARE = {"bf16": "BF16 needs AVX-512 BF16 or AMX (Intel Xeon 4th generation or later, AMD Zen 4 or later)",
+HARDWARE = {"int8": "INT8 needs an x86-64 CPU with AMX-INT8, AVX-512 VNNI, AVX-VNNI or at least AVX2",
+            "bf16": "BF16 needs AVX-512 BF16 or AMX (Intel Xeon 4th generation or later, AMD Zen 4 or later)",
             "fp16": "FP16 on a CPU needs AVX-512 FP16 / AMX-FP16 (Intel Xeon 6) or an ARM CPU with FP16 arithmetic"}

@@ -20,7 +20,7 @@ from neoseg.runtime.pipeline import Segmenter
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord, choose
 
 pytest.importorskip("openvino")
-NO_REDUCED = (["fp32"], ["FP32", "INT8"])  # what a CPU without BF16/FP16 units reports
+NO_REDUCED = (["fp32"], ["FP32", "INT8"])  # what a CPU without INT8/BF16/FP16 units reports
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_auto_uses_reduced_precision_only_where_units_and_parity_allow():
     assert precision == "fp32" and "re-export" in why
     precision, why = choose(["fp32", "bf16", "fp16"], {"bf16": bad, "fp16": good}, "auto", "cpu")
     assert precision == "fp16"
-    assert choose(["fp32"], {"bf16": good}, "auto", "this CPU") == ("fp32", "this CPU has no BF16/FP16 units")
+    assert choose(["fp32"], {"bf16": good}, "auto", "this CPU") == ("fp32", "this CPU has no INT8/BF16/FP16 units")
     # a precision the hardware runs, but no faster than FP32, is left to an explicit request
     slow = {"fp16": "no AMX-FP16"}
     assert choose(["fp32", "fp16"], {"fp16": good}, "auto", "cpu", slow) == ("fp32", "fp16 not used: no AMX-FP16")
@@ -192,7 +192,8 @@ def test_infer_precision_option(trained, scan, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "runs fp32 only, not fp16" in result.output
     result = runner.invoke(app, [str(scan), "-m", model, "-o", str(tmp_path / "c")])
     assert result.exit_code == 0, result.output
-    assert "backend: openvino" in result.output and "[CPU] fp32" in result.output and "no BF16/FP16 units" in result.output
+    assert "backend: openvino" in result.output and "[CPU] fp32" in result.output
+    assert "no INT8/BF16/FP16 units" in result.output
 
 
 def test_without_openvino_auto_runs_onnxruntime_and_ov_cpu_says_why(trained):
@@ -214,7 +215,8 @@ def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, tiny_da
     from neoseg.benchmarks import parity
 
     sessions = find_sessions(tiny_dataset)
-    result = parity.run(trained[0].with_name("toy.pt"), sessions[4:6], verify_on=sessions[:2], log=lambda *_: None)
+    result = parity.run(trained[0].with_name("toy.pt"), sessions[4:6], verify_on=sessions[:2],
+                        calibrate_on=sessions[2:4], log=lambda *_: None)
     worst = {path: min(d.values()) for path, d in result["dice_vs_torch_fp32_worst"].items()}
     default = next(p for p in worst if p.startswith("neoseg-infer default"))
     assert worst["ort-cpu fp32"] >= 0.999 and worst["ov-cpu fp32"] >= 0.999
@@ -224,12 +226,17 @@ def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, tiny_da
 
     info = open_backend(trained[0], "ort-cpu").info
     x = verification_slices(verification_volumes(None, tiny_dataset, 2), info)
-    assert records == {k: vars(v) for k, v in reduced_parity(trained[2], info, x).items()}
+    assert {k: r for k, r in records.items() if k != "int8"} == \
+        {k: vars(v) for k, v in reduced_parity(trained[2], info, x).items()}
+    assert "whole scans through the runtime, 2 held out" in records["int8"]["measured_with"]
     import openvino as ov
 
-    if "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):  # the real path, beside its emulation
-        assert "ov-cpu bf16" in worst and "bf16 emulated (torch)" in worst
-        assert default.endswith("bf16)") == (records["bf16"]["min_dice"] >= PARITY_DICE)
-    else:
-        assert "ov-cpu bf16" not in worst and default.endswith("fp32)")
+    from neoseg.runtime.precision import int8_unit
+
+    passed = {p for p, r in records.items() if r["min_dice"] >= PARITY_DICE}
+    runs = {p for p, here in (("int8", int8_unit(openvino_backend.cpu_flags()) is not None),
+                              ("bf16", "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))) if here}
+    assert ("ov-cpu bf16" in worst) == ("bf16" in runs) and ("ov-cpu int8" in worst) == ("int8" in runs)
+    assert "bf16 emulated (torch)" in worst  # the real path, where there is one, beside its emulation
+    assert default.endswith(f"{next((p for p in ('int8', 'bf16') if p in passed & runs), 'fp32')})")
     assert "Parity record stored at export" in parity.markdown(result)

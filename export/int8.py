@@ -1,0 +1,149 @@
+"""INT8 at export: post-training quantisation with NNCF, gated by parity on held-out scans.
+
+The verified FP32 ``.onnx`` is read by OpenVINO and quantised by NNCF (8-bit weights per output
+channel, 8-bit activations over their full calibrated range), calibrated on slices cut from scans
+as the runtime cuts them (the same windows and min-max scaling, slices that hold head).
+The result is an OpenVINO model beside the ``.onnx`` (``model.int8.xml``/``.bin``): OpenVINO is
+the runtime's CPU path, and NNCF's OpenVINO backend keeps its quantisation as is (an ONNX QDQ graph
+would be converted again at load). The ``.onnx`` stays the one file a user names: its metadata
+records the INT8 model's name and digest (``neoseg.int8``) and the parity record ``int8``.
+
+The gate runs what ``neoseg-infer`` runs: the runtime's OpenVINO backend in FP32 and in INT8 over
+whole held-out scans (none of them calibrated on), per-structure Dice of the masks of each scan;
+the worst scan and structure is stored, and ``--precision auto`` uses INT8 only at
+:data:`~neoseg.runtime.precision.PARITY_DICE` or above. Where plain quantisation misses it, the
+first convolution and the output head, the layers most sensitive to rounding (their inputs and
+outputs carry the image and the logits), are kept in FP32 and the gate is measured again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from neoseg.runtime.precision import PARITY_DICE, ParityRecord
+
+from .parity import agreement
+
+CALIBRATION_PER_SCAN = 64  # slices per calibration scan, spread over the head
+REMEDY = "first convolution and head in FP32"
+
+
+def import_nncf():
+    try:
+        import nncf
+    except ImportError:
+        raise ImportError("INT8 export needs NNCF: pip install nncf (or pass --no-int8)") from None
+    nncf.set_log_level(logging.ERROR)  # its notes on each layer left out
+    return nncf
+
+
+def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
+    """The OpenVINO model of ``onnx`` quantised to INT8 by NNCF, calibrated on ``calibration``
+    ((N, 1, S, S) slices); ``keep_fp32`` leaves the first convolution and the head unquantised."""
+    import openvino as ov
+
+    nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
+
+    model = ov.Core().read_model(str(onnx))
+    ignored = None
+    if keep_fp32:
+        convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
+        ignored = nncf.IgnoredScope(names=[convs[0], convs[-1]])
+    # activation ranges from the extremes over all calibration slices: NNCF's default (the mean over
+    # slices of each one's extremes) clipped the brightest activations of slices holding more head
+    # than the average one; on an early-stopped demo model the full range cut the 99th percentile of
+    # the INT8 logits' error from 1.9 to 0.21 (docs/int8.md)
+    full_range = AdvancedQuantizationParameters(activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX)
+    data = nncf.Dataset([calibration[i:i + 1] for i in range(len(calibration))])
+    with contextlib.redirect_stdout(io.StringIO()):  # its progress bars
+        return nncf.quantize(model, data, subset_size=len(calibration), target_device=nncf.TargetDevice.CPU,
+                             ignored_scope=ignored, advanced_parameters=full_range)
+
+
+def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
+    """Per-structure Dice of the runtime's INT8 masks against its FP32 masks on ``scans`` ((canonical
+    array, NIfTI image) pairs): the worst scan and structure. ``onnx`` must name its INT8 model."""
+    from neoseg.runtime.openvino_backend import OpenVinoBackend
+    from neoseg.runtime.pipeline import Segmenter
+
+    fp32, int8 = (Segmenter(OpenVinoBackend(onnx, precision=p)) for p in ("fp32", "int8"))
+    names = fp32.info.hierarchy.names
+    worst, slices = [], 0  # (Dice, structure) of each scan's worst structure
+    for image, img in scans:
+        zooms = img.header.get_zooms()[:3]
+        ref, got = (s.segment(image, img.affine, zooms) for s in (fp32, int8))
+        dice = agreement(got.masks, ref.masks, names, axis=-1)
+        name = min(dice, key=dice.get)
+        worst.append((dice[name], name))
+        slices += got.computed_slices
+    worst = min(worst, key=lambda w: w[0])[::-1]
+    return ParityRecord(min_dice=round(float(worst[1]), 6), worst=worst[0], slices=slices,
+                        measured_with=f"{int8.backend.name.split(' [')[0]} int8, {detail}; whole scans through the "
+                                      f"runtime, {len(scans)} held out, vs its FP32")
+
+
+def add_int8(onnx: Path, info, gate_sessions: list, calibration_sessions: list, log=print) -> ParityRecord:
+    """:func:`export_int8` calibrated on ``calibration_sessions`` and gated on ``gate_sessions``
+    (dHCP sessions; none of the first may be among the second)."""
+    from neoseg.train.volumes import load_canonical
+
+    from .onnx_export import verification_slices
+
+    gated = {s.t2 for s in gate_sessions}
+    if not calibration_sessions or any(s.t2 in gated for s in calibration_sessions):
+        raise ValueError(f"no scans to calibrate INT8 on besides the {len(gated)} it is gated on; pass "
+                         f"--calibration-data FOLDER or --no-int8")
+    images = [load_canonical(s.t2, np.float32)[0] for s in calibration_sessions]
+    calibration = verification_slices(images, info, per_volume=CALIBRATION_PER_SCAN)
+    return export_int8(onnx, calibration, [load_canonical(s.t2, np.float32) for s in gate_sessions], log)
+
+
+def export_int8(onnx: Path, calibration: np.ndarray, scans: list, log=print) -> ParityRecord:
+    """Quantise the verified ``onnx`` to ``<stem>.int8.xml``/``.bin`` beside it, gate it on
+    ``scans`` and record both in ``onnx``'s metadata (first plainly, then with :data:`REMEDY` where
+    the plain model misses the gate). Callers write into a staging folder: files are replaced."""
+    import openvino as ov
+
+    from neoseg.runtime.openvino_backend import companion_digest
+
+    nncf = import_nncf()
+    xml = onnx.with_name(onnx.stem + ".int8.xml")
+    base = f"NNCF {nncf.__version__}, {len(calibration)} calibration slices"
+    record = None
+    for keep_fp32 in (False, True):
+        ov.save_model(quantize(onnx, calibration, keep_fp32), str(xml), compress_to_fp16=False)
+        set_metadata(onnx, {"neoseg.int8": json.dumps({"xml": xml.name, "sha256": companion_digest(xml)})})
+        record = int8_parity(onnx, scans, base + (f", {REMEDY}" if keep_fp32 else ""))
+        if record.passed or keep_fp32:
+            break
+        log(f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {REMEDY}")
+    records = json.loads(metadata(onnx)["neoseg.reduced_precision"])
+    set_metadata(onnx, {"neoseg.reduced_precision": json.dumps({**records, "int8": asdict(record)})})
+    return record
+
+
+def metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    return {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+
+
+def set_metadata(path: Path, values: dict[str, str]) -> None:
+    """Set entries of an ONNX model's ``metadata_props`` in place."""
+    import onnx
+
+    proto = onnx.load(str(path))
+    merged = {p.key: p.value for p in proto.metadata_props} | values
+    del proto.metadata_props[:]
+    for key, value in merged.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))

@@ -1,0 +1,149 @@
+"""INT8: quantisation at export (NNCF), its parity record, and when --precision auto/int8 run it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from neoseg.runtime import openvino_backend
+from neoseg.runtime.backends import BackendUnavailable, open_backend
+from neoseg.runtime.precision import ParityRecord, choose, int8_unit
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+VNNI = ["avx2", "avx512f", "avx512_vnni"]  # an AVX-512 VNNI CPU without BF16
+REAL_INT8 = int8_unit(openvino_backend.cpu_flags()) is not None
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_dataset, tmp_path_factory):
+    """A toy U-Net exported by neoseg-export: verified on 2 scans, INT8 calibrated on 2 others."""
+    from neoseg.benchmarks.toy import train_toy
+    from neoseg.cli.export import app
+    from neoseg.data.dhcp import find_sessions
+
+    folder = tmp_path_factory.mktemp("int8")
+    ckpt = train_toy(folder / "toy.pt", find_sessions(tiny_dataset)[:4], 32, widths=(8, 16), steps=40)
+    result = CliRunner().invoke(app, [str(ckpt), "-o", str(folder / "m.onnx"), "--data", str(tiny_dataset),
+                                      "--calibration-data", str(tiny_dataset), "--calibration-scans", "2"])
+    assert result.exit_code == 0, result.output
+    return folder, result.output
+
+
+def copy_model(folder, dst, int8_record: dict | None = None):
+    """The exported model and its INT8 files in ``dst``; ``int8_record`` replaces the stored one."""
+    from neoseg.export.int8 import set_metadata
+
+    dst.mkdir()
+    for name in ("m.onnx", "m.int8.xml", "m.int8.bin"):
+        shutil.copy(folder / name, dst / name)
+    if int8_record is not None:  # the other records are dropped: INT8 is the only reduced one left
+        set_metadata(dst / "m.onnx", {"neoseg.reduced_precision": json.dumps({"int8": int8_record})})
+    return dst / "m.onnx"
+
+
+def record(dice: float) -> dict:
+    return {"min_dice": dice, "worst": "dgm", "slices": 8, "measured_with": "test"}
+
+
+def test_export_writes_the_int8_model_and_its_record(exported):
+    folder, output = exported
+    assert (folder / "m.int8.xml").is_file() and (folder / "m.int8.bin").is_file()
+    info = open_backend(folder / "m.onnx", "ort-cpu").info  # ONNX Runtime reads the same metadata
+    entry = json.loads(info.int8)
+    assert entry["xml"] == "m.int8.xml" and entry["sha256"] == openvino_backend.companion_digest(folder / "m.int8.xml")
+    rec = info.parity_records["int8"]
+    assert 0 <= rec.min_dice <= 1 and rec.slices > 0 and "2 held out" in rec.measured_with
+    assert "int8: worst structure" in output and "wrote " in output and "m.int8.xml" in output
+    assert not list(folder.glob(".*"))  # no staging folder or temporary file left
+
+
+@pytest.mark.skipif(not REAL_INT8, reason="this CPU has no INT8 units")
+def test_int8_runs_quantised_and_close_to_fp32(exported, tiny_dataset):
+    from neoseg.export.onnx_export import verification_slices, verification_volumes
+
+    model = exported[0] / "m.onnx"
+    fp32, int8 = open_backend(model, "ov-cpu", precision="fp32"), open_backend(model, "ov-cpu", precision="int8")
+    assert int8.precision == "int8" and openvino_backend.int8_convolutions(int8.compiled) > 0
+    assert openvino_backend.int8_convolutions(fp32.compiled) == 0
+    x = verification_slices(verification_volumes(None, tiny_dataset, 1), fp32.info)[:8]
+    a, b = fp32.run(x).copy(), int8.run(x).copy()
+    assert 0 < np.abs(a - b).mean() < 0.05 * np.abs(a).mean()  # quantised, yet close
+
+
+def test_auto_prefers_int8_and_says_what_it_passed_over():
+    good, bad = ParityRecord(**record(0.995)), ParityRecord(**record(0.97))
+    supported = ["fp32", "int8", "bf16"]
+    assert choose(supported, {"int8": good, "bf16": good}, "auto", "cpu")[0] == "int8"
+    precision, why = choose(supported, {"int8": bad, "bf16": good}, "auto", "cpu")
+    assert precision == "bf16" and why.startswith("int8 not used: ") and "Dice 0.9700 vs FP32 (test, 8 slices) < 0.99" \
+        in why
+    precision, why = choose(supported, {"int8": good}, "auto", "cpu", {"int8": "m.int8.xml is missing"})
+    assert precision == "fp32" and "int8 not used: m.int8.xml is missing" in why
+    assert [int8_unit(f) for f in (["avx2", "amx_int8", "avx512_vnni"], VNNI, ["avx2", "avx_vnni"], ["avx2"], [])] \
+        == ["AMX-INT8", "AVX-512 VNNI", "AVX-VNNI", "AVX2", None]
+
+
+@pytest.mark.skipif(not REAL_INT8, reason="this CPU has no INT8 units")
+def test_auto_runs_int8_only_where_it_passed_and_the_cpu_has_the_units(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: VNNI)
+    passed = copy_model(exported[0], tmp_path / "passed", record(0.995))
+    backend = open_backend(passed, "auto")
+    assert backend.precision == "int8" and "int8 parity" in backend.note and "INT8 units: AVX-512 VNNI" in backend.note
+    failed = copy_model(exported[0], tmp_path / "failed", record(0.97))
+    backend = open_backend(failed, "auto")
+    assert backend.precision == "fp32" and "int8 not used: " in backend.note
+    assert "Dice 0.9700 vs FP32 (test, 8 slices) < 0.99" in backend.note
+    assert open_backend(failed, "ov-cpu", precision="int8").precision == "int8"  # explicit: runs, gate or not
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: ["sse4_2"])  # no INT8 units
+    backend = open_backend(passed, "ov-cpu")
+    assert backend.precision != "int8"
+    with pytest.raises(BackendUnavailable, match="cannot run int8 .*INT8 needs an x86-64 CPU with AMX-INT8"):
+        open_backend(passed, "ov-cpu", precision="int8")
+
+
+def test_a_missing_or_foreign_int8_model_is_refused(exported, tmp_path, monkeypatch):
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: VNNI)
+    monkeypatch.setattr(openvino_backend, "cpu_precisions", lambda core: (["fp32", "int8"], ["FP32", "INT8"]))
+    model = copy_model(exported[0], tmp_path / "moved", record(0.995))
+    (tmp_path / "moved" / "m.int8.bin").unlink()
+    assert "int8 not used: m.int8.xml and its .bin are not beside m.onnx" in open_backend(model, "ov-cpu").note
+    with pytest.raises(BackendUnavailable, match="cannot run int8: m.int8.xml and its .bin are not beside"):
+        open_backend(model, "ov-cpu", precision="int8")
+    other = copy_model(exported[0], tmp_path / "other", record(0.995))
+    with open(tmp_path / "other" / "m.int8.bin", "ab") as f:
+        f.write(b"\0")
+    assert "is not the INT8 model exported with m.onnx" in open_backend(other, "ov-cpu").note
+
+
+def test_infer_int8_without_the_units_is_one_line(exported, tiny_dataset, tmp_path, monkeypatch):
+    from neoseg.cli.infer import app
+    from neoseg.data.dhcp import find_sessions
+
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: ["sse4_2"])
+    scan = find_sessions(tiny_dataset)[5].t2
+    result = CliRunner().invoke(app, [str(scan), "-m", str(exported[0] / "m.onnx"), "-o", str(tmp_path / "o"),
+                                      "--backend", "ov-cpu", "--precision", "int8"])
+    assert result.exit_code == 2 and "cannot run int8" in result.output and "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_calibration_never_uses_the_scans_it_is_gated_on(exported, tiny_dataset, tmp_path):
+    """--calibration-data holding only the verified scans is refused, and nothing is written."""
+    from neoseg.cli.export import app
+
+    only = tmp_path / "only"
+    for sub in sorted(tiny_dataset.glob("sub-*"))[:2]:
+        shutil.copytree(sub, only / sub.name)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, [str(exported[0] / "toy.pt"), "-o", str(out / "m.onnx"), "--data", str(only),
+                                      "--calibration-data", str(only)])
+    assert result.exit_code == 2 and "no scans to calibrate INT8 on besides the 2 it is gated on" in result.output
+    assert not out.exists() or not list(out.iterdir())
+    result = CliRunner().invoke(app, [str(exported[0] / "toy.pt"), "-o", str(out / "m.onnx"), "--data", str(only),
+                                      "--no-int8"])
+    assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["m.onnx"]
