@@ -44,6 +44,7 @@ from .losses import make_loss
 from .models import create_model, input_divisor
 from .precision import autocast, grad_scaler, optimizer_step, resolve_precision
 from .selftrain import EmaTeacher, complete_targets
+from .synthesis import with_synthesis  # issue 21
 from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
@@ -455,12 +456,17 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         train_stacks = [cache.get(s) for s in train_sessions]
         val_stacks = [cache.get(s) for s in split.val]
     spacing = tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())
+    if config.synth_labels is not None:  # issue 21: label maps without images, fully labelled, synthesis only
+        from .label_maps import label_stacks
+        extra = label_stacks(config.synth_labels, hierarchy, config.axis, config.slice_size, spacing)
+        train_stacks, partial = train_stacks + extra, partial + [False] * len(extra)
     train_set = SliceDataset(train_stacks, hierarchy, partial)
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))
     if config.prior_bias and config.init_from is None:
         set_prior_bias(model, train_set, config.head)
     shuffle = torch.Generator().manual_seed(config.seed)
     augment = make_augment(config.augment, hierarchy, config.seed + AUGMENT_SEED_OFFSET, device)
+    augment = with_synthesis(augment, config.synthesis, hierarchy, config.seed, device)  # issue 21: synthesis first
     batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world, config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
     val_loader = DataLoader(torch.utils.data.Subset(val_set, range(ranks.rank, len(val_set), ranks.world)),
