@@ -181,3 +181,26 @@ def test_the_command_line_passes_the_synthesis_options(tmp_path, monkeypatch):
     assert seen.pop().synthesis == 0.5
     result = runner.invoke(app, ["--out", str(tmp_path / "r"), "--synth-labels", str(tmp_path)])
     assert result.exit_code != 0 and "train only through synthesis" in result.output and not seen
+
+
+@pytest.mark.slow
+def test_a_run_with_synthesis_resumes_exactly(tiny_dataset, tmp_path):
+    import json
+
+    from neoseg.train import checkpoint
+    from neoseg.train.loop import train
+
+    config = lambda epochs, p=0.5: TrainConfig(  # noqa: E731
+        data=str(tiny_dataset), cache=str(tmp_path / "cache"), slice_size=32, widths=[8, 16], epochs=epochs,
+        steps_per_epoch=3, batch_size=8, full_fraction=0.25, synthesis=p, device="cpu")
+    train(config(1), tmp_path / "a", progress=False)
+    cfg = json.loads((tmp_path / "a" / "config.json").read_text())
+    cfg["epochs"] = 2
+    (tmp_path / "a" / "config.json").write_text(json.dumps(cfg))
+    train(config(2), tmp_path / "a", resume=True, progress=False)
+    train(config(2), tmp_path / "b", progress=False)
+    train(config(2, 0.0), tmp_path / "c", progress=False)
+    weights = [checkpoint.load(tmp_path / run / "last.pt").model.state_dict() for run in "abc"]
+    assert all(torch.allclose(weights[0][k].float(), weights[1][k].float()) for k in weights[0])
+    assert not all(torch.allclose(weights[0][k].float(), weights[2][k].float()) for k in weights[0])
+    assert set(checkpoint.load(tmp_path / "a" / "last.pt").state["augment_state"]) == {"synthesis", "augment"}
