@@ -35,7 +35,9 @@ Why our own batched code and not TorchIO's ``RandomLabelsToImage`` (with ``Rando
 a time on the CPU in data-loader workers, from a label map of leaves. neoseg trains on 2D slices
 already on the device, its targets are {0,1,2} per channel with unknown children (no leaf label
 map to give TorchIO), and on 2 shared cores loader workers would take the cores the network needs.
-The steps above are a few grouped convolutions, ``grid_sample`` calls and one FFT per batch.
+The steps above are a few grouped convolutions, ``grid_sample`` calls and one FFT per batch. Per 64^3
+volume both cost about the same on our loaded 2-core CPU (``python -m neoseg.benchmarks.synthesis_cost``),
+but a training step needs 16 slices (a quarter of a volume here), not 16 volumes.
 """
 
 from __future__ import annotations
