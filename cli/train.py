@@ -114,6 +114,17 @@ def train(
     augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: default "
                                                        "(spatial, intensity, resolution, brain extraction, field "
                                                        "of view; see the README) or none (the paper's protocol).")] = None,
+    synthesis: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Train from label maps: the "
+                                                       "probability per training slice that its image is replaced by "
+                                                       "one synthesised from its labels (random contrast per region, "
+                                                       "partial volume, resolution and slice thickness, bias, "
+                                                       "motion ghosts, noise; see the README). Default 0: real "
+                                                       "images only.")] = None,
+    synth_labels: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
+                                                         help="Folder of label maps without images (*.nii.gz, "
+                                                         "on the training voxel size) added to the training data; "
+                                                         "their images are always synthesised. Needs "
+                                                         "--synthesis above 0.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="Default: auto with --profile cpu, fp32 with "
@@ -140,7 +151,8 @@ def train(
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cohort_anatomy=cohort_anatomy.value if cohort_anatomy else None,
             cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
-            augment=augment.value if augment else None, precision=precision.value if precision else None,
+            augment=augment.value if augment else None, synthesis=synthesis,
+            synth_labels=str(synth_labels) if synth_labels else None, precision=precision.value if precision else None,
             seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)

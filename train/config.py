@@ -63,6 +63,9 @@ class TrainConfig:
     pseudo_labels: str | None = None  # dHCP-layout folder of *_desc-drawem9_dseg.nii.gz label maps for the
     # partially labelled training sessions, used as their full labels (the semi-supervised baseline)
     augment: str = "default"  # on-the-fly augmentation of training batches (train/augment.py), or "none"
+    synthesis: float = 0.0  # probability per training slice of an image synthesised from its labels
+    # (train/synthesis.py); 0 keeps the real images
+    synth_labels: str | None = None  # folder of label maps without images, trained on through synthesis only
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
     seed: int = 0
@@ -83,6 +86,11 @@ class TrainConfig:
             raise ValueError(f"unknown training precision '{self.precision}'; available: {', '.join(PRECISIONS)}")
         if self.augment not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augmentation policy '{self.augment}'; available: {', '.join(AUGMENT_POLICIES)}")
+        if not 0 <= self.synthesis <= 1:
+            raise ValueError(f"synthesis is a probability per slice, in [0, 1]; got {self.synthesis}")
+        if self.synth_labels is not None and self.synthesis <= 0:
+            raise ValueError("label maps without images (synth_labels) train only through synthesis; "
+                             "pass a synthesis probability above 0 (e.g. --synthesis 0.5)")
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
         if self.self_training and self.loss == "bce":

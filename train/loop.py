@@ -40,6 +40,7 @@ from .epoch import EpochContext, run_epoch
 from .evaluate import evaluate_sessions, model_segmenter, report, write_rows
 from .heads import ChannelLogits, check_exclusive_leaves, output_channels
 from .init import load_initial_weights, set_prior_bias
+from .label_maps import label_stacks
 from .losses import make_loss
 from .models import create_model, input_divisor
 from .precision import grad_scaler, resolve_precision
@@ -49,6 +50,7 @@ from .rundir import append_metrics, create_run_dir, stored_config, truncate_metr
 from .sampling import ShardedBatches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
+from .synthesis import with_synthesis
 from .volumes import VolumeCache, load_session
 
 log = logging.getLogger("neoseg.train")
@@ -127,12 +129,15 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
         write_split(out / "split.json", split, train_sessions)
     model = _build_model(config, hierarchy, out, resume).to(device)
     train_stacks, val_stacks = _load_stacks(config, hierarchy, split, train_sessions, partial, out, ranks)
+    spacing = tuple(config.spacing) if config.spacing is not None else \
+        tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())  # the experiment runner's cohort
+    if config.synth_labels is not None:  # label maps without images: fully labelled, trained through synthesis
+        extra = label_stacks(config.synth_labels, hierarchy, config.axis, config.slice_size, spacing)
+        train_stacks, partial = train_stacks + extra, partial + [False] * len(extra)
     train_set = SliceDataset(train_stacks, hierarchy, partial)
     val_set = SliceDataset(val_stacks, hierarchy, [False] * len(val_stacks))
     if config.prior_bias and config.init_from is None:
         set_prior_bias(model, train_set, config.head)
-    spacing = tuple(config.spacing) if config.spacing is not None else \
-        tuple(np.median([st.spacing for st in train_stacks], axis=0).tolist())  # runs before resampling existed
     run = _assemble(out, config, hierarchy, spacing, model, train_set, val_set, precision, device, ranks, progress)
     schedule = Schedule.of(config)
     start = _resume(run, schedule) if resume and (out / "last.pt").is_file() else 1
@@ -235,6 +240,7 @@ def _assemble(out: Path, config: TrainConfig, hierarchy: hier.Hierarchy, spacing
     """The loaders, the DDP wrapper, the loss, the optimizer and the teacher of a run."""
     shuffle = torch.Generator().manual_seed(config.seed)
     augment = make_augment(config.augment, hierarchy, config.seed + AUGMENT_SEED_OFFSET, device)
+    augment = with_synthesis(augment, config.synthesis, hierarchy, config.seed, device)  # synthesis first
     batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world,
                              config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
