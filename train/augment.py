@@ -208,28 +208,35 @@ def rician_noise(image: torch.Tensor, sigma: torch.Tensor, real: torch.Tensor, i
 
 
 # ---- the policy ---------------------------------------------------------------------------
-class Augmenter:
-    """Applies a :class:`Policy` to training batches with its own generator (on ``device``)."""
+class SeededDraws:
+    """A random generator of its own on the training device, whose state a checkpoint keeps."""
 
-    def __init__(self, policy: Policy, hierarchy: Hierarchy, seed: int, device: torch.device | str = "cpu"):
-        self.policy = policy
-        self.outside = hierarchy.outside_channel
-        table = hierarchy.target_table()
-        row = table[0] if self.outside is not None else [0] * len(hierarchy)  # what padding gives
-        self.fill = torch.as_tensor(row, dtype=torch.float32, device=device)
+    def __init__(self, seed: int, device: torch.device | str = "cpu"):
         self.generator = torch.Generator(device=device).manual_seed(seed)
-
-    def get_state(self) -> torch.Tensor:
-        return self.generator.get_state()
-
-    def set_state(self, state: torch.Tensor) -> None:
-        self.generator.set_state(state.cpu())  # a checkpoint loaded onto a GPU holds it there
 
     def _uniform(self, *shape: int) -> torch.Tensor:
         return torch.rand(shape, generator=self.generator, device=self.generator.device)
 
     def _normal(self, *shape: int) -> torch.Tensor:
         return torch.randn(shape, generator=self.generator, device=self.generator.device)
+
+
+class Augmenter(SeededDraws):
+    """Applies a :class:`Policy` to training batches with its own generator (on ``device``)."""
+
+    def __init__(self, policy: Policy, hierarchy: Hierarchy, seed: int, device: torch.device | str = "cpu"):
+        super().__init__(seed, device)
+        self.policy = policy
+        self.outside = hierarchy.outside_channel
+        table = hierarchy.target_table()
+        row = table[0] if self.outside is not None else [0] * len(hierarchy)  # what padding gives
+        self.fill = torch.as_tensor(row, dtype=torch.float32, device=device)
+
+    def get_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state.cpu())  # a checkpoint loaded onto a GPU holds it there
 
     def draw(self, total: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Every random number of a global batch of ``total`` slices, in a fixed order."""

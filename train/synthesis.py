@@ -50,7 +50,7 @@ import torch.nn.functional as F
 
 from neoseg.core.hierarchy import Hierarchy
 
-from .augment import bias_field, blur, low_resolution
+from .augment import SeededDraws, bias_field, blur, low_resolution
 
 BINS = (0.2, 0.4, 0.6)  # edges on the real image's [0, 1] intensity splitting unknown-content regions
 SYNTH_SEED_OFFSET = 104_729  # the synthesis generator's seed is the run's seed plus this
@@ -107,7 +107,7 @@ def motion_ghosts(image: torch.Tensor, shift: torch.Tensor, start: torch.Tensor,
     return torch.fft.ifft2(k).abs().to(image.dtype)
 
 
-class Synthesis:
+class Synthesis(SeededDraws):
     """Replaces, with probability ``probability`` per slice (always for slices without an image,
     whose image is NaN), the batch's images by images synthesised from their targets; then hands
     the batch to ``then`` (the augmenter, or None)."""
@@ -120,7 +120,7 @@ class Synthesis:
         self.split = torch.tensor([bool(c.children) or i == outside for i, c in enumerate(hierarchy.channels)],
                                   device=device)
         self.n_regions = len(hierarchy) * (len(BINS) + 1)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        super().__init__(seed, device)
 
     def get_state(self) -> dict:
         return {"synthesis": self.generator.get_state(),
@@ -130,12 +130,6 @@ class Synthesis:
         self.generator.set_state(state["synthesis"].cpu())
         if self.then is not None and state.get("augment") is not None:
             self.then.set_state(state["augment"])
-
-    def _uniform(self, *shape: int) -> torch.Tensor:
-        return torch.rand(shape, generator=self.generator, device=self.generator.device)
-
-    def _normal(self, *shape: int) -> torch.Tensor:
-        return torch.randn(shape, generator=self.generator, device=self.generator.device)
 
     def draw(self, total: int, size: tuple[int, int]) -> dict[str, torch.Tensor]:
         """Every random number of a global batch of ``total`` slices, in a fixed order."""
