@@ -161,6 +161,14 @@ def report(rows: list[dict], structures: list[str] | None = None) -> str:
     """Markdown: per output (the label map first), mean ± std per age group of Dice and HD95 for
     each structure."""
     parts = []
+    scored: dict[tuple, set] = {}
+    for r in rows:
+        scored.setdefault((r["subject"], r["session"]), set()).add(r["structure"])
+    most = max((len(v) for v in scored.values()), default=0)
+    partial = sum(len(v) < most for v in scored.values())
+    if partial:
+        parts.append(f"{partial} of {len(scored)} sessions are partially labelled: each is scored only on the "
+                     f"structures its annotation knows at every voxel (the n columns count the sessions of each cell).")
     for output, what in OUTPUTS.items():
         chosen = [r for r in rows if r.get("output", "mask") == output
                   and (structures is None or r["structure"] in structures)]
