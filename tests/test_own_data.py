@@ -163,6 +163,9 @@ def test_train_evaluate_export_and_segment_a_labs_own_dataset(release, tmp_path)
         scored = {s for (sub, s) in trained if sub == subject}
         assert ("cgm" in scored) == (kinds[subject] == "full") and ("tcv" in scored) == (kinds[subject] != "brain")
 
+    if any(kinds[s] != "full" for s in split["test"]):  # and the report says so
+        assert "partially labelled: each is scored only" in (run / "evaluation.md").read_text()
+
     e_pt, e_onnx, model = tmp_path / "eval-pt.csv", tmp_path / "eval-onnx.csv", tmp_path / "model.onnx"
     assert runner.invoke(eval_app, [str(run / "best.pt"), "-o", str(e_pt), "--device", "cpu", "-q"]).exit_code == 0
     result = runner.invoke(export_app, [str(run / "best.pt"), "-o", str(model)])
