@@ -52,7 +52,7 @@ def test_two_gloo_processes_train_like_one(tiny_dataset, tmp_path):
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     # rank 0 evaluated and wrote; rank 1 returned no rows and wrote nothing twice
     rows = [(tmp_path / f"two.rank{r}.rows").read_text() for r in (0, 1)]
-    assert rows == [str(11 * 1), "0"]
+    assert rows == [str(2 * 11 * 1), "0"]  # the label map and the masks of 11 structures
     one, two = _metrics(tmp_path / "one" / "metrics.csv"), _metrics(tmp_path / "two" / "metrics.csv")
     assert [r["epoch"] for r in two] == ["1"]
     for a, b in zip(one, two):

@@ -161,19 +161,19 @@ def test_self_training_is_deterministic_and_resumable(tiny_dataset, tmp_path):
     assert all(torch.equal(wa.net.state_dict()[k], wc.net.state_dict()[k]) for k in wa.net.state_dict())
 
 
-def test_labelset_refuses_full_maps_with_parent_voxels(tmp_path):
+def test_maps_that_all_hold_parent_voxels_are_partial_and_refused_without_a_full_one(tmp_path):
     import nibabel as nib
 
     from conftest import write_dataset
     from neoseg.train.loop import train
 
     root = write_dataset(tmp_path / "data", n_subjects=4, n=24)
-    for path in root.glob("sub-*/ses-1/anat/*dseg.nii.gz"):  # every map labels some voxels TCV (10)
+    for path in root.glob("sub-*/ses-1/anat/*dseg.nii.gz"):  # every map labels some voxels TCV (10): partial
         img = nib.load(path)
         labels = np.asarray(img.dataobj).copy()
         labels[labels == 3] = 10
         nib.save(nib.Nifti1Image(labels, img.affine), path)
-    with pytest.raises(ValueError, match="mutually exclusive.*parent value"):
+    with pytest.raises(ValueError, match="no fully labelled session"):
         train(_config(root, full_fraction=1.0), tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
 

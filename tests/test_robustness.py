@@ -90,7 +90,7 @@ def test_the_resolution_suite_coarsens_only_axes_finer_than_its_voxel():
 
 
 def test_the_suites_check_names_structures_below_the_limit():
-    rows = [{"condition": c, "structure": s, "dice": d, "truth_empty": False}
+    rows = [{"condition": c, "output": "dseg", "structure": s, "dice": d, "truth_empty": False}
             for c, s, d in (("clean", "wm", 0.9), ("clean", "cgm", 0.8), ("t1-like", "wm", 0.7), ("t1-like", "cgm", 0.5),
                             ("res-3mm", "wm", 0.8))]
     lines = R.criteria(rows)

@@ -28,7 +28,7 @@ def test_train_writes_the_run_and_evaluates(tiny_dataset, tmp_path):
     split = json.loads((out / "split.json").read_text())
     assert len(split["fully_labelled"]) == 1 and set(split["fully_labelled"]) <= set(split["train"])
     assert {r["structure"] for r in result.rows} == set(checkpoint.load(out / "best.pt").hierarchy.names)
-    assert len(result.rows) == 11 * len(split["test"])
+    assert len(result.rows) == 2 * 11 * len(split["test"])  # the label map and the masks
     assert "dice" in result.table.lower() or "Dice" in result.table
     loaded = checkpoint.load(out / "best.pt")
     assert loaded.config == TrainConfig.from_json((out / "config.json").read_text())

@@ -15,7 +15,7 @@ import torch
 from typer.testing import CliRunner
 
 from neoseg.cli.train import app as train_app
-from neoseg.train import checkpoint, loop, precision
+from neoseg.train import checkpoint, loop, precision, recipes
 from neoseg.train.config import TrainConfig
 from neoseg.train.loop import train
 
@@ -64,7 +64,7 @@ def test_auto_is_bf16_exactly_where_the_cpu_has_the_units(monkeypatch):
 def test_the_cli_refuses_what_the_device_cannot_run_before_any_run_folder(asked, units, message, tiny_dataset,
                                                                          tmp_path, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_bf16", lambda: units)
-    monkeypatch.setattr(loop, "dataset_sessions", None)  # refused before the data (or the built-in cohort) is read
+    monkeypatch.setattr(recipes, "dataset_sessions", None)  # refused before the data (or the built-in cohort) is read
     out = tmp_path / "run"
     result = runner.invoke(train_app, ["--out", str(out), "--data", str(tiny_dataset), *TINY, "--precision", asked])
     assert result.exit_code == 2, result.output
