@@ -9,9 +9,9 @@ import typer
 
 from neoseg.runtime.backend import BackendUnavailable
 
-from .common import as_user_error, setup_logging, user_errors
+from .common import make_app, as_user_error, setup_logging, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 @app.command()

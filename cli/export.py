@@ -10,9 +10,9 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from .common import as_user_error, user_errors
+from .common import make_app, as_user_error, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = make_app()
 
 
 @app.command()

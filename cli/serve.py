@@ -11,9 +11,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import user_errors
+from .common import make_app, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = make_app()
 
 
 @app.command()

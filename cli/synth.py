@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import setup_logging, user_errors
+from .common import make_app, setup_logging, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 class Anatomy(str, Enum):

@@ -9,9 +9,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import parse_floats, parse_ints, setup_logging, user_errors
+from .common import make_app, parse_floats, parse_ints, setup_logging, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 class Profile(str, Enum):

@@ -9,11 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neoseg.cli.common import setup_logging, user_errors
+from neoseg.cli.common import make_app, setup_logging, user_errors
 
 from .profiles import PROFILES
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 class ProfileName(str, Enum):
