@@ -119,7 +119,7 @@ def test_experiment_runner_pins_the_first_cohort(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     for profile in PROFILES.values():
         assert cohort_spec(profile).anatomy == "v1", profile.name
-    assert default_cohort_dir(cohort_spec(PROFILES["cpu"])).name == f"cohort-{OLD_DEFAULT_KEY}"
+    assert default_cohort_dir(cohort_spec(PROFILES["equal-epochs"])).name == f"cohort-{OLD_DEFAULT_KEY}"
 
 
 def test_train_config_chooses_the_anatomy_and_old_configs_keep_v1():
