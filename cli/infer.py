@@ -263,12 +263,17 @@ class FilesPlan:
             typer.echo(f"{done} of {len(jobs)} scans already done (skipped; --overwrite redoes them)")
 
     def begin(self, info) -> None:
-        from neoseg.runtime.dataset import write_dseg_tsv
+        from neoseg.runtime.dataset import planned_dseg_tsv
 
-        self.path = write_dseg_tsv(self.out, info.hierarchy, replace=self.overwrite)
+        planned_dseg_tsv(self.out, info.hierarchy, replace=self.overwrite)  # refused before any scan
 
     def finish(self, info, failed) -> list[Path]:
-        return [self.path]
+        """dseg.tsv, once some scan's results are there (nothing is left behind when none is)."""
+        from neoseg.runtime.dataset import write_dseg_tsv
+
+        if not any(job.paths["dseg"].exists() for job in self.jobs):
+            return []
+        return [write_dseg_tsv(self.out, info.hierarchy, replace=self.overwrite)]
 
 
 class DatasetPlan:

@@ -178,15 +178,21 @@ def dseg_tsv(hierarchy: Hierarchy, colours: dict[str, str]) -> str:
     return buf.getvalue()
 
 
-def write_dseg_tsv(out: Path, hierarchy: Hierarchy, replace: bool = False) -> Path:
-    """``out/dseg.tsv`` (what the ``_dseg`` values mean), beside every run's label maps. Another
-    label set's table is replaced only with ``replace``: the label maps already there need it."""
+def planned_dseg_tsv(out: Path, hierarchy: Hierarchy, replace: bool = False) -> tuple[Path, str]:
+    """``out/dseg.tsv`` (what the ``_dseg`` values mean, beside every run's label maps) and its
+    text. Another label set's table may be replaced only with ``replace``: the label maps already
+    there need it."""
     from .qc import structure_colours
 
     path, text = out / "dseg.tsv", dseg_tsv(hierarchy, structure_colours(hierarchy))
     if path.is_file() and not replace and path.read_text() != text:
         raise ValueError(f"{path} describes other labels (another model's results are in {out}); choose another "
                          f"-o, or pass --overwrite to replace it")
+    return path, text
+
+
+def write_dseg_tsv(out: Path, hierarchy: Hierarchy, replace: bool = False) -> Path:
+    path, text = planned_dseg_tsv(out, hierarchy, replace)
     out.mkdir(parents=True, exist_ok=True)
     write_text(path, text, overwrite=True)
     return path
