@@ -103,10 +103,9 @@ def infer(
     (labels) with its _dseg.json, _mask.nii.gz (4D, one volume per channel), _mask.json and
     _volumes.tsv on the scan's own grid, affine and header, and dseg.tsv (the label values) in the
     output folder. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
-    dataset_description.json and a group volumes.tsv. Finished scans are skipped on a rerun
-    (--overwrite redoes them).
-    A DICOM folder (one series, or a study from which the T2w series is chosen by the rules shown by
-    --dry-run) gives the same outputs, named after the folder, and with --dicom-seg a DICOM SEG."""
+    dataset_description.json and a group volumes.tsv. A DICOM folder (one series, or a study whose
+    T2w series the rules shown by --dry-run choose) gives the same outputs, named after the folder,
+    and with --dicom-seg a DICOM SEG. A rerun skips finished scans; --overwrite redoes them."""
     import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for .pt checkpoints
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.engine import EngineMismatchError
