@@ -21,7 +21,7 @@ def evaluate(
                                                "model.")],
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                  help="dHCP-layout dataset folder. Default: the model's own data.")] = None,
-    subset: Annotated[Optional[str], typer.Option(help="test, val, train (the model's split) or all. "
+    subset: Annotated[Optional[str], typer.Option(help="Sessions to evaluate: test, val, train (the model's split) or all. "
                                                   "Default: test, or all with --data.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", dir_okay=False,
                                                 help="Also write per-volume rows to this CSV file.")] = None,

@@ -169,8 +169,8 @@ def train(
                                                          "--synthesis above 0.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help="fp32; bf16: the forward pass in BF16 "
+    device: Annotated[Optional[str], typer.Option(help="Device: auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Training precision. fp32; bf16: the forward pass in BF16 "
                                                            "(autocast) on a CPU with BF16 units (AVX-512 BF16 or "
                                                            "AMX) or a GPU; fp16: CUDA only, with a gradient "
                                                            "scaler; auto: bf16 where the device has the units, "

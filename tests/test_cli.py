@@ -90,3 +90,20 @@ def test_training_without_data_says_it_uses_the_built_in_cohort(tmp_path, monkey
         result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), *TINY])
     assert result.exit_code == 2 and "stop here" in result.output
     assert "no --data: training on the built-in synthetic cohort (40 subjects, 64^3" in caplog.text
+
+
+def test_every_command_has_one_help_style():
+    """Sentence-case help ending with a period on every visible option, on/off options as flags
+    (no `<bool>` metavar), and -h beside --help."""
+    import importlib
+
+    import typer.main
+
+    for name in ("cli.train", "cli.evaluate", "cli.export", "cli.infer", "cli.synth", "cli.serve", "reproduce.cli"):
+        app = importlib.import_module(f"neoseg.{name}").app
+        result = runner.invoke(app, ["-h"])
+        assert result.exit_code == 0 and "<bool>" not in result.output, name
+        for param in typer.main.get_command(app).params:
+            text = (getattr(param, "help", None) or "").strip()
+            if not getattr(param, "hidden", False) and param.name != "help":
+                assert text.endswith("."), (name, param.name)
