@@ -13,6 +13,13 @@ import typer
 USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, ImportError)
 
 
+def make_app(help: str | None = None) -> typer.Typer:
+    """Every command's Typer app: one plain help style (on/off flags shown as ``--x / --no-x``, no
+    ``<bool>``), ``-h`` beside ``--help``, no shell-completion options, no rich tracebacks."""
+    return typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, help=help,
+                       context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+
 def setup_logging(verbose: bool = False) -> None:
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, format="%(message)s", stream=sys.stderr)
 

@@ -9,24 +9,27 @@ import typer
 
 from neoseg.runtime.backend import BackendUnavailable
 
-from .common import as_user_error, setup_logging, user_errors
+from .common import make_app, as_user_error, setup_logging, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False,
-                                          help="best.pt from neoseg-train, or an exported .onnx model.")],
+    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="MODEL",
+                                          help="Model file: best.pt from neoseg-train, or an exported .onnx "
+                                               "model.")],
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
-                                                 help="dHCP-layout dataset; default: the model's own data.")] = None,
-    subset: Annotated[Optional[str], typer.Option(help="test, val, train (the model's split) or all; "
-                                                  "default test, or all with --data.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write per-volume rows to this CSV.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out file.")] = False,
+                                                 help="dHCP-layout dataset folder. Default: the model's own data.")] = None,
+    subset: Annotated[Optional[str], typer.Option(help="Sessions to evaluate: test, val, train (the model's split) or all. "
+                                                  "Default: test, or all with --data.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", dir_okay=False,
+                                                help="Also write per-volume rows to this CSV file.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite",
+                                            help="Replace an existing --out file.")] = False,
     thresholds: Annotated[Optional[str], typer.Option(help="One value or one per channel, comma-separated, in "
-                                                      "[1e-6, 1 - 1e-6]; default: the model's.")] = None,
-    backend: Annotated[str, typer.Option(help="An .onnx model's backend (as neoseg-infer); default auto.")] = "auto",
+                                                      "[1e-6, 1 - 1e-6]. Default: the model's.")] = None,
+    backend: Annotated[str, typer.Option(help="An .onnx model's backend (as neoseg-infer).")] = "auto",
     device: Annotated[str, typer.Option(help="A checkpoint's device: auto, cpu, cuda or cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
 ) -> None:

@@ -10,32 +10,40 @@ from typing import Annotated, Optional
 import numpy as np
 import typer
 
-from .common import as_user_error, user_errors
+from .common import make_app, as_user_error, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = make_app()
 
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(exists=True, dir_okay=False, help="best.pt from neoseg-train")],
-    output: Annotated[Path, typer.Option("-o", "--output", help="ONNX model to write (.onnx)")],
-    trt: Annotated[bool, typer.Option("--trt", help="also build an FP16 TensorRT engine (needs TensorRT + GPU)")] = False,
-    engine: Annotated[Optional[Path], typer.Option(help="engine path; default: OUTPUT with .engine")] = None,
-    timing_cache: Annotated[Optional[Path], typer.Option(help="TensorRT timing cache, reused and updated")] = None,
-    thresholds: Annotated[Optional[str], typer.Option(help="one value or one per channel, comma-separated; "
-                                                           "default: the checkpoint's, else 0.5")] = None,
-    data: Annotated[Optional[Path], typer.Option(help="dHCP-layout folder whose scans verify the export; "
-                                                      "default: the training data")] = None,
-    verify_scans: Annotated[int, typer.Option(min=0, help="scans to verify on (and to gate INT8 on); 0 skips "
-                                                          "verification and INT8")] = 2,
-    int8: Annotated[bool, typer.Option(help="also write an INT8 OpenVINO model beside the .onnx (NNCF), with its "
-                                            "parity record")] = True,
+    checkpoint: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT",
+                                               help="Checkpoint file (best.pt from neoseg-train).")],
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", dir_okay=False,
+                                                help="ONNX model file to write (.onnx); the INT8 model and the "
+                                                     "engine go beside it.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", dir_okay=False, hidden=True,
+                                                   help="Old spelling of --out.")] = None,
+    trt: Annotated[bool, typer.Option("--trt/--no-trt", help="Also build an FP16 TensorRT engine (needs TensorRT "
+                                                             "and a GPU).")] = False,
+    engine: Annotated[Optional[Path], typer.Option(dir_okay=False, help="TensorRT engine file. Default: OUT with "
+                                                                        ".engine.")] = None,
+    timing_cache: Annotated[Optional[Path], typer.Option(dir_okay=False, help="TensorRT timing cache file, reused "
+                                                                              "and updated.")] = None,
+    thresholds: Annotated[Optional[str], typer.Option(help="One value or one per channel, comma-separated. "
+                                                           "Default: the checkpoint's, else 0.5.")] = None,
+    data: Annotated[Optional[Path], typer.Option(file_okay=False, help="dHCP-layout folder whose scans verify the "
+                                                                       "export. Default: the training data.")] = None,
+    verify_scans: Annotated[int, typer.Option(min=0, help="Scans to verify on (and to gate INT8 on); 0 skips "
+                                                          "verification and INT8.")] = 2,
+    int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write an INT8 OpenVINO model beside the "
+                                                                ".onnx (NNCF), with its parity record.")] = True,
     calibration_data: Annotated[Optional[Path], typer.Option(
-        exists=True, file_okay=False, help="dHCP-layout folder to calibrate INT8 on; default: the training data")] \
+        exists=True, file_okay=False, help="dHCP-layout folder to calibrate INT8 on. Default: the training data.")] \
         = None,
-    calibration_scans: Annotated[int, typer.Option(min=1, help="scans to calibrate INT8 on (never those verified "
-                                                               "on)")] = 4,
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs")] = False,
+    calibration_scans: Annotated[int, typer.Option(min=1, help="Scans to calibrate INT8 on (never those verified "
+                                                               "on).")] = 4,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace existing outputs.")] = False,
 ) -> None:
     """Export CHECKPOINT to ONNX (and TensorRT), verified against PyTorch on real scans."""
     from neoseg.core.io import check_writable
@@ -44,6 +52,12 @@ def export(
     from neoseg.runtime.backends import BackendUnavailable
 
     with user_errors("neoseg-export"), as_user_error(BackendUnavailable, ParityError, EngineBuildError):
+        if out is not None and output is not None and out != output:
+            raise ValueError(f"-o/--out {out} and --output {output} differ; --output is the old spelling of --out, "
+                             f"pass one")
+        output = out or output
+        if output is None:
+            raise ValueError("missing -o/--out FILE: the ONNX model to write, e.g. -o model.onnx")
         if output.suffix != ".onnx":
             raise ValueError(f"-o {output}: the ONNX model's name must end in .onnx")
         engine = engine or output.with_suffix(".engine")

@@ -1,4 +1,4 @@
-"""``neoseg-infer SCAN... | DATASET | DICOM_FOLDER... -m MODEL -o OUTDIR``: segment scans, a whole BIDS /
+"""``neoseg-infer SCAN... | DATASET | DICOM_FOLDER... -m MODEL [-o FOLDER]``: segment scans, a whole BIDS /
 dHCP dataset, or DICOM series, on the scans' own voxel grids."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import USER_ERRORS, as_user_error, user_errors
+from .common import make_app, USER_ERRORS, as_user_error, user_errors
 from .progress import Progress
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = make_app()
 
 
 class BackendName(str, Enum):
@@ -40,99 +40,116 @@ class Precision(str, Enum):
 
 @app.command()
 def infer(
-    inputs: Annotated[list[Path], typer.Argument(metavar="SCAN... | DATASET | DICOM_FOLDER...",
+    inputs: Annotated[list[Path], typer.Argument(metavar="SCAN... | DATASET | DICOM_FOLDER...", show_default=False,
                                                  help="NIfTI scans (.nii, .nii.gz, .hdr/.img), one BIDS / dHCP-layout "
                                                       "dataset folder (sub-*/anat/ or sub-*/ses-*/anat/ *_T2w.nii.gz), "
-                                                      "or DICOM series or study folders (needs the dicom extra)")],
+                                                      "or DICOM series or study folders (needs the dicom extra).")],
     model: Annotated[Optional[Path], typer.Option("-m", "--model", exists=True, dir_okay=False,
-                                                 help="model.onnx, an engine from neoseg-export --trt, or a .pt "
-                                                      "checkpoint (required, except for --dry-run)")] = None,
-    outdir: Annotated[Optional[Path], typer.Option("-o", "--outdir", file_okay=False,
-                                                  help="folder for the results (for a dataset: its derivatives "
-                                                       "folder, e.g. DATASET/derivatives/neoseg); required, except "
-                                                       "for --dry-run")] = None,
-    backend: Annotated[BackendName, typer.Option(help="auto picks the fastest available and says which")] =
-        BackendName.auto,
+                                                 help="Model file: model.onnx, an engine from neoseg-export --trt, "
+                                                      "or a .pt checkpoint. Required, except for --dry-run.")] = None,
+    out: Annotated[Optional[Path], typer.Option("-o", "--out", file_okay=False,
+                                                help="Output folder (created if missing). For a DATASET: its "
+                                                     "derivatives folder, default DATASET/derivatives/neoseg; "
+                                                     "required for scans and DICOM folders, except with "
+                                                     "--dry-run.")] = None,
+    outdir: Annotated[Optional[Path], typer.Option("--outdir", file_okay=False, hidden=True,
+                                                   help="Old spelling of --out.")] = None,
+    backend: Annotated[BackendName, typer.Option(help="Inference backend; auto picks the fastest available and "
+                                                 "says which.")] = BackendName.auto,
     precision: Annotated[Precision, typer.Option(help="auto: INT8, BF16 (or FP16) on a CPU that runs it fast, for a "
                                                  "model that passed the parity gate, else FP32 (GPU paths keep their "
-                                                 "own); an explicit one runs or fails")] =
+                                                 "own); an explicit one runs or fails.")] =
         Precision.auto,
-    batch: Annotated[Optional[int], typer.Option(min=1, help="slices per network call (default: 256 on GPU, "
-                                                              "8 on CPU); lower it for small GPUs")] = None,
-    probabilities: Annotated[bool, typer.Option(help="also write sigmoid probabilities (_probseg)")] = False,
-    qc: Annotated[bool, typer.Option("--qc", help="also write a QC picture per scan (_qc.png) and, for a "
-                                                  "dataset, the report index.html")] = False,
+    batch: Annotated[Optional[int], typer.Option(min=1, help="Slices per network call (default: 256 on GPU, "
+                                                              "8 on CPU); lower it for small GPUs.")] = None,
+    probabilities: Annotated[bool, typer.Option("--probabilities/--no-probabilities",
+                                                help="Also write sigmoid probabilities (_probseg).")] = False,
+    qc: Annotated[bool, typer.Option("--qc/--no-qc", help="Also write a QC picture per scan (_qc.png) and, for a "
+                                                          "dataset, the report index.html.")] = False,
     participant_label: Annotated[Optional[list[str]], typer.Option(
-        help="dataset mode: only these subjects (with or without sub-; repeat or comma-separate)")] = None,
+        "--participant-label", "--participant_label", show_default=False,
+        help="Dataset mode: only these subjects (with or without sub-; repeat or comma-separate).")] = None,
     session_label: Annotated[Optional[list[str]], typer.Option(
-        help="dataset mode: only these sessions (with or without ses-)")] = None,
+        "--session-label", "--session_label", show_default=False,
+        help="Dataset mode: only these sessions (with or without ses-).")] = None,
     json_summary: Annotated[Optional[Path], typer.Option("--json", dir_okay=False,
-                                                         help="write a machine-readable summary of the run")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: all cores)")] = None,
-    skip_empty: Annotated[bool, typer.Option(help="compute only the slices that hold head")] = True,
-    crop_plane: Annotated[bool, typer.Option(help="also cut slices to the head's box: faster for a small head in "
-                                             "a large field of view; changes results at the cut")] = False,
-    overwrite: Annotated[bool, typer.Option(help="replace existing outputs (for a dataset: redo every scan)")] =
-        False,
-    dicom_seg: Annotated[bool, typer.Option("--dicom-seg", help="DICOM input: also write a DICOM SEG "
+                                                         help="Also write a machine-readable summary of the run "
+                                                              "to this file.")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: all cores).")] = None,
+    skip_empty: Annotated[bool, typer.Option("--skip-empty/--no-skip-empty",
+                                             help="Compute only the slices that hold head.")] = True,
+    crop_plane: Annotated[bool, typer.Option("--crop-plane/--no-crop-plane",
+                                             help="Also cut slices to the head's box: faster for a small head in "
+                                             "a large field of view; changes results at the cut.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite",
+                                            help="Redo every scan and replace its outputs (without it, scans whose "
+                                                 "outputs are all there are skipped).")] = False,
+    dicom_seg: Annotated[bool, typer.Option("--dicom-seg/--no-dicom-seg", help="DICOM input: also write a DICOM SEG "
                                             "(_desc-neoseg_seg.dcm) and the volumes keyed by study and series "
-                                            "UIDs (_desc-neoseg_volumes.json)")] = False,
+                                            "UIDs (_desc-neoseg_volumes.json).")] = False,
     series_description: Annotated[Optional[list[str]], typer.Option(
+        show_default=False,
         help="DICOM study: the T2w series' description or protocol name matches this regular expression "
-             "(case-insensitive; repeat for any of several; default: t2, less scouts, localizers, FLAIR, T2*)")] = None,
+             "(case-insensitive; repeat for any of several; default: t2, less scouts, localizers, FLAIR, T2*).")] = None,
     plane: Annotated[Optional[list[str]], typer.Option(
-        help="DICOM study: only series in this slice plane: axial, sagittal, coronal or oblique (repeatable)")] = None,
+        show_default=False,
+        help="DICOM study: only series in this slice plane: axial, sagittal, coronal or oblique (repeatable).")] = None,
     max_voxel_size: Annotated[Optional[float], typer.Option(
-        min=0, help="DICOM study: only series whose voxels are at most this large (mm) along every axis")] = None,
+        min=0, help="DICOM study: only series whose voxels are at most this large (mm) along every axis.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="DICOM input: list the series found and which one "
-                                          "the rules choose, then stop")] = False,
+                                          "the rules choose, then stop.")] = False,
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
-    (labels), _mask.nii.gz (4D, one volume per channel), _mask.json and _volumes.tsv on the scan's
-    own grid, affine and header. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
-    dataset_description.json, dseg.tsv and a group volumes.tsv; finished scans are skipped on a rerun.
-    A DICOM folder (one series, or a study from which the T2w series is chosen by the rules shown by
-    --dry-run) gives the same outputs, named after the folder, and with --dicom-seg a DICOM SEG."""
+    (labels) with its _dseg.json, _mask.nii.gz (4D, one volume per channel), _mask.json and
+    _volumes.tsv on the scan's own grid, affine and header, and dseg.tsv (the label values) in the
+    output folder. A dataset's results mirror its sub-*/ses-*/anat/ folders, with
+    dataset_description.json and a group volumes.tsv. A DICOM folder (one series, or a study whose
+    T2w series the rules shown by --dry-run choose) gives the same outputs, named after the folder,
+    and with --dicom-seg a DICOM SEG. A rerun skips finished scans; --overwrite redoes them."""
     import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for .pt checkpoints
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.engine import EngineMismatchError
     from neoseg.runtime.pipeline import Segmenter
 
     with user_errors("neoseg-infer"), as_user_error(BackendUnavailable, EngineMismatchError):
+        out = _output_folder(out, outdir)
         summary = Summary(json_summary, overwrite)
+        _check_inputs(inputs)
         dicom = _dicom_folders(inputs)
         _check_dicom_options(bool(dicom), dicom_seg, dry_run, series_description, plane, max_voxel_size)
-        if not dry_run and (model is None or outdir is None):
-            raise ValueError(f"missing {'-m MODEL' if model is None else '-o OUTDIR'}: "
+        root = None if dicom else _dataset_root(inputs)
+        if root is not None and out is None:
+            out = root / "derivatives" / "neoseg"
+        if not dry_run and (model is None or out is None):
+            raise ValueError(f"missing {'-m MODEL' if model is None else '-o/--out FOLDER'}: "
                              + ("the model.onnx (or engine, or .pt checkpoint) to segment with" if model is None
                                 else "the folder for the results"))
-        root = None if dicom else _dataset_root(inputs)
         if root is None and (participant_label or session_label):
             raise ValueError("--participant-label and --session-label select scans of a dataset; pass one "
                              "dataset folder instead of scan files")
         if dicom:
             from neoseg.cli.dicom_inputs import dicom_jobs
 
-            plan, jobs = None, dicom_jobs(dicom, outdir, probabilities, qc, overwrite, dicom_seg, dry_run,
-                                          series_description, plane, max_voxel_size)
+            jobs = dicom_jobs(dicom, out, probabilities, qc, overwrite, dicom_seg, dry_run,
+                              series_description, plane, max_voxel_size)
             if dry_run:
                 return
-        if root is not None:
-            plan = DatasetPlan(root, outdir, model, participant_label, session_label, probabilities, qc, overwrite)
+            plan = FilesPlan(out, jobs, overwrite)
+        elif root is not None:
+            plan = DatasetPlan(root, out, model, participant_label, session_label, probabilities, qc, overwrite)
             jobs = plan.jobs
-        elif not dicom:
-            plan, jobs = None, _file_jobs(inputs, outdir, probabilities, qc, overwrite)
+        else:
+            jobs = _file_jobs(inputs, out, probabilities, qc, overwrite)
+            plan = FilesPlan(out, jobs, overwrite)
         opened = open_backend(model, backend.value, threads, precision.value)
         runner = Segmenter(opened, batch, skip_empty, crop_plane)
         typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
-        summary.begin(model, runner.backend.name, root, outdir)
-        if plan is not None:
-            plan.begin(runner.info)
+        summary.begin(model, runner.backend.name, root, out)
+        plan.begin(runner.info)
         try:
             _run(jobs, runner, probabilities, qc, summary, say_failures=root is not None or len(jobs) > 1)
         finally:  # also when interrupted: what is done is summarised
-            if plan is not None:
-                summary.head["dataset_files"] = [str(p) for p in plan.finish(runner.info, summary.failed)]
+            summary.head["dataset_files"] = [str(p) for p in plan.finish(runner.info, summary.failed)]
             summary.write()
         failed = summary.failed
         if failed and root is None and len(jobs) == 1:
@@ -195,18 +212,67 @@ def _dataset_root(inputs: list[Path]) -> Path | None:
     return folders[0]
 
 
-def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool) -> list[Job]:
-    from neoseg.core.io import check_writable
-    from neoseg.runtime.files import output_paths
+def _output_folder(out: Path | None, old: Path | None) -> Path | None:
+    if out is not None and old is not None and out != old:
+        raise ValueError(f"-o/--out {out} and --outdir {old} differ; --outdir is the old spelling of --out, pass one")
+    return out or old
 
+
+_FLAG_WORDS = {"true", "false", "yes", "no", "on", "off", "0", "1"}
+
+
+def _check_inputs(inputs: list[Path]) -> None:
+    """Every input exists, before anything is loaded; a stray true/false after a flag is named as such."""
+    for path in inputs:
+        if path.exists():
+            continue
+        if path.name.lower() in _FLAG_WORDS:
+            raise ValueError(f"'{path}' is not a scan: on/off options take no value (write --qc or --no-qc, "
+                             f"not --qc {path})")
+        raise ValueError(f"{path} does not exist; pass NIfTI scans, one dataset folder or DICOM folders")
+
+
+def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool) -> list[Job]:
+    """One job per scan file; a scan whose outputs are all there is skipped (unless ``overwrite``)
+    and one with only some is redone, the rule of dataset mode."""
+    from neoseg.runtime.files import output_paths, output_state
+
+    if outdir.exists() and not outdir.is_dir():
+        raise ValueError(f"-o {outdir} is a file; pass a folder")
     planned: dict[Path, Path] = {}
-    for scan in scans:  # every collision and existing output is reported before any work
-        for path in output_paths(scan, outdir, probabilities, qc).values():
+    jobs = []
+    for scan in scans:  # every collision is reported before any work
+        paths = output_paths(scan, outdir, probabilities, qc)
+        for path in paths.values():
             if path in planned:
                 raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
             planned[path] = scan
-            check_writable(path, overwrite)
-    return [Job(scan, outdir, scan.name, overwrite=overwrite) for scan in scans]
+        state = "todo" if overwrite else output_state(paths)
+        jobs.append(Job(scan, outdir, scan.name, state=state, overwrite=overwrite or state == "partial", paths=paths))
+    return jobs
+
+
+class FilesPlan:
+    """Scan files and DICOM folders: the look-up table of the label values beside the results."""
+
+    def __init__(self, out: Path, jobs: list[Job], overwrite: bool):
+        self.out, self.jobs, self.overwrite = out, jobs, overwrite
+        done = sum(j.state == "done" for j in jobs)
+        if done:
+            typer.echo(f"{done} of {len(jobs)} scans already done (skipped; --overwrite redoes them)")
+
+    def begin(self, info) -> None:
+        from neoseg.runtime.dataset import planned_dseg_tsv
+
+        planned_dseg_tsv(self.out, info.hierarchy, replace=self.overwrite)  # refused before any scan
+
+    def finish(self, info, failed) -> list[Path]:
+        """dseg.tsv, once some scan's results are there (nothing is left behind when none is)."""
+        from neoseg.runtime.dataset import write_dseg_tsv
+
+        if not any(job.paths["dseg"].exists() for job in self.jobs):
+            return []
+        return [write_dseg_tsv(self.out, info.hierarchy, replace=self.overwrite)]
 
 
 class DatasetPlan:
@@ -228,7 +294,8 @@ class DatasetPlan:
             self.jobs.append(Job(scan.path, scan.outdir(out), (scan.relative / scan.stem).as_posix(), scan.subject,
                                  scan.session, state, overwrite or state == "partial"))
         done = sum(j.state == "done" for j in self.jobs)
-        typer.echo(f"dataset {root}: {len(scans)} T2w scans" + (f", {done} already done (skipped)" if done else "")
+        typer.echo(f"dataset {root}: {len(scans)} T2w scans"
+                   + (f", {done} already done (skipped; --overwrite redoes them)" if done else "")
                    + f" -> {out}")
 
     def description(self, info) -> dict:
@@ -238,13 +305,11 @@ class DatasetPlan:
 
     def begin(self, info) -> None:
         """Written before any scan, so an interrupted folder already says which model it holds."""
-        from neoseg.core.io import write_text
-        from neoseg.runtime.dataset import dseg_tsv, write_description
-        from neoseg.runtime.qc import structure_colours
+        from neoseg.runtime.dataset import write_description, write_dseg_tsv
 
         self.out.mkdir(parents=True, exist_ok=True)
         write_description(self.out, self.description(info))
-        write_text(self.out / "dseg.tsv", dseg_tsv(info.hierarchy, structure_colours(info.hierarchy)), overwrite=True)
+        write_dseg_tsv(self.out, info.hierarchy, replace=True)
         for job in self.jobs:
             if job.state != "done":  # temporary files of a killed run
                 for leftover in job.outdir.glob(f".{_stem(job.scan)}_desc-neoseg_*.part*"):
@@ -328,7 +393,7 @@ def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summar
         try:
             for job in jobs:
                 if job.state == "done":
-                    summary.add(job, "skipped", output_paths(job.scan, job.outdir, probabilities, qc))
+                    summary.add(job, "skipped", job.paths or output_paths(job.scan, job.outdir, probabilities, qc))
                     progress.done(f"{job.name}: skipped (finished earlier)")
                     continue
                 progress.start(job.name)

@@ -11,16 +11,16 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import user_errors
+from .common import make_app, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, help=__doc__)
+app = make_app()
 
 
 @app.command()
 def serve(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", dir_okay=False,
-                                                   help="the node's TOML configuration")] = None,
-    example: Annotated[bool, typer.Option("--example", help="print an example configuration and stop")] = False,
+                                                   help="The node's TOML configuration file.")] = None,
+    example: Annotated[bool, typer.Option("--example", help="Print an example configuration and stop.")] = False,
 ) -> None:
     """Run the node until stopped (SIGTERM or Ctrl-C): one line per study on stderr."""
     with user_errors("neoseg-serve"):

@@ -8,9 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import setup_logging, user_errors
+from .common import make_app, setup_logging, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 class Anatomy(str, Enum):
@@ -20,7 +20,8 @@ class Anatomy(str, Enum):
 
 @app.command()
 def synth(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Dataset root to write (dHCP derivative layout).")],
+    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False,
+                                      help="Dataset folder to write (dHCP derivative layout).")],
     subjects: Annotated[int, typer.Option(min=3, help="Number of subjects.")] = 40,
     grid: Annotated[int, typer.Option(min=16, help="Voxels per side over a 128 mm field of view "
                                       "(256 = 0.5 mm, like dHCP).")] = 64,
@@ -30,8 +31,10 @@ def synth(
                                              "byte (the cohort of the experiment report).")] = Anatomy.v2,
     folding: Annotated[float, typer.Option(min=0.0, max=2.0, help="v2: sulcal depth relative to the default "
                                            "(0 = smooth).")] = 1.0,
-    montage: Annotated[Optional[Path], typer.Option(help="Also save a PNG montage of some subjects.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing different cohort in --out.")] = False,
+    montage: Annotated[Optional[Path], typer.Option(dir_okay=False,
+                                                  help="Also save a PNG montage of some subjects to this file.")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite",
+                                            help="Replace an existing different cohort in --out.")] = False,
 ) -> None:
     """Generate (or reuse, when the same spec is already there) the synthetic cohort."""
     setup_logging()

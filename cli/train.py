@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from enum import Enum
 from pathlib import Path
@@ -9,9 +10,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import parse_floats, parse_ints, setup_logging, user_errors
+from .common import make_app, parse_floats, parse_ints, setup_logging, user_errors
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
+app = make_app()
 
 
 class Profile(str, Enum):
@@ -60,83 +61,126 @@ class Precision(str, Enum):  # train/precision.py
     auto = "auto"
 
 
+def _default(field: str, show=lambda v: str(v)) -> str:
+    """The default of a TrainConfig field as the help states it: one value, or one per profile."""
+    from neoseg.train.config import TrainConfig
+
+    cpu, paper = (getattr(TrainConfig.profile(name), field) for name in ("cpu", "paper"))
+    if cpu == paper:
+        return f"Default: {show(cpu)}."
+    return f"Default: cpu {show(cpu)}, paper {show(paper)}."
+
+
+def _mm(value) -> str:
+    return "each scan's own" if value is None else "x".join(f"{v:g}" for v in value) + " mm"
+
+
+def _onoff(value) -> str:
+    return "on" if value else "off"
+
+
 @app.command()
 def train(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Run folder: checkpoints, config, metrics, evaluation.")],
-    profile: Annotated[Profile, typer.Option(help="cpu: minutes on 2 cores, 64^3 cohort. paper: the paper's "
-                                             "protocol (256^2 slices, Adam 5e-3, 200 epochs, patience 30).")] = Profile.cpu,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", file_okay=False,
+                                                help="Run folder (created): checkpoints, config, metrics, "
+                                                     "evaluation. Required, except with --show-config.")] = None,
+    profile: Annotated[Profile, typer.Option(help="Defaults of every other option. cpu: minutes on 2 cores, the "
+                                             "64^3 cohort; paper: the paper's protocol (as neoseg-reproduce "
+                                             "--profile paper). --show-config prints what they resolve to.")] =
+        Profile.cpu,
+    show_config: Annotated[bool, typer.Option("--show-config", help="Print the resolved training configuration "
+                                              "(JSON) for these options and stop, without training.")] = False,
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
-                                                 help="dHCP-layout dataset root; default: built-in synthetic cohort.")] = None,
-    hierarchy: Annotated[Optional[str], typer.Option(help="Built-in hierarchy name or JSON file.")] = None,
+                                                 help="dHCP-layout dataset folder. Default: the built-in synthetic "
+                                                      "cohort (generated once and cached; the command says so).")] = None,
+    hierarchy: Annotated[Optional[str], typer.Option(help="Built-in hierarchy name or JSON file. "
+                                                     + _default("hierarchy"))] = None,
     thresholds: Annotated[Optional[str], typer.Option(help="Decision thresholds of the test evaluation (and of "
                                                       "neoseg-eval/-export): one, or one per channel, "
-                                                      "comma-separated, in [1e-6, 1 - 1e-6]. Default 0.5.")] = None,
-    model: Annotated[Optional[Model], typer.Option(help="Network.")] = None,
-    widths: Annotated[Optional[str], typer.Option(help="U-Net widths per level, e.g. 16,32,64,128,256.")] = None,
+                                                      "comma-separated, in [1e-6, 1 - 1e-6]. "
+                                                      + _default("thresholds"))] = None,
+    model: Annotated[Optional[Model], typer.Option(help="Network. " + _default("model"))] = None,
+    widths: Annotated[Optional[str], typer.Option(help="U-Net widths per level, comma-separated. "
+                                                  + _default("widths", lambda w: ",".join(map(str, w))))] = None,
     loss: Annotated[Optional[Loss], typer.Option(help="Loss; iuc is the paper's method, bce the supervised one, "
                                                  "labelset (marginal cross-entropy + leaf Dice) trains a softmax "
-                                                 "head over the hierarchy's leaves.")] = None,
+                                                 "head over the hierarchy's leaves. " + _default("loss"))] = None,
     dice_weight: Annotated[Optional[float], typer.Option(help="labelset: weight of the leaf Dice term (0: marginal "
-                                                         "cross-entropy only). Default 1.")] = None,
-    self_training: Annotated[Optional[bool], typer.Option("--self-training/--no-self-training",
+                                                         "cross-entropy only). " + _default("dice_weight"))] = None,
+    self_training: Annotated[Optional[bool], typer.Option("--self-training/--no-self-training", show_default=False,
                                                           help="An EMA teacher fills in the unknown children of "
-                                                          "partially labelled scans (any partial-label loss).")] = None,
+                                                          "partially labelled scans (any partial-label loss). "
+                                                          + _default("self_training", _onoff))] = None,
     self_train_after: Annotated[Optional[int], typer.Option(help="Self-training: epochs before the teacher's "
                                                             "pseudo labels are used. Default: once the plain "
                                                             "loss plateaus, from its best weights.")] = None,
     confidence: Annotated[Optional[float], typer.Option(help="Self-training: share of the parent's probability "
-                                                        "the teacher's child needs. Default 0.9.")] = None,
+                                                        "the teacher's child needs. " + _default("confidence"))] = None,
     select: Annotated[Optional[Selection], typer.Option(help="Best epoch and early stopping by the validation loss "
                                                         "(the paper) or by the mean validation Dice of the child "
-                                                        "structures.")] = None,
-    reduction: Annotated[Optional[Reduction], typer.Option(help="mean: over all entries (paper); "
-                                                           "observed: over supervised entries.")] = None,
-    full_fraction: Annotated[Optional[float], typer.Option(help="Fraction of training subjects kept fully labelled.")] = None,
-    draw: Annotated[Optional[int], typer.Option(help="Random draw of the fully labelled subjects.")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (epochs).")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch.")] = None,
-    slice_size: Annotated[Optional[int], typer.Option(help="Slices are cropped/padded to this size (pixels).")] = None,
+                                                        "structures. " + _default("select"))] = None,
+    reduction: Annotated[Optional[Reduction], typer.Option(help="mean: over all entries (paper); observed: over "
+                                                           "supervised entries. " + _default("reduction"))] = None,
+    full_fraction: Annotated[Optional[float], typer.Option(help="Fraction of training subjects kept fully "
+                                                           "labelled. " + _default("full_fraction"))] = None,
+    draw: Annotated[Optional[int], typer.Option(help="Random draw of the fully labelled subjects. "
+                                                + _default("draw"))] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Maximum epochs. " + _default("epochs"))] = None,
+    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (epochs). "
+                                                    + _default("patience"))] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Adam learning rate. " + _default("lr"))] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Slices per batch. " + _default("batch_size"))] = None,
+    slice_size: Annotated[Optional[int], typer.Option(help="Slices are cropped/padded to this size (pixels). "
+                                                      + _default("slice_size")
+                                                      + " With paper and --grid: the grid.")] = None,
     spacing: Annotated[Optional[str], typer.Option(help="Voxel size every scan is resampled to before slicing, "
-                                                   "one value or x,y,z in mm (cpu profile 2, paper 0.5); the "
-                                                   "model stores it and neoseg-infer uses it.")] = None,
-    axis: Annotated[Optional[int], typer.Option(min=0, max=2, help="Slice axis in RAS+ (0 sagittal).")] = None,
-    subjects: Annotated[Optional[int], typer.Option(help="Built-in cohort: number of subjects.")] = None,
-    grid: Annotated[Optional[int], typer.Option(help="Built-in cohort: voxels per side over 128 mm.")] = None,
-    cohort_anatomy: Annotated[Optional[Anatomy], typer.Option(help="Built-in cohort: v2 (default, realistic) or "
-                                                              "v1 (the first generator, as the experiment report).")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Slice cache folder (default OUT/cache).")] = None,
-    max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes.")] = None,
-    prior_bias: Annotated[Optional[bool], typer.Option("--prior-bias/--no-prior-bias",
-                                                       help="Start output biases at the labels' prior odds "
-                                                       "(default on in the cpu profile; not in the paper).")] = None,
+                                                   "one value or x,y,z in mm; the model stores it and "
+                                                   "neoseg-infer uses it. " + _default("spacing", _mm))] = None,
+    axis: Annotated[Optional[int], typer.Option(min=0, max=2, help="Slice axis in RAS+ (0 sagittal). "
+                                                + _default("axis"))] = None,
+    subjects: Annotated[Optional[int], typer.Option(help="Built-in cohort: number of subjects. "
+                                                    + _default("cohort_subjects"))] = None,
+    grid: Annotated[Optional[int], typer.Option(help="Built-in cohort: voxels per side over 128 mm. "
+                                                + _default("cohort_grid"))] = None,
+    cohort_anatomy: Annotated[Optional[Anatomy], typer.Option(help="Built-in cohort: v2 (realistic) or v1 (the "
+                                                              "first generator, as the experiment report). "
+                                                              + _default("cohort_anatomy"))] = None,
+    cache: Annotated[Optional[Path], typer.Option(file_okay=False,
+                                                  help="Slice cache folder. Default: OUT/cache.")] = None,
+    max_minutes: Annotated[Optional[float], typer.Option(help="Stop training after this many minutes. "
+                                                         + _default("max_minutes", lambda v: v or "none"))] = None,
+    prior_bias: Annotated[Optional[bool], typer.Option("--prior-bias/--no-prior-bias", show_default=False,
+                                                       help="Start output biases at the labels' prior odds (not "
+                                                       "in the paper). " + _default("prior_bias", _onoff))] = None,
     augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: default "
                                                        "(spatial, intensity, resolution, brain extraction, field "
-                                                       "of view; see the README) or none (the paper's protocol).")] = None,
+                                                       "of view; see the README) or none (the paper's protocol). "
+                                                       + _default("augment"))] = None,
     synthesis: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Train from label maps: the "
                                                        "probability per training slice that its image is replaced by "
                                                        "one synthesised from its labels (random contrast per region, "
                                                        "partial volume, resolution and slice thickness, bias, "
-                                                       "motion ghosts, noise; see the README). Default 0: real "
-                                                       "images only.")] = None,
+                                                       "motion ghosts, noise; see the README); 0: real images "
+                                                       "only. " + _default("synthesis"))] = None,
     synth_labels: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                          help="Folder of label maps without images (*.nii.gz, "
                                                          "on the training voxel size) added to the training data; "
                                                          "their images are always synthesised. Needs "
                                                          "--synthesis above 0.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    precision: Annotated[Optional[Precision], typer.Option(help="Default: auto with --profile cpu, fp32 with "
-                                                           "paper. fp32; bf16: the forward pass in BF16 "
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
+                                                + _default("seed"))] = None,
+    device: Annotated[Optional[str], typer.Option(help="Device: auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
+    precision: Annotated[Optional[Precision], typer.Option(help="Training precision. fp32; bf16: the forward pass in BF16 "
                                                            "(autocast) on a CPU with BF16 units (AVX-512 BF16 or "
                                                            "AMX) or a GPU; fp16: CUDA only, with a gradient "
                                                            "scaler; auto: bf16 where the device has the units, "
-                                                           "else fp32. Weights and checkpoints stay FP32.")] = None,
+                                                           "else fp32. Weights and checkpoints stay FP32. "
+                                                           + _default("precision"))] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the interrupted run in OUT.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train on the built-in synthetic cohort (default) or --data, then evaluate on the test subjects."""
+    """Train on --data (or, without it, the built-in synthetic cohort), then evaluate on the test
+    subjects. Defaults depend on --profile; --show-config prints the resolved configuration."""
     setup_logging()
     with user_errors("neoseg-train"):
         from neoseg.train.config import TrainConfig
@@ -158,6 +202,16 @@ def train(
         config = TrainConfig.profile(profile.value, **overrides)
         if profile is Profile.paper and slice_size is None and grid is not None:
             config.slice_size = grid
+        if show_config:
+            typer.echo(config.to_json())
+            return
+        if out is None:
+            raise ValueError("missing -o/--out FOLDER: the run folder to write")
+        if config.data is None and os.environ.get("RANK", "0") == "0":
+            logging.getLogger("neoseg.train").info(
+                f"no --data: training on the built-in synthetic cohort ({config.cohort_subjects} subjects, "
+                f"{config.cohort_grid}^3, anatomy {config.cohort_anatomy}); pass --data FOLDER to train on a "
+                f"dHCP-layout dataset")
         if resume:
             check_resume_options(out, config, [k for k, v in overrides.items() if v is not None])
         result = run(config, out, resume=resume, progress=not quiet)

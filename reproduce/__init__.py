@@ -4,12 +4,12 @@
     neoseg-reproduce --out runs/experiments --grid full   # Tables 1-3, Appendix A
     python -m neoseg.reproduce --out runs/experiments     # the same
 
-The default profile ``cpu`` is the paper's protocol at 2 mm: every model trains for the same maximum
+The default profile ``equal-epochs`` (formerly ``cpu``) is the paper's protocol at 2 mm, for CPUs: every model trains for the same maximum
 number of epochs over *its own* training set (the supervised model: the fully labelled subjects;
 IUC and the other partial-label losses: every training subject; the semi-supervised fine-tuning:
 every subject, with pseudo labels), with early stopping on the validation loss, keeping the
 best-validation weights. ``equal-steps`` is the earlier CPU protocol (the same number of optimizer
-steps for every run, 4 mm), kept as an ablation; ``paper`` is the paper's full scale, for GPUs.
+steps for every run, 4 mm), kept as an ablation; ``paper`` is the paper's full scale, for GPUs, the same as ``neoseg-train --profile paper``.
 
 Runs (paper section 5.1): fully labelled fractions of the training subjects, random draws of them
 per fraction, plus one 100 % reference; model kinds

@@ -9,17 +9,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from neoseg.cli.common import setup_logging, user_errors
+from neoseg.cli.common import make_app, setup_logging, user_errors
 
-from .profiles import PROFILES
+from .profiles import PROFILES, RENAMED
 
-app = typer.Typer(add_completion=False, pretty_exceptions_enable=False)
-
-
-class ProfileName(str, Enum):
-    cpu = "cpu"
-    equal_steps = "equal-steps"
-    paper = "paper"
+app = make_app()
 
 
 class GridName(str, Enum):
@@ -29,27 +23,30 @@ class GridName(str, Enum):
 
 @app.command()
 def reproduce(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Experiment folder (runs, results.csv, REPORT.md).")],
-    profile: Annotated[ProfileName, typer.Option(help="cpu: the paper's protocol (equal epochs, early stopping) at "
-                                                 "2 mm, for 2 CPU cores; equal-steps: the equal-step ablation at 4 mm; "
-                                                 "paper: the paper's scale, for GPU machines.")] = ProfileName.cpu,
+    out: Annotated[Path, typer.Option("--out", "-o", file_okay=False,
+                                      help="Experiment folder (runs, results.csv, REPORT.md); created if missing.")],
+    profile: Annotated[str, typer.Option(
+        metavar="[equal-epochs|equal-steps|paper]",
+        help="equal-epochs: the paper's protocol (equal epochs, early stopping) at 2 mm, for 2 CPU cores (formerly "
+             "'cpu'); equal-steps: the equal-step ablation at 4 mm; paper: the paper's scale, for GPU machines (the "
+             "same as neoseg-train --profile paper).")] = "equal-epochs",
     grid: Annotated[Optional[GridName], typer.Option(help="headline: 2 % supervised / semi-supervised / IUC and the "
                                                      "100 % reference; full: Tables 1-3 and Appendix A (5 and 10 %, "
                                                      "HUC, WEIGHT, WNORM, SegFormer-B0). Default: the profile's.")] = None,
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
-                                                 help="dHCP-layout dataset; default: the built-in cohort.")] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda, auto.")] = "auto",
+                                                 help="dHCP-layout dataset folder; default: the profile's built-in cohort.")] = None,
+    device: Annotated[str, typer.Option(help="Device: auto, cpu or cuda.")] = "auto",
     workers: Annotated[Optional[int], typer.Option(help="Runs trained at once (default: the profile's).")] = None,
     draws: Annotated[Optional[int], typer.Option(help="Random draws per fraction (default: the profile's, 5).")] = None,
-    only: Annotated[Optional[str], typer.Option(help="Run only the runs whose name contains this.")] = None,
+    only: Annotated[Optional[str], typer.Option(help="Run only the runs whose name contains this text.")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Start no run: rebuild results.csv and "
                                               "REPORT.md from the runs finished so far.")] = False,
-    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Run the paper's experiment grid (resumable) and write results.csv and REPORT.md."""
     setup_logging()
     with user_errors("neoseg-reproduce"):
-        chosen = PROFILES[profile.value]
+        chosen = PROFILES[_profile(profile)]
         if draws is not None:
             chosen = dataclasses.replace(chosen, draws=draws)
         if grid is not None:
@@ -62,6 +59,15 @@ def reproduce(
                        start_runs=not report_only)
     took = f" ({meta['invocations'][-1]['seconds'] / 60:.1f} min)" if not report_only else ""
     typer.echo(f"{out / 'REPORT.md'} written{took}")
+
+
+def _profile(name: str) -> str:
+    if name in RENAMED:
+        raise ValueError(f"the experiment profile '{name}' is now called '{RENAMED[name]}' (neoseg-train's "
+                         f"'{name}' profile is another protocol); pass --profile {RENAMED[name]}")
+    if name not in PROFILES:
+        raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
+    return name
 
 
 def main() -> None:

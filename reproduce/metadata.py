@@ -10,13 +10,14 @@ from pathlib import Path
 
 from neoseg.benchmarks.common import machine as benchmark_machine
 
-from .profiles import Profile
+from .profiles import RENAMED, Profile
 
 
 def load(out: Path, profile: Profile) -> dict:
     """The metadata of the experiment in ``out`` (new when there is none); refuses another profile's."""
     path = out / "experiment.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"profile": profile.name, "invocations": []}
+    meta["profile"] = RENAMED.get(meta["profile"], meta["profile"])
     meta["grid"] = profile.grid
     if meta["profile"] != profile.name:
         raise ValueError(f"{out} holds a '{meta['profile']}' experiment; use --profile {meta['profile']} or another --out")

@@ -1,4 +1,6 @@
-"""The experiment's profiles: its scale and protocol (``cpu``, ``equal-steps``, ``paper``)."""
+"""The experiment's profiles: its scale and protocol (``equal-epochs``, ``equal-steps``, ``paper``).
+``paper`` is the same protocol as ``neoseg-train --profile paper`` (tests/test_experiments.py checks
+it); the others have names of their own, as they are not ``neoseg-train``'s ``cpu`` profile."""
 
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ class Profile:
     fewer_draws: dict = field(default_factory=dict)  # "segformer" / "budget": draws for those runs, if fewer
     grid: str = "full"  # headline: 2 % supervised / semi / IUC + the 100 % reference; full: Tables 1-3
     cohort_anatomy: str = "v1"  # the built-in cohort's generator: the committed report was measured on v1
+    spacing: float | None = None  # voxel size (mm) every scan is resampled to; None: each scan's own
     notes: list[str] = field(default_factory=list)
 
 
@@ -41,8 +44,8 @@ EQUAL_EPOCHS = ("equal epochs: every model trains for at most the same number of
                 "with early stopping on the validation loss; the best-validation weights are kept")
 
 PROFILES = {
-    "cpu": Profile(
-        name="cpu", protocol=EQUAL_EPOCHS, cohort_subjects=40, cohort_grid=64,
+    "equal-epochs": Profile(
+        name="equal-epochs", protocol=EQUAL_EPOCHS, cohort_subjects=40, cohort_grid=64,
         slice_size={"unet": 64, "segformer": 64}, widths=[8, 16, 32, 64, 128], batch_size=16,
         epochs={"unet": 50, "segformer": 50}, steps_per_epoch=None, patience=8, prior_bias=True,
         draws=3, workers=2, threads=1, grid="headline",
@@ -89,8 +92,10 @@ PROFILES = {
     "paper": Profile(
         name="paper", protocol=EQUAL_EPOCHS, cohort_subjects=250, cohort_grid=256, slice_size={"unet": 256, "segformer": 256},
         widths=[16, 32, 64, 128, 256], batch_size=32, epochs={"unet": 200, "segformer": 200}, steps_per_epoch=None,
-        patience=30, workers=1,
+        patience=30, workers=1, cohort_anatomy="v2", spacing=0.5,
         notes=["the paper's protocol: 250 subjects (200 training: 2 % = 4 fully labelled), 256^3 volumes at "
                "0.5 mm, 256^2 slices, U-Net 16-32-64-128-256, Adam 5e-3, batch 32, up to 200 epochs with early "
-               "stopping (patience 30) on the validation loss"]),
+               "stopping (patience 30) on the validation loss, no augmentation; the same as `neoseg-train --profile "
+               "paper`"]),
 }
+RENAMED = {"cpu": "equal-epochs"}  # experiment folders made before the rename record the old name

@@ -27,7 +27,7 @@ def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device:
         epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
         patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
         max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None,
-        augment="none", seed=0, device=device)  # the paper's protocol: no augmentation
+        spacing=profile.spacing, augment="none", seed=0, device=device)  # the paper's protocol: no augmentation
     return config
 
 

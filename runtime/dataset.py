@@ -14,7 +14,7 @@ from pathlib import Path
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import write_text
 
-from .files import output_paths, stem
+from .files import output_paths, output_state, stem
 from .volumes import read_volumes_tsv
 
 BIDS_VERSION = "1.9.0"
@@ -102,9 +102,7 @@ def _few(items: list[str], n: int = 5) -> str:
 def scan_state(scan: DatasetScan, out: str | Path, probabilities: bool, qc: bool) -> str:
     """'done' (every output exists), 'partial' (some: an interrupted or differently configured
     run, to redo) or 'todo'."""
-    paths = output_paths(scan.path, scan.outdir(out), probabilities, qc).values()
-    present = [p.exists() for p in paths]
-    return "done" if all(present) else "partial" if any(present) else "todo"
+    return output_state(output_paths(scan.path, scan.outdir(out), probabilities, qc))
 
 
 def existing_outputs(scan: DatasetScan, out: str | Path) -> list[Path]:
@@ -178,6 +176,26 @@ def dseg_tsv(hierarchy: Hierarchy, colours: dict[str, str]) -> str:
         c = hierarchy.channels[i]
         writer.writerow([c.value, c.name, colours.get(c.name, "#000000")])
     return buf.getvalue()
+
+
+def planned_dseg_tsv(out: Path, hierarchy: Hierarchy, replace: bool = False) -> tuple[Path, str]:
+    """``out/dseg.tsv`` (what the ``_dseg`` values mean, beside every run's label maps) and its
+    text. Another label set's table may be replaced only with ``replace``: the label maps already
+    there need it."""
+    from .qc import structure_colours
+
+    path, text = out / "dseg.tsv", dseg_tsv(hierarchy, structure_colours(hierarchy))
+    if path.is_file() and not replace and path.read_text() != text:
+        raise ValueError(f"{path} describes other labels (another model's results are in {out}); choose another "
+                         f"-o, or pass --overwrite to replace it")
+    return path, text
+
+
+def write_dseg_tsv(out: Path, hierarchy: Hierarchy, replace: bool = False) -> Path:
+    path, text = planned_dseg_tsv(out, hierarchy, replace)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(path, text, overwrite=True)
+    return path
 
 
 @dataclass

@@ -20,7 +20,8 @@ from .volumes import Volume, structure_volumes, volumes_tsv
 
 OUTPUTS = {"dseg": "_desc-neoseg_dseg.nii.gz", "mask": "_desc-neoseg_mask.nii.gz",
            "sidecar": "_desc-neoseg_mask.json", "volumes": "_desc-neoseg_volumes.tsv",
-           "probseg": "_desc-neoseg_probseg.nii.gz", "qc": "_desc-neoseg_qc.png"}
+           "dseg_sidecar": "_desc-neoseg_dseg.json", "probseg": "_desc-neoseg_probseg.nii.gz",
+           "qc": "_desc-neoseg_qc.png"}
 OPTIONAL = {"probseg": "probabilities", "qc": "qc"}  # outputs written only when asked for
 EXTENSIONS = (".nii.gz", ".nii", ".hdr.gz", ".img.gz", ".hdr", ".img")
 
@@ -45,6 +46,13 @@ def output_paths(scan: str | Path, outdir: str | Path, probabilities: bool = Fal
     base, asked = stem(scan), {"probabilities": probabilities, "qc": qc}
     return {k: Path(outdir) / f"{base}{suffix}" for k, suffix in OUTPUTS.items()
             if k not in OPTIONAL or asked[OPTIONAL[k]]}
+
+
+def output_state(paths: dict[str, Path]) -> str:
+    """'done' (every output exists: a rerun skips the scan), 'partial' (some: an interrupted or
+    differently configured run, to redo) or 'todo'. The one rule of file and dataset mode."""
+    present = [p.exists() for p in paths.values()]
+    return "done" if all(present) else "partial" if any(present) else "todo"
 
 
 def load_scan(path: str | Path) -> nib.Nifti1Image:
@@ -89,7 +97,9 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
             if qc:
                 save_qc(render_qc(checked.data, seg.labels, img.affine, zooms, segmenter.info.hierarchy,
                                   name, _qc_subtitle(volumes)), tmp["qc"])
-            tmp["sidecar"].write_text(json.dumps(_sidecar(checked.path, segmenter, seg, checked), indent=2))
+            sidecar = _sidecar(checked.path, segmenter, seg, checked)
+            tmp["sidecar"].write_text(json.dumps(sidecar, indent=2))
+            tmp["dseg_sidecar"].write_text(json.dumps(_dseg_sidecar(sidecar, segmenter.info.hierarchy.name), indent=2))
             if extra is not None:
                 extra(tmp, seg)
     except FileExistsError:
@@ -183,6 +193,15 @@ def _sidecar(scan, segmenter: Segmenter, seg: Segmentation, checked: Scan) -> di
                       "config_digest": info.config_digest, "backend": segmenter.backend.name},
             "NonFiniteVoxels": checked.nonfinite_count, "Empty": _empty(seg, segmenter),
             "Warnings": list(seg.warnings), "Timings": {k: round(v, 4) for k, v in seg.timings.items()}}
+
+
+def _dseg_sidecar(mask_sidecar: dict, hierarchy: str) -> dict:
+    """The label map's BIDS sidecar: what its values mean (``dseg.tsv`` beside the results) and
+    what made it (as in the mask's sidecar)."""
+    return {"Description": "Automatic segmentation by neoseg: one label per voxel, the leaves of the hierarchy; "
+                           "values and names in dseg.tsv",
+            "Sources": mask_sidecar["Sources"], "Manual": False, "Hierarchy": hierarchy,
+            "Model": mask_sidecar["Model"], "Warnings": mask_sidecar["Warnings"]}
 
 
 def _qc_subtitle(volumes: list[Volume]) -> str:

@@ -199,7 +199,8 @@ def test_the_command_line_turns_augmentation_off_and_refuses_unknown_policies(tm
     monkeypatch.setattr(loop, "train", lambda config, *a, **kw: seen.append(config) or (_ for _ in ()).throw(
         ValueError("stop here")))
     runner = CliRunner()
-    for args, expected in (([], "default"), (["--augment", "none"], "none"), (["--profile", "paper"], "default")):
+    for args, expected in (([], "default"), (["--augment", "none"], "none"), (["--profile", "paper"], "none"),
+                           (["--profile", "paper", "--augment", "default"], "default")):
         result = runner.invoke(app, ["--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and "stop here" in result.output
         assert seen.pop().augment == expected

@@ -59,3 +59,51 @@ def test_beyond_the_paper_options_from_the_command_line(tiny_dataset, tmp_path):
     result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), "--data", str(tiny_dataset), *TINY,
                                        "--loss", "bce", "--self-training"])
     assert result.exit_code == 2 and "bce has none" in result.output and "Traceback" not in result.output
+
+
+def test_show_config_prints_the_resolved_profile_and_trains_nothing(tmp_path):
+    import json
+
+    from neoseg.train.config import TrainConfig
+
+    result = runner.invoke(train_app, ["--profile", "paper", "--epochs", "7", "--show-config"])
+    assert result.exit_code == 0, result.output
+    shown = json.loads(result.output)
+    assert shown == json.loads(TrainConfig.profile("paper", epochs=7).to_json())
+    assert shown["augment"] == "none" and shown["cohort_subjects"] == 250 and shown["epochs"] == 7
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), "--show-config"])
+    assert result.exit_code == 0 and json.loads(result.output)["epochs"] == 40 and not (tmp_path / "r").exists()
+    # the help states each profile's default
+    result = runner.invoke(train_app, ["--help"])
+    assert "Default: cpu 40, paper 200." in " ".join(result.output.split())
+    result = runner.invoke(train_app, [])
+    assert result.exit_code == 2 and "missing -o/--out" in result.output
+
+
+def test_training_without_data_says_it_uses_the_built_in_cohort(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from neoseg.train import loop
+
+    monkeypatch.setattr(loop, "train", lambda *a, **k: (_ for _ in ()).throw(ValueError("stop here")))
+    with caplog.at_level(logging.INFO, logger="neoseg.train"):
+        result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), *TINY])
+    assert result.exit_code == 2 and "stop here" in result.output
+    assert "no --data: training on the built-in synthetic cohort (40 subjects, 64^3" in caplog.text
+
+
+def test_every_command_has_one_help_style():
+    """Sentence-case help ending with a period on every visible option, on/off options as flags
+    (no `<bool>` metavar), and -h beside --help."""
+    import importlib
+
+    import typer.main
+
+    for name in ("cli.train", "cli.evaluate", "cli.export", "cli.infer", "cli.synth", "cli.serve", "reproduce.cli"):
+        app = importlib.import_module(f"neoseg.{name}").app
+        result = runner.invoke(app, ["-h"])
+        assert result.exit_code == 0 and "<bool>" not in result.output, name
+        for param in typer.main.get_command(app).params:
+            text = (getattr(param, "help", None) or "").strip()
+            if not getattr(param, "hidden", False) and param.name != "help":
+                assert text.endswith("."), (name, param.name)

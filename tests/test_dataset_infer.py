@@ -234,6 +234,21 @@ def test_participant_and_session_filters(cohort, model, tmp_path, monkeypatch):
     assert result.exit_code == 2 and "dataset folder" in result.output
 
 
+def test_output_defaults_to_the_datasets_derivatives_and_bids_apps_spelling(cohort, model, tmp_path):
+    dataset = tmp_path / "dhcp"
+    shutil.copytree(cohort, dataset)
+    subject = sessions_of(cohort)[0][0]
+    result = runner.invoke(app, [str(dataset), "-m", str(model), "--participant_label", subject])
+    assert result.exit_code == 0, result.output
+    out = dataset / "derivatives" / "neoseg"
+    assert (out / "dataset_description.json").is_file() and (out / "dseg.tsv").is_file()
+    assert {p.name.split("_")[0] for p in out.glob("sub-*/ses-*/anat/*_dseg.nii.gz")} == {f"sub-{subject}"}
+    assert all(p.with_name(p.name.replace(".nii.gz", ".json")).is_file() for p in out.glob("sub-*/*/anat/*_dseg.nii.gz"))
+    # a rerun does not take the derivatives for scans of the dataset
+    result = runner.invoke(app, [str(dataset), "-m", str(model), "--participant_label", subject])
+    assert result.exit_code == 0 and "already done" in result.output and " slices computed" not in result.output
+
+
 def test_bids_layout_without_sessions_prefers_the_restored_t2(cohort, tmp_path):
     t2 = find_sessions(cohort)[0].t2
     bids = tmp_path / "bids"

@@ -179,6 +179,12 @@ def test_study_folder_chooses_the_t2w_series(model, study, tmp_path):
     assert runner.invoke(app, [str(study / "study"), "-m", str(model), "-o", str(out)]).exit_code == 0
     assert runner.invoke(app, [str(study / "t2.nii.gz"), "-m", str(model), "-o", str(out)]).exit_code == 0
     assert world_equal(labels_of(out / "t2_desc-neoseg_dseg.nii.gz"), labels_of(out / "study_desc-neoseg_dseg.nii.gz"))
+    assert (out / "dseg.tsv").is_file() and (out / "study_desc-neoseg_dseg.json").is_file()
+    # a rerun skips the finished series, as for scan files and datasets
+    before = (out / "study_desc-neoseg_dseg.nii.gz").stat().st_mtime_ns
+    result = runner.invoke(app, [str(study / "study"), "-m", str(model), "-o", str(out)])
+    assert result.exit_code == 0 and "skipped (finished earlier)" in result.output, result.output
+    assert (out / "study_desc-neoseg_dseg.nii.gz").stat().st_mtime_ns == before
     # the user's rules: a plane no series has is refused, naming each series' verdict
     result = runner.invoke(app, [str(study / "study"), "-m", str(model), "-o", str(tmp_path / "x"),
                                  "--plane", "sagittal"])

@@ -115,7 +115,7 @@ def test_sharded_batches_split_the_single_process_batches():
 
 # ------------------------------------------------------------------------------ the grid and the report
 def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
-    runs = plan(PROFILES["cpu"])
+    runs = plan(PROFILES["equal-epochs"])
     count = Counter((r.kind, r.recipe, r.fraction) for r in runs)
     assert count == {("supervised", "bce", 1.0): 1, ("supervised", "bce", 0.02): 3, ("partial", "iuc", 0.02): 3,
                      ("semi", "bce", 0.02): 3, ("partial", "labelset", 0.02): 3, ("partial", "labelset+st", 0.02): 3,
@@ -124,12 +124,12 @@ def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
     assert all(r.select == "val-loss" for r in runs)  # the paper's selection, for every row
     names = [r.name for r in runs]
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
-    full = plan(dataclasses.replace(PROFILES["cpu"], grid="full"))
+    full = plan(dataclasses.replace(PROFILES["equal-epochs"], grid="full"))
     assert set(names) < {r.name for r in full}  # the headline runs are the full grid's, so a folder can grow
 
 
 def test_equal_epoch_protocol_has_no_step_budget_or_time_guard():
-    cpu = PROFILES["cpu"]
+    cpu = PROFILES["equal-epochs"]
     assert cpu.steps_per_epoch is None and cpu.max_minutes is None and cpu.deadline_minutes is None
     assert cpu.cohort_grid == 64 and cpu.slice_size["unet"] == 64 and cpu.patience < cpu.epochs["unet"]
 
@@ -205,6 +205,22 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     assert "Not (yet) run: 1 run(s)" in (out / "REPORT.md").read_text()
 
 
+def test_a_profile_name_shared_with_neoseg_train_means_the_same_settings(tiny_dataset, tmp_path):
+    from neoseg.reproduce.training import run_config
+    from neoseg.train.config import PROFILES as TRAIN_PROFILES, TrainConfig
+
+    assert set(PROFILES) & set(TRAIN_PROFILES) == {"paper"}
+    runner, train = PROFILES["paper"], TrainConfig.profile("paper")
+    assert (runner.cohort_subjects, runner.cohort_grid, runner.cohort_anatomy) == \
+        (train.cohort_subjects, train.cohort_grid, train.cohort_anatomy)
+    ours = next(r for r in plan(runner) if r.loss == "iuc" and r.model == "unet" and r.budget == 1)
+    config = run_config(ours, runner, tiny_dataset, tmp_path, "cpu")
+    for key in ("slice_size", "widths", "batch_size", "epochs", "patience", "lr", "prior_bias", "augment",
+                "max_minutes", "spacing", "precision", "steps_per_epoch", "reduction", "select"):
+        assert getattr(config, key) == getattr(train, key), key
+    assert train.augment == "none" and train.cohort_subjects == 250  # the paper: no augmentation, 250 subjects
+
+
 def test_command_line_lists_the_profiles():
     from typer.testing import CliRunner
 
@@ -212,11 +228,20 @@ def test_command_line_lists_the_profiles():
     assert result.exit_code == 0 and "paper" in result.output and "--only" in result.output
     result = CliRunner().invoke(app, ["--out", "x", "--profile", "gpu"])
     assert result.exit_code == 2
+    result = CliRunner().invoke(app, ["--out", "x", "--profile", "cpu"])
+    assert result.exit_code == 2 and "now called 'equal-epochs'" in result.output
+
+
+def test_an_experiment_folder_of_the_old_profile_name_is_continued(tmp_path):
+    from neoseg.reproduce import metadata
+
+    (tmp_path / "experiment.json").write_text(json.dumps({"profile": "cpu", "invocations": []}))
+    assert metadata.load(tmp_path, PROFILES["equal-epochs"])["profile"] == "equal-epochs"
 
 
 def test_headline_runner_on_the_equal_epoch_protocol(tiny_dataset, tmp_path):
     profile = dataclasses.replace(
-        PROFILES["cpu"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        PROFILES["equal-epochs"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
         batch_size=8, epochs={"unet": 2, "segformer": 2}, patience=1, fractions=(0.25,), draws=1, workers=1)
     out = tmp_path / "exp"
     run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
@@ -234,7 +259,7 @@ def test_headline_runner_on_the_equal_epoch_protocol(tiny_dataset, tmp_path):
 
 
 def test_slice_passes_count_each_runs_own_training_set(tiny_dataset, tmp_path):
-    profile = dataclasses.replace(PROFILES["cpu"], slice_size={"unet": 32}, epochs={"unet": 2})
+    profile = dataclasses.replace(PROFILES["equal-epochs"], slice_size={"unet": 32}, epochs={"unet": 2})
     sessions = find_sessions(tiny_dataset)
     prepare_data(dataclasses.replace(profile, slice_size={"unet": 32}), tmp_path, tiny_dataset, False)
     sup, iuc = (slice_passes(RunSpec("unet", kind, loss, 0.25, 0), profile, sessions,

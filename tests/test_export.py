@@ -90,6 +90,11 @@ def test_export_command(trained, tiny_dataset, tmp_path):
     assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
     assert runner.invoke(app, args + ["--overwrite", "--thresholds", "0.4"]).exit_code == 0
     assert OrtBackend(out).info.thresholds == (0.4,) * 11
+    # the old spelling --output still works; without an output the command says which option is missing
+    result = runner.invoke(app, [str(ckpt), "--output", str(tmp_path / "old.onnx"), "--verify-scans", "0"])
+    assert result.exit_code == 0 and (tmp_path / "old.onnx").is_file(), result.output
+    result = runner.invoke(app, [str(ckpt), "--verify-scans", "0"])
+    assert result.exit_code == 2 and "missing -o/--out FILE" in result.output
 
 
 def test_trt_without_tensorrt_says_what_to_install_and_writes_nothing(trained, tmp_path):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import subprocess
 import sys
 
@@ -38,15 +39,37 @@ def test_infer_writes_results_and_reports_the_backend(model, scans, tmp_path):
         dseg = nib.load(tmp_path / f"{name}_desc-neoseg_dseg.nii.gz")
         assert dseg.shape == nib.load(scan).shape and (tmp_path / f"{name}_desc-neoseg_mask.nii.gz").is_file()
         assert f"{scan.name}: " in result.output and "network" in result.output
-    # nothing is overwritten unasked, and the refusal comes before any work
-    before = (tmp_path / dseg.get_filename().split("/")[-1]).stat().st_mtime_ns
-    result = runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(tmp_path)])
-    assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
-    assert (tmp_path / dseg.get_filename().split("/")[-1]).stat().st_mtime_ns == before
-    result = runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(tmp_path), "--overwrite", "--batch", "5",
-                                 "--backend", "ort-cpu", "--probabilities"])
+    # file mode writes what dataset mode writes: the label map's sidecar and the look-up table
+    assert (tmp_path / "dseg.tsv").read_text().startswith("index\tname\tcolor\n")
+    sidecar = json.loads((tmp_path / f"{name}_desc-neoseg_dseg.json").read_text())
+    assert sidecar["Sources"] == [scans[-1].name] and sidecar["Manual"] is False and "Model" in sidecar
+    # a rerun skips finished scans without touching them, and redoes one whose outputs are incomplete
+    done = tmp_path / dseg.get_filename().split("/")[-1]
+    before = done.stat().st_mtime_ns
+    first = scans[0].name.replace("_desc-restore_T2w.nii.gz", "")
+    (tmp_path / f"{first}_desc-neoseg_volumes.tsv").unlink()
+    result = runner.invoke(app, [*map(str, scans), "-m", str(model), "--out", str(tmp_path)])
     assert result.exit_code == 0, result.output
+    assert f"{scans[1].name}: skipped" in result.output and f"{scans[0].name}: skipped" not in result.output
+    assert done.stat().st_mtime_ns == before and (tmp_path / f"{first}_desc-neoseg_volumes.tsv").is_file()
+    # --overwrite redoes it; the old spelling --outdir still works
+    result = runner.invoke(app, [str(scans[1]), "-m", str(model), "--outdir", str(tmp_path), "--overwrite",
+                                 "--batch", "5", "--backend", "ort-cpu", "--probabilities"])
+    assert result.exit_code == 0, result.output
+    assert done.stat().st_mtime_ns != before and "skipped" not in result.output
     assert any(p.name.endswith("_desc-neoseg_probseg.nii.gz") for p in tmp_path.iterdir())
+
+
+def test_scan_paths_are_checked_before_the_model_loads(scans, tmp_path):
+    not_a_model = tmp_path / "model.onnx"
+    not_a_model.write_bytes(b"not a model")
+    result = runner.invoke(app, [str(scans[0]), str(tmp_path / "missing.nii.gz"), "-m", str(not_a_model), "-o",
+                                 str(tmp_path / "o")])
+    assert result.exit_code == 2 and "missing.nii.gz does not exist" in result.output, result.output
+    # `--qc true`: the flag takes no value, and the stray word is named as such
+    result = runner.invoke(app, [str(scans[0]), "--qc", "true", "-m", str(not_a_model), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "on/off options take no value" in result.output, result.output
+    assert not (tmp_path / "o").exists()
 
 
 def test_user_errors_are_one_line(model, scans, tmp_path):

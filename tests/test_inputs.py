@@ -189,8 +189,8 @@ def test_accepted_inputs_segment_like_the_clean_scan(name, model, clean, clean_l
     assert result.exit_code == 0, result.output
     assert result.exception is None and "Traceback" not in result.output
     outputs = sorted(p.name for p in (tmp_path / "out").iterdir())
-    assert outputs == ["scan_desc-neoseg_dseg.nii.gz", "scan_desc-neoseg_mask.json", "scan_desc-neoseg_mask.nii.gz",
-                       "scan_desc-neoseg_volumes.tsv"] \
+    assert outputs == ["dseg.tsv", "scan_desc-neoseg_dseg.json", "scan_desc-neoseg_dseg.nii.gz",
+                       "scan_desc-neoseg_mask.json", "scan_desc-neoseg_mask.nii.gz", "scan_desc-neoseg_volumes.tsv"] \
         or name.startswith("upper-case") or name.startswith("path")
     dseg = next((tmp_path / "out").glob("*_dseg.nii.gz"))
     assert nib.load(dseg).shape == nib.load(path).shape[:3]  # the input's own grid (4D/5D: the 3D volume)
@@ -489,8 +489,8 @@ def test_a_broken_scan_does_not_stop_the_others(model, clean, tmp_path):
     assert len(errors) == 2 and "zero-length axis" in errors[0] and str(broken) in errors[0]
     assert "1 of 2 scans failed" in errors[1] and broken.name in errors[1]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "good_desc-neoseg_dseg.nii.gz", "good_desc-neoseg_mask.json", "good_desc-neoseg_mask.nii.gz",
-        "good_desc-neoseg_volumes.tsv"]
+        "dseg.tsv", "good_desc-neoseg_dseg.json", "good_desc-neoseg_dseg.nii.gz", "good_desc-neoseg_mask.json",
+        "good_desc-neoseg_mask.nii.gz", "good_desc-neoseg_volumes.tsv"]
 
 
 # ---- training and evaluation read the same way -------------------------------------------------------

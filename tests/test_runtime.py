@@ -216,9 +216,9 @@ def test_outputs_are_named_typed_and_written_all_or_nothing(model, scan, tmp_pat
 def test_output_stem_keeps_bids_entities():
     assert stem("sub-1_ses-2_desc-restore_T2w.nii.gz") == "sub-1_ses-2"
     assert stem("scan.nii.gz") == "scan" and stem("sub-1_T2w.nii") == "sub-1"
-    assert set(output_paths("a_T2w.nii.gz", "o")) == {"dseg", "mask", "sidecar", "volumes"}
+    assert set(output_paths("a_T2w.nii.gz", "o")) == {"dseg", "dseg_sidecar", "mask", "sidecar", "volumes"}
     assert set(output_paths("a_T2w.nii.gz", "o", probabilities=True, qc=True)) == {
-        "dseg", "mask", "sidecar", "volumes", "probseg", "qc"}
+        "dseg", "dseg_sidecar", "mask", "sidecar", "volumes", "probseg", "qc"}
 
 
 # ---- backends ------------------------------------------------------------------------------

@@ -111,15 +111,18 @@ def test_legacy_cache_folder_is_unchanged_and_differs_from_v2(monkeypatch, tmp_p
 
 
 def test_experiment_runner_pins_the_first_cohort(monkeypatch, tmp_path):
-    """``neoseg-reproduce`` regenerates the cohort of the committed report:
-    the cpu profile's spec is the one whose cache folder held that cohort before v2 existed."""
+    """``neoseg-reproduce`` regenerates the cohort of the committed reports (equal-epochs, equal-steps):
+    the equal-epochs profile's spec is the one whose cache folder held that cohort before v2 existed.
+    ``paper`` has no committed report and is neoseg-train's paper profile, on the same cohort."""
     from neoseg.reproduce.prepare import cohort_spec
     from neoseg.reproduce.profiles import PROFILES
+    from neoseg.train.config import TrainConfig
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    for profile in PROFILES.values():
-        assert cohort_spec(profile).anatomy == "v1", profile.name
-    assert default_cohort_dir(cohort_spec(PROFILES["cpu"])).name == f"cohort-{OLD_DEFAULT_KEY}"
+    for name in ("equal-epochs", "equal-steps"):
+        assert cohort_spec(PROFILES[name]).anatomy == "v1", name
+    assert cohort_spec(PROFILES["paper"]).anatomy == TrainConfig.profile("paper").cohort_anatomy
+    assert default_cohort_dir(cohort_spec(PROFILES["equal-epochs"])).name == f"cohort-{OLD_DEFAULT_KEY}"
 
 
 def test_train_config_chooses_the_anatomy_and_old_configs_keep_v1():

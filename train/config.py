@@ -114,16 +114,18 @@ class TrainConfig:
         stopped after 7.5 minutes at the latest so that the whole run stays within 10, and the
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
         epochs fit; README "Mixed precision").
-        ``paper``: docs/method.md section 6 (256^3 cohort at 0.5 mm, 256^2 slices at 0.5 mm, the U-Net of widths
-        16-32-64-128-256, up to 200 epochs, early stopping with patience 30)."""
+        ``paper``: the paper's protocol, docs/method.md section 6, the same as the experiment runner's
+        ``paper`` profile (reproduce/profiles.py): 250 subjects (200 for training) at 256^3 of 0.5 mm,
+        256^2 slices at 0.5 mm, the U-Net of widths 16-32-64-128-256, Adam 5e-3, batch 32, up to 200
+        epochs with early stopping (patience 30), no augmentation, FP32, no time budget."""
         if name not in PROFILES:
             raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
         if name == "cpu":
             base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True, precision="auto",
                        spacing=[2.0, 2.0, 2.0])
         else:
-            base = cls(cohort_subjects=100, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32,
-                       spacing=[0.5, 0.5, 0.5])
+            base = cls(cohort_subjects=250, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32,
+                       spacing=[0.5, 0.5, 0.5], augment="none")
         return dataclasses.replace(base, **{k: v for k, v in overrides.items() if v is not None})
 
     def cohort_spec(self):
