@@ -41,6 +41,7 @@ def serve(
 
 def build_node(config):
     """The node with its model loaded once."""
+    import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for a .pt checkpoint, as neoseg-infer
     from neoseg.dicom.node import Node
     from neoseg.runtime.backends import open_backend
     from neoseg.runtime.pipeline import Segmenter
