@@ -49,3 +49,13 @@ def test_the_manual_covers_the_method():
     for topic in ("hierarchy", "unknown", "IUC", "HUC", "WEIGHT", "WNORM", "observed", "Supervised",
                   "Semi-supervised", "min–max", "HD95", "Choices the paper leaves open"):
         assert topic in text, topic
+
+
+def test_the_readme_is_short_and_indexes_every_page():
+    """The README is an overview of at most 250 lines; the details live in docs/, and each page
+    there is reachable from the README's documentation index."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) <= 250
+    linked = {(ROOT / target.partition("#")[0]).resolve() for target in LINK.findall(readme)}
+    for page in sorted((ROOT / "docs").glob("*.md")):
+        assert page.resolve() in linked, f"README does not link docs/{page.name}"

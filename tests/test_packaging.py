@@ -73,23 +73,49 @@ def test_gpu_extra_brings_cuda_and_tensorrt_of_one_cuda_major():
     assert Version(f"{int(cuda_major) + 1}.0") not in reqs["nvidia-cublas"].specifier
 
 
-def readme_install_lines() -> list[list[str]]:
-    """The extras of every `pip install ... -e "."` / `".[a,b]"` line of the README."""
+def manual_pages() -> list[Path]:
+    return [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def install_lines(pages: list[Path]) -> list[list[str]]:
+    """The extras of every `pip install ... -e "."` / `".[a,b]"` line of these pages."""
     lines = []
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if "pip install" not in line:
-            continue
-        for match in re.finditer(r"""-e\s+["']?\.(?:\[([a-z0-9,\-]+)\])?["']?""", line):
-            lines.append(match.group(1).split(",") if match.group(1) else [])
+    for page in pages:
+        for line in page.read_text().splitlines():
+            if "pip install" not in line:
+                continue
+            for match in re.finditer(r"""-e\s+["']?\.(?:\[([a-z0-9,\-]+)\])?["']?""", line):
+                lines.append(match.group(1).split(",") if match.group(1) else [])
     return lines
 
 
-def test_every_readme_install_line_gets_exactly_one_flavour():
-    lines = readme_install_lines()
-    assert ["train"] in lines and ["train", "test"] in lines  # the CPU quick start and CI
-    assert any(set(extras) & {"gpu", "train-gpu"} for extras in lines), "the README shows no GPU install line"
-    for extras in lines:
+def test_every_install_line_of_the_manual_gets_exactly_one_flavour():
+    readme = install_lines([ROOT / "README.md"])
+    assert ["train"] in readme and ["train", "test"] in readme  # the CPU quick start and the tests
+    assert any(set(extras) & {"gpu", "train-gpu"} for extras in readme), "the README shows no GPU install line"
+    install = install_lines([ROOT / "docs" / "installation.md"])
+    assert ["cpu"] in install and any(set(extras) & {"gpu", "train-gpu"} for extras in install)
+    for extras in install_lines(manual_pages()):
         assert len(flavours(requirements(extras))) == 1, f'pip install -e ".[{",".join(extras)}]"'
+
+
+def bash_blocks(page: Path) -> list[str]:
+    return re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.DOTALL)
+
+
+def test_the_readme_opens_with_the_main_job_and_the_tests_on_cpu_torch():
+    """The README's first two commands work from the public index on a machine with only Python:
+    CPU torch from PyTorch's own CPU wheel index (the public index's Linux torch is the CUDA build),
+    then the main job on the built-in data, and the test suite. CI runs the same extras, pinned."""
+    first, second = bash_blocks(ROOT / "README.md")[:2]
+    cpu_torch = "pip install torch --index-url https://download.pytorch.org/whl/cpu && "
+    assert first.strip().startswith("python3 -m venv .venv && . .venv/bin/activate && " + cpu_torch)
+    assert first.strip().endswith('pip install -e ".[train]" && neoseg-train --out runs/demo')
+    assert second.strip().startswith("python3 -m venv .venv && . .venv/bin/activate && " + cpu_torch)
+    assert second.strip().endswith('pip install -e ".[train,test]" && python -m pytest -q')
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert re.search(r"pip install (-q )?torch==[\d.]+ -e \"\.\[train,test\]\"", ci)
+    assert "python -m pytest -q" in ci
 
 
 # ---- the runtime's messages -------------------------------------------------------------------
