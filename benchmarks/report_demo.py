@@ -11,7 +11,7 @@
    as a user would (a subprocess);
 5. opens ``index.html`` from disk in headless Chromium, saves a screenshot and checks that the QC
    pictures were shown (their black background in the screenshot) and the outlier is highlighted;
-6. with --img, copies the screenshot and one QC picture there (the README's figures).
+6. with --img, copies the screenshot and one QC picture there (the figures of docs/datasets.md).
 """
 
 from __future__ import annotations

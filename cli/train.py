@@ -154,13 +154,13 @@ def train(
                                                        "in the paper). " + _default("prior_bias", _onoff))] = None,
     augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: default "
                                                        "(spatial, intensity, resolution, brain extraction, field "
-                                                       "of view; see the README) or none (the paper's protocol). "
+                                                       "of view; see docs/training.md) or none (the paper's protocol). "
                                                        + _default("augment"))] = None,
     synthesis: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Train from label maps: the "
                                                        "probability per training slice that its image is replaced by "
                                                        "one synthesised from its labels (random contrast per region, "
                                                        "partial volume, resolution and slice thickness, bias, "
-                                                       "motion ghosts, noise; see the README); 0: real images "
+                                                       "motion ghosts, noise; see docs/training.md); 0: real images "
                                                        "only. " + _default("synthesis"))] = None,
     synth_labels: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                          help="Folder of label maps without images (*.nii.gz, "

@@ -4,7 +4,7 @@ One optimization profile for 1..256 slices (optimised for 256) at the model's sl
 a timing cache reused across builds, and LayerNorm/Softmax (and the reductions and powers of a
 decomposed LayerNorm) pinned to FP32: in FP16 they overflow in TensorRT (SegFormer). The U-Net
 has no such layer. Written against NVIDIA's documented API; not run in this project's CI, which
-has no TensorRT (see the README for what has and has not been run on real TensorRT).
+has no TensorRT (docs/inference.md says what has and has not been run on real TensorRT).
 """
 
 from __future__ import annotations

@@ -24,7 +24,7 @@ __all__ = ["BACKENDS", "Backend", "BackendUnavailable", "OrtBackend", "open_back
 BACKENDS = ("auto", "ov-cpu", "ort-cpu", "ort-cuda", "ort-trt", "tensorrt", "torch-cuda", "torch-cpu")
 # Candidates of ``auto`` by model file kind, fastest first. ort-trt is left out: it builds an engine
 # on first use (minutes); ``neoseg-export --trt`` builds it once instead. On the CPU OpenVINO comes
-# first: as fast as ONNX Runtime or faster in FP32, and several times faster in BF16 (README).
+# first: as fast as ONNX Runtime or faster in FP32, and several times faster in BF16 (docs/inference.md).
 AUTO = {"onnx": ("ort-cuda", "ov-cpu", "ort-cpu"), "engine": ("tensorrt",), "checkpoint": ("torch-cuda", "torch-cpu")}
 KIND_LABEL = {"onnx": "an .onnx model", "engine": "a TensorRT engine from neoseg-export --trt",
               "checkpoint": "a .pt checkpoint"}

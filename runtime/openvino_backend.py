@@ -62,7 +62,7 @@ def int8_model(path: Path, info: ModelInfo) -> tuple[Path | None, str]:
 def slow_precisions() -> dict[str, str]:
     """Precisions this CPU runs but no faster than FP32, with the reason (``auto`` skips them).
     OpenVINO offers FP16 on x86 CPUs with AVX-512 FP16, but without AMX-FP16 tiles its FP16
-    convolutions ran slower than FP32 on our Xeon (README, "CPU inference"); ARM CPUs run FP16
+    convolutions ran slower than FP32 on our Xeon (docs/inference.md, "CPU inference: OpenVINO, BF16 and --precision"); ARM CPUs run FP16
     natively."""
     if platform.machine().lower() in ("aarch64", "arm64") or "amx_fp16" in cpu_flags():
         return {}

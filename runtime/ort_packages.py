@@ -5,7 +5,7 @@ ONNX Runtime comes as two PyPI packages that install the same ``onnxruntime`` mo
 (CPU) and ``onnxruntime-gpu`` (CPU, CUDA and TensorRT providers). With both installed, whichever was
 written last wins and the CUDA provider may silently vanish. neoseg therefore depends on ONNX Runtime
 only through its extras, one flavour each: ``cpu`` (and ``train``, which includes it) or ``gpu``
-(and ``train-gpu``). See the README's install section.
+(and ``train-gpu``). See docs/installation.md.
 
 The ``gpu`` extra installs CUDA, cuDNN and TensorRT as pip wheels, in site-packages, where the dynamic
 loader does not look. :func:`preload_gpu_libraries` loads them by path before a session is created,

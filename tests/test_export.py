@@ -1,5 +1,5 @@
 """neoseg-export: self-describing ONNX verified against PyTorch; the TensorRT engine's header and
-refusals (TensorRT itself is not installed here: see the README)."""
+refusals (TensorRT itself is not installed here: see docs/inference.md)."""
 
 from __future__ import annotations
 

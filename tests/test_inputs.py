@@ -1,6 +1,6 @@
 """Every kind of scan a pipeline can hand over, generated here: each is accepted (and segments like
 the clean scan in world space) or refused with exit code 2, one line naming the file, the problem
-and the fix, no traceback and no output file. The README's "what inputs are accepted" table is
+and the fix, no traceback and no output file. docs/inference.md's "what inputs are accepted" table is
 this corpus."""
 
 from __future__ import annotations

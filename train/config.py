@@ -113,7 +113,7 @@ class TrainConfig:
         (8-16-32-64-128), up to 40 epochs, output biases at the labels' prior odds, training
         stopped after 7.5 minutes at the latest so that the whole run stays within 10, and the
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
-        epochs fit; README "Mixed precision").
+        epochs fit; docs/training.md, "Mixed precision").
         ``paper``: the paper's protocol, docs/method.md section 6, the same as the experiment runner's
         ``paper`` profile (reproduce/profiles.py): 250 subjects (200 for training) at 256^3 of 0.5 mm,
         256^2 slices at 0.5 mm, the U-Net of widths 16-32-64-128-256, Adam 5e-3, batch 32, up to 200
