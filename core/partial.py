@@ -92,11 +92,18 @@ def code_session(hierarchy: Hierarchy, labels: np.ndarray | None, masks: list[tu
     if labels is not None:
         key |= labels.astype(np.int64) << len(masks)
     combos, inverse = np.unique(key, return_inverse=True)
-    value_of_row = {bytes(row): v for v in reversed(hierarchy.label_values) for row in [table[v]]}
+    value_of_row = {bytes(table[v]): v for v in reversed(hierarchy.label_values)}  # the first value wins
     extra: list[bytes] = []
     codes = np.empty(len(combos), np.int64)
     for k, combo in enumerate(combos.tolist()):
-        row = _combo_row(hierarchy, table, combo, masks, labels is not None, sources, key, k, inverse)
+        row, failed = _combo_row(hierarchy, table, combo, masks, labels is not None)
+        if row is None:
+            n_masks, name = len(masks), masks[failed][0]
+            where = "inside" if combo >> failed & 1 else "outside"
+            raise ValueError(f"{sources[len(sources) - n_masks + failed]}: {int(np.count_nonzero(inverse == k))} "
+                             f"voxels lie {where} this {name} mask but "
+                             f"{', '.join(sources[:len(sources) - n_masks + failed])} put them in a structure that "
+                             f"contradicts it (e.g. a child outside its parent); fix the masks or label map")
         if bytes(row) in value_of_row:
             codes[k] = value_of_row[bytes(row)]
         else:
@@ -107,20 +114,17 @@ def code_session(hierarchy: Hierarchy, labels: np.ndarray | None, masks: list[tu
     return Coded(codes.astype(dtype)[inverse.reshape(shape)], tuple(tuple(r) for r in extra), len(table))
 
 
-def _combo_row(hierarchy, table, combo, masks, has_labels, sources, key, k, inverse) -> np.ndarray:
+def _combo_row(hierarchy: Hierarchy, table: np.ndarray, combo: int, masks, has_labels: bool):
+    """(target row, None) of the voxels whose label value and mask bits are packed in ``combo``,
+    or (None, the bit of the mask that contradicts what came before it)."""
     row = table[combo >> len(masks)] if has_labels else np.full(len(hierarchy), UNKNOWN, np.uint8)
     for bit, (name, _) in enumerate(masks):
         c, inverted = mask_channel(hierarchy, name)
         inside = bool(combo >> bit & 1) != inverted
-        merged = combine(row, inside_row(hierarchy, c) if inside else outside_row(hierarchy, c))
-        if merged is None:
-            n = int(np.count_nonzero(inverse == k))
-            where = "inside" if bool(combo >> bit & 1) else "outside"
-            raise ValueError(f"{sources[len(sources) - len(masks) + bit]}: {n} voxels lie {where} this {name} mask "
-                             f"but {', '.join(sources[:len(sources) - len(masks) + bit])} put them in a structure "
-                             f"that contradicts it (e.g. a child outside its parent); fix the masks or label map")
-        row = merged
-    return row
+        row = combine(row, inside_row(hierarchy, c) if inside else outside_row(hierarchy, c))
+        if row is None:
+            return None, bit
+    return row, None
 
 
 def known_channels(rows: np.ndarray) -> np.ndarray:
