@@ -3,10 +3,8 @@ dHCP dataset, or DICOM series, on the scans' own voxel grids."""
 
 from __future__ import annotations
 
-import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
@@ -15,6 +13,7 @@ import typer
 
 from .common import make_app, USER_ERRORS, as_user_error, user_errors
 from .progress import Progress
+from .summary import Summary
 
 app = make_app()
 
@@ -299,9 +298,10 @@ class DatasetPlan:
                    + f" -> {out}")
 
     def description(self, info) -> dict:
+        from neoseg.core.version import neoseg_version
         from neoseg.runtime.dataset import dataset_description
 
-        return dataset_description(_version(), self.model, self.digest, info, self.root)
+        return dataset_description(neoseg_version(), self.model, self.digest, info, self.root)
 
     def begin(self, info) -> None:
         """Written before any scan, so an interrupted folder already says which model it holds."""
@@ -323,65 +323,6 @@ class DatasetPlan:
         written = [self.out / "dataset_description.json", self.out / "dseg.tsv", *written]
         typer.echo("dataset files: " + ", ".join(p.name for p in written))
         return written
-
-
-@dataclass
-class Outcome:
-    name: str
-    status: str  # done, skipped, failed, not run
-    error: str | None = None
-
-
-class Summary:
-    """Per-scan outcomes, and the ``--json`` file."""
-
-    FORMAT = "neoseg-infer-summary/1"
-
-    def __init__(self, path: Path | None, overwrite: bool):
-        self.path, self.scans, self.outcomes = path, [], []
-        if path is not None and path.exists() and not overwrite and not self._ours(path):
-            raise ValueError(f"--json {path} already exists and is not a neoseg summary; choose another file "
-                             f"or pass --overwrite")
-        self.head: dict = {}
-
-    @staticmethod
-    def _ours(path: Path) -> bool:
-        import json
-
-        try:
-            return json.loads(path.read_text()).get("format") == Summary.FORMAT
-        except (OSError, ValueError, AttributeError):
-            return False
-
-    def begin(self, model: Path, backend: str, root: Path | None, outdir: Path) -> None:
-        self.head = {"format": self.FORMAT, "neoseg_version": _version(), "model": str(model), "backend": backend,
-                     "dataset": None if root is None else str(root), "output": str(outdir), "started": _now()}
-        self.clock = time.perf_counter()
-
-    def add(self, job: Job, status: str, outputs: dict | None = None, error: str | None = None,
-            timings: dict | None = None, computed_slices: int | None = None) -> None:
-        self.outcomes.append(Outcome(job.name, status, error))
-        self.scans.append({
-            "input": str(job.scan), "subject": job.subject, "session": job.session, "status": status,
-            "error": error, "outputs": {k: str(p) for k, p in (outputs or {}).items()},
-            "timings": {k: round(v, 4) for k, v in (timings or {}).items()},
-            "seconds": round(sum(timings.values()), 4) if timings else None, "computed_slices": computed_slices})
-
-    @property
-    def failed(self) -> list[Outcome]:
-        return [o for o in self.outcomes if o.status == "failed"]
-
-    def write(self) -> None:
-        if self.path is None:
-            return
-        import json
-
-        from neoseg.core.io import write_text
-
-        counts = {s: sum(o.status == s for o in self.outcomes) for s in ("done", "skipped", "failed", "not run")}
-        body = {**self.head, "finished": _now(), "seconds": round(time.perf_counter() - self.clock, 3),
-                "counts": counts, "scans": self.scans}
-        write_text(self.path, json.dumps(body, indent=2) + "\n", overwrite=True)
 
 
 def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summary, say_failures: bool = True) -> None:
@@ -430,19 +371,6 @@ def _stem(scan: Path) -> str:
     from neoseg.runtime.files import stem
 
     return stem(scan)
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("neoseg")
-    except PackageNotFoundError:
-        return "unknown"
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def main() -> None:

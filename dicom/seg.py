@@ -11,7 +11,6 @@ images, as the standard requires of a derived object; nothing else of the patien
 from __future__ import annotations
 
 import json
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import nibabel as nib
@@ -19,6 +18,7 @@ import numpy as np
 from pydicom.sr.coding import Code
 
 from neoseg.core.hierarchy import Hierarchy
+from neoseg.core.version import neoseg_version
 from neoseg.runtime.qc import structure_colours
 from neoseg.runtime.volumes import structure_volumes
 
@@ -57,12 +57,6 @@ def _leaves(hierarchy: Hierarchy) -> list[int]:
     return [i for i in hierarchy.leaves if i != hierarchy.outside_channel]
 
 
-def _version() -> str:
-    try:
-        return version("neoseg")
-    except PackageNotFoundError:
-        return "unknown"
-
 
 def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None = None):
     """The highdicom Segmentation of ``labels`` (the label map on ``read``'s grid)."""
@@ -70,7 +64,7 @@ def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None 
     numbers = np.zeros(labels.shape, np.uint16)
     algorithm = hd.AlgorithmIdentificationSequence(name="neoseg", family=Code("123109", "DCM",
                                                                                 "Artificial Intelligence"),
-                                                   version=_version(), source="neoseg")
+                                                   version=neoseg_version(), source="neoseg")
     colours = structure_colours(hierarchy)  # as the QC pictures draw them
     descriptions = []
     for number, i in enumerate(_leaves(hierarchy), 1):
@@ -91,7 +85,7 @@ def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None 
         series_number=1000 + (source.number or 0), sop_instance_uid=hd.UID(), instance_number=1,
         manufacturer=equipment.get("manufacturer", "neoseg"),
         manufacturer_model_name=equipment.get("model_name", f"neoseg {info.architecture}"),
-        software_versions=_version(), device_serial_number=equipment.get("serial", "0"),
+        software_versions=neoseg_version(), device_serial_number=equipment.get("serial", "0"),
         content_label="NEOSEG", content_description=f"neoseg {hierarchy.name} segmentation",
         series_description=f"neoseg segmentation of series {source.number}"[:64])
 

@@ -139,17 +139,13 @@ def parse_thresholds(text: str | None, n: int, default: float = 0.5) -> tuple[fl
 def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) -> ModelInfo:
     """The metadata of a loaded training checkpoint (``neoseg.train.checkpoint.Loaded``);
     thresholds default to those stored in the checkpoint, else its training config's."""
-    from importlib.metadata import PackageNotFoundError, version
+    from neoseg.core.version import neoseg_version
 
-    try:
-        neoseg_version = version("neoseg")
-    except PackageNotFoundError:
-        neoseg_version = "unknown"
     config, hierarchy = loaded.config, loaded.hierarchy
     if thresholds is None:
         thresholds = loaded.state.get("thresholds", config.thresholds)
     return ModelInfo(hierarchy=hierarchy, thresholds=check_thresholds(thresholds, hierarchy.names, "thresholds"),
                      axis=config.axis, slice_size=config.slice_size, divisor=int(getattr(loaded.model, "divisor", 32)),
                      spacing=tuple(float(s) for s in loaded.spacing), architecture=config.model,
-                     version=neoseg_version, config_digest=config.digest(), config=config.to_json(),
+                     version=neoseg_version(), config_digest=config.digest(), config=config.to_json(),
                      flexible=config.model == "unet", head=config.head)
