@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from neoseg.core.hierarchy import UNKNOWN, Hierarchy
-from neoseg.train.heads import ChannelLogits, check_exclusive_leaves, leaf_cover
+from neoseg.train.heads import ChannelLogits, leaf_cover
 from neoseg.train.losses import leaf_dice, make_loss, marginal_cross_entropy, leaf_sets
 from neoseg.train.selftrain import EmaTeacher, complete_targets
 
@@ -77,12 +77,6 @@ def test_channel_logits_are_the_marginals():
     huge = torch.tensor([0.0, 500.0, -500.0]).view(1, 3, 1, 1)
     out = ChannelLogits(H)(huge)
     assert torch.isfinite(out).all() and out[0, 1].item() == 30.0 and out[0, 2].item() == -30.0
-
-
-def test_exclusive_leaves_refused_when_a_full_map_holds_a_parent():
-    check_exclusive_leaves(H, {"full.nii.gz": [0, 1, 2]})
-    with pytest.raises(ValueError, match=r"full.nii.gz holds parent value\(s\) p \(3\)"):
-        check_exclusive_leaves(H, {"full.nii.gz": [0, 1, 3]})
 
 
 def test_complete_targets_only_inside_the_known_parent():

@@ -76,20 +76,3 @@ def channel_model(net: nn.Module, head: str, hierarchy: Hierarchy) -> nn.Module:
     """``net`` as a model with one logit per channel (itself for the sigmoid head)."""
     output_channels(head, hierarchy)  # validates the name
     return WithChannelLogits(net, hierarchy) if head == "softmax" else net
-
-
-def check_exclusive_leaves(hierarchy: Hierarchy, full_maps: dict[str, list[int]]) -> None:
-    """The softmax head assumes that each parent is exactly the union of its children, so that the
-    leaves are mutually exclusive and cover every labelled voxel. A fully labelled map that still
-    holds a parent's own value breaks that (voxels of the parent that are none of its children).
-    ``full_maps``: the label values found in each fully labelled map, by file name."""
-    parents = {hierarchy.channels[p].value: hierarchy.channels[p].name for p, _ in hierarchy.sibling_groups
-               if hierarchy.channels[p].value is not None}
-    for name, values in full_maps.items():
-        found = sorted(v for v in values if v in parents)
-        if found:
-            shown = ", ".join(f"{parents[v]} ({v})" for v in found)
-            raise ValueError(f"the label-set loss models the leaves of hierarchy '{hierarchy.name}' as mutually "
-                             f"exclusive, but the fully labelled map {name} holds parent value(s) {shown}: voxels "
-                             f"that are none of the parent's children; use a sigmoid-head loss (--loss iuc) or "
-                             f"give those voxels a leaf label")

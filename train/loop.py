@@ -38,7 +38,7 @@ from .config import TrainConfig
 from .dataset import SliceDataset
 from .epoch import EpochContext, run_epoch
 from .evaluate import evaluate_sessions, model_segmenter, report, write_rows
-from .heads import ChannelLogits, check_exclusive_leaves, output_channels
+from .heads import ChannelLogits, output_channels
 from .init import load_initial_weights, set_prior_bias
 from .label_maps import label_stacks
 from .losses import make_loss
@@ -208,10 +208,6 @@ def _load_stacks(config: TrainConfig, hierarchy: hier.Hierarchy, split: Split, t
             test_values = {Path(s.labels): present_values(load_session(s)[1]) for s in split.test
                            if s.labels is not None}
             check_before_training(config, hierarchy, train_stacks + val_stacks, test_values)
-            if config.head == "softmax":
-                full = [st for st, p in zip(train_stacks, partial) if not (p or st.partial)]
-                full += [st for st in val_stacks if not st.partial]
-                check_exclusive_leaves(hierarchy, {str(st.session.labels): list(st.values) for st in full})
         except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
             error = e
     ranks.after_main(error)
