@@ -37,6 +37,17 @@ class Coded:
     extra_rows: tuple[tuple[int, ...], ...]
     first_extra: int
 
+    def table(self, hierarchy: Hierarchy) -> np.ndarray:
+        """(codes x channels) target rows: the hierarchy's table, then the extra rows."""
+        extra = np.asarray(self.extra_rows, np.uint8).reshape(-1, len(hierarchy))
+        return np.concatenate([hierarchy.target_table(), extra])
+
+
+def partial_values(hierarchy: Hierarchy) -> set[int]:
+    """The label values whose voxels leave some child unknown: the parents' own values."""
+    table = hierarchy.target_table()
+    return {v for v in hierarchy.label_values if (table[v] == UNKNOWN).any()}
+
 
 def mask_channel(hierarchy: Hierarchy, name: str) -> tuple[int, bool]:
     """(channel, inverted) of a mask name: a channel's own name, or ``brain`` for the complement

@@ -28,8 +28,7 @@ def release(tmp_path_factory):
 
 
 def _rows(coded):
-    table = np.concatenate([H.target_table(), np.asarray(coded.extra_rows, np.uint8).reshape(-1, len(H))])
-    return table[coded.codes]
+    return coded.table(H)[coded.codes]
 
 
 def test_tcv_mask_knows_the_parent_and_nothing_of_its_children():

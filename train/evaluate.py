@@ -123,8 +123,7 @@ def session_truth(session: Session, hierarchy: Hierarchy, shape: tuple[int, ...]
         _same_shape(path, data.shape, shape)
         masks.append((name, data))
     coded = code_session(hierarchy, None, masks, [str(p) for _, p in session.masks])
-    extra = np.asarray(coded.extra_rows, np.uint8).reshape(-1, len(hierarchy))
-    return Truth(coded.codes, np.concatenate([hierarchy.target_table(), extra]))
+    return Truth(coded.codes, coded.table(hierarchy))
 
 
 def _same_shape(path, found, expected) -> None:

@@ -27,10 +27,10 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.hierarchy import UNKNOWN, Hierarchy
+from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import atomic_path
 from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
-from neoseg.core.partial import code_session
+from neoseg.core.partial import code_session, partial_values
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
 from neoseg.core.scans import plain_shape, read_labels, read_scan
 from neoseg.data.dhcp import Session
@@ -92,8 +92,7 @@ def load_coded(session: Session, hierarchy: Hierarchy):
 def partial_sessions(sessions: list[Session], hierarchy: Hierarchy) -> dict[str, bool]:
     """Per session key: is its annotation partial in its files (masks only, or a label map holding
     a value whose target leaves a child unknown, such as TCV's own)? Reads each label map once."""
-    table = hierarchy.target_table()
-    unknown = {v for v in hierarchy.label_values if (table[v] == UNKNOWN).any()}
+    unknown = partial_values(hierarchy)
     found = {}
     for session in sessions:
         if session.labels is None:
@@ -183,8 +182,7 @@ class VolumeCache:
         image = to_slices(minmax_scale(image), self.axis, windows)
         codes = present_values(coded.codes)
         values = [v for v in codes if v < coded.first_extra or not coded.extra_rows]  # unnamed ones too: refused later
-        table = self.hierarchy.target_table()
-        partial = bool(coded.extra_rows) or any((table[v] == UNKNOWN).any() for v in values if v < len(table))
+        partial = bool(coded.extra_rows) or bool(partial_values(self.hierarchy).intersection(values))
         labels = to_slices(labels, self.axis, windows)
         present = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
         keep = slice(max(0, present[0] - SLICE_MARGIN), present[-1] + SLICE_MARGIN + 1) if present.size else slice(0, 0)
@@ -199,8 +197,7 @@ class VolumeCache:
 
     def _inside_brain(self, codes: np.ndarray, coded) -> np.ndarray:
         """The voxels annotated as something other than outside the brain (label value 0)."""
-        table = np.concatenate([self.hierarchy.target_table(), np.asarray(coded.extra_rows, np.uint8).reshape(
-            -1, len(self.hierarchy))])
+        table = coded.table(self.hierarchy)
         outside = self.hierarchy.outside_channel
         if outside is None:
             return codes != 0
