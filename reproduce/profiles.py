@@ -47,13 +47,13 @@ PROFILES = {
     "equal-epochs": Profile(
         name="equal-epochs", protocol=EQUAL_EPOCHS, cohort_subjects=40, cohort_grid=64,
         slice_size={"unet": 64, "segformer": 64}, widths=[8, 16, 32, 64, 128], batch_size=16,
-        epochs={"unet": 50, "segformer": 50}, steps_per_epoch=None, patience=8, prior_bias=True,
+        epochs={"unet": 150, "segformer": 150}, steps_per_epoch=None, patience=8, prior_bias=True,
         draws=3, workers=2, threads=1, grid="headline",
         notes=["built-in cohort of 40 subjects (52 sessions; 32 training, 4 validation, 4 test subjects) on a "
                "64^3 grid of 2 mm voxels, instead of ~250 subjects at 256^3 of 0.5 mm; 2 % of 32 training "
                "subjects is 1 subject (the paper: 4 of about 200)",
                "2D sagittal slices of 64^2 (the paper: 256^2); U-Net widths 8-16-32-64-128 (half the paper's)",
-               "Adam 5e-3 and batch 16 (the paper: batch 32); at most 50 epochs with early stopping after 8 "
+               "Adam 5e-3 and batch 16 (the paper: batch 32); at most 150 epochs with early stopping after 8 "
                "epochs without a lower validation loss (the paper: 200 and 30), the same for every model over "
                "its own training set: the supervised model's epoch is the fully labelled subject's slices, an "
                "IUC epoch every training slice",
