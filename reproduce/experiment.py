@@ -9,7 +9,7 @@ from pathlib import Path
 
 from . import metadata
 from .calibrate import calibrate, slice_passes
-from .grid import plan
+from .grid import plan, select
 from .prepare import prepare_data
 from .profiles import Profile
 from .report import write_report
@@ -21,18 +21,19 @@ log = logging.getLogger("neoseg.experiments")
 
 def run_all(profile: Profile, out: Path, data: Path | None = None, device: str = "cpu", workers: int | None = None,
             only: str | None = None, progress: bool = True, start_runs: bool = True) -> dict:
-    """Run every unfinished run of the grid (none with ``start_runs`` False), then rebuild
-    ``results.csv`` and ``REPORT.md``."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "logs").mkdir(exist_ok=True)
+    """Run every unfinished run of the grid, or of its runs that ``only`` selects (see
+    :func:`~.grid.select`; none with ``start_runs`` False), then rebuild ``results.csv`` and
+    ``REPORT.md`` from every finished run of the grid."""
     began, started_at = time.monotonic(), datetime.now(timezone.utc)
-    meta = metadata.load(out, profile)
+    grid = plan(profile)
+    chosen = select(grid, only)  # refuses an --only that matches nothing, before anything is written
+    meta = metadata.load(out, profile, builtin_cohort=data is None)
+    (out / "logs").mkdir(parents=True, exist_ok=True)
     data, sessions = prepare_data(profile, out, data, progress)
     setup_seconds = time.monotonic() - began
-    runs = [r for r in plan(profile) if only is None or only in r.name]
-    done = {r.name for r in runs if (out / "runs" / r.name / "done.json").is_file()}
-    todo = [r for r in runs if r.name not in done] if start_runs else []
-    log.info("%s: %d runs in the grid, %d finished, %d to run", out, len(runs), len(done), len(todo))
+    done = {r.name for r in grid if (out / "runs" / r.name / "done.json").is_file()}
+    todo = [r for r in chosen if r.name not in done] if start_runs else []
+    log.info("%s: %d runs in the grid, %d finished, %d to run", out, len(grid), len(done), len(todo))
     gpus = gpu_count() if device == "cuda" else 0
     workers = workers or (max(gpus, 1) if device == "cuda" else profile.workers)
     if todo:
@@ -40,14 +41,14 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
         rate = calibrate(profile, device)
         log.info("estimated time: at most %.0f min (%.2g slice passes at %.0f slices/s per run, %d runs at once; "
                  "early stopping usually ends runs sooner)", passes / rate / workers / 60, passes, rate, workers)
-    failed = run_runs(todo, done, len(runs), profile, out, data, device, workers, gpus, began)
-    rows = collect_results(out, runs)
+    failed = run_runs(todo, done, len(grid), profile, out, data, device, workers, gpus, began)
+    rows = collect_results(out, grid)  # the whole grid's finished runs, whatever --only chose
     if start_runs:  # a report-only call is not an invocation of the grid: it adds no time
         metadata.add_invocation(meta, started_at, time.monotonic() - began, setup_seconds, workers, profile.threads,
                                 device, failed)
     metadata.describe(meta, profile, data, len(sessions))
     metadata.save(out, meta)
-    write_report(out, rows, meta, [r.name for r in runs])
+    write_report(out, rows, meta, [r.name for r in grid])
     if start_runs:
         meta["invocations"][-1]["seconds"] = round(time.monotonic() - began, 1)  # with the report
         metadata.save(out, meta)

@@ -22,13 +22,21 @@ class RunSpec:
     self_training: bool = False  # beyond the paper: an EMA teacher fills in the unknown children
     self_train_after: int | None = None  # from this epoch on; None: once the plain loss plateaus
     select: str = "val-loss"  # or child-dice
+    # beyond the paper (issue 19), each mapped onto the TrainConfig field of the same name only when set
+    from_iuc: bool = False  # start from the best weights of the IUC run of the same fraction and draw
+    atlas: str = "none"  # propagate | pairs | both: the fully labelled subjects registered to the partial scans
+    full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
+    augment: str = "none"  # "default": neoseg-train's augmentation; the paper's rows train without
 
     @property
     def recipe(self) -> str:
         """The loss and what is added to it, as the report's tables name it: e.g. labelset+st, or
-        labelset+st5 for self-training from epoch 6 on."""
+        labelset+st5 for self-training from epoch 6 on, iuc+atlas-both+share25+aug."""
         st = "" if not self.self_training else f"+st{self.self_train_after or ''}"
-        return self.loss + st + ("+child" if self.select == "child-dice" else "")
+        return (self.loss + st + ("+child" if self.select == "child-dice" else "")
+                + ("+from-iuc" if self.from_iuc else "") + (f"+atlas-{self.atlas}" if self.atlas != "none" else "")
+                + (f"+share{self.full_share * 100:g}" if self.full_share else "")
+                + ("+aug" if self.augment != "none" else ""))
 
     @property
     def name(self) -> str:
@@ -38,17 +46,41 @@ class RunSpec:
 
     @property
     def needs(self) -> str | None:
-        """The run whose model this one starts from (the semi-supervised fine-tuning)."""
+        """The run whose model this one starts from: the semi-supervised fine-tuning's supervised run,
+        or the IUC run of a run ``from_iuc``."""
+        if self.from_iuc:
+            return RunSpec(self.model, "partial", "iuc", self.fraction, self.draw).name
         if self.kind != "semi":
             return None
         return dataclasses.replace(self, kind="supervised", loss="bce", reduction="mean", budget=1).name
 
 
+GRIDS = ("headline", "full", "atlas")
+FULL_SHARE = 0.25  # the atlas grid's share of fully labelled slices per batch, where a recipe sets one
+
+
 def plan(profile: Profile) -> list[RunSpec]:
     """The runs of the profile's grid, in the order they are started."""
-    if profile.grid == "headline":
-        return plan_headline(profile)
-    return plan_full(profile)
+    if profile.grid not in GRIDS:
+        raise ValueError(f"unknown grid '{profile.grid}'; available: {', '.join(GRIDS)}")
+    return {"headline": plan_headline, "full": plan_full, "atlas": plan_atlas}[profile.grid](profile)
+
+
+def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
+    """The runs whose name contains any of the comma-separated texts of ``only`` (all for None), with
+    the runs they start from, in the grid's order."""
+    if not only:
+        return list(runs)
+    texts = [t.strip() for t in only.split(",") if t.strip()]
+    chosen = {r.name for r in runs if any(t in r.name for t in texts)}
+    if not chosen:
+        raise ValueError(f"--only {only} matches no run of the grid; run names look like {runs[0].name}")
+    by_name = {r.name: r for r in runs}
+    for name in list(chosen):
+        while by_name[name].needs and by_name[name].needs in by_name:
+            name = by_name[name].needs
+            chosen.add(name)
+    return [r for r in runs if r.name in chosen]
 
 
 def plan_headline(profile: Profile) -> list[RunSpec]:
@@ -75,6 +107,26 @@ def beyond_runs(fractions: list[float], draws) -> list[RunSpec]:
     and with self-training from epoch 6 (an early start, kept to show its failure: see the report)."""
     return [RunSpec("unet", "partial", "labelset", f, d, self_training=st, self_train_after=after)
             for f in fractions for d in draws for st, after in ((True, None), (False, None), (True, 5))]
+
+
+def plan_atlas(profile: Profile) -> list[RunSpec]:
+    """Issue 19's levers for one fully labelled subject, side by side, at each of the profile's
+    fractions and draws: the 100 % reference, then per fraction and draw (so that ``--only d0`` or
+    ``--only f002`` is a complete comparison) supervised, IUC, label-set + self-training (from
+    scratch and from the IUC run), IUC with a share of fully labelled slices in every batch and
+    augmentation, and the atlas recipes: propagation, atlas-to-scan pairs, and both with the share
+    and augmentation. The paper's rows and today's label-set run keep their names (and results)."""
+    runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
+    for f in profile.fractions:
+        for d in range(profile.draws):
+            iuc = RunSpec("unet", "partial", "iuc", f, d)
+            labelset = RunSpec("unet", "partial", "labelset", f, d, self_training=True)
+            runs += [RunSpec("unet", "supervised", "bce", f, d), iuc, labelset,
+                     dataclasses.replace(labelset, from_iuc=True),
+                     dataclasses.replace(iuc, full_share=FULL_SHARE, augment="default"),
+                     dataclasses.replace(iuc, atlas="propagate"), dataclasses.replace(iuc, atlas="pairs"),
+                     dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="default")]
+    return runs
 
 
 def plan_full(profile: Profile) -> list[RunSpec]:

@@ -13,14 +13,24 @@ from neoseg.benchmarks.common import machine as benchmark_machine
 from .profiles import RENAMED, Profile
 
 
-def load(out: Path, profile: Profile) -> dict:
-    """The metadata of the experiment in ``out`` (new when there is none); refuses another profile's."""
+def load(out: Path, profile: Profile, builtin_cohort: bool = True) -> dict:
+    """The metadata of the experiment in ``out`` (new when there is none); refuses another profile's,
+    and runs on another anatomy of the built-in cohort (``builtin_cohort``: no ``--data``)."""
     path = out / "experiment.json"
     meta = json.loads(path.read_text()) if path.is_file() else {"profile": profile.name, "invocations": []}
     meta["profile"] = RENAMED.get(meta["profile"], meta["profile"])
     meta["grid"] = profile.grid
     if meta["profile"] != profile.name:
         raise ValueError(f"{out} holds a '{meta['profile']}' experiment; use --profile {meta['profile']} or another --out")
+    if builtin_cohort:
+        held = meta.get("anatomy")
+        if held is None and meta.get("data") and Path(meta["data"]).resolve() == (out / "cohort").resolve():
+            # made before the anatomy was recorded: the profile settings it stored name it (none: before v2)
+            held = meta.get("profile_settings", {}).get("cohort_anatomy", "v1")
+        if held is not None and held != profile.cohort_anatomy:
+            raise ValueError(f"{out} holds runs on the built-in cohort's anatomy {held}, not "
+                             f"{profile.cohort_anatomy}; pass --anatomy {held}, or another --out for {profile.cohort_anatomy}")
+        meta["anatomy"] = profile.cohort_anatomy
     return meta
 
 

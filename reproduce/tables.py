@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from .stats import (AGE_GROUPS, BEYOND, DICE_STRUCTURES, HD_STRUCTURES, IUC, LABEL, SEMI, SUPERVISED, TARGET_DGM_GAIN,
-                    TARGET_RATIO, anova, cell, marks, p_text, pct, present_rows, selection, values)
+from .stats import (AGE_GROUPS, DICE_STRUCTURES, HD_STRUCTURES, IUC, LABEL, NO_RUNS, SEMI, SUPERVISED, anova, cell,
+                    marks, p_text, pct, present_rows, selection, values)
 
 
 def dice_table(rows: list[dict], model: str, fraction: float, candidates: list[tuple],
@@ -24,7 +22,7 @@ def dice_table(rows: list[dict], model: str, fraction: float, candidates: list[t
     if reference and present_rows(rows, "unet", 1.0, [SUPERVISED]):
         cells = [cell(values(rows, "unet", SUPERVISED, 1.0, age, s), 3) for age in AGE_GROUPS for s in DICE_STRUCTURES]
         lines.append("| *Supervised U-Net, 100 % fully labelled (reference)* | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else NO_RUNS
 
 
 def hd_table(rows: list[dict], fractions: list[float], metric: str = "hd100") -> str:
@@ -38,7 +36,7 @@ def hd_table(rows: list[dict], fractions: list[float], metric: str = "hd100") ->
             cells = [cell(values(rows, "unet", row, fraction, age, s, metric), 2) for age in AGE_GROUPS
                      for s in HD_STRUCTURES]
             lines.append(f"| {pct(fraction)} | {row[0]} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else NO_RUNS
 
 
 def p_value_table(rows: list[dict], model: str, fractions: list[float]) -> str:
@@ -64,32 +62,7 @@ def p_value_table(rows: list[dict], model: str, fractions: list[float]) -> str:
                         diff = ours.mean() - other.mean() if len(ours) and len(other) else math.nan
                         cells.append(f"{p_text(anova(ours, other))} ({diff:+.3f})" if not math.isnan(diff) else "–")
             lines.append(f"| {pct(fraction)} | {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
-
-
-def target_table(rows: list[dict], fractions: list[float]) -> str:
-    """Per recipe beyond the paper and fraction: each cell's mean Dice as a share of the 100 % model's,
-    and the DGM gain over the supervised model of the same fraction; whether the target is met."""
-    header = ("| fraction | recipe | " + " | ".join(f"{age} {LABEL[s]} / 100 %" for age in AGE_GROUPS
-                                                    for s in DICE_STRUCTURES)
-              + " | DGM gain over supervised (preterm, term) | target met |")
-    lines = [header, "|---" * (4 + len(AGE_GROUPS) * len(DICE_STRUCTURES)) + "|"]
-    for fraction in fractions:
-        for row in present_rows(rows, "unet", fraction, [IUC] + BEYOND):
-            ratios, gains = [], []
-            for age in AGE_GROUPS:
-                for s in DICE_STRUCTURES:
-                    ours, full = values(rows, "unet", row, fraction, age, s), values(rows, "unet", SUPERVISED, 1.0, age, s)
-                    ratios.append(ours.mean() / full.mean() if len(ours) and len(full) else math.nan)
-                ours, sup = (values(rows, "unet", r, fraction, age, "dgm") for r in (row, SUPERVISED))
-                gains.append(ours.mean() - sup.mean() if len(ours) and len(sup) else math.nan)
-            met = all(r >= TARGET_RATIO for r in ratios) and all(g >= TARGET_DGM_GAIN for g in gains)
-            unknown = any(math.isnan(v) for v in ratios + gains)
-            lines.append(f"| {pct(fraction)} | {row[0]}{selection(rows, row)} | "
-                         + " | ".join("–" if math.isnan(r) else f"{r:.2f}" for r in ratios)
-                         + " | " + ", ".join("–" if math.isnan(g) else f"{g:+.2f}" for g in gains)
-                         + f" | {'–' if unknown else ('**yes**' if met else 'no')} |")
-    return "\n".join(lines)
+    return "\n".join(lines) if len(lines) > 2 else NO_RUNS
 
 
 def headline(rows: list[dict], fraction: float) -> str:
@@ -107,45 +80,72 @@ def headline(rows: list[dict], fraction: float) -> str:
     return " ".join(parts)
 
 
-def finished_records(out: Path) -> list[dict]:
-    """What ``done.json`` records for every finished run."""
-    return [json.loads(p.read_text()) for p in sorted((Path(out) / "runs").glob("*/done.json"))]
-
-
-def endings(out: Path) -> str:
+def endings(records: list[dict]) -> str:
     counts: dict[str, int] = {}
-    for record in finished_records(out):
+    for record in records:
         counts[record.get("stopped_by", "?")] = counts.get(record.get("stopped_by", "?"), 0) + 1
     return ", ".join(f"{n} by {how}" for how, n in sorted(counts.items())) or "no finished run"
 
 
-def run_table(out: Path, settings: dict) -> str:
+def recipe_key(record: dict) -> tuple:
+    """The report's row of a finished run: (model, kind, recipe, reduction, steps x, fraction)."""
+    return (record["model"], record["kind"], record.get("recipe", record["loss"]), record.get("reduction", "mean"),
+            record.get("budget", 1), record["fraction"])
+
+
+def run_table(records: list[dict], settings: dict) -> str:
     """Per model kind: runs finished, median wall seconds (training, pseudo labels, evaluation), epochs
-    trained, the best epoch and what ended the runs, so runs cut by the epoch cap are visible."""
+    trained, the best epoch, what ended the runs, and how many a cap cut while still improving."""
     groups: dict[tuple, list[dict]] = {}
-    for record in finished_records(out):
-        key = (record["model"], record["kind"], record.get("recipe", record["loss"]), record.get("reduction", "mean"),
-               record.get("budget", 1),
-               record["fraction"] if record["fraction"] == 1.0 else None)
-        groups.setdefault(key, []).append(record)
+    for record in records:
+        model, kind, loss, reduction, budget, fraction = recipe_key(record)
+        groups.setdefault((model, kind, loss, reduction, budget, fraction == 1.0), []).append(record)
     planned = settings.get("epochs", {})
     lines = ["| model | kind | loss | reduction | steps x | runs | median s | epochs trained (cap) | best epoch (median) "
-             "| ended by |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for (model, kind, loss, reduction, budget, full), records in groups.items():
-        epochs = sorted(r.get("epochs", 0) for r in records)
+             "| ended by | cut by a cap, still improving |", "|---" * 11 + "|"]
+    for (model, kind, loss, reduction, budget, full), group in groups.items():
+        epochs = sorted(r.get("epochs", 0) for r in group)
         plan = planned.get(model, "?") if isinstance(planned, dict) else planned
         plan = plan * budget if isinstance(plan, int) else plan
+        caps = sorted({r["epoch_cap"] for r in group if "epoch_cap" in r}) or [plan]
         ended: dict[str, int] = {}
-        for r in records:
+        for r in group:
             ended[r.get("stopped_by", "?")] = ended.get(r.get("stopped_by", "?"), 0) + 1
         label = f"{kind}, 100 %" if full else kind
-        began = sorted(r["self_train_began"] for r in records if r.get("self_train_began"))
-        if any(r.get("self_training") for r in records):
-            never = sum(1 for r in records if not r.get("self_train_began"))
+        began = sorted(r["self_train_began"] for r in group if r.get("self_train_began"))
+        if any(r.get("self_training") for r in group):
+            never = sum(1 for r in group if not r.get("self_train_began"))
             loss += f" (self-training began at epoch {', '.join(map(str, began)) or '–'}" + \
                 (f"; never in {never} run(s), the plain loss still improving at the cap)" if never else ")")
-        lines.append(f"| {model} | {label} | {loss} | {reduction} | {budget} | {len(records)} | "
-                     f"{np.median([r['seconds'] for r in records]):.0f} | {epochs[0]}–{epochs[-1]} ({plan}) | "
-                     f"{np.median([r['best_epoch'] for r in records]):.0f} | "
-                     f"{', '.join(f'{n} {k}' for k, n in sorted(ended.items()))} |")
-    return "\n".join(lines)
+        cut = sum(bool(r.get("still_improving")) for r in group)
+        lines.append(f"| {model} | {label} | {loss} | {reduction} | {budget} | {len(group)} | "
+                     f"{np.median([r['seconds'] for r in group]):.0f} | {epochs[0]}–{epochs[-1]} "
+                     f"({', '.join(map(str, caps))}) | {np.median([r['best_epoch'] for r in group]):.0f} | "
+                     f"{', '.join(f'{n} {k}' for k, n in sorted(ended.items()))} | {f'**{cut}**' if cut else 0} |")
+    return "\n".join(lines) if groups else NO_RUNS
+
+
+def time_table(records: list[dict]) -> str:
+    """Per recipe and fraction: the time of its runs summed over the draws, each run with the run it
+    starts from (a semi-supervised run's supervised run, a run from IUC's IUC run) and the registrations
+    its atlas.json records."""
+    by_name = {r["run"]: r for r in records}
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault(recipe_key(record), []).append(record)
+    lines = ["| fraction | model | kind | recipe | draws | registration (min) | total (min) | per draw (min) |",
+             "|---" * 8 + "|"]
+    for (model, kind, recipe, reduction, budget, fraction), group in sorted(groups.items(), key=lambda kv: kv[0][5]):
+        chain = [r for run in group for r in _chain(run, by_name)]
+        total = sum(r["seconds"] + r["registration_seconds"] for r in chain) / 60
+        name = recipe + (f", {reduction}" if reduction != "mean" else "") + (f", {budget}x steps" if budget != 1 else "")
+        lines.append(f"| {pct(fraction)} | {model} | {kind} | {name} | {len(group)} | "
+                     f"{sum(r['registration_seconds'] for r in chain) / 60:.1f} | {total:.1f} | "
+                     f"{total / len(group):.1f} |")
+    return "\n".join(lines) if groups else NO_RUNS
+
+
+def _chain(record: dict, by_name: dict[str, dict]) -> list[dict]:
+    """The run and the runs it starts from, as far as they have finished."""
+    start = by_name.get(record.get("needs") or "")
+    return [record] + (_chain(start, by_name) if start else [])

@@ -27,8 +27,24 @@ def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device:
         epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
         patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
         max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None,
-        spacing=profile.spacing, augment="none", seed=0, device=device)  # the paper's protocol: no augmentation
+        spacing=profile.spacing, augment=spec.augment, seed=0, device=device,  # the paper's rows: augment "none"
+        **levers(spec))
     return config
+
+
+def levers(spec: RunSpec) -> dict:
+    """The TrainConfig fields of the levers beyond the paper that ``spec`` sets (none at their default,
+    so that the paper's runs need no newer neoseg-train)."""
+    from neoseg.train.config import TrainConfig
+
+    wanted = {"atlas": spec.atlas} if spec.atlas != "none" else {}
+    if spec.full_share:
+        wanted["full_share"] = spec.full_share
+    missing = sorted(wanted.keys() - {f.name for f in dataclasses.fields(TrainConfig)})
+    if missing:
+        raise ValueError(f"run {spec.name} needs neoseg-train's {', '.join(missing)} option (TrainConfig), which "
+                         f"this neoseg does not have; update neoseg, or leave the run out with --only")
+    return wanted
 
 
 def init_worker(threads: int | None) -> None:
@@ -67,6 +83,8 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
                 write_pseudo_labels(supervised, [s for s in split.train if not split.is_full(s)], pseudo, device)
                 (pseudo / "done").write_text("")
             config = semi_supervised_config(config, supervised, pseudo)
+        elif spec.needs:  # a run from_iuc starts from that run's best weights
+            config = dataclasses.replace(config, init_from=str(out / "runs" / spec.needs / "best.pt"))
         result = train(config, run_dir, resume=(run_dir / "config.json").is_file(), progress=False)
     finally:
         train_log.removeHandler(handler)
@@ -76,7 +94,8 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
         epochs = len(list(csv.DictReader(f)))
     record = {"run": spec.name, "seconds": round(time.monotonic() - began, 1), "best_epoch": result.best_epoch,
               "epochs": epochs, "stopped_by": result.stopped_by, "best_val_loss": result.best_val_loss,
-              "self_train_began": result.self_train_began, "recipe": spec.recipe,
+              "self_train_began": result.self_train_began, "recipe": spec.recipe, "patience": config.patience,
+              "epoch_cap": config.epochs,
               **dataclasses.asdict(spec)}
     (run_dir / "done.json").write_text(json.dumps(record, indent=2))
     return record

@@ -1,0 +1,71 @@
+"""What each finished run's folder says about the run: ``done.json`` (how it ended, its wall time),
+``metrics.csv`` (its validation criterion per epoch) and ``atlas.json`` (its registration time)."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+from pathlib import Path
+
+from .grid import RunSpec
+
+
+def finished_records(out: Path, patience: int = 8) -> list[dict]:
+    """What ``done.json`` records for every finished run, with what the run's folder adds:
+    ``still_improving``, ``registration_seconds`` and ``needs`` (the run it started from).
+    ``patience``: the profile's, for runs whose ``done.json`` predates recording it."""
+    records = []
+    for path in sorted((Path(out) / "runs").glob("*/done.json")):
+        record = json.loads(path.read_text())
+        record.setdefault("patience", patience * record.get("budget", 1))
+        record["still_improving"] = still_improving(path.parent, record)
+        record["registration_seconds"] = registration_seconds(path.parent)
+        record["needs"] = spec_of(record).needs
+        records.append(record)
+    return records
+
+
+def spec_of(record: dict) -> RunSpec:
+    """The :class:`RunSpec` a ``done.json`` was written for (fields added since take their defaults)."""
+    return RunSpec(**{f.name: record[f.name] for f in dataclasses.fields(RunSpec) if f.name in record})
+
+
+def criterion(run_dir: Path) -> list[bool]:
+    """Per epoch of ``metrics.csv``: whether its validation criterion (the run's selection: loss or
+    child Dice) improved on every earlier epoch; runs written before the ``best`` column: the
+    validation loss."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and rows[0].get("best") not in (None, ""):
+        return [r["best"] == "1" for r in rows]
+    best, improved = math.inf, []
+    for r in rows:
+        loss = float(r["val_loss"])
+        improved.append(loss < best)
+        best = min(best, loss)
+    return improved
+
+
+def still_improving(run_dir: Path, record: dict) -> bool:
+    """Whether the run was cut by a cap (its epoch cap or time budget, not early stopping) while its
+    validation criterion was still improving: a new best in its last ``window`` epochs, half its
+    patience (at least 2), the run being likely to have gone on improving with more epochs."""
+    if record.get("stopped_by", "epoch cap") == "early stopping":
+        return False
+    improved = criterion(run_dir)
+    return any(improved[-window(record):])
+
+
+def window(record: dict) -> int:
+    return max(2, int(record["patience"]) // 2)
+
+
+def registration_seconds(run_dir: Path) -> float:
+    """The registrations' time the run's ``atlas.json`` records (0 where the run registered nothing)."""
+    path = run_dir / "atlas.json"
+    return float(json.loads(path.read_text()).get("seconds", 0.0)) if path.is_file() else 0.0

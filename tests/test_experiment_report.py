@@ -1,0 +1,209 @@
+"""The experiment report from stand-in run folders (no training): any subset of the grid, per-draw
+tables and the worst draw, the target check, runs cut by a cap, and each recipe's time."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from neoseg.reproduce import metadata
+from neoseg.reproduce.cli import app
+from neoseg.reproduce.draws import per_draw_table, target_row
+from neoseg.reproduce.grid import RunSpec, plan, select
+from neoseg.reproduce.profiles import PROFILES
+from neoseg.reproduce.records import finished_records
+from neoseg.reproduce.report import write_report
+from neoseg.reproduce.results import EVALUATION_FIELDS, collect_results
+from neoseg.reproduce.stats import LABELSET_ST, SUPERVISED
+
+PROFILE = dataclasses.replace(PROFILES["equal-epochs"], grid="atlas", fractions=(0.02,), cohort_anatomy="v2")
+REFERENCE = {"dgm": 0.80, "wm": 0.90, "cgm": 0.90}  # the 100 % model's Dice in both age groups
+
+
+def stand_in(out, spec: RunSpec, dice: dict, seconds=60.0, stopped_by="early stopping", best=(1, 1, 0, 0, 0),
+             registration=None):
+    """A finished run folder as the runner leaves it: done.json, metrics.csv, evaluation.csv (one
+    preterm and one term test volume with the Dice of ``dice`` per structure)."""
+    run = out / "runs" / spec.name
+    run.mkdir(parents=True)
+    record = {"run": spec.name, "seconds": seconds, "best_epoch": max(i + 1 for i, b in enumerate(best) if b),
+              "epochs": len(best), "stopped_by": stopped_by, "best_val_loss": 0.1, "self_train_began": None,
+              "recipe": spec.recipe, "patience": 4, "epoch_cap": 150, **dataclasses.asdict(spec)}
+    (run / "done.json").write_text(json.dumps(record))
+    with (run / "metrics.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["epoch", "val_loss", "best"])
+        writer.writeheader()
+        writer.writerows({"epoch": i + 1, "val_loss": 1 - i / 10, "best": b} for i, b in enumerate(best))
+    with (run / "evaluation.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=EVALUATION_FIELDS)
+        writer.writeheader()
+        for subject, age in (("T1", "preterm"), ("T2", "term")):
+            for s, v in dice.items():
+                writer.writerow({"subject": subject, "session": "1", "scan_age": 35 if age == "preterm" else 40,
+                                 "age_group": age, "output": "mask", "structure": s, "dice": v, "hd95": 1.0,
+                                 "hd100": 2.0, "vol_diff_ml": 0.0, "vol_true_ml": 1.0, "missed": False,
+                                 "truth_empty": False})
+    if registration is not None:
+        (run / "atlas.json").write_text(json.dumps({"seconds": registration}))
+
+
+def report(out, profile=PROFILE) -> str:
+    grid = plan(profile)
+    meta = {"profile": profile.name, "grid": profile.grid, "anatomy": profile.cohort_anatomy, "invocations": [],
+            "profile_settings": dataclasses.asdict(profile)}
+    write_report(out, collect_results(out, grid), meta, [r.name for r in grid])
+    return (out / "REPORT.md").read_text()
+
+
+def test_a_report_is_written_for_no_run_and_for_the_reference_alone(tmp_path):
+    text = report(tmp_path)  # nothing finished yet
+    assert "No finished runs yet" in text and "Not (yet) run: 25 run(s)" in text
+    stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE)  # --only f100
+    text = report(tmp_path)
+    assert "Not (yet) run: 24 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
+    assert "| unet | supervised, 100 % | bce |" in text and "## Figure 4" not in text
+    assert not (tmp_path / "figure4.png").exists()
+
+
+def test_per_draw_tables_show_each_draw_and_the_worst(tmp_path):
+    stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE)
+    for d, dgm in enumerate((0.78, 0.40, 0.76)):
+        stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 0.02, d), {"dgm": 0.05, "wm": 0.8, "cgm": 0.8})
+        stand_in(tmp_path, RunSpec("unet", "partial", "labelset", 0.02, d, self_training=True),
+                 {"dgm": dgm, "wm": 0.88, "cgm": 0.89})
+    text = report(tmp_path)
+    rows = [r for r in collect_results(tmp_path, plan(PROFILE))]
+    from neoseg.reproduce.results import parse_row
+    rows = [parse_row(r) for r in rows]
+    table = per_draw_table(rows, 0.02, [SUPERVISED, LABELSET_ST])
+    assert "| Label-set loss + self-training | 0 | 0.780 | 0.880 | 0.890 | 0.780 |" in table
+    assert "| | **worst** | 0.400 (d1) | 0.880 (d0) |" in table
+    assert table.splitlines()[-1].startswith("| *100 % model (reference)* | 0 | 0.800 | 0.900 | 0.900 |")
+    t = target_row(rows, LABELSET_ST, 0.02)
+    assert t["draws"] == 3
+    assert t["mean"][0] == pytest.approx((0.78 + 0.40 + 0.76) / 3 / 0.80)  # preterm DGM, mean of the draws
+    assert t["worst"][0] == pytest.approx(0.40 / 0.80) and t["worst"][1] == pytest.approx(0.88 / 0.90)
+    assert t["gains"] == pytest.approx([0.35, 0.35])  # the worst draw's DGM over its own supervised run
+    assert t["met"] is False  # 0.5x in the worst draw
+    assert "## Per draw: U-Net, 2 % fully labelled" in text and "0.81 / 0.50" in text
+
+
+def test_the_target_needs_the_mean_the_worst_draw_and_the_gain_in_every_draw(tmp_path):
+    stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE)
+    iuc = RunSpec("unet", "partial", "iuc", 0.02, 0)
+    for d, dgm in enumerate((0.79, 0.78)):
+        stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 0.02, d), {"dgm": 0.70 if d else 0.0, "wm": 0.8,
+                                                                            "cgm": 0.8})
+        stand_in(tmp_path, dataclasses.replace(iuc, draw=d, atlas="propagate"), {"dgm": dgm, "wm": 0.88, "cgm": 0.88})
+    from neoseg.reproduce.results import parse_row
+    rows = [parse_row(r) for r in collect_results(tmp_path, plan(PROFILE))]
+    row = ("Atlas propagation + IUC", "partial", "iuc+atlas-propagate", "mean", 1)
+    t = target_row(rows, row, 0.02)
+    assert min(t["mean"]) >= 0.95 and min(t["worst"]) >= 0.85
+    assert t["gains"] == pytest.approx([0.08, 0.08]) and t["met"] is False  # draw 1: only 0.08 over supervised
+    assert "| 2 % | Atlas propagation + IUC | 2 |" in report(tmp_path)
+
+
+def test_runs_cut_by_the_cap_while_improving_are_flagged(tmp_path):
+    stand_in(tmp_path, RunSpec("unet", "partial", "iuc", 0.02, 0), REFERENCE, stopped_by="epoch cap",
+             best=(1, 0, 0, 0, 1))  # a new best in its last 2 epochs (half the patience of 4)
+    stand_in(tmp_path, RunSpec("unet", "partial", "iuc", 0.02, 1), REFERENCE, stopped_by="epoch cap",
+             best=(1, 1, 0, 0, 0))  # at the cap, but flat for 3 epochs
+    stand_in(tmp_path, RunSpec("unet", "partial", "iuc", 0.02, 2), REFERENCE, best=(1, 0, 0, 0, 1))
+    flags = {r["run"]: r["still_improving"] for r in finished_records(tmp_path)}
+    assert flags == {"unet-partial-iuc-f002-d0": True, "unet-partial-iuc-f002-d1": False,
+                     "unet-partial-iuc-f002-d2": False}
+    text = report(tmp_path)
+    assert "| 1 early stopping, 2 epoch cap | **1** |" in text
+    assert "Cut by a cap while still improving (1)" in text and "`unet-partial-iuc-f002-d0` (5 epochs" in text
+    # a metrics.csv written before the ``best`` column: the validation loss decides
+    run = tmp_path / "runs" / "unet-partial-iuc-f002-d1"
+    (run / "metrics.csv").write_text("epoch,val_loss\n1,0.5\n2,0.4\n3,0.45\n4,0.39\n")
+    assert {r["run"]: r["still_improving"] for r in finished_records(tmp_path)}["unet-partial-iuc-f002-d1"]
+
+
+def test_a_recipe_time_counts_its_draws_the_run_it_starts_from_and_registration(tmp_path):
+    iuc = RunSpec("unet", "partial", "iuc", 0.02, 0)
+    stand_in(tmp_path, iuc, REFERENCE, seconds=600)
+    stand_in(tmp_path, RunSpec("unet", "partial", "labelset", 0.02, 0, self_training=True, from_iuc=True),
+             REFERENCE, seconds=300)
+    for d in (0, 1):
+        stand_in(tmp_path, dataclasses.replace(iuc, draw=d, atlas="pairs"), REFERENCE, seconds=120, registration=60)
+    text = report(tmp_path)
+    assert "| 2 % | unet | partial | iuc | 1 | 0.0 | 10.0 | 10.0 |" in text
+    assert "| 2 % | unet | partial | labelset+st+from-iuc | 1 | 0.0 | 15.0 | 15.0 |" in text  # with its IUC run
+    assert "| 2 % | unet | partial | iuc+atlas-pairs | 2 | 2.0 | 6.0 | 3.0 |" in text
+
+
+def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
+    runs = plan(PROFILE)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 1 + 8 * 3
+    headline = {r.name for r in plan(dataclasses.replace(PROFILE, grid="headline"))}
+    for old in ("unet-supervised-bce-f100-d0", "unet-supervised-bce-f002-d2", "unet-partial-iuc-f002-d1",
+                "unet-partial-labelset-st-f002-d0"):
+        assert old in names and old in headline
+    assert {n.split("-f002")[0] for n in names if "-f002-d0" in n} == {
+        "unet-supervised-bce", "unet-partial-iuc", "unet-partial-labelset-st", "unet-partial-labelset-st-from-iuc",
+        "unet-partial-iuc-share25-aug", "unet-partial-iuc-atlas-propagate", "unet-partial-iuc-atlas-pairs",
+        "unet-partial-iuc-atlas-both-share25-aug"}
+    assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
+    from neoseg.reproduce.stats import BEYOND, IUC
+    rows = {row[2] for row in [SUPERVISED, IUC] + BEYOND}
+    assert {r.recipe for r in runs} <= rows  # every recipe of the grid has a row in the report's tables
+
+
+def test_only_selects_by_any_text_and_adds_the_runs_started_from():
+    runs = plan(PROFILE)
+    chosen = [r.name for r in select(runs, "from-iuc-f002-d1")]
+    assert chosen == ["unet-partial-iuc-f002-d1", "unet-partial-labelset-st-from-iuc-f002-d1"]
+    assert [r.name for r in select(runs, "f100,atlas-pairs-f002-d0")] == ["unet-supervised-bce-f100-d0",
+                                                                           "unet-partial-iuc-atlas-pairs-f002-d0"]
+    with pytest.raises(ValueError, match="matches no run"):
+        select(runs, "f050")
+
+
+def test_run_configs_map_the_levers_only_where_set(tmp_path):
+    from neoseg.reproduce.training import run_config
+    from neoseg.train.config import TrainConfig
+
+    plain = run_config(RunSpec("unet", "partial", "iuc", 0.02, 0), PROFILE, tmp_path, tmp_path, "cpu")
+    assert plain.augment == "none" and plain.init_from is None  # the paper's rows: no augmentation
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    for spec in (RunSpec("unet", "partial", "iuc", 0.02, 0, full_share=0.25, augment="default"),
+                 RunSpec("unet", "partial", "iuc", 0.02, 0, atlas="both")):
+        wanted = {k: getattr(spec, k) for k in ("atlas", "full_share") if getattr(spec, k) not in ("none", 0.0)}
+        if wanted.keys() <= fields:
+            config = run_config(spec, PROFILE, tmp_path, tmp_path, "cpu")
+            assert all(getattr(config, k) == v for k, v in wanted.items()) and config.augment == spec.augment
+        else:  # a neoseg-train without the lever: a clear error, not a run without it
+            with pytest.raises(ValueError, match=f"needs neoseg-train's {'|'.join(wanted.keys() - fields)}"):
+                run_config(spec, PROFILE, tmp_path, tmp_path, "cpu")
+
+
+def test_one_folder_holds_one_anatomy(tmp_path):
+    v1 = dataclasses.replace(PROFILE, cohort_anatomy="v1")
+    meta = metadata.load(tmp_path, v1)
+    meta["data"] = str(tmp_path / "cohort")
+    metadata.save(tmp_path, meta)
+    with pytest.raises(ValueError, match="anatomy v1, not v2; pass --anatomy v1, or another --out"):
+        metadata.load(tmp_path, PROFILE)
+    del meta["anatomy"]  # a folder made before the anatomy was recorded, and before anatomy v2
+    metadata.save(tmp_path, meta)
+    with pytest.raises(ValueError, match="anatomy v1"):
+        metadata.load(tmp_path, PROFILE)
+    assert metadata.load(tmp_path, PROFILE, builtin_cohort=False)["profile"] == "equal-epochs"  # --data: no check
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--fractions", "0.02,1"], "--fractions takes distinct"),
+    (["--anatomy", "v2", "--data", "."], "--anatomy chooses the built-in cohort"),
+    (["--grid", "atlas", "--only", "f050"], "matches no run"),
+])
+def test_command_line_refuses_bad_subsets_in_one_line(tmp_path, args, message):
+    out = tmp_path / "exp"
+    result = CliRunner().invoke(app, ["--out", str(out), "--device", "cpu", *args])
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert not out.exists()  # nothing written
