@@ -2,6 +2,7 @@
 
     neoseg-reproduce --out runs/experiments               # the headline cells
     neoseg-reproduce --out runs/experiments --grid full   # Tables 1-3, Appendix A
+    neoseg-reproduce --out runs/atlas --grid atlas --anatomy v2 --fractions 0.02  # issue 19's levers
     python -m neoseg.reproduce --out runs/experiments     # the same
 
 The default profile ``equal-epochs`` (formerly ``cpu``) is the paper's protocol at 2 mm, for CPUs: every model trains for the same maximum
@@ -21,7 +22,9 @@ per fraction, plus one 100 % reference; model kinds
 * SegFormer-B0 (full grid): supervised, semi-supervised and IUC (2/5 %).
 
 The headline grid is 2 %: supervised, semi-supervised and IUC over the profile's draws, plus the
-100 % reference. Every run lives in ``OUT/runs/<name>/`` (a ``neoseg-train`` run folder) and is
+100 % reference. The atlas grid (:func:`.grid.plan_atlas`) sets the levers for one fully labelled
+subject beside the paper's rows: atlas propagation and pairs, a share of fully labelled slices per
+batch, augmentation, label-set + self-training from the IUC model. Every run lives in ``OUT/runs/<name>/`` (a ``neoseg-train`` run folder) and is
 finished when its ``done.json`` exists; an interrupted command continues where it stopped (finished
 runs are kept, an interrupted one resumes from its last epoch, with the same result as an
 uninterrupted run). At the end ``OUT/results.csv`` (tidy: one row per run, test session and
@@ -32,6 +35,7 @@ The modules, in the order a run of the command uses them: :mod:`.profiles` (scal
 :mod:`.grid` (the runs), :mod:`.metadata` (``experiment.json``), :mod:`.prepare` (the cohort and the
 slice caches), :mod:`.calibrate` (the time estimate), :mod:`.schedule` (runs in parallel) of
 :mod:`.training` (one run), :mod:`.results` (``results.csv``), then :mod:`.report` with
-:mod:`.stats`, :mod:`.tables` and :mod:`.figure`; :mod:`.experiment` wires them and :mod:`.cli` is
+:mod:`.records` (each run folder's ending and time), :mod:`.stats`, :mod:`.tables`, :mod:`.draws`
+(per-draw tables, the worst draw, the target) and :mod:`.figure`; :mod:`.experiment` wires them and :mod:`.cli` is
 the command line.
 """
