@@ -266,3 +266,16 @@ def test_slice_passes_count_each_runs_own_training_set(tiny_dataset, tmp_path):
                                          tmp_path / "cache") for kind, loss in (("supervised", "bce"), ("partial", "iuc")))
     assert 0 < sup < iuc
     assert calibrate(dataclasses.replace(profile, widths=[8, 16], batch_size=2), "cpu", steps=1) > 0
+
+
+def test_a_subset_of_the_grid_trains_and_reports(tiny_dataset, tmp_path):
+    profile = dataclasses.replace(
+        PROFILES["equal-epochs"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        batch_size=8, epochs={"unet": 1, "segformer": 1}, patience=1, fractions=(0.25,), draws=1, workers=1,
+        grid="atlas")
+    out = tmp_path / "exp"
+    run_all(profile, out, data=tiny_dataset, device="cpu", only="f100", progress=False)  # once exited 2 here
+    assert [p.name for p in (out / "runs").iterdir()] == ["unet-supervised-bce-f100-d0"]
+    text = (out / "REPORT.md").read_text()
+    assert "Runs finished: 1 of 9 planned" in text and "No finished runs yet" in text
+    assert "| unet | supervised, 100 % | bce |" in text and not (out / "figure4.png").exists()
