@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from neoseg.cli.train import app as train_app
 from neoseg.core.hierarchy import builtin
+from neoseg.data.dhcp import find_sessions
 from neoseg.train import checkpoint
 from neoseg.train.config import TrainConfig
 from neoseg.train.dataset import SliceDataset
@@ -23,7 +24,6 @@ from neoseg.train.models import create_model
 from neoseg.train.sampling import MixedBatches, ShardedBatches, training_batches
 from neoseg.train.schedule import Schedule, Step
 from neoseg.train.volumes import VolumeCache
-from neoseg.data.dhcp import find_sessions
 
 H = builtin()
 CGM, WM, DGM, TCV, CSF = (H.index(n) for n in ("cgm", "wm", "dgm", "tcv", "csf"))
@@ -113,8 +113,9 @@ def test_the_share_is_validated():
 def test_the_dataset_flags_the_slices_of_fully_labelled_stacks():
     from neoseg.train.volumes import SliceStack
 
-    stack = lambda k: SliceStack(None, np.zeros((k, 2, 2), np.float16), np.zeros((k, 2, 2), np.uint8),  # noqa: E731
-                                 (1.0, 1.0, 1.0))
+    def stack(k):
+        return SliceStack(None, np.zeros((k, 2, 2), np.float16), np.zeros((k, 2, 2), np.uint8), (1.0, 1.0, 1.0))
+
     dataset = SliceDataset([stack(2), stack(3), stack(1)], H, [True, False, True])
     assert dataset.full_slices == [False, False, True, True, True, False]
 
