@@ -119,6 +119,16 @@ def train(
     select: Annotated[Optional[Selection], typer.Option(help="Best epoch and early stopping by the validation loss "
                                                         "(the paper) or by the mean validation Dice of the child "
                                                         "structures. " + _default("select"))] = None,
+    full_share: Annotated[Optional[float], typer.Option(help="Share of every batch's slices drawn from the fully "
+                                                        "labelled sessions, in [0, 1): round(share x batch size), "
+                                                        "at least 1, oversampled; an epoch stays one pass over the "
+                                                        "partially labelled slices. 0: one plain shuffle (the "
+                                                        "paper). " + _default("full_share"))] = None,
+    init_from: Annotated[Optional[Path], typer.Option(exists=True, dir_okay=False,
+                                                      help="Start from this checkpoint's weights (a best.pt of the "
+                                                      "same --model and --widths); its head may differ: an IUC model "
+                                                      "can start a --loss labelset run, the output layer converted "
+                                                      "so that it decides as the IUC model did.")] = None,
     reduction: Annotated[Optional[Reduction], typer.Option(help="mean: over all entries (paper); observed: over "
                                                            "supervised entries. " + _default("reduction"))] = None,
     full_fraction: Annotated[Optional[float], typer.Option(help="Fraction of training subjects kept fully "
@@ -191,7 +201,8 @@ def train(
             widths=parse_ints(widths, "--widths"), loss=loss.value if loss else None,
             reduction=reduction.value if reduction else None, dice_weight=dice_weight, self_training=self_training,
             self_train_after=self_train_after, confidence=confidence, select=select.value if select else None,
-            full_fraction=full_fraction, draw=draw, epochs=epochs,
+            full_fraction=full_fraction, draw=draw, epochs=epochs, full_share=full_share,
+            init_from=str(init_from) if init_from else None,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cohort_anatomy=cohort_anatomy.value if cohort_anatomy else None,
             cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
@@ -217,7 +228,8 @@ def train(
         result = run(config, out, resume=resume, progress=not quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    typer.echo(f"\nTest evaluation (best epoch {result.best_epoch}, val loss {result.best_val_loss:.4f}):\n")
+    typer.echo(f"\nTest evaluation (best epoch {result.best_epoch} by {result.selected_by}, val loss "
+               f"{result.best_val_loss:.4f}; stopped by {result.stopped_by}):\n")
     typer.echo(result.table)
     typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, "
                f"evaluation.csv, evaluation.md")

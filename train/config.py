@@ -55,6 +55,8 @@ class TrainConfig:
     max_minutes: float | None = None  # stop training (keeping the best weights) after this long
     steps_per_epoch: int | None = None  # None: an epoch is one pass over the slices; N: N batches
     # (drawn from fresh shuffles), so runs on 1 or 40 subjects get the same number of optimizer steps
+    full_share: float = 0.0  # share of every batch's slices drawn from the fully labelled sessions (oversampled;
+    # an epoch stays one pass over the partially labelled ones; train/sampling.py); 0: one plain shuffle of all
     train_subjects: list[str] | None = None  # restrict training to these subjects (supervised baseline)
     prior_bias: bool = False  # start the output biases at each channel's log prior odds in the training
     # targets (observed entries), so rare structures are not first pushed to "absent"; not in the paper,
@@ -91,6 +93,12 @@ class TrainConfig:
         if self.synth_labels is not None and self.synthesis <= 0:
             raise ValueError("label maps without images (synth_labels) train only through synthesis; "
                              "pass a synthesis probability above 0 (e.g. --synthesis 0.5)")
+        if not 0 <= self.full_share < 1:
+            raise ValueError(f"full_share is the share of each batch drawn from fully labelled slices, in [0, 1); "
+                             f"got {self.full_share}")
+        if self.full_share > 0 and self.batch_size < 2:
+            raise ValueError(f"full_share mixes fully and partially labelled slices in each batch, which needs a batch "
+                             f"size of at least 2; got {self.batch_size} (pass e.g. --batch-size 16)")
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
         if self.self_training and self.loss == "bce":

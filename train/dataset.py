@@ -38,6 +38,12 @@ class SliceDataset(Dataset):
         """Per stack: every target entry known (neither coarsened nor really partial)."""
         return [not (p or st.partial) for st, p in zip(self.stacks, self.partial)]
 
+    @property
+    def full_slices(self) -> list[bool]:
+        """Per item: whether its stack is :attr:`full`."""
+        full = self.full
+        return [full[s] for s, _ in self.index]
+
     def codes(self, s: int, labels: np.ndarray) -> np.ndarray:
         """Stack ``s``'s stored labels as rows of :attr:`table` (coarsened where it is marked partial)."""
         labels = np.asarray(labels)

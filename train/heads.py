@@ -76,3 +76,46 @@ def channel_model(net: nn.Module, head: str, hierarchy: Hierarchy) -> nn.Module:
     """``net`` as a model with one logit per channel (itself for the sigmoid head)."""
     output_channels(head, hierarchy)  # validates the name
     return WithChannelLogits(net, hierarchy) if head == "softmax" else net
+
+
+def head_conversion(source: str, target: str, hierarchy: Hierarchy) -> tuple[np.ndarray, np.ndarray]:
+    """(M, b) such that ``M @ y + b`` turns the logits y of a ``source`` head into logits of a
+    ``target`` head that decide as alike as a linear map can: the output layer of a model that
+    starts from another head's (:func:`neoseg.train.init.load_initial_weights`).
+
+    * sigmoid -> softmax: a leaf's logit is the log of its probability taken down its path,
+      log P(root) + sum of log P(node | parent), each P(node | parent) a softmax over the node's
+      siblings' channel logits with the log-sum-exp replaced by its linear lower bound (the mean
+      plus log of the count): x_l = z_root + sum over the path below the root of
+      (z_node - mean of the siblings' z - log(siblings)). So leaves under one parent are ordered as
+      their channels are, and the root's channel logit carries over.
+    * softmax -> sigmoid: a channel's logit is logit(P_c) = LSE(x under c) - LSE(x elsewhere)
+      (:class:`ChannelLogits`), each log-sum-exp replaced the same way; a leaf channel is thus ordered
+      as its leaf logit. A channel over every leaf gets the clipped +LOGIT_LIMIT.
+    * the same head: the identity."""
+    output_channels(source, hierarchy), output_channels(target, hierarchy)  # validates the names
+    leaves, channels = hierarchy.leaves, len(hierarchy)
+    if source == target:
+        n = output_channels(source, hierarchy)
+        return np.eye(n, dtype=np.float64), np.zeros(n)
+    if source == "sigmoid":
+        matrix, offset = np.zeros((len(leaves), channels)), np.zeros(len(leaves))
+        for row, leaf in enumerate(leaves):
+            path = [*reversed(hierarchy.ancestors(leaf)), leaf]
+            matrix[row, path[0]] += 1
+            for node in path[1:]:
+                siblings = hierarchy.children(hierarchy.parent(node))
+                matrix[row, node] += 1
+                matrix[row, siblings] -= 1 / len(siblings)
+                offset[row] -= np.log(len(siblings))
+        return matrix, offset
+    cover = leaf_cover(hierarchy).astype(np.float64)
+    matrix, offset = np.zeros((channels, len(leaves))), np.zeros(channels)
+    for c in range(channels):
+        inside, outside = cover[c] > 0, cover[c] == 0
+        if not outside.any():
+            offset[c] = LOGIT_LIMIT
+            continue
+        matrix[c, inside], matrix[c, outside] = 1 / inside.sum(), -1 / outside.sum()
+        offset[c] = np.log(inside.sum()) - np.log(outside.sum())
+    return matrix, offset

@@ -1,5 +1,5 @@
-"""How a run's weights start: from another run's checkpoint (fine-tuning), or with the output
-biases at the training labels' priors."""
+"""How a run's weights start: from another run's checkpoint (fine-tuning, or a start from a model
+with another head), or with the output biases at the training labels' priors."""
 
 from __future__ import annotations
 
@@ -11,19 +11,49 @@ from neoseg.core import hierarchy as hier
 from . import checkpoint
 from .config import TrainConfig
 from .dataset import SliceDataset
+from .heads import head_conversion, output_channels
 
 
 def load_initial_weights(model: torch.nn.Module, config: TrainConfig, hierarchy: hier.Hierarchy) -> None:
-    """Copy the weights of ``config.init_from``, a checkpoint of the same network and hierarchy."""
+    """Copy the weights of ``config.init_from``, a checkpoint of the same network and hierarchy.
+    Its head may differ (an IUC sigmoid model starting a label-set softmax one, or back): every
+    weight but the output layer's is copied, and the output layer becomes the source's followed
+    by :func:`~neoseg.train.heads.head_conversion`, so the started model decides as the source did
+    as closely as a linear layer can."""
     start = checkpoint.load(config.init_from)
-    if (start.config.model, start.config.model_kwargs(), start.config.head) != \
-            (config.model, config.model_kwargs(), config.head):
+    if (start.config.model, start.config.model_kwargs()) != (config.model, config.model_kwargs()):
         raise ValueError(f"init_from {config.init_from} holds a '{start.config.model}' {start.config.model_kwargs()} "
-                         f"with a {start.config.head} head but this run trains a '{config.model}' "
-                         f"{config.model_kwargs()} with a {config.head} head; they must match")
+                         f"but this run trains a '{config.model}' {config.model_kwargs()}; the networks must match "
+                         f"(only the head may differ): pass the same --model and --widths as that run")
     if start.hierarchy.names != hierarchy.names:
         raise ValueError(f"init_from {config.init_from} predicts {start.hierarchy.names}, this run {hierarchy.names}")
-    model.load_state_dict(start.net.state_dict())
+    source = start.config.head
+    if source == config.head:
+        model.load_state_dict(start.net.state_dict())
+        return
+    old = output_layer(start.net, output_channels(source, hierarchy))
+    new = output_layer(model, output_channels(config.head, hierarchy))
+    head_names = {name for name, m in model.named_modules() if m is new}
+    body = {k: v for k, v in start.net.state_dict().items() if k.rsplit(".", 1)[0] not in head_names}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    if unexpected or {k.rsplit(".", 1)[0] for k in missing} != head_names:
+        raise ValueError(f"init_from {config.init_from}: its network differs from this run's beyond the output layer "
+                         f"(missing {missing}, unexpected {unexpected})")
+    matrix, offset = (torch.as_tensor(a, dtype=torch.float64)
+                      for a in head_conversion(source, config.head, hierarchy))
+    with torch.no_grad():
+        weight = old.weight.double().reshape(old.weight.shape[0], -1)
+        new.weight.copy_((matrix @ weight).reshape(new.weight.shape))
+        new.bias.copy_(matrix @ old.bias.double() + offset)
+
+
+def output_layer(model: torch.nn.Module, channels: int) -> torch.nn.Module:
+    """The last convolution or linear layer of ``model`` with ``channels`` biased outputs."""
+    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None
+             and getattr(m, "out_channels", getattr(m, "out_features", None)) == channels]
+    if not heads:
+        raise ValueError(f"found no output layer with {channels} biased outputs in {type(model).__name__}")
+    return heads[-1]
 
 
 def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset, head: str = "sigmoid") -> None:
@@ -54,9 +84,9 @@ def set_prior_bias(model: torch.nn.Module, dataset: SliceDataset, head: str = "s
         bias, channels = np.log(p[leaves] / p[leaves].sum()), len(leaves)
     else:
         bias, channels = np.log(p / (1 - p)), table.shape[1]
-    heads = [m for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)) and m.bias is not None
-             and getattr(m, "out_channels", getattr(m, "out_features", None)) == channels]
-    if not heads:
-        raise ValueError(f"prior_bias: found no output layer with {channels} biased outputs in {type(model).__name__}")
+    try:
+        head = output_layer(model, channels)
+    except ValueError as e:
+        raise ValueError(f"prior_bias: {e}") from None
     with torch.no_grad():
-        heads[-1].bias.copy_(torch.as_tensor(bias, dtype=heads[-1].bias.dtype))
+        head.bias.copy_(torch.as_tensor(bias, dtype=head.bias.dtype))

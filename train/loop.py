@@ -47,7 +47,7 @@ from .precision import grad_scaler, resolve_precision
 from .ranks import Ranks, init_ranks, resolve_device
 from .recipes import dataset_split, resolve_recipe, training_sessions
 from .rundir import append_metrics, create_run_dir, stored_config, truncate_metrics, write_split
-from .sampling import ShardedBatches
+from .sampling import training_batches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
 from .synthesis import with_synthesis
@@ -66,6 +66,7 @@ class RunResult:
     rows: list[dict]  # test evaluation, one per session and structure
     table: str  # markdown summary of ``rows``
     stopped_by: str = "epoch cap"  # or "early stopping", "time budget"
+    selected_by: str = "val-loss"  # the criterion of the best epoch and of early stopping (config.select)
     self_train_began: int | None = None  # the epoch self-training began, if it did
 
 
@@ -150,7 +151,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     _run_epochs(run, schedule, start)
     schedule.finish()
     if not ranks.main:
-        return RunResult(out, schedule.best_epoch, schedule.best_loss, [], "", schedule.stopped_by,
+        return RunResult(out, schedule.best_epoch, schedule.best_loss, [], "", schedule.stopped_by, config.select,
                          schedule.self_train_began)
     return _evaluate_test(run, split, schedule)
 
@@ -237,8 +238,8 @@ def _assemble(out: Path, config: TrainConfig, hierarchy: hier.Hierarchy, spacing
     shuffle = torch.Generator().manual_seed(config.seed)
     augment = make_augment(config.augment, hierarchy, config.seed + AUGMENT_SEED_OFFSET, device)
     augment = with_synthesis(augment, config.synthesis, hierarchy, config.seed, device)  # synthesis first
-    batches = ShardedBatches(len(train_set), config.batch_size, shuffle, ranks.rank, ranks.world,
-                             config.steps_per_epoch)
+    batches = training_batches(train_set.full_slices, config.batch_size, config.full_share, shuffle, ranks.rank,
+                               ranks.world, config.steps_per_epoch)
     train_loader = DataLoader(train_set, batch_sampler=batches, generator=shuffle, pin_memory=device.type == "cuda")
     val_loader = DataLoader(torch.utils.data.Subset(val_set, range(ranks.rank, len(val_set), ranks.world)),
                             batch_size=config.batch_size * 2)
@@ -347,8 +348,8 @@ def _evaluate_test(run: _Run, split: Split, schedule: Schedule) -> RunResult:
     rows = evaluate_sessions(segmenter, list(split.test), progress=run.ctx.progress)
     write_rows(run.out / "evaluation.csv", rows)
     table = report(rows)
-    write_text(run.out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']})\n\n"
-               f"{table}\n", overwrite=True)
+    write_text(run.out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']}, selected "
+               f"by {config.select}; the run ended by {schedule.stopped_by})\n\n{table}\n", overwrite=True)
     return RunResult(run.out, best.state["epoch"], best.state["best_val_loss"], rows, table, schedule.stopped_by,
-                     schedule.self_train_began)
+                     config.select, schedule.self_train_began)
 

@@ -17,6 +17,9 @@ from typing import Callable
 log = logging.getLogger("neoseg.train")
 
 
+CRITERIA = {"val-loss": "validation loss", "child-dice": "validation child Dice"}  # config.SELECTIONS, in words
+
+
 class Step(enum.Enum):
     TRAIN = "train"
     SELF_TRAIN_FROM_BEST = "begin self-training from the best weights, then train"
@@ -27,8 +30,8 @@ class Schedule:
     """The early stopping and self-training state of a run, fed each epoch's validation score."""
 
     def __init__(self, patience: int, self_training: bool = False, self_train_after: int | None = None,
-                 max_minutes: float | None = None):
-        self.patience, self.self_training = patience, self_training
+                 max_minutes: float | None = None, select: str = "val-loss"):
+        self.patience, self.self_training, self.select = patience, self_training, select
         self.self_train_after, self.max_minutes = self_train_after, max_minutes
         self.best_score, self.best_loss, self.best_epoch = math.inf, math.inf, 0
         self.self_train_began: int | None = None  # the epoch self-training began
@@ -37,7 +40,7 @@ class Schedule:
     @classmethod
     def of(cls, config) -> "Schedule":
         """The schedule of a :class:`~neoseg.train.config.TrainConfig`."""
-        return cls(config.patience, config.self_training, config.self_train_after, config.max_minutes)
+        return cls(config.patience, config.self_training, config.self_train_after, config.max_minutes, config.select)
 
     def before_epoch(self, epoch: int, minutes: float = 0.0,
                      any_rank: Callable[[bool], bool] = bool) -> Step:
@@ -47,7 +50,8 @@ class Schedule:
         since = max(self.best_epoch, (self.self_train_began or 1) - 1)
         if epoch - since > self.patience and self.best_epoch > 0:
             if not self.self_training or self.self_train_began is not None:
-                log.info("early stop: no validation improvement for %d epochs", self.patience)
+                log.info("early stop: no improvement of the %s (--select %s) for %d epochs",
+                         CRITERIA.get(self.select, self.select), self.select, self.patience)
                 self.stopped_by = "early stopping"
                 return Step.STOP
             self.self_train_began = epoch  # the plain loss has plateaued
