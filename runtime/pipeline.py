@@ -9,6 +9,7 @@ back to the scan's spacing and axis order. Thresholds are applied to the logits
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
 HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's foreground are not head
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
 STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
+CACHE_LINE, PAGE = 64, 4096  # bytes
 
 
 @dataclass
@@ -127,19 +129,27 @@ class Segmenter:
 
     def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale):
         """(first, last, network input) per batch: the slices cut and min-max scaled as
-        ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed."""
+        ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed. The slices
+        are first gathered ``STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
+        blocks: cutting batches straight from it would read each cache line once per batch."""
         (_, w1), (_, w2) = sorted(windows.items())
-        moved = np.moveaxis(image, self.info.axis, 0)
+        moved = np.moveaxis(image, self.info.axis, 0)[:, w1.src, w2.src]
         size = self.info.slice_size
-        buf = np.zeros((min(self.batch, max(1, todo.stop - todo.start)), 1, size, size), np.float32)
+        n = min(self.batch, max(1, todo.stop - todo.start))
+        buf = np.zeros((n, 1, size, size), np.float32)
+        staged = _staging((min(max(n, -(-STAGED // n) * n), max(1, todo.stop - todo.start)),) + moved.shape[1:],
+                          np.float32)
         lo, hi = scale
-        for i in range(todo.start, todo.stop, self.batch):
-            j = min(i + self.batch, todo.stop)
-            region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
-            np.subtract(moved[i:j, w1.src, w2.src], lo, out=region)
-            if hi > lo:
-                np.divide(region, hi - lo, out=region)
-            yield i, j, buf[:j - i, :, plane[0], plane[1]]
+        for first in range(todo.start, todo.stop, len(staged)):
+            last = min(first + len(staged), todo.stop)
+            _copy_blocked(staged[:last - first], moved[first:last])
+            for i in range(first, last, self.batch):
+                j = min(i + self.batch, last)
+                region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
+                np.subtract(staged[i - first:j - first], lo, out=region)
+                if hi > lo:
+                    np.divide(region, hi - lo, out=region)
+                yield i, j, buf[:j - i, :, plane[0], plane[1]]
 
     def _predict_into(self, image: np.ndarray, t: dict, targets: list, native_shape=None) -> int:
         """Compute ``image``'s head slices and decode each batch straight into ``targets``
@@ -255,19 +265,27 @@ class Segmenter:
         for parent, kids in h.sibling_groups:
             where = node == parent
             if where.any():
-                np.copyto(node, self._argmax(logits, kids), where=where)
+                node = np.where(where, self._argmax(logits, kids), node)
         values = np.array([c.value if c.value is not None else 0 for c in h.channels], _label_dtype(self.info))
         return values[node]
 
     @staticmethod
     def _argmax(logits: np.ndarray, channels: list[int]) -> np.ndarray:
+        """The channel of ``channels`` with the largest logit (the first of equals; a NaN never
+        wins, except a NaN in the first channel, which keeps it). Vectorised: the running winner
+        is held as its position in ``channels``, which only grows, so it is updated by a maximum
+        instead of a masked copy."""
         best = logits[channels[0]].copy()
-        index = np.full(best.shape, channels[0], np.intp)
-        for c in channels[1:]:
-            higher = logits[c] > best
-            np.copyto(best, logits[c], where=higher)
-            np.copyto(index, c, where=higher)
-        return index
+        first_nan = np.isnan(best)
+        position = np.zeros(best.shape, np.uint8 if len(channels) <= 256 else np.intp)
+        higher = np.empty(best.shape, bool)
+        for k, c in enumerate(channels[1:], 1):
+            np.greater(logits[c], best, out=higher)
+            np.fmax(best, logits[c], out=best)  # = where(higher, logits[c], best) but for NaN
+            np.maximum(position, higher * position.dtype.type(k), out=position)
+        if first_nan.any():
+            position[first_nan] = 0
+        return np.asarray(channels, np.intp)[position]
 
 
 class _Staged:
@@ -284,8 +302,8 @@ class _Staged:
         batch = segmenter.batch
         staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
         shape = (staged, len(segmenter.info.hierarchy), self.lr.stop - self.lr.start, self.lc.stop - self.lc.start)
-        self.buf = Decoded(np.empty((staged,) + shape[2:], self.dst[0].dtype), np.empty(shape, np.uint8),
-                           np.empty(shape, np.float32) if targets[2] is not None else None)
+        self.buf = Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
+                           _staging(shape, np.float32) if targets[2] is not None else None)
         self.first = todo.start  # first slice held in the staging buffers
 
     def _part(self, i: int, n: int) -> Decoded:
@@ -327,6 +345,18 @@ def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
     for start in range(0, dst.shape[axis], block):
         part = (slice(None),) * axis + (slice(start, start + block),)
         dst[part] = src[part]
+
+
+def _staging(shape: tuple, dtype) -> np.ndarray:
+    """An empty array of ``shape`` whose slices (first axis) start one cache line past a 4 KiB
+    boundary from each other: a copy along the first axis (the transposing copies to and from the
+    NIfTI-ordered volumes) then spreads over the CPU cache's sets instead of evicting itself, which
+    a power-of-two slice size (256^2 bytes) would do."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape[1:]) * dtype.itemsize
+    pad = (CACHE_LINE - size) % PAGE
+    flat = np.empty((shape[0], size + pad), np.uint8)
+    return flat[:, :size].view(dtype).reshape(shape)  # a view: only the contiguous axis is split
 
 
 def _overlap(plane: slice, window) -> tuple[slice, slice]:
