@@ -131,22 +131,27 @@ class Segmenter:
         """(first, last, network input) per batch: the slices cut and min-max scaled as
         ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed. The slices
         are first gathered ``STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
-        blocks: cutting batches straight from it would read each cache line once per batch."""
+        blocks: cutting batches straight from it would read each cache line once per batch. A
+        volume that holds its slices whole (a resampled one) is cut straight away."""
         (_, w1), (_, w2) = sorted(windows.items())
         moved = np.moveaxis(image, self.info.axis, 0)[:, w1.src, w2.src]
         size = self.info.slice_size
         n = min(self.batch, max(1, todo.stop - todo.start))
         buf = np.zeros((n, 1, size, size), np.float32)
-        staged = _staging((min(max(n, -(-STAGED // n) * n), max(1, todo.stop - todo.start)),) + moved.shape[1:],
-                          np.float32)
+        step = min(max(n, -(-STAGED // n) * n), max(1, todo.stop - todo.start))
+        gather = abs(moved.strides[0]) < max(abs(moved.strides[1]), abs(moved.strides[2]))
+        staged = _staging((step,) + moved.shape[1:], np.float32) if gather else None
         lo, hi = scale
-        for first in range(todo.start, todo.stop, len(staged)):
-            last = min(first + len(staged), todo.stop)
-            _copy_blocked(staged[:last - first], moved[first:last])
+        for first in range(todo.start, todo.stop, step):
+            last = min(first + step, todo.stop)
+            src = moved[first:last]
+            if gather:
+                _copy_blocked(staged[:last - first], src)
+                src = staged
             for i in range(first, last, self.batch):
                 j = min(i + self.batch, last)
                 region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
-                np.subtract(staged[i - first:j - first], lo, out=region)
+                np.subtract(src[i - first:j - first], lo, out=region)
                 if hi > lo:
                     np.divide(region, hi - lo, out=region)
                 yield i, j, buf[:j - i, :, plane[0], plane[1]]
@@ -161,7 +166,10 @@ class Segmenter:
         windows, todo, plane, scale = self._plan(image)
         probabilities = targets[2] is not None
         if native_shape is None:
-            sink = _Staged(self, windows, todo, plane, targets)
+            (_, w1), (_, w2) = sorted(windows.items())
+            (lr, dr), (lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
+            moved = [None if a is None else np.moveaxis(a, self.info.axis, 0)[:, dr, dc] for a in targets]
+            sink = _Staged(self, todo, moved, (lr, lc))
         else:
             sink = self._resampler(image.shape, native_shape, windows, todo, plane, targets)
         on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
@@ -199,6 +207,7 @@ class Segmenter:
             outside[out_ch] = blank[out_ch] = OUTSIDE_LOGIT
         rows, cols = plane
         dst = [None if a is None else np.moveaxis(a, axis, 0) for a in targets]
+        staged = _Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)))
 
         def window(k: int, logits: np.ndarray) -> np.ndarray:
             computed, out = blank.copy(), outside.copy()
@@ -207,8 +216,7 @@ class Segmenter:
             return out
 
         def emit(p: int, logits: np.ndarray) -> None:
-            self.decode(logits, 0, dst[2] is not None, out=Decoded(
-                dst[0][p], np.moveaxis(dst[1][p], -1, 0), None if dst[2] is None else np.moveaxis(dst[2][p], -1, 0)))
+            staged.put(p, logits[None])
 
         return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit)
 
@@ -289,21 +297,20 @@ class Segmenter:
 
 
 class _Staged:
-    """Batches of slices decoded on the model's grid into contiguous staging buffers of STAGED
-    slices (fast ufunc loops), then copied to the (Fortran-ordered) outputs in blocks: along the
-    sagittal axis, the file's fastest, STAGED uint8 slices fill whole cache lines."""
+    """Slices (a batch on the model's grid, or a plane resampled onto the scan's) decoded into
+    contiguous staging buffers of STAGED slices (fast ufunc loops), then copied to the
+    (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest, STAGED uint8
+    slices fill whole cache lines, where one slice at a time would touch every line once per slice."""
 
-    def __init__(self, segmenter: "Segmenter", windows, todo: slice, plane, targets: list):
-        self.segmenter, self.todo = segmenter, todo
-        (_, w1), (_, w2) = sorted(windows.items())
-        (self.lr, dr), (self.lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
-        axis = segmenter.info.axis
-        self.dst = [None if a is None else np.moveaxis(a, axis, 0)[:, dr, dc] for a in targets]
+    def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice]):
+        """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
+        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there."""
+        self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
         batch = segmenter.batch
         staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
-        shape = (staged, len(segmenter.info.hierarchy), self.lr.stop - self.lr.start, self.lc.stop - self.lc.start)
+        shape = (staged, len(segmenter.info.hierarchy)) + dst[0].shape[1:]
         self.buf = Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
-                           _staging(shape, np.float32) if targets[2] is not None else None)
+                           _staging(shape, np.float32) if dst[2] is not None else None)
         self.first = todo.start  # first slice held in the staging buffers
 
     def _part(self, i: int, n: int) -> Decoded:
