@@ -293,7 +293,7 @@ class Segmenter:
             np.maximum(position, higher * position.dtype.type(k), out=position)
         if first_nan.any():
             position[first_nan] = 0
-        return np.asarray(channels, np.intp)[position]
+        return np.asarray(channels, position.dtype if max(channels) < 256 else np.intp)[position]
 
 
 class _Staged:
@@ -306,6 +306,9 @@ class _Staged:
         """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
         slices fill; ``crop``: the part of each slice's (rows, cols) that goes there."""
         self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
+        h = segmenter.info.hierarchy
+        out_ch = h.outside_channel  # what the outputs hold before they are written: "outside"
+        self.fill = (0 if out_ch is None else h.channels[out_ch].value, [int(c == out_ch) for c in range(len(h))])
         batch = segmenter.batch
         staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
         shape = (staged, len(segmenter.info.hierarchy)) + dst[0].shape[1:]
@@ -332,15 +335,26 @@ class _Staged:
     def _copy_out(self, j: int) -> None:
         first, buf, dst = self.first, self.buf, self.dst
         if j - first == len(buf.labels) or j == self.todo.stop:  # staging full: out to the outputs
-            _copy_blocked(dst[0][first:j], buf.labels[:j - first])
+            _copy_changed(dst[0][first:j], buf.labels[:j - first], self.fill[0])
             for c in range(buf.masks.shape[1]):
-                _copy_blocked(dst[1][first:j, ..., c], buf.masks[:j - first, c])
+                _copy_changed(dst[1][first:j, ..., c], buf.masks[:j - first, c], self.fill[1][c])
                 if buf.probs is not None:
                     _copy_blocked(dst[2][first:j, ..., c], buf.probs[:j - first, c])
             self.first = j
 
     def finish(self) -> None:
         pass
+
+
+def _copy_changed(dst: np.ndarray, src: np.ndarray, fill) -> None:
+    """``dst[...] = src`` where ``dst`` holds ``fill`` throughout: only the in-plane box of the
+    values that differ from it is copied. Most of a decoded slice is outside the head, and most
+    structures fill a small part of it; finding the box reads ``src`` once, in memory order."""
+    differs = src.max(axis=0) if fill == 0 else (src != fill).any(axis=0)
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if len(rows):
+        box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        _copy_blocked(dst[box], src[box])
 
 
 def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
