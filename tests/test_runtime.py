@@ -322,3 +322,17 @@ def test_physical_cores_counts_hyperthread_siblings_once(tmp_path):
     assert physical_cores({0, 1, 2, 3}, tmp_path) == 3  # core 0 of package 1 is another core
     assert physical_cores({0, 2, 5}, tmp_path) == 3  # no topology for cpu5: the logical count
     assert 1 <= physical_cores() <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_host_path_benchmark_reports_every_phase_and_the_cpu(tmp_path):
+    from neoseg.benchmarks import host_path
+
+    data = np.zeros((24, 20, 18), np.float32)
+    data[6:18, 5:15, 4:14] = np.linspace(1, 2, 12 * 10 * 10).reshape(12, 10, 10)
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "s_T2w.nii.gz")
+    host_path.main(["--scan", str(tmp_path / "s_T2w.nii.gz"), "--repeats", "1", "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "host-path.json").read_text())
+    wall = result["scans"][0]["wall_s"]
+    assert set(host_path.PHASES) <= set(wall) and wall["host"] > 0
+    assert wall["host"] == pytest.approx(sum(wall[p] for p in host_path.PHASES), rel=1e-6)
+    assert "cpu_features" in result["machine"] and "host path" in (tmp_path / "out" / "host-path.md").read_text()
