@@ -210,8 +210,12 @@ class Segmenter:
         staged = _Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)))
 
         def window(k: int, logits: np.ndarray) -> np.ndarray:
-            computed, out = blank.copy(), outside.copy()
-            computed[:, rows, cols] = logits
+            if logits.shape[1:] == blank.shape[1:]:  # the whole slice was computed
+                computed = logits
+            else:
+                computed = blank.copy()
+                computed[:, rows, cols] = logits
+            out = outside.copy()
             out[:, w1.src, w2.src] = computed[:, w1.dst, w2.dst]
             return out
 
