@@ -84,6 +84,12 @@ def median_seconds(fn, repeats: int, warmup: int = 1, sync=None) -> float:
     return statistics.median(times)
 
 
+def host_seconds(timings: dict) -> float:
+    """The host path of one scan: every phase but the network (read, resample, preprocess,
+    postprocess, write)."""
+    return sum(v for k, v in timings.items() if k != "network")
+
+
 def write_results(folder: str | Path, name: str, results: dict, markdown: str) -> None:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from neoseg.core.hierarchy import builtin
 from neoseg.runtime.backend import Backend
 from neoseg.runtime.model import ModelInfo
 
-from .common import cohort, machine, table, write_results
+from .common import cohort, host_seconds, machine, table, write_results
 
 PHASES = ("read", "resample", "preprocess", "postprocess", "write")
 
@@ -67,7 +67,7 @@ def measure(scan: Path, repeats: int) -> dict:
             cpu = time.process_time() - cpu
             if k:  # the first: warm-up
                 t = dict(seg.timings)
-                t["host"] = sum(v for p, v in t.items() if p != "network")
+                t["host"] = host_seconds(t)
                 runs.append((t, cpu))
     wall = {p: statistics.median(t.get(p, 0.0) for t, _ in runs) for p in (*PHASES, "host", "network")}
     return {"scan": str(scan), "shape": list(_shape(scan)), "wall_s": wall,

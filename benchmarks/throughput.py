@@ -28,7 +28,7 @@ import numpy as np
 
 from neoseg.runtime.backend import Backend
 
-from .common import cohort, default_checkpoint, machine, median_seconds, table, write_results
+from .common import cohort, default_checkpoint, host_seconds, machine, median_seconds, table, write_results
 
 BASELINE = "torch eager fp32"
 
@@ -165,12 +165,6 @@ def end_to_end(scan: Path, runners: dict, repeats: int, warmup: int = 1, log=pri
     for r in rows:
         r["speedup_vs_eager_fp32"] = base / r["seconds"]
     return rows
-
-
-def host_seconds(timings: dict) -> float:
-    """The host path of one scan: every phase but the network (read, resample, preprocess,
-    postprocess, write)."""
-    return sum(v for k, v in timings.items() if k != "network")
 
 
 def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str, log=print) -> dict:
