@@ -14,7 +14,10 @@ import numpy as np
 
 
 def machine() -> dict:
-    info = {"cpu": _cpu_name(), "cores": len(os.sched_getaffinity(0)), "python": platform.python_version(),
+    from neoseg.runtime.cpu import cpu_features, cpu_name
+
+    info = {"cpu": cpu_name(), "cpu_features": cpu_features(), "cores": len(os.sched_getaffinity(0)),
+            "python": platform.python_version(),
             "load": [round(x, 2) for x in os.getloadavg()]}
     import onnxruntime
 
@@ -35,16 +38,6 @@ def machine() -> dict:
     except ImportError:
         pass
     return info
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def cohort(root: str | Path | None, n_subjects: int, grid: int, seed: int = 7):
@@ -89,6 +82,12 @@ def median_seconds(fn, repeats: int, warmup: int = 1, sync=None) -> float:
             sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def host_seconds(timings: dict) -> float:
+    """The host path of one scan: every phase but the network (read, resample, preprocess,
+    postprocess, write)."""
+    return sum(v for k, v in timings.items() if k != "network")
 
 
 def write_results(folder: str | Path, name: str, results: dict, markdown: str) -> None:

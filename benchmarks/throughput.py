@@ -3,8 +3,9 @@ in the same run on the same device:
 
 - network only: ms per 256-slice volume of full slices (slice_size^2) and slices/s;
 - end to end: seconds per scan from reading the NIfTI to writing the results (neoseg-infer's path),
-  with its breakdown (read, resample, preprocess, network, postprocess, write), for each precision
-  OpenVINO runs on this CPU and for what ``--precision auto`` picks.
+  with its breakdown (read, resample, preprocess, network, postprocess, write), the host path
+  (all but the network) and its ratio to the network, for each precision OpenVINO runs on this
+  CPU and for what ``--precision auto`` picks.
 
 The report names the CPU's features that decide the precisions (AMX, AVX-512 VNNI/BF16/FP16, ...).
 The INT8 model is quantised as ``neoseg-export`` does, but calibrated and gated on the benchmark scan
@@ -26,9 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from neoseg.runtime.backend import Backend
-from neoseg.runtime.cpu import cpu_features
 
-from .common import cohort, default_checkpoint, machine, median_seconds, table, write_results
+from .common import cohort, default_checkpoint, host_seconds, machine, median_seconds, table, write_results
 
 BASELINE = "torch eager fp32"
 
@@ -155,9 +155,12 @@ def end_to_end(scan: Path, runners: dict, repeats: int, warmup: int = 1, log=pri
                 _, seg = segment_file(scan, runner, tmp, overwrite=True)
                 runs.append((time.perf_counter() - start, seg))
             total, seg = sorted(runs[warm:], key=lambda r: r[0])[n // 2]
+            host = host_seconds(seg.timings)
             rows.append({"path": name, "backend": runner.backend.name, "seconds": total, "first_run_s": runs[0][0],
-                         "slices_computed": seg.computed_slices, **{f"{k}_s": v for k, v in seg.timings.items()}})
-            log(f"  {name}: {total:.2f} s per scan ({', '.join(f'{k} {v:.2f}' for k, v in seg.timings.items())})")
+                         "slices_computed": seg.computed_slices, **{f"{k}_s": v for k, v in seg.timings.items()},
+                         "host_s": host, "host_per_network": host / max(seg.timings["network"], 1e-9)})
+            log(f"  {name}: {total:.2f} s per scan ({', '.join(f'{k} {v:.2f}' for k, v in seg.timings.items())}); "
+                f"host path {host:.2f} s, {rows[-1]['host_per_network']:.2f}x the network")
     base = next(r["seconds"] for r in rows if r["path"] == BASELINE)
     for r in rows:
         r["speedup_vs_eager_fp32"] = base / r["seconds"]
@@ -227,10 +230,12 @@ def markdown(result: dict) -> str:
             [[r["path"], r["ms_per_volume"], r["slices_per_s"], r["speedup_vs_eager_fp32"]] for r in result["network"]])
     if result.get("end_to_end"):
         text += f"\nEnd to end (read -> write), {result['scan']}:\n\n" + table(
-            ["path", "backend", "s per scan", "× eager FP32", "slices computed", "read", "preprocess", "network",
-             "postprocess", "write"],
+            ["path", "backend", "s per scan", "× eager FP32", "slices computed", "read", "resample", "preprocess",
+             "network", "postprocess", "write", "host path", "host / network"],
             [[r["path"], r["backend"], r["seconds"], r["speedup_vs_eager_fp32"], r["slices_computed"], r["read_s"],
-              r["preprocess_s"], r["network_s"], r["postprocess_s"], r["write_s"]] for r in result["end_to_end"]])
+              r["resample_s"], r["preprocess_s"], r["network_s"], r["postprocess_s"], r["write_s"], r["host_s"],
+              r["host_per_network"]] for r in result["end_to_end"]])
+        text += "\nHost path: every phase but the network (read, resample, preprocess, postprocess, write).\n"
     return text
 
 
@@ -264,7 +269,7 @@ def run(args, log=print) -> dict:
     export_onnx(loaded.model, info_from_checkpoint(loaded), onnx, verify_on=_verification(loaded, scan))
     if device == "cpu":
         _int8(onnx, loaded, scan, log)
-    result = {"machine": machine() | {"cpu_features": cpu_features()}, "device": device, "scan": str(scan),
+    result = {"machine": machine(), "device": device, "scan": str(scan),
               "checkpoint": str(ckpt)}
     log(f"throughput on {result['machine'].get('gpu', result['machine']['cpu'])}, device {device}")
     if not args.skip_network:

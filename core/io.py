@@ -145,7 +145,7 @@ def write_nifti(img, path: str | Path, threads: int | None = None) -> None:
 
 def _nifti_parts(img) -> list:
     """The uncompressed file as pieces: the header block, then each 3D volume's bytes in
-    Fortran order (callables, so the threads do the transposing)."""
+    Fortran order (callables, so the threads do any transposing)."""
     import nibabel as nib
     import numpy as np
 
@@ -164,8 +164,14 @@ def _nifti_parts(img) -> list:
     for v in range(volumes.shape[3]):
         slab_z = max(1, GZIP_CHUNK // max(1, volumes[..., 0, v].nbytes))  # z planes per chunk
         for z in range(0, data.shape[2], slab_z):
-            parts.append(lambda v=v, z=z: volumes[:, :, z:z + slab_z, v].tobytes(order="F"))
+            parts.append(lambda v=v, z=z: _fortran_bytes(volumes[:, :, z:z + slab_z, v]))
     return parts
+
+
+def _fortran_bytes(block):
+    """``block``'s bytes in Fortran order: the block itself (as a buffer, no copy) when it lies so
+    in memory, as the runtime's outputs do."""
+    return block.T if block.flags.f_contiguous else block.tobytes(order="F")
 
 
 def _gzip_member(chunk) -> bytes:

@@ -19,6 +19,20 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> list[str]:
         return []
 
 
+def cpu_name(cpuinfo: Path = CPUINFO) -> str:
+    """The CPU's model name as Linux gives it (``AMD EPYC 9654 96-Core Processor``); elsewhere
+    the platform's processor string."""
+    try:
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or "unknown"
+
+
 def usable_cpus() -> set[int]:
     """The logical CPUs this process may run on."""
     if hasattr(os, "sched_getaffinity"):

@@ -9,6 +9,7 @@ back to the scan's spacing and axis order. Thresholds are applied to the logits
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
 HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's foreground are not head
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
 STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
+CACHE_LINE, PAGE = 64, 4096  # bytes
 
 
 @dataclass
@@ -127,19 +129,32 @@ class Segmenter:
 
     def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale):
         """(first, last, network input) per batch: the slices cut and min-max scaled as
-        ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed."""
+        ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed. The slices
+        are first gathered ``STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
+        blocks: cutting batches straight from it would read each cache line once per batch. A
+        volume that holds its slices whole (a resampled one) is cut straight away."""
         (_, w1), (_, w2) = sorted(windows.items())
-        moved = np.moveaxis(image, self.info.axis, 0)
+        moved = np.moveaxis(image, self.info.axis, 0)[:, w1.src, w2.src]
         size = self.info.slice_size
-        buf = np.zeros((min(self.batch, max(1, todo.stop - todo.start)), 1, size, size), np.float32)
+        n = min(self.batch, max(1, todo.stop - todo.start))
+        buf = np.zeros((n, 1, size, size), np.float32)
+        step = min(max(n, -(-STAGED // n) * n), max(1, todo.stop - todo.start))
+        gather = abs(moved.strides[0]) < max(abs(moved.strides[1]), abs(moved.strides[2]))
+        staged = _staging((step,) + moved.shape[1:], np.float32) if gather else None
         lo, hi = scale
-        for i in range(todo.start, todo.stop, self.batch):
-            j = min(i + self.batch, todo.stop)
-            region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
-            np.subtract(moved[i:j, w1.src, w2.src], lo, out=region)
-            if hi > lo:
-                np.divide(region, hi - lo, out=region)
-            yield i, j, buf[:j - i, :, plane[0], plane[1]]
+        for first in range(todo.start, todo.stop, step):
+            last = min(first + step, todo.stop)
+            src = moved[first:last]
+            if gather:
+                _copy_blocked(staged[:last - first], src)
+                src = staged
+            for i in range(first, last, self.batch):
+                j = min(i + self.batch, last)
+                region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
+                np.subtract(src[i - first:j - first], lo, out=region)
+                if hi > lo:
+                    np.divide(region, hi - lo, out=region)
+                yield i, j, buf[:j - i, :, plane[0], plane[1]]
 
     def _predict_into(self, image: np.ndarray, t: dict, targets: list, native_shape=None) -> int:
         """Compute ``image``'s head slices and decode each batch straight into ``targets``
@@ -151,7 +166,10 @@ class Segmenter:
         windows, todo, plane, scale = self._plan(image)
         probabilities = targets[2] is not None
         if native_shape is None:
-            sink = _Staged(self, windows, todo, plane, targets)
+            (_, w1), (_, w2) = sorted(windows.items())
+            (lr, dr), (lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
+            moved = [None if a is None else np.moveaxis(a, self.info.axis, 0)[:, dr, dc] for a in targets]
+            sink = _Staged(self, todo, moved, (lr, lc))
         else:
             sink = self._resampler(image.shape, native_shape, windows, todo, plane, targets)
         on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
@@ -189,16 +207,20 @@ class Segmenter:
             outside[out_ch] = blank[out_ch] = OUTSIDE_LOGIT
         rows, cols = plane
         dst = [None if a is None else np.moveaxis(a, axis, 0) for a in targets]
+        staged = _Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)))
 
         def window(k: int, logits: np.ndarray) -> np.ndarray:
-            computed, out = blank.copy(), outside.copy()
-            computed[:, rows, cols] = logits
+            if logits.shape[1:] == blank.shape[1:]:  # the whole slice was computed
+                computed = logits
+            else:
+                computed = blank.copy()
+                computed[:, rows, cols] = logits
+            out = outside.copy()
             out[:, w1.src, w2.src] = computed[:, w1.dst, w2.dst]
             return out
 
         def emit(p: int, logits: np.ndarray) -> None:
-            self.decode(logits, 0, dst[2] is not None, out=Decoded(
-                dst[0][p], np.moveaxis(dst[1][p], -1, 0), None if dst[2] is None else np.moveaxis(dst[2][p], -1, 0)))
+            staged.put(p, logits[None])
 
         return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit)
 
@@ -255,37 +277,47 @@ class Segmenter:
         for parent, kids in h.sibling_groups:
             where = node == parent
             if where.any():
-                np.copyto(node, self._argmax(logits, kids), where=where)
+                node = np.where(where, self._argmax(logits, kids), node)
         values = np.array([c.value if c.value is not None else 0 for c in h.channels], _label_dtype(self.info))
         return values[node]
 
     @staticmethod
     def _argmax(logits: np.ndarray, channels: list[int]) -> np.ndarray:
+        """The channel of ``channels`` with the largest logit (the first of equals; a NaN never
+        wins, except a NaN in the first channel, which keeps it). Vectorised: the running winner
+        is held as its position in ``channels``, which only grows, so it is updated by a maximum
+        instead of a masked copy."""
         best = logits[channels[0]].copy()
-        index = np.full(best.shape, channels[0], np.intp)
-        for c in channels[1:]:
-            higher = logits[c] > best
-            np.copyto(best, logits[c], where=higher)
-            np.copyto(index, c, where=higher)
-        return index
+        first_nan = np.isnan(best)
+        position = np.zeros(best.shape, np.uint8 if len(channels) <= 256 else np.intp)
+        higher = np.empty(best.shape, bool)
+        for k, c in enumerate(channels[1:], 1):
+            np.greater(logits[c], best, out=higher)
+            np.fmax(best, logits[c], out=best)  # = where(higher, logits[c], best) but for NaN
+            np.maximum(position, higher * position.dtype.type(k), out=position)
+        if first_nan.any():
+            position[first_nan] = 0
+        return np.asarray(channels, position.dtype if max(channels) < 256 else np.intp)[position]
 
 
 class _Staged:
-    """Batches of slices decoded on the model's grid into contiguous staging buffers of STAGED
-    slices (fast ufunc loops), then copied to the (Fortran-ordered) outputs in blocks: along the
-    sagittal axis, the file's fastest, STAGED uint8 slices fill whole cache lines."""
+    """Slices (a batch on the model's grid, or a plane resampled onto the scan's) decoded into
+    contiguous staging buffers of STAGED slices (fast ufunc loops), then copied to the
+    (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest, STAGED uint8
+    slices fill whole cache lines, where one slice at a time would touch every line once per slice."""
 
-    def __init__(self, segmenter: "Segmenter", windows, todo: slice, plane, targets: list):
-        self.segmenter, self.todo = segmenter, todo
-        (_, w1), (_, w2) = sorted(windows.items())
-        (self.lr, dr), (self.lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
-        axis = segmenter.info.axis
-        self.dst = [None if a is None else np.moveaxis(a, axis, 0)[:, dr, dc] for a in targets]
+    def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice]):
+        """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
+        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there."""
+        self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
+        h = segmenter.info.hierarchy
+        out_ch = h.outside_channel  # what the outputs hold before they are written: "outside"
+        self.fill = (0 if out_ch is None else h.channels[out_ch].value, [int(c == out_ch) for c in range(len(h))])
         batch = segmenter.batch
         staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
-        shape = (staged, len(segmenter.info.hierarchy), self.lr.stop - self.lr.start, self.lc.stop - self.lc.start)
-        self.buf = Decoded(np.empty((staged,) + shape[2:], self.dst[0].dtype), np.empty(shape, np.uint8),
-                           np.empty(shape, np.float32) if targets[2] is not None else None)
+        shape = (staged, len(segmenter.info.hierarchy)) + dst[0].shape[1:]
+        self.buf = Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
+                           _staging(shape, np.float32) if dst[2] is not None else None)
         self.first = todo.start  # first slice held in the staging buffers
 
     def _part(self, i: int, n: int) -> Decoded:
@@ -307,15 +339,26 @@ class _Staged:
     def _copy_out(self, j: int) -> None:
         first, buf, dst = self.first, self.buf, self.dst
         if j - first == len(buf.labels) or j == self.todo.stop:  # staging full: out to the outputs
-            _copy_blocked(dst[0][first:j], buf.labels[:j - first])
+            _copy_changed(dst[0][first:j], buf.labels[:j - first], self.fill[0])
             for c in range(buf.masks.shape[1]):
-                _copy_blocked(dst[1][first:j, ..., c], buf.masks[:j - first, c])
+                _copy_changed(dst[1][first:j, ..., c], buf.masks[:j - first, c], self.fill[1][c])
                 if buf.probs is not None:
                     _copy_blocked(dst[2][first:j, ..., c], buf.probs[:j - first, c])
             self.first = j
 
     def finish(self) -> None:
         pass
+
+
+def _copy_changed(dst: np.ndarray, src: np.ndarray, fill) -> None:
+    """``dst[...] = src`` where ``dst`` holds ``fill`` throughout: only the in-plane box of the
+    values that differ from it is copied. Most of a decoded slice is outside the head, and most
+    structures fill a small part of it; finding the box reads ``src`` once, in memory order."""
+    differs = src.max(axis=0) if fill == 0 else (src != fill).any(axis=0)
+    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
+    if len(rows):
+        box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
+        _copy_blocked(dst[box], src[box])
 
 
 def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
@@ -327,6 +370,18 @@ def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
     for start in range(0, dst.shape[axis], block):
         part = (slice(None),) * axis + (slice(start, start + block),)
         dst[part] = src[part]
+
+
+def _staging(shape: tuple, dtype) -> np.ndarray:
+    """An empty array of ``shape`` whose slices (first axis) start one cache line past a 4 KiB
+    boundary from each other: a copy along the first axis (the transposing copies to and from the
+    NIfTI-ordered volumes) then spreads over the CPU cache's sets instead of evicting itself, which
+    a power-of-two slice size (256^2 bytes) would do."""
+    dtype = np.dtype(dtype)
+    size = math.prod(shape[1:]) * dtype.itemsize
+    pad = (CACHE_LINE - size) % PAGE
+    flat = np.empty((shape[0], size + pad), np.uint8)
+    return flat[:, :size].view(dtype).reshape(shape)  # a view: only the contiguous axis is split
 
 
 def _overlap(plane: slice, window) -> tuple[slice, slice]:

@@ -173,6 +173,66 @@ def test_resampled_scan_decoded_plane_by_plane_equals_the_whole_volume_decoding(
 
 
 # ---- decoding and outputs ------------------------------------------------------------------
+class TiedLogits(Backend):
+    """A stand-in network with many exact ties between channels (logits in steps of 1), so the
+    decoding's first-of-equals rule is exercised on every slice."""
+
+    def __init__(self, info):
+        self.info, self.name, self.batch = info, "tied", 3
+        n = len(info.hierarchy)
+        self.a = np.linspace(-6, 6, n, dtype=np.float32)[None, :, None, None]
+        self.b = np.linspace(2, -2, n, dtype=np.float32)[None, :, None, None]
+
+    def run(self, x):
+        return np.round(x * self.a + self.b)
+
+
+@pytest.mark.parametrize("layout", ["fortran", "c"])  # as nibabel reads a file / any other array
+@pytest.mark.parametrize("factors", [(1.0, 1.0, 1.0), (0.7, 1.0, 1.3)])  # the model's grid / resampled
+def test_outputs_decoded_in_the_files_order_equal_the_whole_volume_decoding(model, scan, layout, factors,
+                                                                             monkeypatch):
+    """Labels and masks decoded batch by batch into staging buffers of 4 slices and copied into
+    outputs laid out as the NIfTI file stores them equal the plain decoding of the whole logit
+    volume (``Hierarchy.to_labels``: np.argmax, the first of equal logits wins)."""
+    monkeypatch.setattr(pipeline, "STAGED", 4)
+    img = nib.as_closest_canonical(nib.load(scan))
+    data = np.asarray(img.dataobj, np.float32)
+    data = np.asfortranarray(data) if layout == "fortran" else np.ascontiguousarray(data)
+    zooms = tuple(z * f for z, f in zip(img.header.get_zooms()[:3], factors))
+    backend = TiedLogits(OrtBackend(model).info)
+    seg = Segmenter(backend, skip_empty=False).segment(data, np.diag([*zooms, 1.0]), zooms)
+    labels, masks = _whole_volume_reference(backend, data, zooms)
+    assert seg.labels.flags.f_contiguous and seg.masks.flags.f_contiguous  # written without a transposing copy
+    assert np.array_equal(seg.labels, labels) and np.array_equal(np.moveaxis(seg.masks, -1, 0), masks)
+    assert len(np.unique(labels)) > 3
+
+
+def _masked_copy_argmax(logits, channels):
+    """The running argmax as it was first written (masked copies), the reference of the vectorised one."""
+    best, index = logits[channels[0]].copy(), np.full(logits.shape[1:], channels[0], np.intp)
+    for c in channels[1:]:
+        higher = logits[c] > best
+        np.copyto(best, logits[c], where=higher)
+        np.copyto(index, c, where=higher)
+    return index
+
+
+def test_vectorised_argmax_equals_the_masked_copy_reference_with_ties_and_nan():
+    rng = np.random.default_rng(3)
+    logits = np.round(rng.normal(0, 1.5, (6, 40, 50))).astype(np.float32)  # many ties
+    logits[rng.random(logits.shape) < 0.05] = np.nan  # a NaN never wins, except in the first channel
+    for channels in ([0, 1, 2, 3, 4, 5], [4, 1, 5], [2]):
+        assert np.array_equal(Segmenter._argmax(logits, channels), _masked_copy_argmax(logits, channels))
+
+
+def test_staging_slices_start_one_cache_line_off_a_page():
+    for shape, dtype in (((5, 11, 256, 256), np.uint8), ((4, 200, 256), np.float32), ((3, 7, 9), np.uint16)):
+        a = pipeline._staging(shape, dtype)
+        a[...] = 1  # writable, the requested shape and type
+        assert a.shape == shape and a.dtype == dtype and a.strides[0] % pipeline.PAGE == pipeline.CACHE_LINE
+        assert a[0].flags.c_contiguous  # each slice is contiguous: the decoding's ufunc loops stay fast
+
+
 def test_thresholds_on_logits_equal_thresholds_on_probabilities(model):
     runner = Segmenter(open_backend(model))
     logits = np.random.default_rng(0).normal(0, 3, (4, 11, 5, 5)).astype(np.float32)
@@ -262,3 +322,17 @@ def test_physical_cores_counts_hyperthread_siblings_once(tmp_path):
     assert physical_cores({0, 1, 2, 3}, tmp_path) == 3  # core 0 of package 1 is another core
     assert physical_cores({0, 2, 5}, tmp_path) == 3  # no topology for cpu5: the logical count
     assert 1 <= physical_cores() <= len(__import__("os").sched_getaffinity(0))
+
+
+def test_host_path_benchmark_reports_every_phase_and_the_cpu(tmp_path):
+    from neoseg.benchmarks import host_path
+
+    data = np.zeros((24, 20, 18), np.float32)
+    data[6:18, 5:15, 4:14] = np.linspace(1, 2, 12 * 10 * 10).reshape(12, 10, 10)
+    nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "s_T2w.nii.gz")
+    host_path.main(["--scan", str(tmp_path / "s_T2w.nii.gz"), "--repeats", "1", "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "host-path.json").read_text())
+    wall = result["scans"][0]["wall_s"]
+    assert set(host_path.PHASES) <= set(wall) and wall["host"] > 0
+    assert wall["host"] == pytest.approx(sum(wall[p] for p in host_path.PHASES), rel=1e-6)
+    assert "cpu_features" in result["machine"] and "host path" in (tmp_path / "out" / "host-path.md").read_text()
