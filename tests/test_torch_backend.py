@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import neoseg.train.torch_backend  # noqa: F401  registers the torch backends with the runtime
 from neoseg.data.dhcp import find_sessions
 from neoseg.runtime.backends import open_backend
 from neoseg.runtime.files import load_scan
