@@ -29,13 +29,22 @@ class ParityRecord:
     worst: str  # the structure with that Dice
     slices: int
     measured_with: str  # what ran the reduced precision (e.g. "openvino 2026.4 bf16", "torch bf16 autocast")
+    scans: int = 0  # whole scans the Dice is pooled over (0: measured on slices)
+    voxels: int = 0  # the worst structure's voxels in FP32's masks over those scans: one voxel is 1/voxels of Dice
+    kept_fp32: tuple[str, ...] = ()  # layers kept in FP32 in the model measured (by name), none for plain
+
+    def __post_init__(self):
+        object.__setattr__(self, "kept_fp32", tuple(self.kept_fp32))  # a list when read from JSON
 
     @property
     def passed(self) -> bool:
         return self.min_dice >= PARITY_DICE
 
     def describe(self) -> str:
-        return f"worst structure {self.worst} Dice {self.min_dice:.4f} vs FP32 ({self.measured_with}, {self.slices} slices)"
+        kept = f", {len(self.kept_fp32)} layers kept in FP32" if self.kept_fp32 else ""
+        kept += f", {self.worst} {self.voxels} voxels" if self.scans else ""
+        return (f"worst structure {self.worst} Dice {self.min_dice:.4f} vs FP32 ({self.measured_with}{kept}, "
+                f"{self.slices} slices)")
 
 
 def int8_unit(flags: list[str]) -> str | None:
