@@ -109,6 +109,7 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
                            "pass --data ROOT or --verify-scans 0")[:verify_scans] if verify_scans else []
     x = verification_slices([load_canonical(s.t2, np.float32)[0] for s in verify], info) if verify else None
     output = outputs["onnx"]
+    output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
         staged = {k: Path(stage) / p.name for k, p in outputs.items()}
         report = export_onnx(loaded.model, info, staged["onnx"], verify_on=x, overwrite=True)

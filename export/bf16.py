@@ -30,27 +30,31 @@ from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 from .gate import runtime_parity
 
 CONVOLUTIONS = ("Convolution", "ConvolutionBackpropData")
-REMEDY = "full-resolution convolutions in FP32"
+# the remedies, cheapest first: the convolutions of the top 1 or 2 resolution levels in FP32 (a U-Net
+# spends about as much on each level: 22 % and 46 % of the multiply-adds of the 5-level U-Net)
+LEVELS = {1: "full-resolution convolutions in FP32", 2: "full- and half-resolution convolutions in FP32"}
 
 
-def full_resolution(model, size: int) -> list[str]:
-    """Names of the convolutions of an OpenVINO ``model`` whose output has its input's in-plane
-    size ``size``: the first encoder stage, the last decoder stage and the head of a U-Net."""
+def full_resolution(model, size: int, levels: int = 1) -> list[str]:
+    """Names of the convolutions of an OpenVINO ``model`` whose output keeps at least its input's
+    in-plane size ``size`` halved ``levels - 1`` times: with 1 level the first encoder stage, the
+    last decoder stage and the head of a U-Net."""
     static = model.clone()
     static.reshape({0: [1, 1, size, size]})
     ops = [op for op in model.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS]
     shapes = [op.output(0).get_partial_shape() for op in static.get_ordered_ops() if op.get_type_name() in CONVOLUTIONS]
+    least = size >> (levels - 1)
     return [op.get_friendly_name() for op, shape in zip(ops, shapes)
-            if shape[2].get_length() == size and shape[3].get_length() == size]
+            if shape[2].get_length() >= least and shape[3].get_length() >= least]
 
 
-def write_bf16_model(onnx: Path, xml: Path, size: int) -> list[str]:
+def write_bf16_model(onnx: Path, xml: Path, size: int, levels: int = 1) -> list[str]:
     """Write the OpenVINO model of ``onnx`` to ``xml`` (and its .bin) with its
     :func:`full_resolution` convolutions marked ``precise``; their names."""
     import openvino as ov
 
     model = ov.Core().read_model(str(onnx))
-    kept = full_resolution(model, size)
+    kept = full_resolution(model, size, levels)
     ov.save_model(model, str(xml), compress_to_fp16=False)
     tree = ElementTree.parse(xml)
     layers = {layer.get("name"): layer for layer in tree.getroot().iter("layer")}
@@ -66,8 +70,8 @@ def write_bf16_model(onnx: Path, xml: Path, size: int) -> list[str]:
 def export_bf16(onnx: Path, model, scans: list, log=print) -> ParityRecord:
     """Gate BF16 of the verified ``onnx`` on ``scans`` ((canonical array, NIfTI image) pairs) and
     record it in its metadata; where plain BF16 misses the gate, write ``<stem>.bf16.xml`` with the
-    :data:`REMEDY` and gate that. The better of the two is kept (the file is removed where plain
-    BF16 was better). On a CPU without BF16 units BF16 is emulated in torch (``model``, the
+    remedies of :data:`LEVELS` in turn and gate each. The first to pass is kept, else the best one
+    (the file is removed where plain BF16 was best). On a CPU without BF16 units BF16 is emulated in torch (``model``, the
     checkpoint's network) through the same runtime path."""
     import openvino as ov
 
@@ -80,27 +84,33 @@ def export_bf16(onnx: Path, model, scans: list, log=print) -> ParityRecord:
     real = "bf16" in cpu_precisions(ov.Core())[0]
     fp32 = Segmenter(OpenVinoBackend(onnx, precision="fp32"))
     info, xml = fp32.info, onnx.with_name(onnx.stem + ".bf16.xml")
-    records = {}
-    for remedy in (False, True):
-        kept = write_bf16_model(onnx, xml, info.slice_size) if remedy else []
-        set_metadata(onnx, {"neoseg.bf16": json.dumps(
-            {"xml": xml.name, "sha256": companion_digest(xml), "fp32": kept} if remedy else {})})
+    records, files = {}, {}  # per remedy (0: plain), its record and its model's entry in the metadata
+    for levels in (0, *LEVELS):
+        kept = write_bf16_model(onnx, xml, info.slice_size, levels) if levels else []
+        files[levels] = {"xml": xml.name, "sha256": companion_digest(xml), "fp32": kept} if levels else {}
+        set_metadata(onnx, {"neoseg.bf16": json.dumps(files[levels])})
         if real:
             backend = OpenVinoBackend(onnx, precision="bf16")
             what = f"{backend.name.split(' [')[0]} bf16"
         else:
-            backend = EmulatedBackend(model, info, "bf16", full_resolution_layers(model, info.slice_size) if remedy
-                                      else ())
+            layers = full_resolution_layers(model, info.slice_size, levels) if levels else ()
+            backend = EmulatedBackend(model, info, "bf16", layers)
             what = backend.name
-        records[remedy] = runtime_parity(fp32, Segmenter(backend), scans, what + (f", {REMEDY}" if remedy else ""),
-                                         tuple(kept))
-        if records[remedy].passed:
+        records[levels] = runtime_parity(fp32, Segmenter(backend), scans,
+                                         what + (f", {LEVELS[levels]}" if levels else ""), tuple(kept))
+        if records[levels].passed:
             break
-        if not remedy:
-            log(f"bf16: {records[remedy].describe()} < {PARITY_DICE}; measuring again with the {REMEDY}")
-    record = max(records.values(), key=lambda r: (r.passed, r.min_dice))
-    if not record.kept_fp32:  # plain BF16 is kept: the .onnx runs it
-        set_metadata(onnx, {"neoseg.bf16": "{}"})
+        if levels < max(LEVELS):
+            log(f"bf16: {records[levels].describe()} < {PARITY_DICE}; measuring again with the "
+                f"{LEVELS[levels + 1]}")
+    best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
+    record = records[best]
+    if best != levels:  # the model measured last is not the one kept
+        if best:
+            write_bf16_model(onnx, xml, info.slice_size, best)
+            files[best]["sha256"] = companion_digest(xml)
+        set_metadata(onnx, {"neoseg.bf16": json.dumps(files[best])})
+    if not best:  # plain BF16: the .onnx runs it
         xml.unlink(missing_ok=True), xml.with_suffix(".bin").unlink(missing_ok=True)
     stored = json.loads(metadata(onnx)["neoseg.reduced_precision"])
     set_metadata(onnx, {"neoseg.reduced_precision": json.dumps({**stored, "bf16": asdict(record)})})

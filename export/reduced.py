@@ -52,9 +52,10 @@ def emulated(model: nn.Module, precision: str, keep_fp32: tuple[int, ...] = ()) 
     return out
 
 
-def full_resolution_layers(model: nn.Module, size: int) -> tuple[int, ...]:
-    """Indices (as :func:`emulated` takes them) of ``model``'s convolutions whose output has the
-    input's in-plane size ``size``: those ``neoseg.export.bf16`` keeps in FP32."""
+def full_resolution_layers(model: nn.Module, size: int, levels: int = 1) -> tuple[int, ...]:
+    """Indices (as :func:`emulated` takes them) of ``model``'s convolutions whose output keeps at
+    least the input's in-plane size ``size`` halved ``levels - 1`` times: those
+    ``neoseg.export.bf16`` keeps in FP32."""
     layers = [m for m in model.modules() if isinstance(m, ROUNDED)]
     sizes = {}
     hooks = [m.register_forward_hook(lambda m, _a, r: sizes.__setitem__(id(m), tuple(r.shape[-2:]))) for m in layers]
@@ -64,7 +65,8 @@ def full_resolution_layers(model: nn.Module, size: int) -> tuple[int, ...]:
     finally:
         for h in hooks:
             h.remove()
-    return tuple(i for i, m in enumerate(layers) if sizes.get(id(m)) == (size, size))
+    least = size >> (levels - 1)
+    return tuple(i for i, m in enumerate(layers) if min(sizes.get(id(m), (0, 0))) >= least)
 
 
 class EmulatedBackend(Backend):
@@ -76,7 +78,7 @@ class EmulatedBackend(Backend):
         self.net = emulated(model, precision, keep_fp32)
         self.info, self.precision, self.batch = info, precision, 8
         self.fixed_size = None if info.flexible else info.slice_size
-        self.name = f"{precision} emulated (torch {torch.__version__.split('+')[0]})" + (f", {label}" if label else "")
+        self.name = f"{precision} emulated (torch)" + (f", {label}" if label else "")
 
     @torch.no_grad()
     def run(self, x: np.ndarray) -> np.ndarray:

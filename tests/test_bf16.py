@@ -71,9 +71,12 @@ def test_full_resolution_layers_are_the_same_in_openvino_and_torch(toy):
 
     onnx, model, _ = toy
     names = full_resolution(ov.Core().read_model(str(onnx)), 32)
-    # 2 levels: first encoder stage (2), the last up-convolution, the last decoder stage (2), head
+    # first encoder stage (2), the last up-convolution, the last decoder stage (2), head
     assert len(names) == len(full_resolution_layers(model, 32)) == 6
     assert names[0].startswith("/down.0/") and names[-1].startswith("/head/")
+    # two levels add the second (last) encoder stage: all 8 of this 2-level U-Net
+    assert len(full_resolution(ov.Core().read_model(str(onnx)), 32, 2)) == len(full_resolution_layers(model, 32, 2)) \
+        == 8
 
 
 def test_the_bf16_model_marks_its_full_resolution_layers_precise(toy, tmp_path):
@@ -88,16 +91,20 @@ def test_the_bf16_model_marks_its_full_resolution_layers_precise(toy, tmp_path):
     assert [op.get_friendly_name() for op in convs if list(op.get_rt_info().keys())] == kept
 
 
-def fake_gate(dice: dict):
-    """A stand-in for runtime_parity: the plain model scores dice[False], the remedy dice[True]."""
+def fake_gate(dice: list):
+    """A stand-in for runtime_parity: the models measured in turn (plain, then the remedies)
+    score ``dice``."""
+    scores = iter(dice)
+
     def gate(reference, candidate, scans, what, kept=()):
-        return ParityRecord(min_dice=dice[bool(kept)], worst="dgm", slices=1, measured_with=what, scans=len(scans),
+        return ParityRecord(min_dice=next(scores), worst="dgm", slices=1, measured_with=what, scans=len(scans),
                             voxels=10, kept_fp32=kept)
     return gate
 
 
-@pytest.mark.parametrize("plain, remedy, companion", [(0.95, 0.995, True), (0.995, None, False), (0.98, 0.97, False)])
-def test_export_keeps_the_bf16_model_only_where_it_gates_better(toy, tmp_path, monkeypatch, plain, remedy, companion):
+@pytest.mark.parametrize("dice, kept", [([0.95, 0.995], 6), ([0.995], 0), ([0.98, 0.97, 0.96], 0),
+                                        ([0.95, 0.98, 0.991], 8), ([0.95, 0.985, 0.98], 6)])
+def test_export_keeps_the_cheapest_bf16_model_that_passes_else_the_best(toy, tmp_path, monkeypatch, dice, kept):
     import shutil
 
     from neoseg.export import bf16
@@ -105,15 +112,16 @@ def test_export_keeps_the_bf16_model_only_where_it_gates_better(toy, tmp_path, m
 
     onnx = tmp_path / "m.onnx"
     shutil.copy(toy[0], onnx)
-    monkeypatch.setattr(bf16, "runtime_parity", fake_gate({False: plain, True: remedy}))
+    monkeypatch.setattr(bf16, "runtime_parity", fake_gate(dice))
     record = bf16.export_bf16(onnx, toy[1], toy[2], log=lambda m: None)
     entry, stored = json.loads(metadata(onnx)["neoseg.bf16"]), json.loads(metadata(onnx)["neoseg.reduced_precision"])
     assert stored["bf16"] == json.loads(json.dumps(vars(record))) and "fp16" in stored
-    assert (tmp_path / "m.bf16.xml").exists() == companion == bool(entry) == bool(record.kept_fp32)
-    assert record.min_dice == (remedy if companion else plain)
-    if companion:
-        assert entry["fp32"] == list(record.kept_fp32) and len(entry["fp32"]) == 6
+    assert record.min_dice == (max(dice) if max(dice) < 0.99 else next(d for d in dice if d >= 0.99))
+    assert len(record.kept_fp32) == kept and (tmp_path / "m.bf16.xml").exists() == bool(kept) == bool(entry)
+    if kept:  # the model beside it is the one measured: its layers marked, its digest
+        assert entry["fp32"] == list(record.kept_fp32)
         assert entry["sha256"] == openvino_backend.companion_digest(tmp_path / "m.bf16.xml")
+        assert (tmp_path / "m.bf16.xml").read_text().count('name="precise"') == kept
 
 
 @pytest.mark.skipif(not REAL_BF16, reason="this CPU has no BF16 units")
@@ -124,7 +132,8 @@ def test_bf16_runs_the_kept_layers_in_fp32_and_refuses_otherwise(toy, tmp_path, 
 
     onnx = tmp_path / "m.onnx"
     shutil.copy(toy[0], onnx)
-    monkeypatch.setattr(ParityRecord, "passed", property(lambda r: bool(r.kept_fp32)))  # plain "misses" the gate
+    monkeypatch.setattr(ParityRecord, "passed", property(lambda r: bool(r.kept_fp32)))  # plain "misses" the gate,
+    # the first remedy "passes"
     record = export_bf16(onnx, toy[1], toy[2], log=lambda m: None)
     assert record.scans == 2 and record.slices > 0 and len(record.kept_fp32) == 6 and "openvino" in record.measured_with
     backend = open_backend(onnx, "ov-cpu", precision="bf16")
@@ -145,7 +154,7 @@ def test_a_foreign_bf16_model_is_refused(toy, tmp_path, monkeypatch):
 
     onnx = tmp_path / "m.onnx"
     shutil.copy(toy[0], onnx)
-    monkeypatch.setattr(bf16, "runtime_parity", fake_gate({False: 0.9, True: 0.995}))
+    monkeypatch.setattr(bf16, "runtime_parity", fake_gate([0.9, 0.995]))
     bf16.export_bf16(onnx, toy[1], toy[2], log=lambda m: None)
     with open(tmp_path / "m.bf16.bin", "ab") as f:
         f.write(b"\0")
