@@ -7,14 +7,16 @@ before the ratio is taken. On one 64³ scan a structure the model barely segment
 voxels, so one flipped voxel costs it 0.02–0.1 of Dice and a per-scan Dice cannot resolve the
 0.99 it is held to; pooled, the gate measures the share of each structure's voxels that change,
 and the record keeps the worst structure's size (``voxels``) so a reader sees what one voxel is
-worth (docs/reduced-precision.md).
+worth. Below 50 voxels even the pooled Dice cannot resolve 0.99, so a structure whose masks differ
+in at most :data:`~neoseg.runtime.precision.PARITY_VOXELS` voxel passes
+(docs/reduced-precision.md).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from neoseg.runtime.precision import ParityRecord
+from neoseg.runtime.precision import PARITY_DICE, PARITY_VOXELS, ParityRecord
 
 from .parity import dice, overlap
 
@@ -34,9 +36,10 @@ def runtime_parity(reference, candidate, scans: list, measured_with: str,
         both, total = both + b, total + t
         size += np.count_nonzero(ref.masks.reshape(-1, len(names)), axis=0)
         slices += got.computed_slices
-    score = dice(both, total)
-    k = int(np.argmin(score))
+    score, differing = dice(both, total), total - 2 * both
+    failed = (score < PARITY_DICE) & (differing > PARITY_VOXELS)
+    k = int(np.argmin(np.where(failed, score, np.inf))) if failed.any() else int(np.argmin(score))
     return ParityRecord(min_dice=round(float(score[k]), 6), worst=names[k], slices=slices,
                         measured_with=f"{measured_with}; {len(scans)} whole held-out scans through the runtime, "
                                       f"pooled, vs its FP32",
-                        scans=len(scans), voxels=int(size[k]), kept_fp32=tuple(kept_fp32))
+                        scans=len(scans), voxels=int(size[k]), kept_fp32=tuple(kept_fp32), differing=int(differing[k]))

@@ -60,9 +60,17 @@ def test_the_gate_pools_each_structure_over_the_scans():
     record = runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test", ("conv",))
     # pooled: |A & B| = 3 of |A| + |B| = 4 + 3; per scan it would be 2/3 in the first
     assert record.worst == "small" and record.min_dice == pytest.approx(6 / 7, abs=1e-6)
-    assert (record.scans, record.voxels, record.slices, record.kept_fp32) == (2, 4, 8, ("conv",))
-    assert not record.passed and "pooled" in record.measured_with and "small 4 voxels" in record.describe()
+    assert (record.scans, record.voxels, record.slices, record.kept_fp32, record.differing) == (2, 4, 8, ("conv",), 1)
+    assert "pooled" in record.measured_with and "small 4 voxels, 1 differ" in record.describe()
+    assert record.passed  # one voxel: below what the gate resolves
     assert ParityRecord(**json.loads(json.dumps(vars(record)))) == record  # as stored in the model
+    got[1][1, 0, 0, 1] = 0  # a second voxel of "small", and one of "big" (Dice 0.984)
+    got[1][0, 0, 0, 0] = 0
+    record = runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test")
+    assert not record.passed and (record.worst, record.differing) == ("small", 2)
+    got[0][0, 0, 0, 1], got[1][1, 0, 0, 1] = 1, 1  # "small" agrees: "big" is the worst, 1 voxel of 64
+    record = runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test")
+    assert record.passed and record.worst == "big" and record.min_dice == pytest.approx(126 / 127, abs=1e-6)
 
 
 def test_full_resolution_layers_are_the_same_in_openvino_and_torch(toy):
