@@ -5,14 +5,14 @@ Why BF16 misses the gate (docs/reduced-precision.md, nine small trained U-Nets):
 overflows or underflows BF16 (all within ±60); its 8-bit mantissa moves the logits by about 0.01
 (median), and voxels whose FP32 logit lies that close to the threshold flip. The largest single
 source is the first convolution: its input is the image itself, rounded to 8 bits, and it forms
-differences of neighbouring intensities, which amplifies that rounding; the last decoder stage and
-the head, which draw the boundaries at full resolution, come next. Keeping the convolutions whose
-output has the input's in-plane size in FP32 (first encoder stage, last decoder stage, head: a
-fifth of the U-Net's multiply-adds) cut the flipped voxels 2-4 fold on every model measured.
+differences of neighbouring intensities, which amplifies that rounding; the rest is spread over
+the layers. Keeping the convolutions whose output has the input's in-plane size in FP32 (first
+encoder stage, last decoder stage, head: a fifth of the U-Net's multiply-adds) cut the flipped
+voxels 2.5-3.7 fold on every model measured; the half-resolution level is the next step.
 
 OpenVINO's CPU plugin runs a node in its original precision under a BF16 hint when the node carries
-the ``precise`` runtime attribute (``ov::disable_fp16_compression``, honoured for BF16 since
-OpenVINO 2024.0). Python cannot attach that attribute, so it is written into the model's IR: the
+the ``precise`` runtime attribute (``ov::disable_fp16_compression``; openvinotoolkit/openvino
+PR 21440, checked on OpenVINO 2026.4.1). Python cannot attach that attribute, so it is written into the model's IR: the
 result is ``<stem>.bf16.xml``/``.bin`` beside the ``.onnx``, named with its digest and its FP32
 layers in the ``.onnx``'s metadata (``neoseg.bf16``); the runtime checks after compiling that they
 do run in FP32.
