@@ -37,8 +37,10 @@ def runtime_parity(reference, candidate, scans: list, measured_with: str,
         size += np.count_nonzero(ref.masks.reshape(-1, len(names)), axis=0)
         slices += got.computed_slices
     score, differing = dice(both, total), total - 2 * both
-    failed = (score < PARITY_DICE) & (differing > PARITY_VOXELS)
-    k = int(np.argmin(np.where(failed, score, np.inf))) if failed.any() else int(np.argmin(score))
+    # the worst structure: of those that fail, else of those Dice resolves (more than the floor differ)
+    failed, resolved = (score < PARITY_DICE) & (differing > PARITY_VOXELS), differing > PARITY_VOXELS
+    among = failed if failed.any() else resolved if resolved.any() else np.ones_like(failed)
+    k = int(np.argmin(np.where(among, score, np.inf)))
     return ParityRecord(min_dice=round(float(score[k]), 6), worst=names[k], slices=slices,
                         measured_with=f"{measured_with}; {len(scans)} whole held-out scans through the runtime, "
                                       f"pooled, vs its FP32",

@@ -50,27 +50,30 @@ def test_the_gate_pools_each_structure_over_the_scans():
     from neoseg.export.gate import runtime_parity
 
     names = ["big", "small"]
-    ref = [np.zeros((4, 4, 4, 2), np.uint8) for _ in range(2)]
+    ref = [np.zeros((4, 4, 8, 2), np.uint8) for _ in range(2)]
     for r in ref:
-        r[:, :, :2, 0] = 1  # "big": 32 voxels a scan
+        r[:, :, :4, 0] = 1  # "big": 64 voxels a scan
         r[0, 0, 0, 1] = r[1, 0, 0, 1] = 1  # "small": 2 voxels a scan
-    got = [r.copy() for r in ref]
-    got[0][0, 0, 0, 1] = 0  # one voxel of "small" lost in the first scan only
-    scan = (np.zeros((4, 4, 4)), SimpleNamespace(affine=np.eye(4), header=SimpleNamespace(get_zooms=lambda: (1,) * 3)))
-    record = runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test", ("conv",))
+    scan = (np.zeros((4, 4, 8)), SimpleNamespace(affine=np.eye(4), header=SimpleNamespace(get_zooms=lambda: (1,) * 3)))
+
+    def gate(*lost):
+        """The record of a candidate that loses these (scan, x, channel) voxels."""
+        got = [r.copy() for r in ref]
+        for i, x, c in lost:
+            got[i][x, 0, 0, c] = 0
+        return runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test", ("conv",))
+
+    record = gate((0, 0, 1))  # one voxel of "small" lost in the first scan only
     # pooled: |A & B| = 3 of |A| + |B| = 4 + 3; per scan it would be 2/3 in the first
     assert record.worst == "small" and record.min_dice == pytest.approx(6 / 7, abs=1e-6)
     assert (record.scans, record.voxels, record.slices, record.kept_fp32, record.differing) == (2, 4, 8, ("conv",), 1)
     assert "pooled" in record.measured_with and "small 4 voxels, 1 differ" in record.describe()
     assert record.passed  # one voxel: below what the gate resolves
     assert ParityRecord(**json.loads(json.dumps(vars(record)))) == record  # as stored in the model
-    got[1][1, 0, 0, 1] = 0  # a second voxel of "small", and one of "big" (Dice 0.984)
-    got[1][0, 0, 0, 0] = 0
-    record = runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test")
+    record = gate((0, 0, 1), (1, 1, 1), (0, 0, 0))  # two voxels of "small" (Dice 0.67), one of "big"
     assert not record.passed and (record.worst, record.differing) == ("small", 2)
-    got[0][0, 0, 0, 1], got[1][1, 0, 0, 1] = 1, 1  # "small" agrees: "big" is the worst, 1 voxel of 64
-    record = runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test")
-    assert record.passed and record.worst == "big" and record.min_dice == pytest.approx(126 / 127, abs=1e-6)
+    record = gate((0, 0, 1), (0, 0, 0), (1, 0, 0))  # "big" 2 voxels (Dice 0.992) is resolved, "small" is not
+    assert record.passed and record.worst == "big" and record.min_dice == pytest.approx(252 / 254, abs=1e-6)
 
 
 def test_full_resolution_layers_are_the_same_in_openvino_and_torch(toy):
