@@ -23,7 +23,6 @@ import numpy as np
 
 from neoseg.export.parity import agreement
 
-from neoseg.runtime.backend import Backend
 from neoseg.runtime.cpu import cpu_features
 
 from .common import cohort, machine, table, write_results
@@ -31,27 +30,9 @@ from .common import cohort, machine, table, write_results
 REFERENCE = "torch fp32"
 
 
-class Emulated(Backend):
-    """A reduced precision emulated in FP32 (``neoseg.export.reduced``), through the runtime."""
-
-    def __init__(self, model, info, precision: str, remedy: str | None = None):
-        from neoseg.export.reduced import REMEDIES, emulated
-
-        self.net = emulated(model, precision, REMEDIES[remedy] if remedy else ())
-        self.info, self.precision, self.batch = info, precision, 8
-        self.fixed_size = None if info.flexible else info.slice_size
-        self.name = f"{precision} emulated (torch)" + (f", {remedy}" if remedy else "")
-
-    def run(self, x):
-        import torch
-
-        with torch.no_grad():
-            return self.net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
-
-
 def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -> dict:
     """name -> Segmenter over the runtime backends available here."""
-    from neoseg.export.reduced import REMEDIES
+    from neoseg.export.reduced import REMEDIES, EmulatedBackend
     from neoseg.runtime.backends import BackendUnavailable, open_backend
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train import checkpoint
@@ -72,7 +53,7 @@ def paths(ckpt: Path, onnx: Path, engine: Path | None, device: str, log=print) -
     info = out["ort-cpu fp32"].info
     for precision in ("bf16", "fp16"):
         for remedy in (None, *REMEDIES):
-            backend = Emulated(loaded.model, info, precision, remedy)
+            backend = EmulatedBackend(loaded.model, info, precision, REMEDIES[remedy] if remedy else (), remedy or "")
             out[backend.name] = Segmenter(backend)
     if device == "cuda":
         out["torch-cuda fp16 (runtime)"] = Segmenter(open_checkpoint(ckpt, "torch-cuda"))
@@ -100,6 +81,7 @@ def run(ckpt: Path, sessions, engine: Path | None = None, device: str = "cpu", v
 def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, calibrate_on, log) -> dict:
     import torch
 
+    from neoseg.export.bf16 import export_bf16
     from neoseg.export.int8 import add_int8
     from neoseg.export.onnx_export import export_onnx, scan_sessions, verification_slices
     from neoseg.runtime.model import info_from_checkpoint
@@ -118,6 +100,8 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, cali
             else calibrate_on
     volumes = [load_canonical(s.t2, np.float32)[0] for s in verify_on]
     report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices(volumes, info))
+    gate_scans = [load_canonical(s.t2, np.float32) for s in verify_on]
+    report.reduced["bf16"] = export_bf16(onnx, loaded.model, gate_scans, log=lambda m: log(f"  export: {m}"))
     report.reduced["int8"] = add_int8(onnx, info, verify_on, calibrate_on, log=lambda m: log(f"  export: {m}"))
     for line in report.lines():
         log(f"  export: {line}")

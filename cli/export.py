@@ -1,6 +1,7 @@
 """``neoseg-export CHECKPOINT -o model.onnx [--trt]``: a self-describing, verified ONNX model,
-its INT8 OpenVINO model beside it (``model.int8.xml``/``.bin``, gated on held-out scans), and on
-request an FP16 TensorRT engine."""
+its INT8 OpenVINO model beside it (``model.int8.xml``/``.bin``), where plain BF16 misses its gate a
+BF16 OpenVINO model with its full-resolution layers in FP32 (``model.bf16.xml``/``.bin``), both
+gated on whole held-out scans, and on request an FP16 TensorRT engine."""
 
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ def export(
                                                            "Default: the checkpoint's, else 0.5.")] = None,
     data: Annotated[Optional[Path], typer.Option(file_okay=False, help="dHCP-layout folder whose scans verify the "
                                                                        "export. Default: the training data.")] = None,
-    verify_scans: Annotated[int, typer.Option(min=0, help="Scans to verify on (and to gate INT8 on); 0 skips "
-                                                          "verification and INT8.")] = 2,
+    verify_scans: Annotated[int, typer.Option(min=0, help="Scans to verify on and to gate BF16 and INT8 on; 0 "
+                                                          "skips verification, the gates and INT8.")] = 4,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write an INT8 OpenVINO model beside the "
                                                                 ".onnx (NNCF), with its parity record.")] = True,
     calibration_data: Annotated[Optional[Path], typer.Option(
@@ -63,7 +64,9 @@ def export(
         engine = engine or output.with_suffix(".engine")
         int8 = int8 and verify_scans > 0  # INT8 needs scans to gate it on
         outputs = {"onnx": output} | ({"xml": output.with_name(output.stem + ".int8.xml"),
-                                       "bin": output.with_name(output.stem + ".int8.bin")} if int8 else {})
+                                       "bin": output.with_name(output.stem + ".int8.bin")} if int8 else {}) \
+            | ({"bf16_xml": output.with_name(output.stem + ".bf16.xml"),
+                "bf16_bin": output.with_name(output.stem + ".bf16.bin")} if verify_scans and has_openvino() else {})
         for path in outputs.values():
             check_writable(path, overwrite)
         if int8:
@@ -79,10 +82,17 @@ def export(
                 calibration_scans, overwrite)
 
 
+def has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
 def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, calibration_data, calibration_scans,
             overwrite) -> None:
     """Every output is written into a staging folder beside them under its final name (the INT8
-    model is found by name from the .onnx), then all appear together, or none does."""
+    and BF16 models are found by name from the .onnx), then all appear together, or none does
+    (the BF16 model is written only where plain BF16 misses its gate)."""
     import os
     import tempfile
 
@@ -99,10 +109,15 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
                            "pass --data ROOT or --verify-scans 0")[:verify_scans] if verify_scans else []
     x = verification_slices([load_canonical(s.t2, np.float32)[0] for s in verify], info) if verify else None
     output = outputs["onnx"]
-    with atomic_paths(outputs, overwrite) as tmp, \
-            tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
         staged = {k: Path(stage) / p.name for k, p in outputs.items()}
         report = export_onnx(loaded.model, info, staged["onnx"], verify_on=x, overwrite=True)
+        if "bf16_xml" in outputs:
+            from neoseg.export.bf16 import export_bf16
+
+            scans = [load_canonical(s.t2, np.float32) for s in verify]
+            report.reduced["bf16"] = export_bf16(staged["onnx"], loaded.model, scans, log=typer.echo)
         if "xml" in outputs:
             from neoseg.export.int8 import add_int8
 
@@ -116,8 +131,10 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
 
             engine_report = build_engine(staged["onnx"], info, staged["engine"], timing_cache, verify_on=x,
                                          overwrite=True)
-        for k, path in staged.items():
-            os.replace(path, tmp[k])
+        written = {k: outputs[k] for k, path in staged.items() if path.exists()}
+        with atomic_paths(written, overwrite) as tmp:
+            for k in written:
+                os.replace(staged[k], tmp[k])
     engine = outputs.get("engine")
     typer.echo(f"wrote {output} ({info.architecture}, {len(info.hierarchy)} channels, slices {info.slice_size}^2 "
                f"along axis {info.axis}, spacing {'x'.join(f'{s:g}' for s in info.spacing)} mm, "
@@ -126,6 +143,9 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
         typer.echo(line)
     if "xml" in outputs:
         typer.echo(f"wrote {outputs['xml']} and its .bin (INT8 OpenVINO model: keep it beside {output.name})")
+    if "bf16_xml" in written:
+        typer.echo(f"wrote {outputs['bf16_xml']} and its .bin (BF16 OpenVINO model, its full-resolution layers in "
+                   f"FP32: keep it beside {output.name})")
     if engine is not None:
         typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
         for line in engine_report.lines() if engine_report else []:

@@ -9,8 +9,8 @@ would be converted again at load). The ``.onnx`` stays the one file a user names
 records the INT8 model's name and digest (``neoseg.int8``) and the parity record ``int8``.
 
 The gate runs what ``neoseg-infer`` runs: the runtime's OpenVINO backend in FP32 and in INT8 over
-whole held-out scans (none of them calibrated on), per-structure Dice of the masks of each scan;
-the worst scan and structure is stored, and ``--precision auto`` uses INT8 only at
+whole held-out scans (none of them calibrated on), per-structure Dice of the masks pooled over the
+scans (:mod:`.gate`, shared with BF16); the worst structure is stored, and ``--precision auto`` uses INT8 only at
 :data:`~neoseg.runtime.precision.PARITY_DICE` or above. Where plain quantisation misses it, the
 first convolution and the output head, the layers most sensitive to rounding (their inputs and
 outputs carry the image and the logits), are kept in FP32 and the gate is measured again.
@@ -29,7 +29,7 @@ import numpy as np
 
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 
-from .parity import agreement
+from .gate import runtime_parity
 
 CALIBRATION_PER_SCAN = 64  # slices per calibration scan, spread over the head
 REMEDY = "first convolution and head in FP32"
@@ -70,25 +70,13 @@ def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
 
 
 def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
-    """Per-structure Dice of the runtime's INT8 masks against its FP32 masks on ``scans`` ((canonical
-    array, NIfTI image) pairs): the worst scan and structure. ``onnx`` must name its INT8 model."""
+    """The runtime's INT8 masks against its FP32 masks on ``scans`` ((canonical array, NIfTI image)
+    pairs), the gate of :mod:`.gate`. ``onnx`` must name its INT8 model."""
     from neoseg.runtime.openvino_backend import OpenVinoBackend
     from neoseg.runtime.pipeline import Segmenter
 
     fp32, int8 = (Segmenter(OpenVinoBackend(onnx, precision=p)) for p in ("fp32", "int8"))
-    names = fp32.info.hierarchy.names
-    worst, slices = [], 0  # (Dice, structure) of each scan's worst structure
-    for image, img in scans:
-        zooms = img.header.get_zooms()[:3]
-        ref, got = (s.segment(image, img.affine, zooms) for s in (fp32, int8))
-        dice = agreement(got.masks, ref.masks, names, axis=-1)
-        name = min(dice, key=dice.get)
-        worst.append((dice[name], name))
-        slices += got.computed_slices
-    worst = min(worst, key=lambda w: w[0])[::-1]
-    return ParityRecord(min_dice=round(float(worst[1]), 6), worst=worst[0], slices=slices,
-                        measured_with=f"{int8.backend.name.split(' [')[0]} int8, {detail}; whole scans through the "
-                                      f"runtime, {len(scans)} held out, vs its FP32")
+    return runtime_parity(fp32, int8, scans, f"{int8.backend.name.split(' [')[0]} int8, {detail}")
 
 
 def add_int8(onnx: Path, info, gate_sessions: list, calibration_sessions: list, log=print) -> ParityRecord:

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from neoseg.runtime.backend import Backend
 from neoseg.runtime.model import ModelInfo
 from neoseg.runtime.precision import ParityRecord
 
@@ -49,6 +50,39 @@ def emulated(model: nn.Module, precision: str, keep_fp32: tuple[int, ...] = ()) 
             module.register_forward_pre_hook(lambda _m, args: tuple(_round(a, dtype) for a in args))
             module.register_forward_hook(lambda _m, _args, result: _round(result, dtype))
     return out
+
+
+def full_resolution_layers(model: nn.Module, size: int, levels: int = 1) -> tuple[int, ...]:
+    """Indices (as :func:`emulated` takes them) of ``model``'s convolutions whose output keeps at
+    least the input's in-plane size ``size`` halved ``levels - 1`` times: those
+    ``neoseg.export.bf16`` keeps in FP32."""
+    layers = [m for m in model.modules() if isinstance(m, ROUNDED)]
+    sizes = {}
+    hooks = [m.register_forward_hook(lambda m, _a, r: sizes.__setitem__(id(m), tuple(r.shape[-2:]))) for m in layers]
+    try:
+        with torch.no_grad():
+            model.eval().cpu()(torch.zeros(1, 1, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    least = size >> (levels - 1)
+    return tuple(i for i, m in enumerate(layers) if min(sizes.get(id(m), (0, 0))) >= least)
+
+
+class EmulatedBackend(Backend):
+    """A runtime backend computing ``precision`` emulated in FP32 (:func:`emulated`), for the gate and
+    the parity benchmark on CPUs without the units; ``keep_fp32`` as :func:`emulated` takes it."""
+
+    def __init__(self, model: nn.Module, info: ModelInfo, precision: str, keep_fp32: tuple[int, ...] = (),
+                 label: str = ""):
+        self.net = emulated(model, precision, keep_fp32)
+        self.info, self.precision, self.batch = info, precision, 8
+        self.fixed_size = None if info.flexible else info.slice_size
+        self.name = f"{precision} emulated (torch)" + (f", {label}" if label else "")
+
+    @torch.no_grad()
+    def run(self, x: np.ndarray) -> np.ndarray:
+        return self.net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
 
 @torch.no_grad()

@@ -42,6 +42,8 @@ class ModelInfo:
     flexible: bool = False  # the graph takes any in-plane size divisible by ``divisor`` (U-Net)
     reduced_precision: str = "{}"  # JSON: per reduced precision, its measured agreement with FP32
     int8: str = "{}"  # JSON: the INT8 OpenVINO model beside the .onnx, {"xml": file name, "sha256": of xml + bin}
+    bf16: str = "{}"  # JSON: the BF16 OpenVINO model beside it, as int8 plus "fp32": its layers kept in FP32;
+    # "{}": BF16 runs the .onnx itself
     head: str = "sigmoid"  # the network's own head: sigmoid (a logit per channel) or softmax (over the
     # leaves; the graph ends by deriving every channel's logit from them, so decoding is the same)
 
@@ -91,6 +93,7 @@ class ModelInfo:
             "neoseg.config": self.config,
             "neoseg.reduced_precision": self.reduced_precision,
             "neoseg.int8": self.int8,
+            "neoseg.bf16": self.bf16,
         }
 
     @classmethod
@@ -110,10 +113,10 @@ class ModelInfo:
                        config=meta.get("neoseg.config", "{}"), scaling=pre["scaling"],
                        head_fraction=float(pre["head_fraction"]), flexible=bool(pre.get("flexible", False)),
                        reduced_precision=meta.get("neoseg.reduced_precision", "{}"),
-                       int8=meta.get("neoseg.int8", "{}"),
+                       int8=meta.get("neoseg.int8", "{}"), bf16=meta.get("neoseg.bf16", "{}"),
                        head=str(output.get("head", "sigmoid")))
             info.parity_records  # noqa: B018 - validates the record
-            json.loads(info.int8)
+            json.loads(info.int8), json.loads(info.bf16)
             return info
         except (KeyError, TypeError, json.JSONDecodeError) as e:
             raise ValueError(f"{source}: incomplete neoseg metadata ({type(e).__name__}: {e}); re-export it") from None

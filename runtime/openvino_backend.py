@@ -1,7 +1,9 @@
 """OpenVINO on the CPU: the same self-describing ``.onnx`` file, read directly, in FP32 or, where
 the CPU has the units, BF16 (AVX-512 BF16 / AMX), FP16 (AVX-512 FP16 / AMX-FP16, ARM) or INT8 (AMX-INT8,
 AVX-512 VNNI, AVX-VNNI, AVX2). INT8 runs the quantised OpenVINO model ``neoseg-export`` writes beside
-the ``.onnx`` (``model.int8.xml``/``.bin``), named with its digest in the ``.onnx``'s metadata.
+the ``.onnx`` (``model.int8.xml``/``.bin``), named with its digest in the ``.onnx``'s metadata;
+BF16 likewise runs ``model.bf16.xml`` where the export wrote one (its full-resolution
+convolutions marked to stay FP32), else the ``.onnx``.
 
 OpenVINO picks BF16 by itself on CPUs that have it, and quietly runs FP32 when asked for a
 precision the CPU lacks; this backend sets the precision explicitly, asks the CPU plugin what it
@@ -46,16 +48,19 @@ def companion_digest(xml: Path) -> str:
     return digest.hexdigest()
 
 
-def int8_model(path: Path, info: ModelInfo) -> tuple[Path | None, str]:
-    """(the INT8 model of the ``.onnx`` ``path``, or None; why not)."""
-    entry = json.loads(info.int8)
+def companion(path: Path, info: ModelInfo, precision: str) -> tuple[Path | None, str]:
+    """(the OpenVINO model ``precision`` ('int8' or 'bf16') runs beside the ``.onnx`` ``path``, or
+    None; why not). A model without a BF16 companion runs BF16 from the ``.onnx`` itself."""
+    entry = json.loads(getattr(info, precision))
     if not entry.get("xml") or not entry.get("sha256"):
+        if precision == "bf16":
+            return path, ""
         return None, f"{path.name} has no INT8 model (re-export it with neoseg-export, which quantises by default)"
-    xml = path.parent / entry["xml"]
+    xml, name = path.parent / entry["xml"], precision.upper()
     if not xml.is_file() or not xml.with_suffix(".bin").is_file():
         return None, f"{xml.name} and its .bin are not beside {path.name} (copy them along with it)"
     if companion_digest(xml) != entry["sha256"]:
-        return None, f"{xml.name} is not the INT8 model exported with {path.name} (its digest differs; re-export)"
+        return None, f"{xml.name} is not the {name} model exported with {path.name} (its digest differs; re-export)"
     return xml, ""
 
 
@@ -86,21 +91,24 @@ class OpenVinoBackend(Backend):
         self.info = ModelInfo.from_metadata(meta, str(path))
         supported, caps = cpu_precisions(core)
         unit = f"this CPU ({core.get_property('CPU', 'FULL_DEVICE_NAME')}; OpenVINO capabilities {', '.join(caps)})"
-        skip = slow_precisions()
-        wants_int8 = "int8" in supported and precision in ("auto", "int8")
-        int8_xml, missing = int8_model(Path(path), self.info) if wants_int8 else (None, "")
-        if missing:
-            skip["int8"] = missing
+        skip, files, missing = slow_precisions(), {}, {}
+        for p in ("int8", "bf16"):  # the OpenVINO models exported beside the .onnx for them
+            if p in supported and precision in ("auto", p):
+                files[p], missing[p] = companion(Path(path), self.info, p)
+                if missing[p]:
+                    skip[p] = missing[p]
         try:
             self.precision, why = choose(supported, self.info.parity_records, precision, unit, skip)
         except ValueError as e:
             raise BackendUnavailable(str(e)) from None
         self.note = "" if why == "requested" else why
-        if self.precision == "int8":
-            if int8_xml is None:
-                raise BackendUnavailable(f"cannot run int8: {missing}")
-            self.note += ("; " if self.note else "") + f"INT8 units: {int8_unit(cpu_flags())}"
-            model = _read(core, int8_xml)
+        if self.precision in files:
+            if files[self.precision] is None:
+                raise BackendUnavailable(f"cannot run {self.precision}: {missing[self.precision]}")
+            if self.precision == "int8":
+                self.note += ("; " if self.note else "") + f"INT8 units: {int8_unit(cpu_flags())}"
+            if files[self.precision] != Path(path):
+                model = _read(core, files[self.precision])
         config = {"INFERENCE_PRECISION_HINT": HINT[self.precision], "PERFORMANCE_HINT": "LATENCY",
                   "INFERENCE_NUM_THREADS": threads or physical_cores()}
         try:
@@ -114,6 +122,11 @@ class OpenVinoBackend(Backend):
         if self.precision == "int8" and not int8_convolutions(self.compiled):
             raise BackendUnavailable("OpenVINO compiled the INT8 model without INT8 convolutions on this CPU "
                                      "(they would run emulated, slower than FP32); use --precision fp32")
+        kept = json.loads(self.info.bf16).get("fp32", []) if self.precision == "bf16" else []
+        ran_bf16 = [k for k in kept if k not in fp32_convolutions(self.compiled)]
+        if ran_bf16:  # its parity record was measured with them in FP32
+            raise BackendUnavailable(f"OpenVINO ran {', '.join(ran_bf16)} in bf16, though the model keeps them in "
+                                     f"FP32 (this OpenVINO ignores the 'precise' mark); use --precision fp32")
         self.request = self.compiled.create_infer_request()
         self.output = self.compiled.output(0)
         self.name = f"openvino {ov.get_version().split('-')[0]} [CPU] {self.precision}"
@@ -135,8 +148,21 @@ def _read(core, path: Path):
         raise BackendUnavailable(f"OpenVINO could not read {path}: {str(e).splitlines()[0]}") from None
 
 
+def convolutions(compiled) -> list[tuple[list[str], str]]:
+    """(the source layers fused into it, its runtime precision) of each convolution of a compiled model."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        if rt["layerType"].astype(str) in ("Convolution", "Deconvolution"):
+            out.append((rt["originalLayersNames"].astype(str).split(","), rt["runtimePrecision"].astype(str)))
+    return out
+
+
+def fp32_convolutions(compiled) -> set[str]:
+    """The source layers of the convolutions a compiled model runs in FP32."""
+    return {name for names, p in convolutions(compiled) if p == "f32" for name in names}
+
+
 def int8_convolutions(compiled) -> int:
     """How many convolutions of a compiled model run on 8-bit integers."""
-    return sum(op.get_rt_info()["layerType"].astype(str) in ("Convolution", "Deconvolution")
-               and op.get_rt_info()["runtimePrecision"].astype(str) in ("u8", "i8")
-               for op in compiled.get_runtime_model().get_ordered_ops())
+    return sum(p in ("u8", "i8") for _, p in convolutions(compiled))
