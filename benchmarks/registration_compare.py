@@ -135,13 +135,16 @@ METHODS = {
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--pairs", type=int, default=4)
+    ap.add_argument("--start", type=int, default=0, help="skip this many pairs")
     ap.add_argument("--draw", type=int, default=0)
     ap.add_argument("--grid", type=int, default=64)
     ap.add_argument("--only", nargs="*", help="method names (substrings)")
     args = ap.parse_args(argv)
     values, parent_value = (2, 3, 7), 10
     results = {name: ([], []) for name in METHODS if not args.only or any(o in name for o in args.only)}
-    for atlas, target, a_img, a_lab, t_img, t_lab, t_partial in _pairs(args.pairs, args.draw, args.grid):
+    for k, (atlas, target, a_img, a_lab, t_img, t_lab, t_partial) in enumerate(_pairs(args.pairs, args.draw, args.grid)):
+        if k < args.start:
+            continue
         t_parent = (t_partial == parent_value).astype(np.float32)
         a_parent = np.isin(a_lab, values).astype(np.float32)
         soft = [(a_lab == v).astype(np.float32) for v in values]
