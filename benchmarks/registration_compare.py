@@ -142,7 +142,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     values, parent_value = (2, 3, 7), 10
     results = {name: ([], []) for name in METHODS if not args.only or any(o in name for o in args.only)}
-    for k, (atlas, target, a_img, a_lab, t_img, t_lab, t_partial) in enumerate(_pairs(args.pairs, args.draw, args.grid)):
+    pairs = _pairs(args.pairs, args.draw, args.grid)
+    for k, (atlas, target, a_img, a_lab, t_img, t_lab, t_partial) in enumerate(pairs):
         if k < args.start:
             continue
         t_parent = (t_partial == parent_value).astype(np.float32)

@@ -48,6 +48,7 @@ from .rundir import cache_folder
 log = logging.getLogger("neoseg.train")
 
 ATLAS_VERSION = 1  # bump when what is cached or written changes, so that older files are not reused
+PARAMS = registration.RegistrationParams()  # the registration every pair gets (part of its cache key)
 
 
 @dataclass(frozen=True)
@@ -90,7 +91,7 @@ def with_atlas(config: TrainConfig, split: Split, sessions: list[Session], parti
     began = time.monotonic()
     registered = register_pairs(pairs, hierarchy, workers, progress) if main else 0
     report = {"mode": config.atlas, "library": registration.LIBRARY, "version": registration.library_version(),
-              "params": dataclasses.asdict(registration.RegistrationParams()),
+              "params": dataclasses.asdict(PARAMS),
               "atlases": sorted({p.atlas.key for p in pairs}), "targets": len({p.target.key for p in pairs}),
               "pairs": len(pairs), "registered": registered, "cached": len(pairs) - registered,
               "seconds": round(sum(_stored_seconds(p.path) for p in pairs), 1) if main else None}
@@ -110,8 +111,7 @@ def with_atlas(config: TrainConfig, split: Split, sessions: list[Session], parti
     return sessions, partial
 
 
-def plan_pairs(split: Split, hierarchy: Hierarchy, root: Path,
-               params: registration.RegistrationParams = registration.RegistrationParams()) -> list[Pair]:
+def plan_pairs(split: Split, hierarchy: Hierarchy, root: Path) -> list[Pair]:
     """Every (fully labelled, partially labelled) pair of the split's training sessions."""
     atlases = [s for s in split.train if split.is_full(s)]
     targets = [s for s in split.train if not split.is_full(s)]
@@ -119,7 +119,7 @@ def plan_pairs(split: Split, hierarchy: Hierarchy, root: Path,
         raise ValueError(f"--atlas needs at least one fully labelled and one partially labelled training session; "
                          f"found {len(atlases)} and {len(targets)} (raise or lower --full-fraction)")
     registration.require_library()
-    key = [ATLAS_VERSION, params.key(), hierarchy.to_json()]
+    key = [ATLAS_VERSION, PARAMS.key(), hierarchy.to_json()]
     return [Pair(a, t, split.coarsened(t), root / "registrations" / (
         f"{a.key}--{t.key}-{_digest([key, _identity(a), _identity(t), split.coarsened(t)])}.npz"))
         for t in targets for a in atlases]
@@ -158,7 +158,7 @@ def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
     maps = [a_image] + [(a_labels == v).astype(np.float32) for v in leaves]
     warped = registration.warp_atlas(image, inside_parents(coded.codes, coded.table(hierarchy), hierarchy), a_image,
                                      inside_parents(a_labels, hierarchy.target_table(), hierarchy), maps,
-                                     _zooms(img), _zooms(a_img))
+                                     _zooms(img), _zooms(a_img), PARAMS)
     soft = np.round(np.clip(np.stack(warped[1:]), 0, 1) * 255).astype(np.uint8)
     seconds = time.perf_counter() - t0
     with atomic_path(pair.path, overwrite=True) as tmp:

@@ -5,7 +5,8 @@ the 0/1 masks), so that the atlas's parent is pulled onto the scan's. The atlas'
 indicators, its image) are then resampled into the scan's grid by that one transform, linearly.
 
 Arrays are (X, Y, Z), each image in its own voxel grid of its voxel size (mm), both in canonical
-RAS+ axes (as :func:`neoseg.train.volumes.load_canonical` gives them). Greedy's own output (it prints per iteration) is silenced.
+RAS+ axes (as :func:`neoseg.train.volumes.load_canonical` gives them). Greedy's own output (it
+prints per iteration) is silenced.
 """
 
 from __future__ import annotations
