@@ -17,8 +17,6 @@ from neoseg.train.atlas_pairs import match_intensities
 from neoseg.train.config import TrainConfig
 from neoseg.train.recipes import dataset_split, training_sessions
 
-pytest.importorskip("picsl_greedy")
-
 H = builtin()
 TCV, CGM, WM, DGM, CSF = 10, 2, 3, 7, 1
 
@@ -150,6 +148,7 @@ def test_atlas_options_are_checked(tiny_dataset, tmp_path):
         run_atlas(config(tiny_dataset, full_fraction=1.0), tmp_path / "full")
 
 
+@pytest.mark.slow
 def test_neoseg_train_with_atlas_propagate_finishes(tiny_dataset, tmp_path):
     from neoseg.cli.train import app
 
