@@ -137,6 +137,23 @@ def test_really_partial_label_maps_are_propagated(tiny_dataset, tmp_path):
         assert np.array_equal(got[known != TCV], known[known != TCV])
 
 
+def test_sessions_annotated_by_masks_give_pairs_but_keep_their_own_annotation(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for path in sorted(data.glob("sub-T0[2-5]/ses-1/anat/*_dseg.nii.gz")):  # 4 subjects: a TCV outline only
+        img = nib.load(path)
+        tcv = np.isin(np.asarray(img.dataobj), [CGM, WM, DGM]).astype(np.uint8)
+        nib.save(nib.Nifti1Image(tcv, img.affine), str(path).replace("desc-drawem9_dseg", "desc-tcv_mask"))
+        path.unlink()
+    split, sessions, new, flags, report = run_atlas(config(data), tmp_path / "run")
+    masked = sorted(s.key for s in sessions if s.labels is None)
+    assert masked and sorted(report["not_propagated"]) == masked
+    assert new[:len(sessions)] == sessions  # kept as they were
+    pairs = new[len(sessions):]
+    assert len(pairs) == report["pairs"] == len(masked) * len(report["atlases"])
+    assert all(nib.load(p.labels).shape == (24, 24, 24) for p in pairs)
+
+
 def test_atlas_options_are_checked(tiny_dataset, tmp_path):
     with pytest.raises(ValueError, match="unknown --atlas"):
         TrainConfig(atlas="everything")
