@@ -170,7 +170,6 @@ class TrainConfig:
         raw.setdefault("cohort_anatomy", "v1")  # written before anatomy v2: trained on the first cohort
         raw.setdefault("precision", "fp32")  # written before mixed precision: trained in FP32
         raw.setdefault("spacing", None)  # written before resampling: each scan at its own spacing
-        raw.setdefault("atlas", "none")  # written before the atlas recipes
         return cls(**raw)
 
     def digest(self) -> str:
