@@ -49,6 +49,13 @@ class Augment(str, Enum):
     none = "none"
 
 
+class Atlas(str, Enum):  # train/atlas.py
+    none = "none"
+    propagate = "propagate"
+    pairs = "pairs"
+    both = "both"
+
+
 class Reduction(str, Enum):
     mean = "mean"
     observed = "observed"
@@ -177,6 +184,16 @@ def train(
                                                          "on the training voxel size) added to the training data; "
                                                          "their images are always synthesised. Needs "
                                                          "--synthesis above 0.")] = None,
+    atlas: Annotated[Optional[Atlas], typer.Option(help="Register each fully labelled training session to each "
+                                                   "partially labelled one (Greedy; docs/atlas.md): propagate (their "
+                                                   "children fill in the unknown ones inside the known parent where "
+                                                   "confident), pairs (the atlas image and labels warped into each "
+                                                   "scan become extra training sessions), both, or none. "
+                                                   + _default("atlas"))] = None,
+    atlas_confidence: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="--atlas propagate: the "
+                                                              "share of the parent a fused atlas child needs to be "
+                                                              "written; below it the child stays unknown. "
+                                                              + _default("atlas_confidence"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="Device: auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
@@ -208,6 +225,7 @@ def train(
             cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
             augment=augment.value if augment else None, synthesis=synthesis,
             synth_labels=str(synth_labels) if synth_labels else None, precision=precision.value if precision else None,
+            atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
             seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)

@@ -13,6 +13,7 @@ PROFILES = ("cpu", "paper")
 SELECTIONS = ("val-loss", "child-dice")
 AUGMENT_POLICIES = ("default", "none")  # train/augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train/precision.py
+ATLAS_MODES = ("none", "propagate", "pairs", "both")  # train/atlas.py
 
 
 @dataclass
@@ -68,6 +69,10 @@ class TrainConfig:
     synthesis: float = 0.0  # probability per training slice of an image synthesised from its labels
     # (train/synthesis.py); 0 keeps the real images
     synth_labels: str | None = None  # folder of label maps without images, trained on through synthesis only
+    atlas: str = "none"  # the fully labelled sessions registered to the partially labelled ones (train/atlas.py):
+    # propagate (their children fill in the unknown ones where confident) | pairs (atlas image and labels warped
+    # into each scan as extra training sessions) | both | none
+    atlas_confidence: float = 0.7  # propagate: share of the parent a fused atlas child needs to be written
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
     seed: int = 0
@@ -99,6 +104,7 @@ class TrainConfig:
         if self.full_share > 0 and self.batch_size < 2:
             raise ValueError(f"full_share mixes fully and partially labelled slices in each batch, which needs a batch "
                              f"size of at least 2; got {self.batch_size} (pass e.g. --batch-size 16)")
+        self._check_atlas()
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
         if self.self_training and self.loss == "bce":
@@ -107,6 +113,18 @@ class TrainConfig:
         if self.self_training and not (0.5 <= self.confidence < 1 and 0 < self.ema_decay < 1):
             raise ValueError(f"self-training needs confidence in [0.5, 1) and EMA decay in (0, 1), got "
                              f"{self.confidence} and {self.ema_decay}")
+
+    def _check_atlas(self) -> None:
+        if self.atlas not in ATLAS_MODES:
+            raise ValueError(f"unknown --atlas '{self.atlas}'; available: {', '.join(ATLAS_MODES)}")
+        if not 0.5 <= self.atlas_confidence <= 1:
+            raise ValueError(f"--atlas-confidence is a share of the parent, in [0.5, 1]; got {self.atlas_confidence}")
+        if self.atlas in ("propagate", "both") and self.loss == "bce":
+            raise ValueError(f"--atlas {self.atlas} writes partial label maps (children unknown where the atlases "
+                             f"are not confident), which loss bce cannot train on; use a partial-label loss (iuc, "
+                             f"labelset) or --atlas pairs")
+        if self.atlas in ("propagate", "both") and self.pseudo_labels is not None:
+            raise ValueError(f"--atlas {self.atlas} and pseudo_labels both replace the partial label maps; use one")
 
     @property
     def head(self) -> str:

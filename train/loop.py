@@ -32,6 +32,7 @@ from neoseg.core.labels import present_values
 from neoseg.data.splits import Split
 
 from . import checkpoint
+from .atlas import atlas_sessions
 from .augment import make_augment
 from .checks import check_before_training
 from .config import TrainConfig
@@ -46,7 +47,7 @@ from .models import create_model, input_divisor
 from .precision import grad_scaler, resolve_precision
 from .ranks import Ranks, init_ranks, resolve_device
 from .recipes import dataset_split, resolve_recipe, training_sessions
-from .rundir import append_metrics, create_run_dir, stored_config, truncate_metrics, write_split
+from .rundir import append_metrics, cache_folder, create_run_dir, stored_config, truncate_metrics, write_split
 from .sampling import training_batches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
@@ -126,6 +127,7 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     seed_everything(config.seed)
     hierarchy = hier.resolve(config.hierarchy)
     train_sessions, partial = training_sessions(config, split)
+    train_sessions, partial = atlas_sessions(config, split, train_sessions, partial, hierarchy, out, ranks, progress)
     if ranks.main:
         write_split(out / "split.json", split, train_sessions)
     model = _build_model(config, hierarchy, out, resume).to(device)
@@ -198,8 +200,7 @@ def _load_stacks(config: TrainConfig, hierarchy: hier.Hierarchy, split: Split, t
     """The training and validation slice stacks at the run's spacing; rank 0 builds the slice cache
     and checks the data (the test sessions too: now, not after hours of training) before the others
     read the cache."""
-    cache = VolumeCache(Path(config.cache) if config.cache else out / "cache", config.axis, config.slice_size,
-                        hierarchy, config.spacing)
+    cache = VolumeCache(cache_folder(config, out), config.axis, config.slice_size, hierarchy, config.spacing)
     val_sessions = _validation_sessions(config, split)
     error = None
     if ranks.main:

@@ -85,13 +85,15 @@ def training_sessions(config: TrainConfig, split: Split) -> tuple[list[Session],
     if split.partial_sessions:
         raise ValueError("pseudo labels replace simulated partial labels; this dataset's partial sessions are partial "
                          "in their files, so train them with a partial-label loss (iuc, labelset) instead")
-    return [_with_pseudo_labels(s, config.pseudo_labels) if p else s for s, p in zip(sessions, partial)], \
+    return [with_label_map(s, config.pseudo_labels) if p else s for s, p in zip(sessions, partial)], \
         [False] * len(sessions)
 
 
-def _with_pseudo_labels(session: Session, root: str) -> Session:
+def with_label_map(session: Session, root: str | Path) -> Session:
+    """``session`` with the label map of a dHCP-layout folder of label maps (pseudo labels, atlas
+    propagation) in place of its own; the map must be there."""
     path = pseudo_label_path(root, session)
     if not path.is_file():
-        raise ValueError(f"pseudo_labels folder {root} has no label map for {session.key} (expected {path}); "
-                         f"write them with neoseg.train.baselines.write_pseudo_labels first")
+        raise ValueError(f"label map folder {root} has no label map for {session.key} (expected {path}); "
+                         f"write them first (neoseg.train.baselines.write_pseudo_labels, or --atlas propagate)")
     return dataclasses.replace(session, labels=path)

@@ -34,6 +34,11 @@ def stored_config(out: Path, resume: bool) -> TrainConfig | None:
     return None
 
 
+def cache_folder(config: TrainConfig, out: Path) -> Path:
+    """The run's cache folder: ``config.cache``, else ``<out>/cache``."""
+    return Path(config.cache) if config.cache else out / "cache"
+
+
 def create_run_dir(out: Path, config: TrainConfig) -> None:
     """Make ``out`` (checked by :func:`stored_config`) and write the run's config.json, once."""
     out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,186 @@
+"""The atlas recipes (train/atlas.py): propagation inside the known parent, atlas-to-scan pairs,
+the registration cache, and a short training run with --atlas."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from neoseg.core.hierarchy import builtin
+from neoseg.train import registration
+from neoseg.train.atlas import with_atlas
+from neoseg.train.atlas_fusion import leaf_values, propagate
+from neoseg.train.atlas_pairs import match_intensities
+from neoseg.train.config import TrainConfig
+from neoseg.train.recipes import dataset_split, training_sessions
+
+H = builtin()
+TCV, CGM, WM, DGM, CSF = 10, 2, 3, 7, 1
+
+
+def config(data, **kw) -> TrainConfig:
+    base = dict(data=str(data), slice_size=32, widths=[8, 16], epochs=1, batch_size=8, full_fraction=0.25,
+                device="cpu", atlas="both")
+    return TrainConfig(**{**base, **kw})
+
+
+def run_atlas(cfg, out, workers=1):
+    split = dataset_split(cfg)
+    sessions, partial = training_sessions(cfg, split)
+    out.mkdir(exist_ok=True)
+    new, flags = with_atlas(cfg, split, sessions, partial, out / "cache", out, H, workers=workers)
+    return split, sessions, new, flags, json.loads((out / "atlas.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def atlas_run(tiny_dataset, tmp_path_factory):
+    """--atlas both on the tiny phantoms: 1 fully labelled training subject, 3 partially labelled."""
+    return run_atlas(config(tiny_dataset), tmp_path_factory.mktemp("atlas") / "run")
+
+
+def test_propagation_writes_a_child_only_inside_the_parent_and_only_where_confident():
+    partial = np.array([TCV, TCV, TCV, TCV, CSF, CGM], np.uint8)
+    leaves = leaf_values(H)
+    fused = np.zeros((len(leaves), 6), np.float32)
+    at = {v: i for i, v in enumerate(leaves)}
+    fused[at[WM], 0] = 0.9  # sure WM
+    fused[at[CGM], 0] = 0.1
+    fused[at[DGM], 1], fused[at[WM], 1] = 0.6, 0.4  # DGM, but only 0.6 of the parent: unsure at 0.7
+    fused[at[CSF], 2], fused[at[CGM], 2] = 0.9, 0.05  # mostly CSF: of the parent's share, all CGM
+    # voxel 3: no atlas child reaches it: stays unknown
+    fused[at[WM], 4] = 1.0  # a child where the scan says CSF: never written
+    fused[at[WM], 5] = 1.0  # a known leaf never changes
+    labels, undecided = propagate(partial, fused, leaves, H, confidence=0.7)
+    assert labels.tolist() == [WM, TCV, CGM, TCV, CSF, CGM]
+    assert undecided.tolist() == [False, True, False, True, False, False]
+    assert propagate(partial, fused, leaves, H, confidence=0.55)[0].tolist() == [WM, DGM, CGM, TCV, CSF, CGM]
+
+
+def test_propagated_maps_keep_children_inside_the_known_parent(atlas_run):
+    split, sessions, new, flags, report = atlas_run
+    targets = [s for s in sessions if not split.is_full(s)]
+    replaced = {s.key: s for s in new}
+    assert len(targets) == 3
+    for target in targets:
+        truth = np.asarray(nib.load(target.labels).dataobj)
+        known = H.coarsen(truth)  # what the run knows of the simulated partial session
+        got = np.asarray(nib.load(replaced[target.key].labels).dataobj)
+        assert replaced[target.key].labels != target.labels
+        inside = known == TCV
+        assert np.array_equal(got[~inside], known[~inside])  # nothing outside the parent changes
+        assert set(np.unique(got[inside]).tolist()) <= {TCV, CGM, WM, DGM}
+        assert (got[inside] != TCV).any()  # some children were filled in
+    assert 0 <= report["unknown_share"] < 1
+    assert set(report["dice"]["warped"]) == {"cgm", "wm", "dgm"}
+    assert report["dice"]["propagated"]["wm"] > 0.5  # the phantoms register well
+
+
+def test_pairs_lie_on_the_target_grid_with_full_labels(atlas_run):
+    split, sessions, new, flags, report = atlas_run
+    pairs = new[len(sessions):]
+    targets = {s.subject: s for s in sessions if not split.is_full(s)}
+    assert len(pairs) == len(targets) == report["pairs"] and flags[len(sessions):] == [False] * len(pairs)
+    assert flags[:len(sessions)] == [False] * len(sessions)  # propagated maps are read as the partial maps they are
+    for pair in pairs:
+        target = targets[pair.subject.split("to")[1]]
+        t2, labels, ref = (nib.load(p) for p in (pair.t2, pair.labels, target.t2))
+        assert t2.shape == labels.shape == ref.shape and np.allclose(t2.affine, ref.affine)
+        values = set(np.unique(np.asarray(labels.dataobj)).tolist())
+        assert TCV not in values and {CGM, WM, DGM} <= values  # fully labelled
+        ref_data = np.asarray(ref.dataobj)
+        image = np.asarray(t2.dataobj)
+        assert abs(np.median(image) - np.median(ref_data)) < 0.2 * np.ptp(ref_data)  # the target's intensities
+
+
+def test_intensity_matching_maps_each_region_onto_the_target():
+    rng = np.random.default_rng(0)
+    regions = np.repeat([1, 2], 500)
+    image = np.where(regions == 1, rng.normal(10, 1, 1000), rng.normal(50, 2, 1000)).astype(np.float32)
+    target = np.where(regions == 1, rng.normal(300, 5, 1000), rng.normal(100, 5, 1000)).astype(np.float32)
+    out = match_intensities(image, regions, target, regions)
+    assert abs(out[regions == 1].mean() - 300) < 2 and abs(out[regions == 2].mean() - 100) < 2
+
+
+def test_cached_registrations_are_reused_not_repeated(tiny_dataset, tmp_path, monkeypatch):
+    calls = []
+    real = registration.warp_atlas
+    monkeypatch.setattr(registration, "warp_atlas", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = config(tiny_dataset, atlas="propagate")
+    *_, first = run_atlas(cfg, tmp_path / "a")
+    cached = sorted((tmp_path / "a" / "cache" / "atlas" / "registrations").glob("*.npz"))
+    mtimes = [p.stat().st_mtime_ns for p in cached]
+    assert len(calls) == first["registered"] == first["pairs"] == len(cached) == 3
+    *_, again = run_atlas(cfg, tmp_path / "a")  # a resumed run: same cache
+    assert len(calls) == 3 and again["registered"] == 0 and again["cached"] == 3
+    assert [p.stat().st_mtime_ns for p in cached] == mtimes
+    assert again["seconds"] == first["seconds"] > 0  # the registrations' time, as first spent
+    cached[0].unlink()  # an interrupted run: the missing pair alone is registered
+    *_, resumed = run_atlas(cfg, tmp_path / "a")
+    assert len(calls) == 4 and resumed["registered"] == 1
+
+
+def test_really_partial_label_maps_are_propagated(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for path in sorted(data.glob("sub-T0[2-5]/ses-1/anat/*_dseg.nii.gz")):  # 4 subjects partial in their files
+        img = nib.load(path)
+        nib.save(nib.Nifti1Image(H.coarsen(np.asarray(img.dataobj)), img.affine), path)
+    split, sessions, new, flags, report = run_atlas(config(data, atlas="propagate"), tmp_path / "run")
+    assert split.partial_sessions and report["targets"] == len([s for s in sessions if not split.is_full(s)])
+    assert "dice" not in report  # no hidden truth to score against
+    for old, s in zip(sessions, new):
+        got = np.asarray(nib.load(s.labels).dataobj)
+        known = np.asarray(nib.load(old.labels).dataobj)
+        assert np.array_equal(got[known != TCV], known[known != TCV])
+
+
+def test_sessions_annotated_by_masks_give_pairs_but_keep_their_own_annotation(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    for path in sorted(data.glob("sub-T0[2-5]/ses-1/anat/*_dseg.nii.gz")):  # 4 subjects: a TCV outline only
+        img = nib.load(path)
+        tcv = np.isin(np.asarray(img.dataobj), [CGM, WM, DGM]).astype(np.uint8)
+        nib.save(nib.Nifti1Image(tcv, img.affine), str(path).replace("desc-drawem9_dseg", "desc-tcv_mask"))
+        path.unlink()
+    split, sessions, new, flags, report = run_atlas(config(data), tmp_path / "run")
+    masked = sorted(s.key for s in sessions if s.labels is None)
+    assert masked and sorted(report["not_propagated"]) == masked
+    assert new[:len(sessions)] == sessions  # kept as they were
+    pairs = new[len(sessions):]
+    assert len(pairs) == report["pairs"] == len(masked) * len(report["atlases"])
+    assert all(nib.load(p.labels).shape == (24, 24, 24) for p in pairs)
+
+
+def test_atlas_options_are_checked(tiny_dataset, tmp_path):
+    with pytest.raises(ValueError, match="unknown --atlas"):
+        TrainConfig(atlas="everything")
+    with pytest.raises(ValueError, match="atlas-confidence"):
+        TrainConfig(atlas="propagate", atlas_confidence=0.3)
+    with pytest.raises(ValueError, match="partial-label loss"):
+        TrainConfig(atlas="propagate", loss="bce")
+    with pytest.raises(ValueError, match="at least one fully labelled and one partially labelled"):
+        run_atlas(config(tiny_dataset, full_fraction=1.0), tmp_path / "full")
+
+
+@pytest.mark.slow
+def test_neoseg_train_with_atlas_propagate_finishes(tiny_dataset, tmp_path):
+    from neoseg.cli.train import app
+
+    out = tmp_path / "run"
+    args = ["--data", str(tiny_dataset), "--out", str(out), "--atlas", "propagate", "--atlas-confidence", "0.6",
+            "--epochs", "1", "--slice-size", "32", "--widths", "8,16", "--batch-size", "8", "--full-fraction",
+            "0.25", "--device", "cpu", "--augment", "none", "--quiet"]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "atlas.json").read_text())
+    assert report["pairs"] == 3 and report["seconds"] > 0 and report["confidence"] == 0.6
+    assert json.loads((out / "config.json").read_text())["atlas"] == "propagate"
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["epochs"] = 2
+    (out / "config.json").write_text(json.dumps(cfg))
+    result = CliRunner().invoke(app, ["--out", str(out), "--resume", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "atlas.json").read_text())["registered"] == 0  # --resume reuses the registrations
