@@ -97,10 +97,10 @@ def _export(checkpoint, outputs, companions, timing_cache, thresholds, data, ver
             calibration_scans, overwrite) -> None:
     """Every output is written into a staging folder beside them under its final name (the INT8
     and BF16 models are found by name from the .onnx), then all appear together, or none does
-    (the BF16 model is written only where plain BF16 misses its gate). ``companions`` this export
-    does not write are removed with the same commit (``--overwrite`` only): such a file can only be
-    what neoseg-export wrote beside the .onnx it replaces, for the same model name, and would
-    otherwise outlive it."""
+    (the BF16 model is written only where plain BF16 misses its gate). Existing ``companions``
+    this export does not write are removed in the same commit, and only under ``--overwrite``:
+    they bear the names neoseg-export gives the OpenVINO models of the .onnx being replaced, and
+    would outlive it; nothing else a user had is touched."""
     import os
     import tempfile
 
@@ -116,7 +116,8 @@ def _export(checkpoint, outputs, companions, timing_cache, thresholds, data, ver
     verify, x = [], None
     if verify_scans:
         verify, source = verification_sessions(checkpoint, loaded.config, data, verify_scans)
-        typer.echo(f"verifying on {len(verify)} scans, {source}: {', '.join(s.key for s in verify)}")
+        fewer = f" (fewer than --verify-scans {verify_scans}: no more there)" if len(verify) < verify_scans else ""
+        typer.echo(f"verifying on {len(verify)} scans{fewer}, {source}: {', '.join(s.key for s in verify)}")
         gate = Scans.load(verify, source)
         x = verification_slices([image for image, _ in gate.images], info)
     if "xml" in outputs:  # chosen before anything is computed

@@ -72,7 +72,7 @@ def test_the_gates_scans_are_the_runs_held_out_ones_and_never_calibrated_on(expo
         assert records[precision].scans_from.startswith("held out: the test and validation sessions")
     assert records["int8"].calibration_keys == ("sub-T00_ses-1", "sub-T01_ses-1")
     assert "2 scans (training sessions of the run's split (split.json))" in records["int8"].measured_with
-    assert "verifying on 2 scans, held out" in output
+    assert "verifying on 2 scans (fewer than --verify-scans 4: no more there), held out: the test" in output
 
 
 def test_overwrite_removes_the_companions_of_the_replaced_export(exported, tmp_path):
