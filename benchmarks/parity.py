@@ -82,8 +82,9 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, cali
     import torch
 
     from neoseg.export.bf16 import export_bf16
-    from neoseg.export.int8 import add_int8
+    from neoseg.export.int8 import export_int8
     from neoseg.export.onnx_export import export_onnx, scan_sessions, verification_slices
+    from neoseg.export.scans import Scans
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train import checkpoint
     from neoseg.train.evaluate import predict_volume
@@ -98,11 +99,11 @@ def _run(ckpt: Path, sessions, engine: Path | None, device: str, verify_on, cali
         verify_on = pool[:2] if verify_on is None else verify_on
         calibrate_on = [s for s in pool if s.t2 not in {v.t2 for v in verify_on}][:4] if calibrate_on is None \
             else calibrate_on
-    volumes = [load_canonical(s.t2, np.float32)[0] for s in verify_on]
-    report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices(volumes, info))
-    gate_scans = [load_canonical(s.t2, np.float32) for s in verify_on]
-    report.reduced["bf16"] = export_bf16(onnx, loaded.model, gate_scans, log=lambda m: log(f"  export: {m}"))
-    report.reduced["int8"] = add_int8(onnx, info, verify_on, calibrate_on, log=lambda m: log(f"  export: {m}"))
+    gate = Scans.load(verify_on, "chosen by the parity benchmark")
+    report = export_onnx(loaded.model, info, onnx, verify_on=verification_slices([i for i, _ in gate.images], info))
+    report.reduced["bf16"] = export_bf16(onnx, loaded.model, gate, log=lambda m: log(f"  export: {m}"))
+    calibration = Scans.load(calibrate_on, "chosen by the parity benchmark, none gated on")
+    report.reduced["int8"] = export_int8(onnx, info, calibration, gate, log=lambda m: log(f"  export: {m}"))
     for line in report.lines():
         log(f"  export: {line}")
     runners = paths(ckpt, onnx, engine, device, log)

@@ -195,15 +195,14 @@ def runners(ckpt: Path, onnx: Path | None, engine: Path | None, device: str, log
 
 def _int8(onnx: Path, loaded, scan: Path, log) -> None:
     """The INT8 model beside ``onnx``, calibrated and gated on ``scan`` itself (for timing only)."""
-    from neoseg.export.int8 import CALIBRATION_PER_SCAN, export_int8
-    from neoseg.export.onnx_export import verification_slices
+    from neoseg.export.int8 import export_int8
+    from neoseg.export.scans import Scans
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train.volumes import load_canonical
 
-    image, img = load_canonical(scan, np.float32)
-    x = verification_slices([image], info_from_checkpoint(loaded), per_volume=CALIBRATION_PER_SCAN)
+    timed = Scans([load_canonical(scan, np.float32)], (scan.name,), "the timed scan itself (for timing only)")
     try:
-        export_int8(onnx, x, [(image, img)], log=lambda m: log(f"  {m}"))
+        export_int8(onnx, info_from_checkpoint(loaded), timed, timed, log=lambda m: log(f"  {m}"))
     except ImportError as e:
         log(f"  no INT8 model: {e}")
 

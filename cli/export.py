@@ -1,14 +1,14 @@
 """``neoseg-export CHECKPOINT -o model.onnx [--trt]``: a self-describing, verified ONNX model,
 its INT8 OpenVINO model beside it (``model.int8.xml``/``.bin``), where plain BF16 misses its gate a
 BF16 OpenVINO model with its full-resolution layers in FP32 (``model.bf16.xml``/``.bin``), both
-gated on whole held-out scans, and on request an FP16 TensorRT engine."""
+gated on whole scans (the run's test sessions where its split is known: :mod:`neoseg.export.scans`),
+and on request an FP16 TensorRT engine."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional
 
-import numpy as np
 import typer
 
 from .common import make_app, as_user_error, user_errors
@@ -34,14 +34,16 @@ def export(
     thresholds: Annotated[Optional[str], typer.Option(help="One value or one per channel, comma-separated. "
                                                            "Default: the checkpoint's, else 0.5.")] = None,
     data: Annotated[Optional[Path], typer.Option(file_okay=False, help="dHCP-layout folder whose scans verify the "
-                                                                       "export. Default: the training data.")] = None,
+                                                                       "export. Default: the test sessions of the "
+                                                                       "checkpoint's run (its split.json), else "
+                                                                       "the training data.")] = None,
     verify_scans: Annotated[int, typer.Option(min=0, help="Scans to verify on and to gate BF16 and INT8 on; 0 "
                                                           "skips verification, the gates and INT8.")] = 4,
     int8: Annotated[bool, typer.Option("--int8/--no-int8", help="Also write an INT8 OpenVINO model beside the "
                                                                 ".onnx (NNCF), with its parity record.")] = True,
     calibration_data: Annotated[Optional[Path], typer.Option(
-        exists=True, file_okay=False, help="dHCP-layout folder to calibrate INT8 on. Default: the training data.")] \
-        = None,
+        exists=True, file_okay=False, help="dHCP-layout folder to calibrate INT8 on. Default: the training "
+                                           "sessions of the checkpoint's run, else the training data.")] = None,
     calibration_scans: Annotated[int, typer.Option(min=1, help="Scans to calibrate INT8 on (never those verified "
                                                                "on).")] = 4,
     overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace existing outputs.")] = False,
@@ -63,12 +65,11 @@ def export(
             raise ValueError(f"-o {output}: the ONNX model's name must end in .onnx")
         engine = engine or output.with_suffix(".engine")
         int8 = int8 and verify_scans > 0  # INT8 needs scans to gate it on
-        outputs = {"onnx": output} | ({"xml": output.with_name(output.stem + ".int8.xml"),
-                                       "bin": output.with_name(output.stem + ".int8.bin")} if int8 else {}) \
-            | ({"bf16_xml": output.with_name(output.stem + ".bf16.xml"),
-                "bf16_bin": output.with_name(output.stem + ".bf16.bin")} if verify_scans and has_openvino() else {})
-        for path in outputs.values():
+        companions = {k: output.with_name(output.stem + suffix) for k, suffix in COMPANIONS.items()}
+        for path in (output, *companions.values()):  # a companion not written anew is removed
             check_writable(path, overwrite)
+        bf16 = verify_scans > 0 and has_openvino()
+        outputs = {"onnx": output} | {k: p for k, p in companions.items() if (bf16 if k.startswith("bf16") else int8)}
         if int8:
             from neoseg.export.int8 import import_nncf
 
@@ -78,8 +79,12 @@ def export(
 
             import_tensorrt(), gpu_identity()  # before anything is written
             outputs["engine"] = check_writable(engine, overwrite)
-        _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, calibration_data,
+        _export(checkpoint, outputs, companions, timing_cache, thresholds, data, verify_scans, calibration_data,
                 calibration_scans, overwrite)
+
+
+# the OpenVINO models neoseg-export writes beside the .onnx (found there by name)
+COMPANIONS = {"xml": ".int8.xml", "bin": ".int8.bin", "bf16_xml": ".bf16.xml", "bf16_bin": ".bf16.bin"}
 
 
 def has_openvino() -> bool:
@@ -88,26 +93,35 @@ def has_openvino() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, calibration_data, calibration_scans,
-            overwrite) -> None:
+def _export(checkpoint, outputs, companions, timing_cache, thresholds, data, verify_scans, calibration_data,
+            calibration_scans, overwrite) -> None:
     """Every output is written into a staging folder beside them under its final name (the INT8
     and BF16 models are found by name from the .onnx), then all appear together, or none does
-    (the BF16 model is written only where plain BF16 misses its gate)."""
+    (the BF16 model is written only where plain BF16 misses its gate). Existing ``companions``
+    this export does not write are removed in the same commit, and only under ``--overwrite``:
+    they bear the names neoseg-export gives the OpenVINO models of the .onnx being replaced, and
+    would outlive it; nothing else a user had is touched."""
     import os
     import tempfile
 
     from neoseg.core.io import atomic_paths
-    from neoseg.export.onnx_export import export_onnx, scan_sessions, verification_slices
+    from neoseg.export.onnx_export import export_onnx, verification_slices
+    from neoseg.export.scans import Scans, calibration_sessions, verification_sessions
     from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
     from neoseg.train import checkpoint as ckpt
-    from neoseg.train.volumes import load_canonical
 
     loaded = ckpt.load(checkpoint)
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
     info = info_from_checkpoint(loaded, chosen)
-    verify = scan_sessions(loaded.config, data, "verify the export on",
-                           "pass --data ROOT or --verify-scans 0")[:verify_scans] if verify_scans else []
-    x = verification_slices([load_canonical(s.t2, np.float32)[0] for s in verify], info) if verify else None
+    verify, x = [], None
+    if verify_scans:
+        verify, source = verification_sessions(checkpoint, loaded.config, data, verify_scans)
+        fewer = f" (fewer than --verify-scans {verify_scans}: no more there)" if len(verify) < verify_scans else ""
+        typer.echo(f"verifying on {len(verify)} scans{fewer}, {source}: {', '.join(s.key for s in verify)}")
+        gate = Scans.load(verify, source)
+        x = verification_slices([image for image, _ in gate.images], info)
+    if "xml" in outputs:  # chosen before anything is computed
+        calibrate = calibration_sessions(checkpoint, loaded.config, calibration_data, calibration_scans, verify)
     output = outputs["onnx"]
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
@@ -116,15 +130,11 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
         if "bf16_xml" in outputs:
             from neoseg.export.bf16 import export_bf16
 
-            scans = [load_canonical(s.t2, np.float32) for s in verify]
-            report.reduced["bf16"] = export_bf16(staged["onnx"], loaded.model, scans, log=typer.echo)
+            report.reduced["bf16"] = export_bf16(staged["onnx"], loaded.model, gate, log=typer.echo)
         if "xml" in outputs:
-            from neoseg.export.int8 import add_int8
+            from neoseg.export.int8 import export_int8
 
-            pool = scan_sessions(loaded.config, calibration_data, "calibrate INT8 on",
-                                 "pass --calibration-data FOLDER or --no-int8")
-            calibrate = [s for s in pool if s.t2 not in {v.t2 for v in verify}][:calibration_scans]
-            report.reduced["int8"] = add_int8(staged["onnx"], info, verify, calibrate, log=typer.echo)
+            report.reduced["int8"] = export_int8(staged["onnx"], info, Scans.load(*calibrate), gate, log=typer.echo)
         engine_report = None
         if "engine" in outputs:
             from neoseg.export.trt_engine import build_engine
@@ -132,7 +142,8 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
             engine_report = build_engine(staged["onnx"], info, staged["engine"], timing_cache, verify_on=x,
                                          overwrite=True)
         written = {k: outputs[k] for k, path in staged.items() if path.exists()}
-        with atomic_paths(written, overwrite) as tmp:
+        stale = [path for k, path in companions.items() if k not in written and path.exists()]
+        with atomic_paths(written, overwrite, remove=stale) as tmp:
             for k in written:
                 os.replace(staged[k], tmp[k])
     engine = outputs.get("engine")
@@ -146,6 +157,8 @@ def _export(checkpoint, outputs, timing_cache, thresholds, data, verify_scans, c
     if "bf16_xml" in written:
         typer.echo(f"wrote {outputs['bf16_xml']} and its .bin (BF16 OpenVINO model, its full-resolution layers in "
                    f"FP32: keep it beside {output.name})")
+    if stale:
+        typer.echo(f"removed {', '.join(p.name for p in stale)}, written for the model this export replaced")
     if engine is not None:
         typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
         for line in engine_report.lines() if engine_report else []:

@@ -7,7 +7,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Mapping, TypeVar
+from typing import Iterable, Iterator, Mapping, TypeVar
 
 K = TypeVar("K")
 
@@ -32,19 +32,23 @@ def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
 
 
 @contextmanager
-def atomic_paths(paths: Mapping[K, str | Path], overwrite: bool = False) -> Iterator[dict[K, Path]]:
+def atomic_paths(paths: Mapping[K, str | Path], overwrite: bool = False,
+                 remove: Iterable[str | Path] = ()) -> Iterator[dict[K, Path]]:
     """Temporary paths beside a set of outputs. When the block succeeds they all appear at once,
     as far as a file system allows: each is moved in place, and if one move fails, those already
     moved are removed and any file they replaced (``overwrite``) is put back. When the block fails,
-    nothing appears. Without ``overwrite`` an output that appeared meanwhile is never replaced."""
+    nothing appears. Without ``overwrite`` an output that appeared meanwhile is never replaced.
+    ``remove``: files of the output set being replaced that the new one lacks; they go with the
+    same commit (and come back if it fails), and need ``overwrite`` like a replaced file."""
     final = {k: check_writable(p, overwrite) for k, p in paths.items()}
+    stale = [check_writable(p, overwrite) for p in remove]
     tmps: dict[K, Path] = {}
     try:
         for k, path in final.items():
             path.parent.mkdir(parents=True, exist_ok=True)
             tmps[k] = _temp_beside(path, ".part")
         yield dict(tmps)
-        _commit(tmps, final, overwrite)
+        _commit(tmps, final, overwrite, stale)
     finally:
         for tmp in tmps.values():
             tmp.unlink(missing_ok=True)
@@ -57,20 +61,17 @@ def _temp_beside(path: Path, tag: str) -> Path:
     return Path(tmp)
 
 
-def _commit(tmps: dict, final: dict, overwrite: bool) -> None:
+def _commit(tmps: dict, final: dict, overwrite: bool, stale: list[Path]) -> None:
     mode = 0o666 & ~_umask()  # mkstemp makes 0600; outputs get the usual permissions
     for tmp in tmps.values():
         os.chmod(tmp, mode)
     placed: list[Path] = []  # outputs that now hold new content
     saved: list[tuple[Path, Path]] = []  # (backup, output) of replaced files
     try:
+        for path in stale:
+            _set_aside(path, overwrite, saved)
         for k, path in final.items():
-            if os.path.lexists(path):
-                if not overwrite:  # appeared while we were writing
-                    raise OutputExistsError(f"{path} appeared while writing; it was left untouched")
-                backup = _temp_beside(path, ".old")
-                os.replace(path, backup)
-                saved.append((backup, path))
+            _set_aside(path, overwrite, saved)
             _place(tmps[k], path)
             placed.append(path)
     except BaseException:
@@ -81,6 +82,16 @@ def _commit(tmps: dict, final: dict, overwrite: bool) -> None:
         raise
     for backup, _ in saved:
         backup.unlink(missing_ok=True)
+
+
+def _set_aside(path: Path, overwrite: bool, saved: list[tuple[Path, Path]]) -> None:
+    """Move an existing ``path`` to a backup beside it, noted in ``saved``."""
+    if os.path.lexists(path):
+        if not overwrite:  # appeared while we were writing
+            raise OutputExistsError(f"{path} appeared while writing; it was left untouched")
+        backup = _temp_beside(path, ".old")
+        os.replace(path, backup)
+        saved.append((backup, path))
 
 
 def _place(tmp: Path, path: Path) -> None:

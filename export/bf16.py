@@ -1,4 +1,4 @@
-"""BF16 at export: its parity gate on whole held-out scans through the runtime, and, where plain
+"""BF16 at export: its parity gate on whole scans through the runtime (:mod:`.scans`), and, where plain
 BF16 misses it, a BF16 OpenVINO model whose full-resolution convolutions stay in FP32.
 
 Why BF16 misses the gate (docs/reduced-precision.md, nine small trained U-Nets): no activation
@@ -28,6 +28,7 @@ from pathlib import Path
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 
 from .gate import runtime_parity
+from .scans import Scans
 
 CONVOLUTIONS = ("Convolution", "ConvolutionBackpropData")
 # the remedies, cheapest first: the convolutions of the top 1 or 2 resolution levels in FP32 (a U-Net
@@ -67,12 +68,12 @@ def write_bf16_model(onnx: Path, xml: Path, size: int, levels: int = 1) -> list[
     return kept
 
 
-def export_bf16(onnx: Path, model, scans: list, log=print) -> ParityRecord:
-    """Gate BF16 of the verified ``onnx`` on ``scans`` ((canonical array, NIfTI image) pairs) and
-    record it in its metadata; where plain BF16 misses the gate, write ``<stem>.bf16.xml`` with the
-    remedies of :data:`LEVELS` in turn and gate each. The first to pass is kept, else the best one
-    (the file is removed where plain BF16 was best). On a CPU without BF16 units BF16 is emulated in torch (``model``, the
-    checkpoint's network) through the same runtime path."""
+def export_bf16(onnx: Path, model, scans: Scans, log=print) -> ParityRecord:
+    """Gate BF16 of the verified ``onnx`` on ``scans`` and record it in its metadata; where plain
+    BF16 misses the gate, write ``<stem>.bf16.xml`` with the remedies of :data:`LEVELS` in turn and
+    gate each. The first to pass is kept, else the best one (the file is removed where plain BF16
+    was best). On a CPU without BF16 units BF16 is emulated in torch (``model``, the checkpoint's
+    network) through the same runtime path."""
     import openvino as ov
 
     from neoseg.runtime.openvino_backend import OpenVinoBackend, companion_digest, cpu_precisions

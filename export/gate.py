@@ -1,6 +1,7 @@
 """The parity gate of a reduced precision, measured on what ``neoseg-infer`` gives users: the
-runtime's masks (what ``_dseg`` and the structure masks are built from) of whole held-out scans,
-each precision against FP32 through the same :class:`~neoseg.runtime.pipeline.Segmenter`.
+runtime's masks (what ``_dseg`` and the structure masks are built from) of whole scans, held out
+by the run's split where it is known (:mod:`.scans`), each precision against FP32 through the same
+:class:`~neoseg.runtime.pipeline.Segmenter`.
 
 Dice is pooled over the scans: each structure's overlap and sizes are summed over all of them
 before the ratio is taken. On one 64³ scan a structure the model barely segments holds 5–30
@@ -19,17 +20,18 @@ import numpy as np
 from neoseg.runtime.precision import PARITY_DICE, PARITY_VOXELS, ParityRecord
 
 from .parity import dice, overlap
+from .scans import Scans
 
 
-def runtime_parity(reference, candidate, scans: list, measured_with: str,
+def runtime_parity(reference, candidate, scans: Scans, measured_with: str,
                    kept_fp32: tuple[str, ...] = ()) -> ParityRecord:
     """The worst structure's pooled Dice of ``candidate``'s masks against ``reference``'s (two
-    Segmenters, ``reference`` in FP32) over ``scans`` ((canonical array, NIfTI image) pairs);
+    Segmenters, ``reference`` in FP32) over ``scans``, which the record names;
     ``measured_with`` names the candidate, ``kept_fp32`` the layers it keeps in FP32."""
     names = reference.info.hierarchy.names
     both, total, size = (np.zeros(len(names), np.int64) for _ in range(3))
     slices = 0
-    for image, img in scans:
+    for image, img in scans.images:
         zooms = img.header.get_zooms()[:3]
         ref, got = (s.segment(image, img.affine, zooms) for s in (reference, candidate))
         b, t = overlap(got.masks, ref.masks, len(names), axis=-1)
@@ -42,6 +44,7 @@ def runtime_parity(reference, candidate, scans: list, measured_with: str,
     among = failed if failed.any() else resolved if resolved.any() else np.ones_like(failed)
     k = int(np.argmin(np.where(among, score, np.inf)))
     return ParityRecord(min_dice=round(float(score[k]), 6), worst=names[k], slices=slices,
-                        measured_with=f"{measured_with}; {len(scans)} whole held-out scans through the runtime, "
-                                      f"pooled, vs its FP32",
-                        scans=len(scans), voxels=int(size[k]), kept_fp32=tuple(kept_fp32), differing=int(differing[k]))
+                        measured_with=f"{measured_with}; {len(scans)} whole scans through the runtime, pooled, "
+                                      f"vs its FP32",
+                        scans=len(scans), voxels=int(size[k]), kept_fp32=tuple(kept_fp32), differing=int(differing[k]),
+                        scan_keys=scans.keys, scans_from=scans.source)

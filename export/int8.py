@@ -1,4 +1,4 @@
-"""INT8 at export: post-training quantisation with NNCF, gated by parity on held-out scans.
+"""INT8 at export: post-training quantisation with NNCF, gated by parity on whole scans.
 
 The verified FP32 ``.onnx`` is read by OpenVINO and quantised by NNCF (8-bit weights per output
 channel, 8-bit activations over their full calibrated range), calibrated on slices cut from scans
@@ -9,7 +9,8 @@ would be converted again at load). The ``.onnx`` stays the one file a user names
 records the INT8 model's name and digest (``neoseg.int8``) and the parity record ``int8``.
 
 The gate runs what ``neoseg-infer`` runs: the runtime's OpenVINO backend in FP32 and in INT8 over
-whole held-out scans (none of them calibrated on), per-structure Dice of the masks pooled over the
+whole scans (:mod:`.scans`: the run's test sessions where its split is known, calibration on its
+training sessions, never on a scan gated on), per-structure Dice of the masks pooled over the
 scans (:mod:`.gate`, shared with BF16); the worst structure is stored, and ``--precision auto`` uses INT8 only at
 :data:`~neoseg.runtime.precision.PARITY_DICE` or above. Where plain quantisation misses it, the
 first convolution and the output head, the layers most sensitive to rounding (their inputs and
@@ -22,7 +23,7 @@ import contextlib
 import io
 import json
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +31,7 @@ import numpy as np
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 
 from .gate import runtime_parity
+from .scans import Scans
 
 CALIBRATION_PER_SCAN = 64  # slices per calibration scan, spread over the head
 REMEDY = "first convolution and head in FP32"
@@ -69,9 +71,9 @@ def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
                              ignored_scope=ignored, advanced_parameters=full_range)
 
 
-def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
-    """The runtime's INT8 masks against its FP32 masks on ``scans`` ((canonical array, NIfTI image)
-    pairs), the gate of :mod:`.gate`. ``onnx`` must name its INT8 model."""
+def int8_parity(onnx: Path, scans: Scans, detail: str) -> ParityRecord:
+    """The runtime's INT8 masks against its FP32 masks on ``scans``, the gate of :mod:`.gate`.
+    ``onnx`` must name its INT8 model."""
     from neoseg.runtime.openvino_backend import OpenVinoBackend
     from neoseg.runtime.pipeline import Segmenter
 
@@ -79,41 +81,31 @@ def int8_parity(onnx: Path, scans: list, detail: str) -> ParityRecord:
     return runtime_parity(fp32, int8, scans, f"{int8.backend.name.split(' [')[0]} int8, {detail}")
 
 
-def add_int8(onnx: Path, info, gate_sessions: list, calibration_sessions: list, log=print) -> ParityRecord:
-    """:func:`export_int8` calibrated on ``calibration_sessions`` and gated on ``gate_sessions``
-    (dHCP sessions; none of the first may be among the second)."""
-    from neoseg.train.volumes import load_canonical
-
-    from .onnx_export import verification_slices
-
-    gated = {s.t2 for s in gate_sessions}
-    if not calibration_sessions or any(s.t2 in gated for s in calibration_sessions):
-        raise ValueError(f"no scans to calibrate INT8 on besides the {len(gated)} it is gated on; pass "
-                         f"--calibration-data FOLDER or --no-int8")
-    images = [load_canonical(s.t2, np.float32)[0] for s in calibration_sessions]
-    calibration = verification_slices(images, info, per_volume=CALIBRATION_PER_SCAN)
-    return export_int8(onnx, calibration, [load_canonical(s.t2, np.float32) for s in gate_sessions], log)
-
-
-def export_int8(onnx: Path, calibration: np.ndarray, scans: list, log=print) -> ParityRecord:
-    """Quantise the verified ``onnx`` to ``<stem>.int8.xml``/``.bin`` beside it, gate it on
-    ``scans`` and record both in ``onnx``'s metadata (first plainly, then with :data:`REMEDY` where
-    the plain model misses the gate). Callers write into a staging folder: files are replaced."""
+def export_int8(onnx: Path, info, calibration: Scans, scans: Scans, log=print) -> ParityRecord:
+    """Quantise the verified ``onnx`` (``info``: its model) to ``<stem>.int8.xml``/``.bin`` beside
+    it, calibrated on ``calibration``, gate it on ``scans`` and record both in ``onnx``'s metadata
+    (first plainly, then with :data:`REMEDY` where the plain model misses the gate); the record
+    names the scans of both. Callers choose the scans (:mod:`.scans`) and write into a staging
+    folder: files are replaced."""
     import openvino as ov
 
     from neoseg.runtime.openvino_backend import companion_digest
 
+    from .onnx_export import verification_slices
+
     nncf = import_nncf()
+    x = verification_slices([image for image, _ in calibration.images], info, per_volume=CALIBRATION_PER_SCAN)
     xml = onnx.with_name(onnx.stem + ".int8.xml")
-    base = f"NNCF {nncf.__version__}, {len(calibration)} calibration slices"
+    base = f"NNCF {nncf.__version__}, {len(x)} calibration slices of {len(calibration)} scans ({calibration.source})"
     record = None
     for keep_fp32 in (False, True):
-        ov.save_model(quantize(onnx, calibration, keep_fp32), str(xml), compress_to_fp16=False)
+        ov.save_model(quantize(onnx, x, keep_fp32), str(xml), compress_to_fp16=False)
         set_metadata(onnx, {"neoseg.int8": json.dumps({"xml": xml.name, "sha256": companion_digest(xml)})})
         record = int8_parity(onnx, scans, base + (f", {REMEDY}" if keep_fp32 else ""))
         if record.passed or keep_fp32:
             break
         log(f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {REMEDY}")
+    record = replace(record, calibration_keys=calibration.keys)
     records = json.loads(metadata(onnx)["neoseg.reduced_precision"])
     set_metadata(onnx, {"neoseg.reduced_precision": json.dumps({**records, "int8": asdict(record)})})
     return record

@@ -73,7 +73,7 @@ def verification_slices(images: list[np.ndarray], info: ModelInfo, per_volume: i
 
 def verification_volumes(config, data: Path | None, n: int) -> list:
     """The first ``n`` scans of ``data`` (dHCP layout), else of the checkpoint's training data
-    (``config``), canonical: what ``neoseg-export`` verifies the export on."""
+    (``config``), canonical (``neoseg-export`` chooses its scans with :mod:`.scans`)."""
     from neoseg.train.volumes import load_canonical
 
     return [load_canonical(s.t2, np.float32)[0] for s in scan_sessions(config, data, "verify the export on",

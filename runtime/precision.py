@@ -3,10 +3,11 @@
 A reduced precision (``int8``, ``bf16``, ``fp16``) runs only where the hardware has units for it
 and, when chosen automatically, only for a model whose recorded agreement with FP32 reaches
 :data:`PARITY_DICE` on every structure. ``neoseg-export`` measures that agreement and stores it in
-the model's metadata (``neoseg.reduced_precision``): BF16/FP16 emulated on verification slices,
-INT8 (a quantised OpenVINO model beside the ``.onnx``) through the runtime on held-out scans. A
-model without the record runs in FP32 under ``--precision auto``. An explicitly requested precision
-runs or fails with the reason; nothing falls back silently.
+the model's metadata (``neoseg.reduced_precision``): FP16 emulated on verification slices, BF16
+and INT8 (a quantised OpenVINO model beside the ``.onnx``) through the runtime on whole scans, held
+out by the run's split where it is known (the record names them). A model without the record runs
+in FP32 under ``--precision auto``. An explicitly requested precision runs or fails with the
+reason; nothing falls back silently.
 """
 
 from __future__ import annotations
@@ -37,9 +38,13 @@ class ParityRecord:
     voxels: int = 0  # the worst structure's voxels in FP32's masks over those scans: one voxel is 1/voxels of Dice
     kept_fp32: tuple[str, ...] = ()  # layers kept in FP32 in the model measured (by name), none for plain
     differing: int = -1  # voxels where the worst structure's masks differ over those scans (-1: not counted)
+    scan_keys: tuple[str, ...] = ()  # those scans' sessions (sub-X_ses-Y)
+    scans_from: str = ""  # where they come from: held out by the run's split, or no split known
+    calibration_keys: tuple[str, ...] = ()  # INT8: the sessions it was calibrated on
 
     def __post_init__(self):
-        object.__setattr__(self, "kept_fp32", tuple(self.kept_fp32))  # a list when read from JSON
+        for name in ("kept_fp32", "scan_keys", "calibration_keys"):  # lists when read from JSON
+            object.__setattr__(self, name, tuple(getattr(self, name)))
 
     @property
     def passed(self) -> bool:

@@ -49,3 +49,30 @@ def write_dataset(root: Path, n_subjects: int = 6, n: int = 24, spacing: float =
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+@pytest.fixture(scope="session")
+def toy_run(tiny_dataset, tmp_path_factory) -> Path:
+    """A run folder as neoseg-train leaves it, of a toy U-Net trained on tiny_dataset's T00-T03:
+    best.pt (its config naming the data) and split.json, which holds out T04 (validation) and T05
+    (test)."""
+    import dataclasses
+
+    import torch
+
+    from neoseg.benchmarks.toy import train_toy
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.data.splits import Split
+    from neoseg.train import checkpoint
+    from neoseg.train.rundir import write_split
+
+    run = tmp_path_factory.mktemp("run")
+    sessions = find_sessions(tiny_dataset)
+    toy = train_toy(run / "toy.pt", sessions[:4], 32, widths=(8, 16), steps=40)
+    payload = torch.load(toy, weights_only=True)
+    payload["config"] = dataclasses.replace(checkpoint.load(toy).config, data=str(tiny_dataset)).to_json()
+    torch.save(payload, run / "best.pt")
+    toy.unlink()
+    split = Split(tuple(sessions[:4]), (sessions[4],), (sessions[5],), frozenset(s.subject for s in sessions[:4]))
+    write_split(run / "split.json", split, sessions[:4])
+    return run

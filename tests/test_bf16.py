@@ -23,16 +23,17 @@ def toy(tiny_dataset, tmp_path_factory):
     """A toy U-Net (2 levels) trained on 4 scans and exported with verification; 2 other scans."""
     from neoseg.benchmarks.toy import train_toy
     from neoseg.export.onnx_export import export_onnx, verification_slices
+    from neoseg.export.scans import Scans
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train import checkpoint
-    from neoseg.train.volumes import load_canonical
 
     sessions = find_sessions(tiny_dataset)
     folder = tmp_path_factory.mktemp("bf16")
     loaded = checkpoint.load(train_toy(folder / "toy.pt", sessions[:4], 32, widths=(8, 16), steps=40))
     info = info_from_checkpoint(loaded)
-    scans = [load_canonical(s.t2, np.float32) for s in sessions[4:6]]
-    export_onnx(loaded.model, info, folder / "toy.onnx", verify_on=verification_slices([s[0] for s in scans], info))
+    scans = Scans.load(sessions[4:6], "not trained on")
+    x = verification_slices([image for image, _ in scans.images], info)
+    export_onnx(loaded.model, info, folder / "toy.onnx", verify_on=x)
     return folder / "toy.onnx", loaded.model, scans
 
 
@@ -48,6 +49,7 @@ class Fixed:
 
 def test_the_gate_pools_each_structure_over_the_scans():
     from neoseg.export.gate import runtime_parity
+    from neoseg.export.scans import Scans
 
     names = ["big", "small"]
     ref = [np.zeros((4, 4, 8, 2), np.uint8) for _ in range(2)]
@@ -61,12 +63,14 @@ def test_the_gate_pools_each_structure_over_the_scans():
         got = [r.copy() for r in ref]
         for i, x, c in lost:
             got[i][x, 0, 0, c] = 0
-        return runtime_parity(Fixed(ref, names), Fixed(got, names), [scan, scan], "test", ("conv",))
+        scans = Scans([scan, scan], ("sub-a_ses-1", "sub-b_ses-1"), "held out")
+        return runtime_parity(Fixed(ref, names), Fixed(got, names), scans, "test", ("conv",))
 
     record = gate((0, 0, 1))  # one voxel of "small" lost in the first scan only
     # pooled: |A & B| = 3 of |A| + |B| = 4 + 3; per scan it would be 2/3 in the first
     assert record.worst == "small" and record.min_dice == pytest.approx(6 / 7, abs=1e-6)
     assert (record.scans, record.voxels, record.slices, record.kept_fp32, record.differing) == (2, 4, 8, ("conv",), 1)
+    assert (record.scan_keys, record.scans_from) == (("sub-a_ses-1", "sub-b_ses-1"), "held out")
     assert "pooled" in record.measured_with and "small 4 voxels, 1 differ" in record.describe()
     assert record.passed  # one voxel: below what the gate resolves
     assert ParityRecord(**json.loads(json.dumps(vars(record)))) == record  # as stored in the model

@@ -20,16 +20,15 @@ REAL_INT8 = int8_unit(openvino_backend.cpu_flags()) is not None
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_dataset, tmp_path_factory):
-    """A toy U-Net exported by neoseg-export: verified on 2 scans, INT8 calibrated on 2 others."""
-    from neoseg.benchmarks.toy import train_toy
+def exported(toy_run, tmp_path_factory):
+    """The toy run's model exported by neoseg-export: verified and gated on the run's 2 held-out
+    scans, INT8 calibrated on 2 of its training scans."""
     from neoseg.cli.export import app
-    from neoseg.data.dhcp import find_sessions
 
     folder = tmp_path_factory.mktemp("int8")
-    ckpt = train_toy(folder / "toy.pt", find_sessions(tiny_dataset)[:4], 32, widths=(8, 16), steps=40)
-    result = CliRunner().invoke(app, [str(ckpt), "-o", str(folder / "m.onnx"), "--data", str(tiny_dataset),
-                                      "--calibration-data", str(tiny_dataset), "--calibration-scans", "2"])
+    shutil.copy(toy_run / "best.pt", folder / "toy.pt")  # a checkpoint without its run: no split known
+    result = CliRunner().invoke(app, [str(toy_run / "best.pt"), "-o", str(folder / "m.onnx"),
+                                      "--calibration-scans", "2"])
     assert result.exit_code == 0, result.output
     return folder, result.output
 
@@ -57,9 +56,45 @@ def test_export_writes_the_int8_model_and_its_record(exported):
     entry = json.loads(info.int8)
     assert entry["xml"] == "m.int8.xml" and entry["sha256"] == openvino_backend.companion_digest(folder / "m.int8.xml")
     rec = info.parity_records["int8"]
-    assert 0 <= rec.min_dice <= 1 and rec.slices > 0 and f"{rec.scans} whole held-out scans" in rec.measured_with
+    assert 0 <= rec.min_dice <= 1 and rec.slices > 0 and f"{rec.scans} whole scans" in rec.measured_with
     assert "int8: worst structure" in output and "wrote " in output and "m.int8.xml" in output
     assert not list(folder.glob(".*"))  # no staging folder or temporary file left
+
+
+def test_the_gates_scans_are_the_runs_held_out_ones_and_never_calibrated_on(exported):
+    """BF16 and INT8 are gated on the run's test, then validation session (split.json), INT8
+    calibrated on training sessions; the records name them."""
+    folder, output = exported
+    records = open_backend(folder / "m.onnx", "ort-cpu").info.parity_records
+    held_out = ("sub-T05_ses-1", "sub-T04_ses-1")
+    for precision in ("bf16", "int8"):
+        assert records[precision].scan_keys == held_out and records[precision].scans == 2
+        assert records[precision].scans_from.startswith("held out: the test and validation sessions")
+    assert records["int8"].calibration_keys == ("sub-T00_ses-1", "sub-T01_ses-1")
+    assert "2 scans (training sessions of the run's split (split.json))" in records["int8"].measured_with
+    assert "verifying on 2 scans (fewer than --verify-scans 4: no more there), held out: the test" in output
+
+
+def test_overwrite_removes_the_companions_of_the_replaced_export(exported, tmp_path):
+    """An export that writes no INT8 or BF16 model over one that did leaves none of the old ones
+    beside the new .onnx (they would outlive the model they were made for); without --overwrite
+    even a lone companion is refused."""
+    from neoseg.cli.export import app
+
+    folder = tmp_path / "m"
+    model = copy_model(exported[0], folder)
+    for name in ("m.bf16.xml", "m.bf16.bin"):  # as an export whose plain BF16 missed the gate left them
+        (folder / name).write_text("old")
+    args = [str(exported[0] / "toy.pt"), "-o", str(model), "--verify-scans", "0"]
+    result = CliRunner().invoke(app, args + ["--overwrite"])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["m.onnx"]
+    assert "removed m.int8.xml, m.int8.bin, m.bf16.xml, m.bf16.bin" in result.output
+    model.unlink()
+    (folder / "m.int8.xml").write_text("old")
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2 and "m.int8.xml already exists" in result.output
+    assert sorted(p.name for p in folder.iterdir()) == ["m.int8.xml"]
 
 
 @pytest.mark.skipif(not REAL_INT8, reason="this CPU has no INT8 units")
@@ -147,3 +182,7 @@ def test_calibration_never_uses_the_scans_it_is_gated_on(exported, tiny_dataset,
     result = CliRunner().invoke(app, [str(exported[0] / "toy.pt"), "-o", str(out / "m.onnx"), "--data", str(only),
                                       "--no-int8"])
     assert result.exit_code == 0 and sorted(p.name for p in out.iterdir()) == ["m.onnx"]
+    record = open_backend(out / "m.onnx", "ort-cpu").info.parity_records["bf16"]  # no split known: said so
+    assert record.scan_keys == ("sub-T00_ses-1", "sub-T01_ses-1")
+    assert record.scans_from == f"the first scans of {only}; no split known ({only} is not the run's data): they " \
+                                f"may include training scans"

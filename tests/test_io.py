@@ -116,3 +116,27 @@ def test_an_output_that_appears_while_writing_is_never_replaced(tmp_path):
                 t.write_text("new")
             paths["b"].write_text("someone else's")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"b.txt": "someone else's"}
+
+
+def test_files_the_new_output_set_lacks_go_with_its_commit(tmp_path, monkeypatch):
+    """``remove``: an old companion the new set lacks is removed when the set appears, and comes
+    back with the replaced output when the commit fails; it is refused without overwrite."""
+    out, old = tmp_path / "m.onnx", tmp_path / "m.int8.xml"
+    out.write_text("old model"), old.write_text("old companion")
+    with pytest.raises(io.OutputExistsError, match="m.int8.xml already exists"):
+        with io.atomic_paths({0: tmp_path / "other.onnx"}, overwrite=False, remove=[old]):
+            pass
+
+    def failing_place(tmp, path):
+        raise OSError("disk full")
+
+    with monkeypatch.context() as m:
+        m.setattr(io, "_place", failing_place)
+        with pytest.raises(OSError, match="disk full"):
+            with io.atomic_paths({0: out}, overwrite=True, remove=[old]) as tmp:
+                tmp[0].write_text("new model")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"m.onnx": "old model",
+                                                                    "m.int8.xml": "old companion"}
+    with io.atomic_paths({0: out}, overwrite=True, remove=[old, tmp_path / "m.int8.bin"]) as tmp:
+        tmp[0].write_text("new model")
+    assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"m.onnx": "new model"}

@@ -228,7 +228,8 @@ def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, tiny_da
     x = verification_slices(verification_volumes(None, tiny_dataset, 2), info)
     assert records["fp16"] == vars(reduced_parity(trained[2], info, x)["fp16"])  # FP16: emulated on slices
     for p in ("bf16", "int8"):  # on the 2 whole scans through the runtime, as neoseg-infer runs them
-        assert records[p]["scans"] == 2 and "2 whole held-out scans through the runtime" in records[p]["measured_with"]
+        assert records[p]["scans"] == 2 and "2 whole scans through the runtime" in records[p]["measured_with"]
+        assert list(records[p]["scan_keys"]) == [s.key for s in sessions[:2]]
     import openvino as ov
 
     from neoseg.runtime.precision import int8_unit
