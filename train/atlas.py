@@ -139,8 +139,13 @@ def register_pairs(pairs: list[Pair], hierarchy: Hierarchy, workers: int | None 
             bar.update()
     elif todo:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-            for done in as_completed([pool.submit(register_pair, p, hierarchy) for p in todo]):
-                done.result()
+            futures = {pool.submit(register_pair, p, hierarchy): p for p in todo}
+            for done in as_completed(futures):
+                if done.exception() is not None:  # stop at once: the queued pairs are not run first
+                    pool.shutdown(wait=True, cancel_futures=True)
+                    pair = futures[done]
+                    raise ValueError(f"atlas registration of {pair.atlas.key} to {pair.target.key} failed: "
+                                     f"{done.exception()}") from done.exception()
                 bar.update()
     bar.close()
     return len(todo)
