@@ -19,9 +19,8 @@ REAL_BF16 = "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
 @pytest.fixture(scope="module")
-def toy(tiny_dataset, tmp_path_factory):
-    """A toy U-Net (2 levels) trained on 4 scans and exported with verification; 2 other scans."""
-    from neoseg.benchmarks.toy import train_toy
+def toy(tiny_dataset, toy_run, tmp_path_factory):
+    """The toy U-Net (2 levels) of ``toy_run``, trained on 4 scans, exported with verification; 2 other scans."""
     from neoseg.export.onnx_export import export_onnx, verification_slices
     from neoseg.export.scans import Scans
     from neoseg.runtime.model import info_from_checkpoint
@@ -29,7 +28,7 @@ def toy(tiny_dataset, tmp_path_factory):
 
     sessions = find_sessions(tiny_dataset)
     folder = tmp_path_factory.mktemp("bf16")
-    loaded = checkpoint.load(train_toy(folder / "toy.pt", sessions[:4], 32, widths=(8, 16), steps=40))
+    loaded = checkpoint.load(toy_run / "best.pt")
     info = info_from_checkpoint(loaded)
     scans = Scans.load(sessions[4:6], "not trained on")
     x = verification_slices([image for image, _ in scans.images], info)

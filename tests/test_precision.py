@@ -24,9 +24,8 @@ NO_REDUCED = (["fp32"], ["FP32", "INT8"])  # what a CPU without INT8/BF16/FP16 u
 
 
 @pytest.fixture(scope="module")
-def trained(tiny_dataset, tmp_path_factory):
-    """A toy U-Net trained on 4 scans, exported with verification (so with its parity record)."""
-    from neoseg.benchmarks.toy import train_toy
+def trained(tiny_dataset, toy_run, tmp_path_factory):
+    """``toy_run``'s toy U-Net, trained on 4 scans, exported with verification (so with its parity record)."""
     from neoseg.export.onnx_export import export_onnx, verification_slices
     from neoseg.runtime.model import info_from_checkpoint
     from neoseg.train import checkpoint
@@ -34,7 +33,7 @@ def trained(tiny_dataset, tmp_path_factory):
 
     sessions = find_sessions(tiny_dataset)
     folder = tmp_path_factory.mktemp("trained")
-    loaded = checkpoint.load(train_toy(folder / "toy.pt", sessions[:4], 32, widths=(8, 16), steps=40))
+    loaded = checkpoint.load(toy_run / "best.pt")
     info = info_from_checkpoint(loaded)
     x = verification_slices([load_canonical(s.t2, np.float32)[0] for s in sessions[4:6]], info)
     report = export_onnx(loaded.model, info, folder / "toy.onnx", verify_on=x)
@@ -209,13 +208,13 @@ def test_without_openvino_auto_runs_onnxruntime_and_ov_cpu_says_why(trained):
 
 
 # ---- the parity benchmark ------------------------------------------------------------------
-def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, tiny_dataset):
+def test_parity_benchmark_reports_the_default_path_and_the_gate(trained, toy_run, tiny_dataset):
     """Every CPU path against torch FP32 on held-out volumes, the path neoseg-infer would pick,
     and the parity record that made it pick it."""
     from neoseg.benchmarks import parity
 
     sessions = find_sessions(tiny_dataset)
-    result = parity.run(trained[0].with_name("toy.pt"), sessions[4:6], verify_on=sessions[:2],
+    result = parity.run(toy_run / "best.pt", sessions[4:6], verify_on=sessions[:2],
                         calibrate_on=sessions[2:4], log=lambda *_: None)
     worst = {path: min(d.values()) for path, d in result["dice_vs_torch_fp32_worst"].items()}
     default = next(p for p in worst if p.startswith("neoseg-infer default"))
