@@ -58,10 +58,10 @@ def per_draw_table(rows: list[dict], fraction: float, candidates: list[tuple]) -
     return "\n".join(lines)
 
 
-def target_row(rows: list[dict], row: tuple, fraction: float) -> dict:
+def target_row(rows: list[dict], row: tuple, fraction: float, planned: int | None = None) -> dict:
     """One recipe's shares of the 100 % model per cell (mean of the draws, worst draw), its smallest
     DGM gain over the supervised model of the same draw per age group, and whether the target is met
-    (None while something is missing)."""
+    (None while something is missing, fewer than the ``planned`` draws among it)."""
     mean, low, gains, draws = [], [], [], set()
     for age, s in CELLS:
         means, full = draw_means(rows, row, fraction, age, s), reference(rows, age, s)
@@ -71,21 +71,22 @@ def target_row(rows: list[dict], row: tuple, fraction: float) -> dict:
     for age in AGE_GROUPS:
         ours, sup = (draw_means(rows, r, fraction, age, "dgm") for r in (row, SUPERVISED))
         gains.append(min(ours[d] - sup[d] for d in ours) if ours and set(ours) <= set(sup) else math.nan)
-    unknown = any(math.isnan(v) for v in mean + low + gains)
+    unknown = any(math.isnan(v) for v in mean + low + gains) or len(draws) < (planned or 0)
     met = None if unknown else (all(v >= TARGET_RATIO for v in mean) and all(v >= TARGET_WORST_RATIO for v in low)
                                 and all(g >= TARGET_DGM_GAIN for g in gains))
     return {"draws": len(draws), "mean": mean, "worst": low, "gains": gains, "met": met}
 
 
-def target_table(rows: list[dict], fractions: list[float], candidates: list[tuple]) -> str:
+def target_table(rows: list[dict], fractions: list[float], candidates: list[tuple], planned: int | None = None) -> str:
     """Per fraction and recipe: each cell's share of the 100 % model as "mean of the draws / worst
-    draw", the smallest DGM gain over the supervised model of the same draw, and the verdict."""
+    draw", the smallest DGM gain over the supervised model of the same draw, and the verdict ("–"
+    with fewer than the ``planned`` draws: a worst draw of fewer is no worst draw)."""
     header = ("| fraction | recipe | draws | " + " | ".join(f"{age} {LABEL[s]}" for age, s in CELLS)
               + " | DGM gain over supervised, worst draw (preterm, term) | target met |")
     lines = [header, "|---" * (5 + len(CELLS)) + "|"]
     for fraction in fractions:
         for row in present_rows(rows, "unet", fraction, candidates):
-            t = target_row(rows, row, fraction)
+            t = target_row(rows, row, fraction, planned)
             ratios = [f"{_number(m, 2)} / {_number(w, 2)}" for m, w in zip(t["mean"], t["worst"])]
             verdict = "–" if t["met"] is None else ("**yes**" if t["met"] else "no")
             lines.append(f"| {pct(fraction)} | {row[0]}{selection(rows, row)} | {t['draws']} | " + " | ".join(ratios)

@@ -33,7 +33,7 @@ def write_report(out: Path, rows: list[dict], meta: dict, planned: list[str]) ->
     lines = _introduction(meta, settings)
     lines += _machine_scale_and_time(rows, records, meta, settings, fractions, len(planned), len(finished), failed)
     lines += _scale_and_runs_left(settings, failed, [p for p in planned if p not in finished and p not in failed])
-    lines += _dice_tables(rows, fractions)
+    lines += _dice_tables(rows, fractions, settings.get("draws"))
     lines += _per_draw_tables(rows, fractions)
     lines += _label_map_tables(label_maps, fractions)
     if fractions:
@@ -97,7 +97,7 @@ def _scale_and_runs_left(settings: dict, failed: dict, missing: list[str]) -> li
     return lines
 
 
-def _dice_tables(rows: list[dict], fractions: list[float]) -> list[str]:
+def _dice_tables(rows: list[dict], fractions: list[float], draws: int | None) -> list[str]:
     """The headline, Tables 1-3 and the recipes beyond the paper."""
     lines = []
     if fractions:
@@ -121,7 +121,8 @@ def _dice_tables(rows: list[dict], fractions: list[float]) -> list[str]:
                   f"least {TARGET_RATIO:.2f} in the mean and {TARGET_WORST_RATIO:.2f} in the worst draw in every "
                   f"cell, and a DGM at least {TARGET_DGM_GAIN:.2f} above the supervised model of the same fraction "
                   "and draw in every draw, in both age groups. Every row selects its best epoch by the validation "
-                  "loss unless marked.", "", target_table(rows, fractions, [IUC] + BEYOND), ""]
+                  "loss unless marked; a recipe with fewer draws than planned gets no verdict (–).", "",
+                  target_table(rows, fractions, [IUC] + BEYOND, draws), ""]
     return lines
 
 

@@ -103,7 +103,9 @@ def test_the_target_needs_the_mean_the_worst_draw_and_the_gain_in_every_draw(tmp
     t = target_row(rows, row, 0.02)
     assert min(t["mean"]) >= 0.95 and min(t["worst"]) >= 0.85
     assert t["gains"] == pytest.approx([0.08, 0.08]) and t["met"] is False  # draw 1: only 0.08 over supervised
-    assert "| 2 % | Atlas propagation + IUC | 2 |" in report(tmp_path)
+    assert target_row(rows, row, 0.02, planned=3)["met"] is None  # 2 of 3 draws: no worst draw yet
+    line = next(x for x in report(tmp_path).splitlines() if x.startswith("| 2 % | Atlas propagation + IUC | 2 |"))
+    assert line.endswith("| – |")
 
 
 def test_runs_cut_by_the_cap_while_improving_are_flagged(tmp_path):

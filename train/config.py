@@ -13,7 +13,7 @@ PROFILES = ("cpu", "paper")
 SELECTIONS = ("val-loss", "child-dice")
 AUGMENT_POLICIES = ("default", "none")  # train/augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train/precision.py
-ATLAS_MODES = ("none", "propagate", "pairs", "both")  # train/atlas.py
+ATLAS_MODES = ("none", "propagate", "pairs", "both", "auto")  # train/atlas.py; auto: train/recipes.py
 
 
 @dataclass
@@ -71,7 +71,8 @@ class TrainConfig:
     synth_labels: str | None = None  # folder of label maps without images, trained on through synthesis only
     atlas: str = "none"  # the fully labelled sessions registered to the partially labelled ones (train/atlas.py):
     # propagate (their children fill in the unknown ones where confident) | pairs (atlas image and labels warped
-    # into each scan as extra training sessions) | both | none
+    # into each scan as extra training sessions) | both | none | auto (propagate where the run trains a partial-label
+    # loss on fully and partially labelled sessions, else none; resolved before config.json is written)
     atlas_confidence: float = 0.7  # propagate: share of the parent a fused atlas child needs to be written
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
@@ -139,7 +140,9 @@ class TrainConfig:
         (8-16-32-64-128), up to 40 epochs, output biases at the labels' prior odds, training
         stopped after 7.5 minutes at the latest so that the whole run stays within 10, and the
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
-        epochs fit; docs/training.md, "Mixed precision").
+        epochs fit; docs/training.md, "Mixed precision"), and ``--atlas auto``: atlas propagation
+        wherever fully and partially labelled sessions train together (the recipe that won on the worst
+        draw at 2 %, docs/atlas.md).
         ``paper``: the paper's protocol, docs/method.md section 6, the same as the experiment runner's
         ``paper`` profile (reproduce/profiles.py): 250 subjects (200 for training) at 256^3 of 0.5 mm,
         256^2 slices at 0.5 mm, the U-Net of widths 16-32-64-128-256, Adam 5e-3, batch 32, up to 200
@@ -148,7 +151,7 @@ class TrainConfig:
             raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
         if name == "cpu":
             base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True, precision="auto",
-                       spacing=[2.0, 2.0, 2.0])
+                       spacing=[2.0, 2.0, 2.0], atlas="auto")
         else:
             base = cls(cohort_subjects=250, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32,
                        spacing=[0.5, 0.5, 0.5], augment="none")
@@ -178,6 +181,7 @@ class TrainConfig:
         raw.setdefault("cohort_anatomy", "v1")  # written before anatomy v2: trained on the first cohort
         raw.setdefault("precision", "fp32")  # written before mixed precision: trained in FP32
         raw.setdefault("spacing", None)  # written before resampling: each scan at its own spacing
+        raw.setdefault("atlas", "none")  # written before the atlas recipes: none
         return cls(**raw)
 
     def digest(self) -> str:

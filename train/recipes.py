@@ -58,13 +58,29 @@ def semi_supervised_config(config: TrainConfig, supervised_checkpoint: str | Pat
 def resolve_recipe(config: TrainConfig, split: Split) -> TrainConfig:
     """The config a new run trains with: plain BCE cannot learn from partial labels, so ``bce`` on
     a split with partially labelled training subjects (and no pseudo labels or chosen subjects) is
-    the supervised baseline. Resolved before the run's config.json is written."""
+    the supervised baseline; ``--atlas auto`` becomes ``propagate`` or ``none`` (:func:`resolve_atlas`).
+    Resolved before the run's config.json is written."""
     if config.loss == "bce" and config.pseudo_labels is None and config.train_subjects is None \
             and any(not split.is_full(s) for s in split.train):
         config = supervised_config(config, split)
         log.info("loss bce with partially labelled training subjects: the supervised baseline, trained on the %d "
                  "fully labelled subject(s) only (config.json says so: train_subjects)", len(config.train_subjects))
-    return config
+    return resolve_atlas(config, split) if config.atlas == "auto" else config
+
+
+def resolve_atlas(config: TrainConfig, split: Split) -> TrainConfig:
+    """``--atlas auto``: ``propagate`` (the recipe that won on the worst draw with one fully labelled
+    subject, docs/atlas.md) where the run trains a partial-label loss on fully and partially labelled
+    sessions of its own; ``none`` where there is nothing to propagate (all fully labelled, the
+    supervised baseline, pseudo labels in place of the partial maps)."""
+    sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
+    full = sum(split.is_full(s) for s in sessions)
+    mode = "propagate" if config.loss != "bce" and config.pseudo_labels is None and 0 < full < len(sessions) \
+        else "none"
+    if mode == "propagate":
+        log.info("--atlas auto: propagate (%d fully labelled training session(s) registered to the %d partially "
+                 "labelled ones; --atlas none trains without)", full, len(sessions) - full)
+    return dataclasses.replace(config, atlas=mode)
 
 
 def pseudo_label_path(root: str | Path, session: Session) -> Path:
