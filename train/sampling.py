@@ -54,7 +54,9 @@ class MixedBatches(ShardedBatches):
     needs: oversampled, since they are few) and ``batch_size - per_batch`` of ``partial`` (the
     others). An epoch is one pass over the partial slices (the last batch may hold fewer of
     them), or ``steps`` batches drawn from fresh shuffles of them; the full slices are spread
-    evenly through each batch, so every rank's share holds some of them."""
+    evenly through each batch, so every rank's share holds some of them where ``per_batch`` is at
+    least ``world``. With ``--atlas pairs`` the synthesised pairs are fully labelled sessions too,
+    and so are drawn for ``full``."""
 
     def __init__(self, full: list[int], partial: list[int], batch_size: int, per_batch: int,
                  generator: torch.Generator, rank: int = 0, world: int = 1, steps: int | None = None):
