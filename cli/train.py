@@ -197,6 +197,11 @@ def train(
                                                               "share of the parent a fused atlas child needs to be "
                                                               "written; below it the child stays unknown. "
                                                               + _default("atlas_confidence"))] = None,
+    atlas_per_target: Annotated[Optional[int], typer.Option(help="--atlas: how many fully labelled sessions are "
+                                                            "registered to each partially labelled one: those "
+                                                            "nearest to it in scan age (all where there are no "
+                                                            "more); the cost grows with it. "
+                                                            + _default("atlas_per_target"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="Device: auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
@@ -229,6 +234,7 @@ def train(
             augment=augment.value if augment else None, synthesis=synthesis,
             synth_labels=str(synth_labels) if synth_labels else None, precision=precision.value if precision else None,
             atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
+            atlas_per_target=atlas_per_target,
             seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)

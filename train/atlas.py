@@ -1,6 +1,7 @@
-"""The atlas recipes beyond the paper (``neoseg-train --atlas``; docs/atlas.md): every fully
-labelled training session (an *atlas*) is registered to every partially labelled one (a *target*),
-once, in parallel, cached and resumable; then
+"""The atlas recipes beyond the paper (``neoseg-train --atlas``; docs/atlas.md): each partially
+labelled training session (a *target*) gets the ``--atlas-per-target`` fully labelled ones (the
+*atlases*) nearest to it in scan age (:mod:`.atlas_plan`), each registered to it once, in parallel,
+cached and resumable; then
 
 * ``propagate``: each target's unknown children are filled where the fused warped atlases are
   confident, inside its known parent (:mod:`.atlas_fusion`); the result is a partial label map that
@@ -12,28 +13,26 @@ once, in parallel, cached and resumable; then
 The registration itself is :mod:`.registration`. A target whose partial labels are simulated (a full
 map coarsened, the built-in cohort) is coarsened as it is read: propagation never sees its hidden
 truth, which only the quality report of ``<out>/atlas.json`` reads. Everything is written under
-``<cache>/atlas/`` (each file atomically, named by a hash of what made it), so a resumed or repeated
-run reuses it.
+``<cache>/atlas/`` (each file atomically and once, named by a hash of what made it), so a resumed,
+repeated or concurrent run reuses it.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.io import atomic_path, atomic_paths, save_nifti, write_nifti, write_text
+from neoseg.core.io import write_nifti, write_text
 from neoseg.core.partial import Coded
 from neoseg.data.dhcp import LABEL_SUFFIX, T2_SUFFIX, Session
 from neoseg.data.splits import Split
@@ -41,6 +40,7 @@ from neoseg.data.splits import Split
 from . import registration
 from .atlas_fusion import dice_by_value, fuse, leaf_values, most_likely, open_voxels, propagate
 from .atlas_pairs import hard_labels, match_intensities
+from .atlas_plan import Pair, digest, plan_pairs, write_once
 from .config import TrainConfig
 from .recipes import pseudo_label_path, with_label_map
 from .rundir import cache_folder
@@ -48,15 +48,9 @@ from .rundir import cache_folder
 log = logging.getLogger("neoseg.train")
 
 ATLAS_VERSION = 1  # bump when what is cached or written changes, so that older files are not reused
+PAIRS_VERSION = 2  # bump when the synthesised pairs change (2: voxels outside the warped field of view are outside)
 PARAMS = registration.RegistrationParams()  # the registration every pair gets (part of its cache key)
-
-
-@dataclass(frozen=True)
-class Pair:
-    atlas: Session
-    target: Session
-    coarsen: bool  # the target's partial labels are simulated: its full map is coarsened as read
-    path: Path  # the cached registration (.npz)
+FIGURES_SUFFIX = "_desc-atlas_figures.json"  # beside each propagated map: its figures for atlas.json
 
 
 def atlas_sessions(config: TrainConfig, split: Split, sessions: list[Session], partial: list[bool],
@@ -87,11 +81,13 @@ def with_atlas(config: TrainConfig, split: Split, sessions: list[Session], parti
     other ranks only name the files it wrote. ``config.atlas == "none"``: unchanged."""
     if config.atlas == "none":
         return sessions, partial
-    pairs = plan_pairs(split, hierarchy, cache / "atlas")
+    registration.require_library()
+    pairs = plan_pairs(split, sessions, config.atlas_per_target, cache / "atlas",
+                       [ATLAS_VERSION, PARAMS.key(), hierarchy.to_json()])
     began = time.monotonic()
     registered = register_pairs(pairs, hierarchy, workers, progress) if main else 0
     report = {"mode": config.atlas, "library": registration.LIBRARY, "version": registration.library_version(),
-              "params": dataclasses.asdict(PARAMS),
+              "params": dataclasses.asdict(PARAMS), "atlas_per_target": config.atlas_per_target,
               "atlases": sorted({p.atlas.key for p in pairs}), "targets": len({p.target.key for p in pairs}),
               "pairs": len(pairs), "registered": registered, "cached": len(pairs) - registered,
               "seconds": round(sum(_stored_seconds(p.path) for p in pairs), 1) if main else None}
@@ -111,20 +107,6 @@ def with_atlas(config: TrainConfig, split: Split, sessions: list[Session], parti
     return sessions, partial
 
 
-def plan_pairs(split: Split, hierarchy: Hierarchy, root: Path) -> list[Pair]:
-    """Every (fully labelled, partially labelled) pair of the split's training sessions."""
-    atlases = [s for s in split.train if split.is_full(s)]
-    targets = [s for s in split.train if not split.is_full(s)]
-    if not atlases or not targets:
-        raise ValueError(f"--atlas needs at least one fully labelled and one partially labelled training session; "
-                         f"found {len(atlases)} and {len(targets)} (raise or lower --full-fraction)")
-    registration.require_library()
-    key = [ATLAS_VERSION, PARAMS.key(), hierarchy.to_json()]
-    return [Pair(a, t, split.coarsened(t), root / "registrations" / (
-        f"{a.key}--{t.key}-{_digest([key, _identity(a), _identity(t), split.coarsened(t)])}.npz"))
-        for t in targets for a in atlases]
-
-
 def register_pairs(pairs: list[Pair], hierarchy: Hierarchy, workers: int | None = None, progress: bool = False) -> int:
     """Register the pairs whose result is not cached yet, ``workers`` processes at once (default:
     the CPUs this process may use; 1: in this process). Returns how many were registered."""
@@ -135,7 +117,10 @@ def register_pairs(pairs: list[Pair], hierarchy: Hierarchy, workers: int | None 
     bar = tqdm(total=len(todo), desc="atlas registrations", disable=None if progress else True, leave=False)
     if workers == 1:
         for pair in todo:
-            register_pair(pair, hierarchy)
+            try:
+                register_pair(pair, hierarchy)
+            except Exception as e:  # noqa: BLE001 - named and re-raised
+                raise _failed(pair, e) from e
             bar.update()
     elif todo:
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
@@ -143,12 +128,16 @@ def register_pairs(pairs: list[Pair], hierarchy: Hierarchy, workers: int | None 
             for done in as_completed(futures):
                 if done.exception() is not None:  # stop at once: the queued pairs are not run first
                     pool.shutdown(wait=True, cancel_futures=True)
-                    pair = futures[done]
-                    raise ValueError(f"atlas registration of {pair.atlas.key} to {pair.target.key} failed: "
-                                     f"{done.exception()}") from done.exception()
+                    raise _failed(futures[done], done.exception()) from done.exception()
                 bar.update()
     bar.close()
     return len(todo)
+
+
+def _failed(pair: Pair, error: BaseException) -> ValueError:
+    """The one-line error of a failed registration, naming the pair."""
+    what = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return ValueError(f"atlas registration of {pair.atlas.key} to {pair.target.key} failed: {what}")
 
 
 def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
@@ -166,9 +155,8 @@ def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
                                      _zooms(img), _zooms(a_img), PARAMS)
     soft = np.round(np.clip(np.stack(warped[1:]), 0, 1) * 255).astype(np.uint8)
     seconds = time.perf_counter() - t0
-    with atomic_path(pair.path, overwrite=True) as tmp:
-        np.savez_compressed(tmp, image=warped[0].astype(np.float32), soft=soft, leaves=np.asarray(leaves),
-                            seconds=np.float64(seconds))
+    write_once(pair.path, lambda tmp: np.savez_compressed(tmp, image=warped[0].astype(np.float32), soft=soft,
+                                                          leaves=np.asarray(leaves), seconds=np.float64(seconds)))
     return seconds
 
 
@@ -194,57 +182,73 @@ def propagated_sessions(pairs: list[Pair], hierarchy: Hierarchy, confidence: flo
     """Per target key, the session with its propagated partial map (written under ``root`` where
     ``main``), and the report: the share of parent voxels left unknown and, for simulated targets,
     the Dice of the warped and of the propagated (confident) children against the hidden truth."""
-    folder = root / f"propagate-{_digest([ATLAS_VERSION, sorted(p.path.name for p in pairs), confidence])}"
+    folder = root / f"propagate-{digest([ATLAS_VERSION, sorted(p.path.name for p in pairs), confidence])}"
     by_target: dict[str, list[Pair]] = {}
     for p in pairs:
         by_target.setdefault(p.target.key, []).append(p)
-    out, skipped, counts, dice = {}, [], [0, 0], {"warped": [], "propagated": []}
+    out, skipped, figures = {}, [], []
     for key, group in by_target.items():
         target = group[0].target
         if target.labels is None:  # masks only: no label map to write the children into
             skipped.append(key)
             continue
-        if main:  # fused again on a rerun (cheap), for the report; the map is written once
-            _propagate_one(group, hierarchy, confidence, pseudo_label_path(folder, target), counts, dice)
+        if main:
+            figures.append(_propagate_one(group, hierarchy, confidence, pseudo_label_path(folder, target)))
         out[key] = with_label_map(target, folder)
     if skipped and main:
         log.warning("--atlas propagate: %d session(s) annotated by masks only keep their own annotation (a partial "
                     "label map has no value for 'unknown outside the mask'): %s", len(skipped), ", ".join(skipped))
     stats = {"not_propagated": skipped}
-    if main and counts[1]:
-        stats["unknown_share"] = round(counts[0] / counts[1], 4)
-    if main and dice["warped"]:
-        stats["dice"] = {kind: _mean_by_name(rows, hierarchy) for kind, rows in dice.items()}
+    open_ = sum(f["open"] for f in figures)
+    if main and open_:
+        stats["unknown_share"] = round(sum(f["unknown"] for f in figures) / open_, 4)
+    scored = [f["dice"] for f in figures if "dice" in f]
+    if main and scored:
+        stats["dice"] = {kind: _mean_by_name([_dice_row(d[kind]) for d in scored], hierarchy)
+                         for kind in ("warped", "propagated")}
     return out, stats
 
 
-def _propagate_one(group: list[Pair], hierarchy: Hierarchy, confidence: float, path: Path, counts: list[int],
-                   dice: dict) -> None:
+def _propagate_one(group: list[Pair], hierarchy: Hierarchy, confidence: float, path: Path) -> dict:
+    """Write one target's propagated map (once) and return its figures for the report: ``unknown``
+    and ``open`` voxel counts and, for a simulated target, ``dice`` rows. The figures are kept in a
+    JSON file beside the map, so a rerun reads them instead of fusing again."""
     import nibabel as nib
 
     from .volumes import load_labels
 
+    stored = path.with_name(path.name.replace(LABEL_SUFFIX, FIGURES_SUFFIX))
+    if path.is_file() and stored.is_file():
+        return json.loads(stored.read_text())
     image, coded, img = target_annotation(group[0].target, group[0].coarsen, hierarchy)
     leaves, warped, soft = _load_warped(group)
     fused = fuse(image, warped, soft)
     labels, undecided = propagate(coded.codes, fused, leaves, hierarchy, confidence)
     open_ = open_voxels(coded.codes, leaves, hierarchy)
-    counts[0] += int(undecided.sum())
-    counts[1] += int(open_.sum())
-    if not path.is_file():
-        save_nifti(nib.Nifti1Image(labels.astype(hierarchy.label_dtype), img.affine), path)
-    if group[0].coarsen:  # the quality report: the hidden truth, read here only
+    write_once(path, lambda tmp: write_nifti(nib.Nifti1Image(labels.astype(hierarchy.label_dtype), img.affine), tmp))
+    figures = {"unknown": int(undecided.sum()), "open": int(open_.sum())}
+    if group[0].coarsen:  # the quality report: the hidden truth, read here only, after the map is made
         truth, _ = load_labels(group[0].target.labels)
         children = sorted(set(np.unique(truth[open_]).tolist()))
         warped_labels = most_likely(coded.codes, fused, leaves, hierarchy)
-        dice["warped"].append(dice_by_value(warped_labels, truth, children, open_))
-        dice["propagated"].append(dice_by_value(labels, truth, children, open_ & ~undecided))
+        figures["dice"] = {"warped": _json_row(dice_by_value(warped_labels, truth, children, open_)),
+                           "propagated": _json_row(dice_by_value(labels, truth, children, open_ & ~undecided))}
+    write_once(stored, lambda tmp: tmp.write_text(json.dumps(figures) + "\n"))
+    return figures
+
+
+def _json_row(row: dict[int, float]) -> dict[str, float | None]:
+    return {str(v): None if math.isnan(d) else d for v, d in row.items()}
+
+
+def _dice_row(row: dict[str, float | None]) -> dict[int, float]:
+    return {int(v): math.nan if d is None else d for v, d in row.items()}
 
 
 def pair_sessions(pairs: list[Pair], hierarchy: Hierarchy, root: Path, main: bool) -> list[Session]:
     """The synthesised fully labelled sessions, one per pair, in a dHCP-layout folder under ``root``
     (written where ``main`` and not yet there)."""
-    folder = root / f"pairs-{_digest([ATLAS_VERSION, sorted(p.path.name for p in pairs)])}"
+    folder = root / f"pairs-{digest([ATLAS_VERSION, sorted(p.path.name for p in pairs), PAIRS_VERSION])}"
     sessions = []
     for pair in pairs:
         a, t = pair.atlas, pair.target
@@ -259,17 +263,19 @@ def pair_sessions(pairs: list[Pair], hierarchy: Hierarchy, root: Path, main: boo
 
 
 def _write_pair(pair: Pair, hierarchy: Hierarchy, session: Session) -> None:
+    """Each file once (the labels last: a pair is complete when they are there)."""
     import nibabel as nib
 
     image, coded, img = target_annotation(pair.target, pair.coarsen, hierarchy)
     leaves, warped, soft = _load_warped([pair])
-    labels = hard_labels(soft[0], leaves, hierarchy.label_dtype)
+    outside = hierarchy.outside_channel
+    labels = hard_labels(soft[0], leaves, hierarchy.label_dtype,
+                         0 if outside is None else hierarchy.channels[outside].value)
     codes = coded.codes.astype(np.int64)
     regions = np.where(codes < coded.first_extra, hierarchy.coarsen(np.minimum(codes, coded.first_extra - 1)), codes)
     matched = match_intensities(warped[0], hierarchy.coarsen(labels), image, regions)
-    with atomic_paths({"t2": session.t2, "labels": session.labels}, overwrite=True) as tmp:
-        write_nifti(nib.Nifti1Image(matched, img.affine), tmp["t2"])
-        write_nifti(nib.Nifti1Image(labels, img.affine), tmp["labels"])
+    write_once(session.t2, lambda tmp: write_nifti(nib.Nifti1Image(matched, img.affine), tmp))
+    write_once(session.labels, lambda tmp: write_nifti(nib.Nifti1Image(labels, img.affine), tmp))
 
 
 def _load_warped(group: list[Pair]) -> tuple[list[int], list[np.ndarray], list[np.ndarray]]:
@@ -286,18 +292,6 @@ def _load_warped(group: list[Pair]) -> tuple[list[int], list[np.ndarray], list[n
 def _stored_seconds(path: Path) -> float:
     with np.load(path) as cached:
         return float(cached["seconds"])
-
-
-def _identity(session: Session) -> list:
-    ident = []
-    for p in [session.t2, *session.sources]:
-        st = Path(p).stat()
-        ident += [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
-    return ident
-
-
-def _digest(obj) -> str:
-    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 def _zooms(img) -> tuple[float, float, float]:

@@ -4,7 +4,8 @@ warped soft label maps' most likely value (so image and labels agree voxel for v
 registration got wrong), its intensities the scan's: per region, a quantile mapping from the warped
 atlas's intensities to the scan's own, the regions being what the scan's annotation knows (for a
 TCV-only map: TCV, CSF, the ventricles, ...; the atlas's children fall in the TCV region, so one
-monotone mapping keeps their contrast).
+monotone mapping keeps their contrast). Voxels beyond the warped atlas's field of view are labelled
+outside the brain, never a tissue.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ QUANTILES = np.linspace(0.0, 1.0, 101)
 MIN_REGION_VOXELS = 50  # smaller regions (in either image) take the whole-image mapping
 
 
-def hard_labels(soft: np.ndarray, values: list[int], dtype) -> np.ndarray:
-    """The most likely of ``values`` per voxel, from (L, ...) soft maps."""
-    return np.asarray(values, dtype)[np.argmax(soft, axis=0)]
+def hard_labels(soft: np.ndarray, values: list[int], dtype, outside: int) -> np.ndarray:
+    """The most likely of ``values`` per voxel, from (L, ...) soft maps; ``outside`` (the label tree's
+    outside value) where less than half of the voxel lies in the warped atlas's field of view (the
+    maps, each atlas voxel's one-hot leaf resampled linearly, sum to 1 inside it and 0 beyond)."""
+    labels = np.asarray(values, dtype)[np.argmax(soft, axis=0)]
+    labels[soft.sum(axis=0) < 0.5] = outside
+    return labels
 
 
 def quantile_map(values: np.ndarray, source: np.ndarray, target: np.ndarray) -> np.ndarray:

@@ -74,6 +74,8 @@ class TrainConfig:
     # into each scan as extra training sessions) | both | none | auto (propagate where the run trains a partial-label
     # loss on fully and partially labelled sessions, else none; resolved before config.json is written)
     atlas_confidence: float = 0.7  # propagate: share of the parent a fused atlas child needs to be written
+    atlas_per_target: int = 3  # fully labelled sessions registered to each partially labelled one: the nearest
+    # in scan age (train/atlas_plan.py); all of them where there are no more
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
     seed: int = 0
@@ -120,6 +122,10 @@ class TrainConfig:
             raise ValueError(f"unknown --atlas '{self.atlas}'; available: {', '.join(ATLAS_MODES)}")
         if not 0.5 <= self.atlas_confidence <= 1:
             raise ValueError(f"--atlas-confidence is a share of the parent, in [0.5, 1]; got {self.atlas_confidence}")
+        if isinstance(self.atlas_per_target, bool) or not isinstance(self.atlas_per_target, int) \
+                or self.atlas_per_target < 1:
+            raise ValueError(f"--atlas-per-target is how many atlases each partially labelled session gets, at "
+                             f"least 1; got {self.atlas_per_target!r}")
         if self.atlas in ("propagate", "both") and self.loss == "bce":
             raise ValueError(f"--atlas {self.atlas} writes partial label maps (children unknown where the atlases "
                              f"are not confident), which loss bce cannot train on; use a partial-label loss (iuc, "

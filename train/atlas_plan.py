@@ -1,0 +1,78 @@
+"""Which atlas is registered to which target (train/atlas.py): each partially labelled training
+session (a *target*) gets the ``per_target`` fully labelled ones (the *atlases*) nearest to it in
+scan age, and each (atlas, target) pair its cache file, named by a hash of what makes its result.
+Also the write-once rule of the atlas cache, whose files are content-keyed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from neoseg.core.io import OutputExistsError, atomic_path
+from neoseg.data.dhcp import Session
+from neoseg.data.splits import Split
+
+
+@dataclass(frozen=True)
+class Pair:
+    atlas: Session
+    target: Session
+    coarsen: bool  # the target's partial labels are simulated: its full map is coarsened as read
+    path: Path  # the cached registration (.npz)
+
+
+def nearest_atlases(target: Session, atlases: list[Session], k: int) -> list[Session]:
+    """The ``k`` atlases nearest to ``target`` in scan age (weeks); an unknown age (NaN, of either)
+    sorts last, ties by session key, so the choice is deterministic. ``k`` >= their number: all."""
+    def distance(atlas: Session) -> tuple:
+        gap = abs(atlas.scan_age - target.scan_age)
+        return (math.isnan(gap), 0.0 if math.isnan(gap) else gap, atlas.key)
+
+    return sorted(atlases, key=distance)[:k]
+
+
+def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Path, key) -> list[Pair]:
+    """The pairs to register among ``sessions`` (those the run trains on): per target, its
+    ``per_target`` nearest atlases. ``key``: what every pair's cache name also depends on
+    (registration parameters, label tree, ...); files go to ``root/registrations``."""
+    atlases = [s for s in sessions if split.is_full(s)]
+    targets = [s for s in sessions if not split.is_full(s)]
+    if not atlases or not targets:
+        raise ValueError(f"--atlas needs at least one fully labelled and one partially labelled training session; "
+                         f"found {len(atlases)} and {len(targets)} (raise or lower --full-fraction)")
+    return [Pair(a, t, split.coarsened(t), root / "registrations" / (
+        f"{a.key}--{t.key}-{digest([key, identity(a), identity(t), split.coarsened(t)])}.npz"))
+        for t in targets for a in nearest_atlases(t, atlases, per_target)]
+
+
+def identity(session: Session) -> list:
+    """What a session's result depends on: its files' paths, sizes and modification times."""
+    ident = []
+    for p in [session.t2, *session.sources]:
+        st = Path(p).stat()
+        ident += [str(Path(p).resolve()), st.st_size, st.st_mtime_ns]
+    return ident
+
+
+def digest(obj) -> str:
+    return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def write_once(path: Path, write: Callable[[Path], None]) -> bool:
+    """Write one content-keyed cache file atomically (``write`` fills the temporary path it is
+    given) unless it is there. One that appears meanwhile (another run sharing the cache) holds the
+    same result and is kept: nothing is ever overwritten. Returns whether this call wrote it."""
+    if path.is_file():
+        return False
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except OutputExistsError:
+        if path.is_file():
+            return False
+        raise  # something else (a folder) is in the way
+    return True
