@@ -3,6 +3,7 @@ the registration cache, and a short training run with --atlas."""
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -11,7 +12,8 @@ from typer.testing import CliRunner
 
 from neoseg.core.hierarchy import builtin
 from neoseg.train import registration
-from neoseg.train.atlas import with_atlas
+from neoseg.train.atlas import ATLAS_VERSION, PARAMS, with_atlas
+from neoseg.train.atlas_plan import plan_pairs
 from neoseg.train.atlas_fusion import leaf_values, propagate
 from neoseg.train.atlas_pairs import match_intensities
 from neoseg.train.config import TrainConfig
@@ -184,3 +186,132 @@ def test_neoseg_train_with_atlas_propagate_finishes(tiny_dataset, tmp_path):
     result = CliRunner().invoke(app, ["--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output
     assert json.loads((out / "atlas.json").read_text())["registered"] == 0  # --resume reuses the registrations
+
+
+def test_each_target_gets_its_nearest_atlases_and_atlas_json_says_so(tiny_dataset, tmp_path):
+    cfg = config(tiny_dataset, atlas="propagate", full_fraction=0.5, atlas_per_target=1)
+    split, sessions, new, flags, report = run_atlas(cfg, tmp_path / "run")
+    atlases = [s for s in sessions if split.is_full(s)]
+    assert len(atlases) == 2 and report["atlas_per_target"] == 1
+    assert report["pairs"] == report["targets"] == len(sessions) - len(atlases)
+    names = sorted(p.name for p in (tmp_path / "run" / "cache" / "atlas" / "registrations").glob("*.npz"))
+    for target in (s for s in sessions if not split.is_full(s)):
+        nearest = min(atlases, key=lambda a: abs(a.scan_age - target.scan_age))
+        assert [n for n in names if f"--{target.key}-" in n][0].startswith(f"{nearest.key}--")
+
+
+def test_registrations_in_two_worker_processes(tiny_dataset, tmp_path):
+    cfg = config(tiny_dataset, atlas="pairs")
+    split, sessions, new, flags, report = run_atlas(cfg, tmp_path / "run", workers=2)
+    assert report["registered"] == report["pairs"] == len(new) - len(sessions) == 3
+    cached = sorted((tmp_path / "run" / "cache" / "atlas" / "registrations").glob("*.npz"))
+    assert len(cached) == 3 and not list(cached[0].parent.glob(".*"))  # no temporary files left
+    for path in cached:
+        with np.load(path) as result:
+            assert result["soft"].shape == (len(leaf_values(H)), 24, 24, 24) and result["seconds"] > 0
+            inside = result["soft"].sum(axis=0) > 0
+            assert abs(result["soft"].astype(int).sum(axis=0)[inside].mean() - 255) < 5  # one leaf per voxel
+    *_, again = run_atlas(cfg, tmp_path / "run", workers=2)
+    assert again["registered"] == 0
+
+
+def test_a_failing_registration_stops_with_one_line_naming_the_pair(tiny_dataset, tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    cfg = config(data, atlas="pairs")
+    split = dataset_split(cfg)
+    atlas = next(s for s in split.train if split.is_full(s))
+    atlas.t2.write_bytes(b"not a NIfTI file")  # every pair of this atlas fails, in a worker process
+    with pytest.raises(ValueError, match=rf"^atlas registration of {atlas.key} to sub-T0\d_ses-1 failed: ") as e:
+        run_atlas(cfg, tmp_path / "two", workers=2)
+    assert "\n" not in str(e.value)
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("Greedy: the images do not overlap\n  (at iteration 3)")
+
+    monkeypatch.setattr(registration, "warp_atlas", fail)
+    with pytest.raises(ValueError, match=r"^atlas registration of sub-T\d\d_ses-1 to sub-T\d\d_ses-1 failed: Greedy: "
+                                         r"the images do not overlap$"):
+        run_atlas(config(tiny_dataset, atlas="pairs"), tmp_path / "one")
+    assert not list((tmp_path / "one" / "cache" / "atlas" / "registrations").glob("*.npz"))
+
+
+def _fixture_cache(atlas_run):
+    split, sessions, new, *_ = atlas_run
+    pair = new[len(sessions)]  # <out>/cache/atlas/pairs-<hash>/sub-.../ses-.../anat/<file>
+    return pair.labels.parents[4] / "registrations"
+
+
+def sessions_of(cfg):
+    return training_sessions(cfg, dataset_split(cfg))[0]
+
+
+def test_propagation_never_reads_the_hidden_truth(atlas_run, tiny_dataset, tmp_path):
+    """The simulated partial sessions' children shuffled (CGM -> WM -> DGM -> CGM): the propagated
+    maps stay the same, only atlas.json's quality report against that truth changes."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    split, sessions, new, flags, report = atlas_run
+    targets = [s for s in sessions if not split.is_full(s)]
+    for target in targets:
+        path = data / target.labels.relative_to(tiny_dataset)
+        img = nib.load(path)
+        truth = np.asarray(img.dataobj)
+        shuffled = np.select([truth == CGM, truth == WM, truth == DGM], [WM, DGM, CGM], truth.astype(int)).astype(truth.dtype)
+        nib.save(nib.Nifti1Image(shuffled, img.affine), path)
+    # the same registrations (Greedy's result varies a little from run to run), under the new files' names
+    theirs = _fixture_cache(atlas_run)
+    for pair in plan_pairs(dataset_split(config(data)), sessions_of(config(data)), 3, tmp_path / "run" / "cache" / "atlas",
+                           [ATLAS_VERSION, PARAMS.key(), H.to_json()]):
+        pair.path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(next(theirs.glob(f"{pair.atlas.key}--{pair.target.key}-*.npz")), pair.path)
+    _, sessions2, new2, _, report2 = run_atlas(config(data), tmp_path / "run")
+    assert report2["registered"] == 0
+    before = {s.key: np.asarray(nib.load(s.labels).dataobj) for s in new[:len(sessions)]}
+    after = {s.key: np.asarray(nib.load(s.labels).dataobj) for s in new2[:len(sessions2)]}
+    for target in targets:
+        assert np.array_equal(before[target.key], after[target.key])
+    assert report2["unknown_share"] == report["unknown_share"]
+    assert report2["dice"]["propagated"]["wm"] < 0.5 < report["dice"]["propagated"]["wm"]
+
+
+def test_a_rerun_reads_each_targets_figures_instead_of_fusing_again(tiny_dataset, tmp_path, monkeypatch):
+    from neoseg.train import atlas
+
+    calls = []
+    real = atlas.fuse
+    monkeypatch.setattr(atlas, "fuse", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = config(tiny_dataset, atlas="propagate")
+    *_, first = run_atlas(cfg, tmp_path / "a")
+    assert len(calls) == 3
+    figures = sorted((tmp_path / "a" / "cache" / "atlas").glob(f"propagate-*/sub-*/ses-*/anat/*{atlas.FIGURES_SUFFIX}"))
+    assert len(figures) == 3 and all(set(json.loads(f.read_text())) == {"unknown", "open", "dice"} for f in figures)
+    *_, again = run_atlas(cfg, tmp_path / "a")
+    assert len(calls) == 3
+    assert {k: again[k] for k in ("unknown_share", "dice")} == {k: first[k] for k in ("unknown_share", "dice")}
+    figures[0].unlink()  # a cache written before the figures were kept: that target is fused again
+    *_, third = run_atlas(cfg, tmp_path / "a")
+    assert len(calls) == 4 and third["dice"] == first["dice"] and figures[0].is_file()
+
+
+def test_a_run_sharing_the_cache_that_writes_the_same_files_meanwhile_is_no_error(tiny_dataset, tmp_path, monkeypatch):
+    """Each propagated map and pair file appears (written by "another run") while this run writes
+    it: the files are content-keyed, so the one there is kept, and this run goes on."""
+    import re
+
+    from neoseg.core.io import write_nifti
+    from neoseg.train import atlas
+
+    theirs = []
+
+    def another_run_first(img, tmp):
+        final = Path(tmp).parent / re.match(r"^\.(.*)\.[^.]+\.part", Path(tmp).name).group(1)
+        write_nifti(img, final)
+        theirs.append(final)
+        write_nifti(img, tmp)
+
+    monkeypatch.setattr(atlas, "write_nifti", another_run_first)
+    split, sessions, new, flags, report = run_atlas(config(tiny_dataset), tmp_path / "run")
+    assert len(theirs) == 3 + 2 * 3  # 3 propagated maps, 3 pairs of 2 files
+    assert all(p.is_file() for p in theirs) and {s.labels for s in new if s.labels in theirs}
+    assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary file left

@@ -1,0 +1,100 @@
+"""Atlas planning (train/atlas_plan.py): which atlases each target gets, and the write-once rule of
+the atlas cache; no registration is run here."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from neoseg.core.io import OutputExistsError
+from neoseg.data.dhcp import Session
+from neoseg.data.splits import Split
+from neoseg.train.atlas_pairs import hard_labels
+from neoseg.train.atlas_plan import nearest_atlases, plan_pairs, write_once
+from neoseg.train.config import TrainConfig
+
+
+def session(folder: Path, subject: str, age: float) -> Session:
+    anat = folder / subject
+    anat.mkdir(parents=True, exist_ok=True)
+    t2, labels = anat / "t2.nii.gz", anat / "dseg.nii.gz"
+    t2.write_bytes(b"t2")
+    labels.write_bytes(b"labels")
+    return Session(subject, "1", t2, labels, age)
+
+
+def test_each_target_gets_the_atlases_nearest_in_scan_age(tmp_path):
+    atlases = [session(tmp_path, name, age) for name, age in
+               [("A30", 30.0), ("A36", 36.0), ("A40", 40.0), ("Anan", math.nan), ("B40", 40.0), ("A44", 44.0)]]
+    keys = lambda chosen: [a.subject for a in chosen]  # noqa: E731
+    assert keys(nearest_atlases(session(tmp_path, "T", 37.0), atlases, 3)) == ["A36", "A40", "B40"]
+    assert keys(nearest_atlases(session(tmp_path, "T", 42.0), atlases, 2)) == ["A40", "A44"]  # 2 weeks each: by key
+    assert keys(nearest_atlases(session(tmp_path, "T", 29.0), atlases, 1)) == ["A30"]
+    assert keys(nearest_atlases(session(tmp_path, "T", 44.0), atlases, 6))[-1] == "Anan"  # unknown age: last
+    assert keys(nearest_atlases(session(tmp_path, "T", math.nan), atlases, 2)) == ["A30", "A36"]  # all unknown: keys
+    assert len(nearest_atlases(session(tmp_path, "T", 37.0), atlases, 10)) == 6  # K above the atlases: all
+
+
+def test_pairs_are_k_per_target_among_the_sessions_the_run_trains_on(tmp_path):
+    atlases = [session(tmp_path, f"F{i}", 30.0 + 3 * i) for i in range(5)]  # 30, 33, ..., 42 weeks
+    targets = [session(tmp_path, f"P{i}", 31.0 + 4 * i) for i in range(4)]  # 31, 35, 39, 43
+    split = Split(tuple(atlases + targets), (), (), frozenset(a.subject for a in atlases))
+    pairs = plan_pairs(split, atlases + targets, 2, tmp_path / "cache", ["key"])
+    assert len(pairs) == 2 * len(targets)
+    assert [(p.atlas.subject, p.target.subject) for p in pairs[:4]] == [("F0", "P0"), ("F1", "P0"),
+                                                                         ("F2", "P1"), ("F1", "P1")]
+    assert all(p.coarsen and p.path.parent == tmp_path / "cache" / "registrations" for p in pairs)
+    assert len({p.path for p in pairs}) == len(pairs)
+    # no more atlases than K: every atlas, every target (what the 2 % runs always had)
+    few = plan_pairs(split, atlases[:2] + targets, 3, tmp_path / "cache", ["key"])
+    assert {(p.atlas.key, p.target.key) for p in few} == {(a.key, t.key) for a in atlases[:2] for t in targets}
+    # the run's own sessions only (--train-subjects): a session it does not train on is neither
+    trained = [atlases[0], atlases[4], targets[0], targets[3]]
+    chosen = plan_pairs(split, trained, 1, tmp_path / "cache", ["key"])
+    assert [(p.atlas.subject, p.target.subject) for p in chosen] == [("F0", "P0"), ("F4", "P3")]
+    with pytest.raises(ValueError, match="at least one fully labelled and one partially labelled"):
+        plan_pairs(split, targets, 3, tmp_path / "cache", ["key"])
+
+
+def test_atlas_per_target_must_be_at_least_one(tmp_path):
+    from neoseg.cli.train import app
+
+    assert TrainConfig(atlas_per_target=1).atlas_per_target == 1
+    for bad in (0, -2, 1.5):
+        with pytest.raises(ValueError, match="--atlas-per-target .* at least 1"):
+            TrainConfig(atlas="propagate", atlas_per_target=bad)
+    result = CliRunner().invoke(app, ["--out", str(tmp_path / "run"), "--atlas", "pairs", "--atlas-per-target", "0"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "neoseg-train: error: --atlas-per-target" in result.output
+    result = CliRunner().invoke(app, ["--atlas-per-target", "5", "--show-config"])
+    assert result.exit_code == 0 and '"atlas_per_target": 5' in result.output
+
+
+def test_cache_files_are_written_once_and_never_overwritten(tmp_path):
+    path = tmp_path / "cache" / "a.txt"
+    assert write_once(path, lambda tmp: tmp.write_text("first"))
+    assert not write_once(path, lambda tmp: tmp.write_text("second"))  # there: kept, not rewritten
+    assert path.read_text() == "first"
+
+    def another_run_wins(tmp):  # the same file appears while this run writes it
+        tmp.write_text("mine")
+        path2.write_text("theirs")
+
+    path2 = tmp_path / "cache" / "b.txt"
+    assert not write_once(path2, another_run_wins)
+    assert path2.read_text() == "theirs" and sorted(p.name for p in path2.parent.iterdir()) == ["a.txt", "b.txt"]
+    (tmp_path / "cache" / "dir.txt").mkdir()  # not a file of the cache's: refused, untouched
+    with pytest.raises(OutputExistsError):
+        write_once(tmp_path / "cache" / "dir.txt", lambda tmp: tmp.write_text("x"))
+
+
+def test_hard_labels_outside_the_warped_field_of_view_are_outside():
+    values = [1, 2, 3]  # a label tree whose first leaf is a tissue
+    soft = np.zeros((3, 4), np.float32)
+    soft[:, 0] = [0.1, 0.7, 0.2]  # inside: its most likely value
+    soft[:, 1] = [0.0, 0.0, 0.0]  # beyond the warped atlas: outside, not the first leaf
+    soft[:, 2] = [0.2, 0.1, 0.0]  # mostly beyond it (its edge): outside
+    soft[:, 3] = [0.5, 0.1, 0.0]  # mostly inside
+    assert hard_labels(soft, values, np.uint8, outside=0).tolist() == [2, 0, 0, 1]
