@@ -185,8 +185,9 @@ def train(
                                                          "on the training voxel size) added to the training data; "
                                                          "their images are always synthesised. Needs "
                                                          "--synthesis above 0.")] = None,
-    atlas: Annotated[Optional[Atlas], typer.Option(help="Register each fully labelled training session to each "
-                                                   "partially labelled one (Greedy; docs/atlas.md): propagate (their "
+    atlas: Annotated[Optional[Atlas], typer.Option(help="Register fully labelled training sessions to each "
+                                                   "partially labelled one (the --atlas-per-target nearest in age; "
+                                                   "Greedy; docs/atlas.md): propagate (their "
                                                    "children fill in the unknown ones inside the known parent where "
                                                    "confident), pairs (the atlas image and labels warped into each "
                                                    "scan become extra training sessions), both, none, or auto: propagate wherever fully and "
