@@ -187,12 +187,12 @@ def train(
                                                          "--synthesis above 0.")] = None,
     atlas: Annotated[Optional[Atlas], typer.Option(help="Register fully labelled training sessions to each "
                                                    "partially labelled one (the --atlas-per-target nearest in age; "
-                                                   "Greedy; docs/atlas.md): propagate (their "
-                                                   "children fill in the unknown ones inside the known parent where "
-                                                   "confident), pairs (the atlas image and labels warped into each "
-                                                   "scan become extra training sessions), both, none, or auto: propagate wherever fully and "
-                                                   "partially labelled sessions train together with a partial-label "
-                                                   "loss, else none. "
+                                                   "Greedy; docs/atlas.md): propagate (their children fill in the "
+                                                   "unknown ones inside the known parent where confident), pairs "
+                                                   "(the atlas image and labels warped into each scan become extra "
+                                                   "training sessions), both, none, or auto: propagate wherever fully "
+                                                   "and partially labelled sessions train together with a "
+                                                   "partial-label loss, else none. "
                                                    + _default("atlas"))] = None,
     atlas_confidence: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="--atlas propagate: the "
                                                               "share of the parent a fused atlas child needs to be "

@@ -257,15 +257,17 @@ def test_propagation_never_reads_the_hidden_truth(atlas_run, tiny_dataset, tmp_p
         path = data / target.labels.relative_to(tiny_dataset)
         img = nib.load(path)
         truth = np.asarray(img.dataobj)
-        shuffled = np.select([truth == CGM, truth == WM, truth == DGM], [WM, DGM, CGM], truth.astype(int)).astype(truth.dtype)
+        children = [truth == CGM, truth == WM, truth == DGM]
+        shuffled = np.select(children, [WM, DGM, CGM], truth.astype(int)).astype(truth.dtype)
         nib.save(nib.Nifti1Image(shuffled, img.affine), path)
     # the same registrations (Greedy's result varies a little from run to run), under the new files' names
     theirs = _fixture_cache(atlas_run)
-    for pair in plan_pairs(dataset_split(config(data)), sessions_of(config(data)), 3, tmp_path / "run" / "cache" / "atlas",
+    cfg, root = config(data), tmp_path / "run" / "cache" / "atlas"
+    for pair in plan_pairs(dataset_split(cfg), sessions_of(cfg), cfg.atlas_per_target, root,
                            [ATLAS_VERSION, PARAMS.key(), H.to_json()]):
         pair.path.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(next(theirs.glob(f"{pair.atlas.key}--{pair.target.key}-*.npz")), pair.path)
-    _, sessions2, new2, _, report2 = run_atlas(config(data), tmp_path / "run")
+    _, sessions2, new2, _, report2 = run_atlas(cfg, tmp_path / "run")
     assert report2["registered"] == 0
     before = {s.key: np.asarray(nib.load(s.labels).dataobj) for s in new[:len(sessions)]}
     after = {s.key: np.asarray(nib.load(s.labels).dataobj) for s in new2[:len(sessions2)]}
