@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, TypeVar
 
+from . import gz
+
 K = TypeVar("K")
 
 
@@ -119,11 +121,6 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-try:  # ISA-L: the same gzip format, several times faster to write (and, in neoseg.core.scans, read)
-    from isal import isal_zlib as zlib
-except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
-    import zlib
-
 GZIP_CHUNK = 8 << 20  # bytes compressed per thread and gzip member
 GZIP_LEVEL = 1  # nibabel's own default: large label volumes compress well even at level 1
 
@@ -186,8 +183,7 @@ def _fortran_bytes(block):
 
 
 def _gzip_member(chunk) -> bytes:
-    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: gzip header and trailer
-    return z.compress(chunk) + z.flush()
+    return gz.compress_member(chunk, GZIP_LEVEL)
 
 
 def save_nifti(img, path: str | Path, overwrite: bool = False) -> Path:
