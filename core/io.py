@@ -139,16 +139,36 @@ def write_nifti(img, path: str | Path, threads: int | None = None) -> None:
     the file's order and compress it in chunks, written as concatenated gzip members (RFC 1952
     allows any number; gzip, zlib's gzread, nibabel, ITK and FSL read them as one stream).
     Images that need nibabel's scaling or carry header extensions take nibabel's own path."""
-    path = Path(path)
-    if path.suffix != ".gz":
-        img.to_filename(str(path))
+    write_niftis([(img, path)], threads)
+
+
+def write_niftis(images: Iterable[tuple[object, str | Path]], threads: int | None = None) -> None:
+    """:func:`write_nifti` for several (image, path) pairs, whose chunks all share one set of
+    threads: a small label map and a large mask are compressed side by side."""
+    gzipped = []
+    for img, path in images:
+        if Path(path).suffix == ".gz":
+            gzipped.append((img, Path(path)))
+        else:
+            img.to_filename(str(path))
+    if not gzipped:
         return
-    parts = _nifti_parts(img)
     workers = max(1, threads or os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool, path.open("wb") as f:
-        # numpy copies and zlib both release the GIL, so the threads run in parallel
-        for data in pool.map(lambda part: _gzip_member(part() if callable(part) else part), parts):
-            f.write(data)
+    with ThreadPoolExecutor(workers) as pool:
+        # numpy copies and ISA-L / zlib release the GIL, so the threads run in parallel
+        jobs = [(path, [pool.submit(_compress, part) for part in _nifti_parts(img)]) for img, path in gzipped]
+        try:
+            for path, members in jobs:
+                with path.open("wb") as f:
+                    for member in members:
+                        f.write(member.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def _compress(part) -> bytes:
+    return _gzip_member(part() if callable(part) else part)
 
 
 def _nifti_parts(img) -> list:

@@ -9,7 +9,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_paths, check_writable, write_nifti
+from neoseg.core.io import atomic_paths, check_writable, write_niftis
 from neoseg.core.scans import Scan, read_scan
 
 from . import geometry
@@ -91,10 +91,11 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     clock("write")
     try:
         with atomic_paths(paths, overwrite) as tmp:
-            write_nifti(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"])
-            write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
+            images = [(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"]),
+                      (_like(img, seg.masks, np.uint8), tmp["mask"])]
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
-                write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
+                images.append((_like(img, seg.probs, np.uint8), tmp["probseg"]))
+            write_niftis(images)  # compressed side by side
             zooms = img.header.get_zooms()[:3]
             volumes = structure_volumes(seg.labels, zooms, segmenter.info.hierarchy)
             tmp["volumes"].write_text(volumes_tsv(volumes))
