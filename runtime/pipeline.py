@@ -29,6 +29,7 @@ HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's fore
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
 STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
 CACHE_LINE, PAGE = 64, 4096  # bytes
+THREADED_VOXELS = 1 << 21  # smaller volumes (below ~128^3) are quicker on one thread than handed round
 
 
 @dataclass
@@ -174,7 +175,8 @@ class Segmenter:
         for times in (clock.wall, clock.cpu):  # in this order, also where no slice is computed
             for phase in ("preprocess", "network", "postprocess"):
                 times.setdefault(phase, 0.0)
-        threads = ThreadPoolExecutor(self.host_threads) if self.host_threads > 1 else nullcontext()
+        threaded = self.host_threads > 1 and image.size >= THREADED_VOXELS
+        threads = ThreadPoolExecutor(self.host_threads) if threaded else nullcontext()
         with threads as pool:  # None for one thread
             windows, todo, plane, scale = self._plan(image)
             probabilities = targets[2] is not None

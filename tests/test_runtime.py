@@ -332,7 +332,12 @@ def test_host_path_benchmark_reports_every_phase_and_the_cpu(tmp_path):
     nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "s_T2w.nii.gz")
     host_path.main(["--scan", str(tmp_path / "s_T2w.nii.gz"), "--repeats", "1", "--out", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "host-path.json").read_text())
-    wall = result["scans"][0]["wall_s"]
-    assert set(host_path.PHASES) <= set(wall) and wall["host"] > 0
-    assert wall["host"] == pytest.approx(sum(wall[p] for p in host_path.PHASES), rel=1e-6)
-    assert "cpu_features" in result["machine"] and "host path" in (tmp_path / "out" / "host-path.md").read_text()
+    settings = result["scans"][0]["settings"]
+    assert set(settings) == {"default", *host_path.REFERENCES}  # compared in the same process by default
+    for setting in settings.values():
+        for clock in ("wall_s", "cpu_s"):
+            seconds = setting[clock]
+            assert set(host_path.PHASES) <= set(seconds) and seconds["host"] > 0
+            assert seconds["host"] == pytest.approx(sum(seconds[p] for p in host_path.PHASES), rel=1e-6)
+    text = (tmp_path / "out" / "host-path.md").read_text()
+    assert "cpu_features" in result["machine"] and "host path" in text and "default / one host thread" in text
