@@ -63,9 +63,10 @@ class Segmenter:
     so the computed ones do not change, but a structure reaching into a skipped plane is cut
     there; the parity benchmark measures it). ``crop_plane`` also cuts each slice to the head's box:
     faster for a small head in a large field of view, but the network then sees less context at
-    the cut, which changes results there; off by default. ``host_threads`` (default: the CPUs this
-    process may use) share the work around the network: numpy releases the GIL in the copies and
-    ufuncs that make it up, and each thread writes its own part, so the results do not depend on it."""
+    the cut, which changes results there; off by default. With ``host_threads`` of 2 or more
+    (default: the CPUs this process may use), a second thread copies each block of decoded slices
+    out to the outputs while the next block is computed and decoded (numpy releases the GIL in the
+    copies); the results do not depend on it."""
 
     def __init__(self, backend: Backend, batch: int | None = None, skip_empty: bool = True,
                  crop_plane: bool = False, host_threads: int | None = None):
@@ -135,8 +136,7 @@ class Segmenter:
         todo, plane = self._regions(box, windows, image.shape[info.axis])
         return windows, todo, plane, (float(image.min()), float(image.max()))
 
-    def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale,
-                 pool: ThreadPoolExecutor | None = None):
+    def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale):
         """(first, last, network input) per batch: the slices cut and min-max scaled as
         ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed. The slices
         are first gathered ``STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
@@ -155,7 +155,7 @@ class Segmenter:
             last = min(first + step, todo.stop)
             src = moved[first:last]
             if gather:
-                _copy_parts(pool, staged[:last - first], src, self.host_threads if pool else 1)
+                _copy_blocked(staged[:last - first], src)
                 src = staged
             for i in range(first, last, self.batch):
                 j = min(i + self.batch, last)
@@ -176,19 +176,19 @@ class Segmenter:
             for phase in ("preprocess", "network", "postprocess"):
                 times.setdefault(phase, 0.0)
         threaded = self.host_threads > 1 and image.size >= THREADED_VOXELS
-        threads = ThreadPoolExecutor(self.host_threads) if threaded else nullcontext()
-        with threads as pool:  # None for one thread
+        threads = ThreadPoolExecutor(1, "neoseg-copy-out") if threaded else nullcontext()
+        with threads as pool:  # None: one thread
             windows, todo, plane, scale = self._plan(image)
             probabilities = targets[2] is not None
             if native_shape is None:
                 (_, w1), (_, w2) = sorted(windows.items())
                 (lr, dr), (lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
                 moved = [None if a is None else np.moveaxis(a, self.info.axis, 0)[:, dr, dc] for a in targets]
-                sink = _Staged(self, todo, moved, (lr, lc), pool)
+                sink = staged = _Staged(self, todo, moved, (lr, lc), pool)
             else:
-                sink = self._resampler(image.shape, native_shape, windows, todo, plane, targets, pool)
+                sink, staged = self._resampler(image.shape, native_shape, windows, todo, plane, targets, pool)
             on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
-            for i, j, x in self._batches(image, windows, todo, plane, scale, pool):
+            for i, j, x in self._batches(image, windows, todo, plane, scale):
                 clock("network")
                 out = self.backend.run_decoded(x) if on_device else self.backend.run(x)  # decoded where the logits are
                 clock("postprocess")
@@ -199,12 +199,14 @@ class Segmenter:
                 clock("preprocess")
             clock("postprocess")
             sink.finish()
+            staged.finish()  # the last copies out are done
             clock(None)
         return todo.stop - todo.start
 
     def _resampler(self, shape, native_shape, windows, todo: slice, plane, targets: list,
-                   pool: ThreadPoolExecutor | None = None) -> PlaneResampler:
-        """Logits of the model-grid slices -> decoded planes of ``targets`` on the scan's grid."""
+                   pool: ThreadPoolExecutor | None = None) -> tuple[PlaneResampler, "_Staged"]:
+        """Logits of the model-grid slices -> decoded planes of ``targets`` on the scan's grid
+        (through the staging buffers it returns too)."""
         info, size = self.info, self.info.slice_size
         axis, out_ch = info.axis, info.hierarchy.outside_channel
         (a1, w1), (a2, w2) = sorted(windows.items())
@@ -230,7 +232,7 @@ class Segmenter:
         def emit(p: int, logits: np.ndarray) -> None:
             staged.put(p, logits[None])
 
-        return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit)
+        return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit), staged
 
     def _regions(self, box, windows, n_slices) -> tuple[slice, tuple[slice, slice]]:
         """The slice range and in-plane (rows, cols) of the window that hold head."""
@@ -317,19 +319,23 @@ class _Staged:
     def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice],
                  pool: ThreadPoolExecutor | None = None):
         """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
-        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there; ``pool``:
-        threads that decode row ranges and copy channels out side by side."""
+        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there; ``pool``: a
+        thread that copies one staging buffer out while a second one fills (None: one buffer,
+        copied out in place)."""
         self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
-        self.pool, self.parts = pool, segmenter.host_threads if pool is not None else 1
+        self.pool = pool
         h = segmenter.info.hierarchy
         out_ch = h.outside_channel  # what the outputs hold before they are written: "outside"
         self.fill = (0 if out_ch is None else h.channels[out_ch].value, [int(c == out_ch) for c in range(len(h))])
         batch = segmenter.batch
         staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
         shape = (staged, len(segmenter.info.hierarchy)) + dst[0].shape[1:]
-        self.buf = Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
-                           _staging(shape, np.float32) if dst[2] is not None else None)
-        self.first = todo.start  # first slice held in the staging buffers
+        self.buffers = [Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
+                                _staging(shape, np.float32) if dst[2] is not None else None)
+                        for _ in range(1 if pool is None else 2)]
+        self.copying: list = [None] * len(self.buffers)  # each buffer's copy out, while it runs
+        self.current, self.buf = 0, self.buffers[0]
+        self.first = todo.start  # first slice held in the current staging buffer
 
     def _part(self, i: int, n: int) -> Decoded:
         at, buf = slice(i - self.first, i - self.first + n), self.buf
@@ -337,14 +343,8 @@ class _Staged:
 
     def put(self, i: int, logits: np.ndarray) -> None:
         """Slices i, i + 1, ...: their (N, C, rows, cols) logits."""
-        logits, part = logits[:, :, self.lr, self.lc], self._part(i, len(logits))
-        probabilities = part.probs is not None
-
-        def decode(rows: slice) -> None:
-            self.segmenter.decode(logits[:, :, rows], 1, probabilities, out=Decoded(
-                part.labels[:, rows], part.masks[:, :, rows], part.probs[:, :, rows] if probabilities else None))
-
-        _each(self.pool, decode, _row_parts(logits.shape[2], self.parts))
+        self.segmenter.decode(logits[:, :, self.lr, self.lc], 1, self.buf.probs is not None,
+                              out=self._part(i, len(logits)))
         self._copy_out(i + len(logits))
 
     def put_decoded(self, i: int, decoded: tuple[np.ndarray, np.ndarray]) -> None:
@@ -354,19 +354,34 @@ class _Staged:
         self._copy_out(i + len(decoded[0]))
 
     def _copy_out(self, j: int) -> None:
-        first, buf, dst = self.first, self.buf, self.dst
-        if j - first == len(buf.labels) or j == self.todo.stop:  # staging full: out to the outputs
-            n = j - first
-            copies = [lambda: _copy_changed(dst[0][first:j], buf.labels[:n], self.fill[0])]
-            for c in range(buf.masks.shape[1]):  # one volume per channel: the threads write apart
-                copies.append(lambda c=c: _copy_changed(dst[1][first:j, ..., c], buf.masks[:n, c], self.fill[1][c]))
-                if buf.probs is not None:
-                    copies.append(lambda c=c: _copy_blocked(dst[2][first:j, ..., c], buf.probs[:n, c]))
-            _each(self.pool, lambda copy: copy(), copies)
+        """Slices up to ``j`` are decoded: a full staging buffer (or the last slices) goes out."""
+        first = self.first
+        if j - first == len(self.buf.labels) or j == self.todo.stop:
+            if self.pool is None:
+                self._write(self.buf, first, j)
+            else:  # copied by the other thread; decoding goes on in the other buffer
+                self.copying[self.current] = self.pool.submit(self._write, self.buf, first, j)
+                self.current = (self.current + 1) % len(self.buffers)
+                self._wait(self.current)  # its last copy must be done before it is filled again
+                self.buf = self.buffers[self.current]
             self.first = j
 
+    def _write(self, buf: Decoded, first: int, j: int) -> None:
+        dst, n = self.dst, j - first
+        _copy_changed(dst[0][first:j], buf.labels[:n], self.fill[0])
+        for c in range(buf.masks.shape[1]):
+            _copy_changed(dst[1][first:j, ..., c], buf.masks[:n, c], self.fill[1][c])
+            if buf.probs is not None:
+                _copy_blocked(dst[2][first:j, ..., c], buf.probs[:n, c])
+
+    def _wait(self, k: int) -> None:
+        running, self.copying[k] = self.copying[k], None
+        if running is not None:
+            running.result()  # re-raises the copy's error here
+
     def finish(self) -> None:
-        pass
+        for k in range(len(self.buffers)):
+            self._wait(k)
 
 
 def _copy_changed(dst: np.ndarray, src: np.ndarray, fill) -> None:
@@ -378,11 +393,6 @@ def _copy_changed(dst: np.ndarray, src: np.ndarray, fill) -> None:
     if len(rows):
         box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
         _copy_blocked(dst[box], src[box])
-
-
-def _copy_parts(pool: ThreadPoolExecutor | None, dst: np.ndarray, src: np.ndarray, parts: int) -> None:
-    """:func:`_copy_blocked` of (slices, rows, cols) views, the rows cut into ``parts`` ranges."""
-    _each(pool, lambda rows: _copy_blocked(dst[:, rows], src[:, rows]), _row_parts(dst.shape[1], parts))
 
 
 def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
@@ -426,23 +436,6 @@ def _fit(first: int, last: int, size: int, divisor: int) -> slice:
 
 def _usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
-def _each(pool: ThreadPoolExecutor | None, fn, items) -> None:
-    """``fn(item)`` for every item, on ``pool``'s threads where there is one."""
-    if pool is None:
-        for item in items:
-            fn(item)
-    else:
-        for _ in pool.map(fn, items):  # re-raises a thread's exception here
-            pass
-
-
-def _row_parts(n: int, parts: int) -> list[slice]:
-    """``range(n)`` cut into at most ``parts`` contiguous slices of nearly equal length."""
-    parts = max(1, min(parts, n))
-    bounds = [n * k // parts for k in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def _label_dtype(info) -> np.dtype:
