@@ -323,7 +323,7 @@ class _Staged:
         thread that copies one staging buffer out while a second one fills (None: one buffer,
         copied out in place)."""
         self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
-        self.pool = pool
+        self.pool = pool if dst[2] is None else None  # probabilities: 4x the staging memory, kept single
         h = segmenter.info.hierarchy
         out_ch = h.outside_channel  # what the outputs hold before they are written: "outside"
         self.fill = (0 if out_ch is None else h.channels[out_ch].value, [int(c == out_ch) for c in range(len(h))])

@@ -574,15 +574,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(model, clean, tmp_path, monk
 
     from neoseg.runtime import files
 
-    real_write, written = files.write_nifti, []
+    real_write, written = files.write_niftis, []
 
-    def write_then_fail(img, path, *args, **kwargs):
-        if written:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(img, path, *args, **kwargs)
-        written.append(path)
+    def write_then_fail(images, *args, **kwargs):  # the first file fits, the second does not
+        first = list(images)[:1]
+        real_write(first, *args, **kwargs)
+        written.append(first[0][1])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(files, "write_nifti", write_then_fail)
+    monkeypatch.setattr(files, "write_niftis", write_then_fail)
     path = _save(clean, tmp_path / "in" / "scan.nii.gz")
     result = runner.invoke(app, [str(path), "-m", str(model), "-o", str(tmp_path / "out")])
     assert_refused(result, path, ["could not be written", "No space left on device", "free space"], tmp_path / "out")
