@@ -95,7 +95,7 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
                       (_like(img, seg.masks, np.uint8), tmp["mask"])]
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
                 images.append((_like(img, seg.probs, np.uint8), tmp["probseg"]))
-            write_niftis(images)  # compressed side by side
+            write_niftis(images, segmenter.host_threads)  # compressed side by side
             zooms = img.header.get_zooms()[:3]
             volumes = structure_volumes(seg.labels, zooms, segmenter.info.hierarchy)
             tmp["volumes"].write_text(volumes_tsv(volumes))
