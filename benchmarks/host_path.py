@@ -1,25 +1,32 @@
 """The host path of ``neoseg-infer`` alone: seconds per scan in each phase around the network (read,
-resample, preprocess, postprocess, write), with a stand-in network that costs almost nothing, so
-the figures do not depend on a model, a backend or the CPU's vector units.
+resample, preprocess, postprocess, write), wall clock and CPU (all threads), with a stand-in
+network that costs almost nothing, so the figures do not depend on a model, a backend or the CPU's
+vector units.
 
 The stand-in has the default model's geometry (dhcp-drawem9, 256^2 sagittal slices at 0.5 mm) and
 gives each channel an intensity band of the scan (logit 4 - 300 (x - m_c)^2), so its labels and
-masks are spread over the head as tissue classes are. Wall and CPU seconds (all threads) are
-reported as medians over the repeats, after one warm-up scan. The network's own time is in the
-throughput benchmark (``neoseg.benchmarks.throughput``, which also prints each precision's host
-path and its ratio to the network).
+masks are spread over the head as tissue classes are. Figures are medians over the repeats, after
+one warm-up scan per setting. In the same process, alternating scan by scan, the default path is
+compared with references: ``one-thread`` (the work around the network on one host thread, as
+before the host threads) and ``zlib`` (the standard library's gzip instead of ISA-L, the fallback
+where python-isal is missing). The network's own time is in the throughput benchmark
+(``neoseg.benchmarks.throughput``, which also prints each precision's host path and its ratio to
+the network).
 
-    python -m neoseg.benchmarks.host_path [--scan T2.nii.gz ...] [--repeats 5] [--out DIR]
+    python -m neoseg.benchmarks.host_path [--scan T2.nii.gz ...] [--repeats 5] [--compare one-thread zlib] [--out DIR]
 
-Without --scan a 256^3 synthetic scan at 0.5 mm is generated.
+Without --scan a 256^3 synthetic scan at 0.5 mm is generated and stored as one gzip stream, as
+scanners' converters, FSL and nibabel write it (neoseg's own writer stores several members, which
+a reader could inflate in parallel; real scans do not allow that).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
-import time
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +38,7 @@ from neoseg.runtime.model import ModelInfo
 from .common import cohort, host_seconds, machine, table, write_results
 
 PHASES = ("read", "resample", "preprocess", "postprocess", "write")
+REFERENCES = {"one-thread": "one host thread", "zlib": "stdlib zlib instead of ISA-L"}
 
 
 class BandNetwork(Backend):
@@ -53,25 +61,42 @@ def stand_in_info() -> ModelInfo:
                      architecture="stand-in", version="", config_digest="", flexible=True)
 
 
-def measure(scan: Path, repeats: int) -> dict:
-    """Per phase (and ``host``, ``network``): median wall and CPU seconds of ``repeats`` scans."""
+def _setting(name: str):
+    """(host threads, context) of a setting: ``default`` or one of REFERENCES."""
+    from neoseg.core import gz
+
+    if name == "one-thread":
+        return 1, nullcontext()
+    if name == "zlib":
+        return None, gz.using("zlib")
+    return None, nullcontext()
+
+
+def measure(scan: Path, repeats: int, settings=("default",)) -> dict:
+    """Per setting and phase (and ``host``, ``network``): median wall and CPU seconds of
+    ``repeats`` scans, the settings alternating scan by scan."""
     from neoseg.runtime.files import segment_file
     from neoseg.runtime.pipeline import Segmenter
 
-    segmenter = Segmenter(BandNetwork(stand_in_info()))
-    runs = []
+    network = BandNetwork(stand_in_info())
+    runs: dict[str, list] = {s: [] for s in settings}
     with tempfile.TemporaryDirectory() as out:
         for k in range(repeats + 1):
-            cpu = time.process_time()
-            _, seg = segment_file(scan, segmenter, out, overwrite=True)
-            cpu = time.process_time() - cpu
-            if k:  # the first: warm-up
-                t = dict(seg.timings)
-                t["host"] = host_seconds(t)
-                runs.append((t, cpu))
-    wall = {p: statistics.median(t.get(p, 0.0) for t, _ in runs) for p in (*PHASES, "host", "network")}
-    return {"scan": str(scan), "shape": list(_shape(scan)), "wall_s": wall,
-            "cpu_s_total": statistics.median(c for _, c in runs)}
+            for name in settings:
+                threads, context = _setting(name)
+                with context:
+                    _, seg = segment_file(scan, Segmenter(network, host_threads=threads), out, overwrite=True)
+                if k:  # the first of each: warm-up
+                    wall, cpu = dict(seg.timings), dict(seg.cpu_timings)
+                    wall["host"], cpu["host"] = host_seconds(wall), host_seconds(cpu)
+                    runs[name].append((wall, cpu))
+    keys = (*PHASES, "host", "network")
+    result = {"scan": str(scan), "shape": list(_shape(scan)), "settings": {}}
+    for name, got in runs.items():
+        result["settings"][name] = {
+            "wall_s": {p: statistics.median(w.get(p, 0.0) for w, _ in got) for p in keys},
+            "cpu_s": {p: statistics.median(c.get(p, 0.0) for _, c in got) for p in keys}}
+    return result
 
 
 def _shape(scan: Path) -> tuple:
@@ -80,26 +105,61 @@ def _shape(scan: Path) -> tuple:
     return nib.load(scan).shape
 
 
+def single_stream(scan: Path) -> Path:
+    """``scan`` stored again as one gzip stream by nibabel, beside the generated cohort."""
+    import nibabel as nib
+
+    path = scan.with_name(scan.name.replace(".nii.gz", "_single-stream.nii.gz"))
+    if not path.exists():
+        img = nib.load(scan)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.nii.gz")
+        nib.Nifti1Image(np.asanyarray(img.dataobj), img.affine, img.header).to_filename(str(tmp))
+        os.replace(tmp, path)
+    return path
+
+
 def markdown(result: dict) -> str:
     m = result["machine"]
     text = (f"Machine: {m['cpu']} ({m['cores']} CPU cores; features {', '.join(m['cpu_features']) or 'unknown'}); "
-            f"load at start {m['load']}\n\nHost path of neoseg-infer with a stand-in network, median of "
-            f"{result['repeats']} scans, wall seconds (CPU seconds of the whole scan, all threads, in the last column):\n\n")
-    rows = [[Path(r["scan"]).name, "x".join(map(str, r["shape"])), *(r["wall_s"][p] for p in PHASES),
-             r["wall_s"]["host"], r["cpu_s_total"]] for r in result["scans"]]
-    return text + table(["scan", "shape", *PHASES, "host path", "CPU s"], rows)
+            f"load at start {m['load']}, at the end {result['load_end']}\n\nHost path of neoseg-infer with a "
+            f"stand-in network, median of {result['repeats']} scans per setting (alternating), seconds; "
+            f"CPU seconds count all threads:\n\n")
+    for r in result["scans"]:
+        text += f"{Path(r['scan']).name} ({'x'.join(map(str, r['shape']))}):\n\n"
+        rows = []
+        default = r["settings"]["default"]
+        for name, s in r["settings"].items():
+            label = "default" if name == "default" else REFERENCES[name]
+            for kind in ("wall_s", "cpu_s"):
+                rows.append([label, kind.split("_")[0], *(s[kind][p] for p in PHASES), s[kind]["host"]])
+        for name, s in r["settings"].items():
+            if name != "default":
+                for kind in ("wall_s", "cpu_s"):
+                    rows.append([f"default / {REFERENCES[name]}", kind.split("_")[0],
+                                 *(_ratio(default[kind][p], s[kind][p]) for p in (*PHASES, "host"))])
+        text += table(["setting", "clock", *PHASES, "host path"], rows) + "\n"
+    return text
+
+
+def _ratio(a: float, b: float) -> str:
+    return f"{a / b:.2f}" if b > 1e-3 else "-"
 
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--scan", type=Path, nargs="*", help="T2 NIfTI files; default: a generated 256^3 synthetic scan")
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--compare", nargs="*", choices=sorted(REFERENCES), default=sorted(REFERENCES),
+                   help="reference settings timed beside the default (none: the default alone)")
     p.add_argument("--out", type=Path, default=Path("bench-results"))
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
-    scans = args.scan or [cohort(None, 1, 256)[0].t2]
-    result = {"machine": machine(), "repeats": args.repeats, "scans": [measure(s, args.repeats) for s in scans]}
+    scans = args.scan or [single_stream(cohort(None, 1, 256)[0].t2)]
+    settings = ("default", *args.compare)
+    result = {"machine": machine(), "repeats": args.repeats,
+              "scans": [measure(s, args.repeats, settings) for s in scans]}
+    result["load_end"] = [round(x, 2) for x in os.getloadavg()]
     write_results(args.out, "host-path", result, markdown(result))
     print(markdown(result))
 

@@ -74,7 +74,8 @@ def infer(
     json_summary: Annotated[Optional[Path], typer.Option("--json", dir_okay=False,
                                                          help="Also write a machine-readable summary of the run "
                                                               "to this file.")] = None,
-    threads: Annotated[Optional[int], typer.Option(min=1, help="CPU threads (default: all cores).")] = None,
+    threads: Annotated[Optional[int], typer.Option(
+        min=1, help="CPU threads of the network and of the work around it (default: all cores).")] = None,
     skip_empty: Annotated[bool, typer.Option("--skip-empty/--no-skip-empty",
                                              help="Compute only the slices that hold head.")] = True,
     crop_plane: Annotated[bool, typer.Option("--crop-plane/--no-crop-plane",
@@ -141,7 +142,7 @@ def infer(
             jobs = _file_jobs(inputs, out, probabilities, qc, overwrite)
             plan = FilesPlan(out, jobs, overwrite)
         opened = open_backend(model, backend.value, threads, precision.value)
-        runner = Segmenter(opened, batch, skip_empty, crop_plane)
+        runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads)
         typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         summary.begin(model, runner.backend.name, root, out)
         plan.begin(runner.info)

@@ -9,6 +9,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, TypeVar
 
+from . import gz
+
 K = TypeVar("K")
 
 
@@ -119,11 +121,6 @@ def write_text(path: str | Path, text: str, overwrite: bool = False) -> Path:
     return Path(path)
 
 
-try:  # ISA-L: the same gzip format, several times faster to write (and, in neoseg.core.scans, read)
-    from isal import isal_zlib as zlib
-except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
-    import zlib
-
 GZIP_CHUNK = 8 << 20  # bytes compressed per thread and gzip member
 GZIP_LEVEL = 1  # nibabel's own default: large label volumes compress well even at level 1
 
@@ -142,16 +139,36 @@ def write_nifti(img, path: str | Path, threads: int | None = None) -> None:
     the file's order and compress it in chunks, written as concatenated gzip members (RFC 1952
     allows any number; gzip, zlib's gzread, nibabel, ITK and FSL read them as one stream).
     Images that need nibabel's scaling or carry header extensions take nibabel's own path."""
-    path = Path(path)
-    if path.suffix != ".gz":
-        img.to_filename(str(path))
+    write_niftis([(img, path)], threads)
+
+
+def write_niftis(images: Iterable[tuple[object, str | Path]], threads: int | None = None) -> None:
+    """:func:`write_nifti` for several (image, path) pairs, whose chunks all share one set of
+    threads: a small label map and a large mask are compressed side by side."""
+    gzipped = []
+    for img, path in images:
+        if Path(path).suffix == ".gz":
+            gzipped.append((img, Path(path)))
+        else:
+            img.to_filename(str(path))
+    if not gzipped:
         return
-    parts = _nifti_parts(img)
     workers = max(1, threads or os.cpu_count() or 1)
-    with ThreadPoolExecutor(workers) as pool, path.open("wb") as f:
-        # numpy copies and zlib both release the GIL, so the threads run in parallel
-        for data in pool.map(lambda part: _gzip_member(part() if callable(part) else part), parts):
-            f.write(data)
+    with ThreadPoolExecutor(workers) as pool:
+        # numpy copies and ISA-L / zlib release the GIL, so the threads run in parallel
+        jobs = [(path, [pool.submit(_compress, part) for part in _nifti_parts(img)]) for img, path in gzipped]
+        try:
+            for path, members in jobs:
+                with path.open("wb") as f:
+                    for member in members:
+                        f.write(member.result())
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+
+
+def _compress(part) -> bytes:
+    return _gzip_member(part() if callable(part) else part)
 
 
 def _nifti_parts(img) -> list:
@@ -186,8 +203,7 @@ def _fortran_bytes(block):
 
 
 def _gzip_member(chunk) -> bytes:
-    z = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)  # wbits 31: gzip header and trailer
-    return z.compress(chunk) + z.flush()
+    return gz.compress_member(chunk, GZIP_LEVEL)
 
 
 def save_nifti(img, path: str | Path, overwrite: bool = False) -> Path:

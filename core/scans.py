@@ -19,11 +19,9 @@ from typing import Callable
 
 import nibabel as nib
 import numpy as np
+from nibabel.volumeutils import apply_read_scaling
 
-try:  # ISA-L: the same gzip format, about 3x faster to read
-    from isal import igzip as gzip_codec
-except ImportError:  # pragma: no cover - isal ships wheels for the platforms we support
-    import gzip as gzip_codec
+from . import gz
 
 # DEFLATE expands at most 1032-fold; gzip headers and several members add a little
 GZIP_MAX_RATIO = 1032
@@ -258,7 +256,7 @@ def read_image(path: str | Path, what: str = "scan", working_bytes=None) -> tupl
         if h.data_file.name.lower().endswith(".gz") and not isinstance(h.image, nib.Nifti1Image):
             data = np.asanyarray(h.image.dataobj)  # a compressed pair: nibabel reads the .img.gz
         elif h.data_file.name.lower().endswith(".gz"):
-            data = np.asanyarray(_from_gzip(h).dataobj)
+            data = _from_gzip(h)
         else:
             data = np.asanyarray(h.image.dataobj)
     except ScanError:  # a short gzip stream, said as such
@@ -271,15 +269,22 @@ def read_image(path: str | Path, what: str = "scan", working_bytes=None) -> tupl
     return h, data.reshape(h.shape3)
 
 
-def _from_gzip(h: Header):
-    claimed = h.offset + h.nbytes
-    with gzip_codec.open(h.data_file, "rb") as f:
-        raw = f.read(claimed)
-    if len(raw) < claimed:
+def _from_gzip(h: Header) -> np.ndarray:
+    """A single-file .nii.gz's voxels, inflated straight into their array and scaled as nibabel
+    scales them (``dataobj``'s slope and intercept)."""
+    raw = np.empty(h.nbytes, np.uint8)
+    got = gz.inflate_into(h.data_file, h.offset, raw)
+    if got < h.nbytes:
+        claimed, held = h.offset + h.nbytes, h.offset + got
         raise ScanError(f"{h.path}: its header claims {plain_shape(h.shape)} {dtype_name(h.dtype)} voxels "
-                        f"({human_bytes(claimed)} uncompressed), but the file holds only {human_bytes(len(raw))}; "
+                        f"({human_bytes(claimed)} uncompressed), but the file holds only {human_bytes(held)}; "
                         f"the file is truncated or its header is damaged; export the scan again")
-    return type(h.image).from_bytes(raw)
+    data = raw.view(h.dtype).reshape(h.shape, order="F")
+    proxy = h.image.dataobj  # as nibabel's ArrayProxy applies scl_slope and scl_inter
+    slope, inter = np.asanyarray(proxy.slope), np.asanyarray(proxy.inter)
+    if np.can_cast(inter, slope.dtype):
+        inter = inter.astype(slope.dtype)
+    return apply_read_scaling(data, slope, inter)
 
 
 def _grey(path: Path, data: np.ndarray) -> np.ndarray:

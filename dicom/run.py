@@ -4,9 +4,9 @@ when asked, the DICOM SEG and the volumes keyed by study and series UIDs) all or
 from __future__ import annotations
 
 import re
-import time
 from pathlib import Path
 
+from neoseg.runtime.clock import PhaseClock
 from neoseg.runtime.files import output_paths, segment_scan, working_bytes
 
 from .series import Series
@@ -32,13 +32,15 @@ def segment_series(series: Series, where: Path, segmenter, paths: dict[str, Path
                    probabilities: bool = False, qc: bool = False, equipment: dict | None = None):
     """Segment ``series`` (found under ``where``) and write ``paths``; with ``seg`` and ``uids`` among
     them, also the DICOM SEG and the UID-keyed volumes. Returns (paths, Segmentation)."""
-    start = time.perf_counter()
+    clock = PhaseClock()
+    clock("read")
     read = read_series(series, where, working_bytes(segmenter, probabilities))
+    clock(None)
     extra = None
     if "seg" in paths:
         from .seg import write_seg_outputs
 
         def extra(tmp, seg):
             write_seg_outputs(read, seg.labels, segmenter.info, tmp["seg"], tmp["uids"], equipment)
-    return segment_scan(read.scan, segmenter, paths, overwrite, probabilities, qc, time.perf_counter() - start,
-                        extra)
+    return segment_scan(read.scan, segmenter, paths, overwrite, probabilities, qc, clock.wall["read"],
+                        extra, read_cpu_seconds=clock.cpu["read"])

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_paths, check_writable, write_nifti
+from neoseg.core.io import atomic_paths, check_writable, write_niftis
 from neoseg.core.scans import Scan, read_scan
 
 from . import geometry
+from .clock import PhaseClock
 from .pipeline import Segmentation, Segmenter
 from .qc import render_qc, save_qc
 from .volumes import Volume, structure_volumes, volumes_tsv
@@ -69,28 +69,33 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
     paths = output_paths(scan, outdir, probabilities, qc)
     for p in paths.values():  # fail before the expensive part
         check_writable(p, overwrite)
-    start = time.perf_counter()
+    clock = PhaseClock()
+    clock("read")
     checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
-    return segment_scan(checked, segmenter, paths, overwrite, probabilities, qc, time.perf_counter() - start)
+    clock(None)
+    return segment_scan(checked, segmenter, paths, overwrite, probabilities, qc, clock.wall["read"],
+                        read_cpu_seconds=clock.cpu["read"])
 
 
 def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], overwrite: bool = False,
                  probabilities: bool = False, qc: bool = False, read_seconds: float = 0.0,
-                 extra=None) -> tuple[dict[str, Path], Segmentation]:
+                 extra=None, read_cpu_seconds: float = 0.0) -> tuple[dict[str, Path], Segmentation]:
     """Segment a scan already read and checked (a NIfTI file, a DICOM series) and write the outputs
     ``paths`` (from :func:`output_paths`, plus any that ``extra(tmp, seg)`` writes: a caller's own
     outputs, e.g. a DICOM SEG, written to ``tmp[key]`` in the same all-or-nothing step)."""
     outdir = next(iter(paths.values())).parent
-    seg = segment_checked(checked, segmenter, probabilities, read_seconds)
+    seg = segment_checked(checked, segmenter, probabilities, read_seconds, read_cpu_seconds)
     img = checked.image
     name = paths["dseg"].name.removesuffix(OUTPUTS["dseg"])
-    start = time.perf_counter()
+    clock = PhaseClock(seg.timings, seg.cpu_timings)
+    clock("write")
     try:
         with atomic_paths(paths, overwrite) as tmp:
-            write_nifti(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"])
-            write_nifti(_like(img, seg.masks, np.uint8), tmp["mask"])
+            images = [(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"]),
+                      (_like(img, seg.masks, np.uint8), tmp["mask"])]
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
-                write_nifti(_like(img, seg.probs, np.uint8), tmp["probseg"])
+                images.append((_like(img, seg.probs, np.uint8), tmp["probseg"]))
+            write_niftis(images, segmenter.host_threads)  # compressed side by side
             zooms = img.header.get_zooms()[:3]
             volumes = structure_volumes(seg.labels, zooms, segmenter.info.hierarchy)
             tmp["volumes"].write_text(volumes_tsv(volumes))
@@ -107,12 +112,12 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     except OSError as e:  # a full disk, a read-only folder: nothing was left behind
         raise ValueError(f"{checked.path}: its results could not be written to {outdir} ({e.strerror or e}); "
                          f"check the folder's free space and permissions") from None
-    seg.timings["write"] = time.perf_counter() - start
+    clock(None)
     return paths, seg
 
 
 def segment_checked(checked: Scan, segmenter: Segmenter, probabilities: bool = False,
-                    read_seconds: float = 0.0) -> Segmentation:
+                    read_seconds: float = 0.0, read_cpu_seconds: float = 0.0) -> Segmentation:
     """The segmentation of a scan already read and checked, as ``neoseg-infer`` writes it (and as
     every evaluation scores it): non-finite voxels set to outside, and the warnings a user should
     read."""
@@ -122,6 +127,7 @@ def segment_checked(checked: Scan, segmenter: Segmenter, probabilities: bool = F
         raise ValueError(f"{checked.path}: ran out of memory while segmenting it; use a machine with more memory, "
                          f"or crop or downsample the scan") from None
     seg.timings = {"read": read_seconds, **seg.timings}
+    seg.cpu_timings = {"read": read_cpu_seconds, **seg.cpu_timings}
     seg.warnings = list(checked.notes)
     if checked.nonfinite is not None:
         _set_outside(seg, checked.nonfinite, segmenter)

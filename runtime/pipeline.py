@@ -10,7 +10,9 @@ back to the scan's spacing and axis order. Thresholds are applied to the logits
 from __future__ import annotations
 
 import math
-import time
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -19,6 +21,7 @@ from neoseg.core.preprocess import box_center, foreground_profiles, head_box, pl
 
 from . import geometry
 from .backend import Backend
+from .clock import PhaseClock
 from .resample import PlaneResampler
 
 MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
@@ -26,6 +29,7 @@ HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's fore
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
 STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
 CACHE_LINE, PAGE = 64, 4096  # bytes
+THREADED_VOXELS = 1 << 21  # smaller volumes (below ~128^3) are quicker on one thread than handed round
 
 
 @dataclass
@@ -47,8 +51,9 @@ class Segmentation:
     masks: np.ndarray
     probs: np.ndarray | None
     computed_slices: int
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     warnings: list[str] = field(default_factory=list)  # what the user should know (set by segment_file)
+    cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase, all threads
 
 
 class Segmenter:
@@ -58,12 +63,18 @@ class Segmenter:
     so the computed ones do not change, but a structure reaching into a skipped plane is cut
     there; the parity benchmark measures it). ``crop_plane`` also cuts each slice to the head's box:
     faster for a small head in a large field of view, but the network then sees less context at
-    the cut, which changes results there; off by default."""
+    the cut, which changes results there; off by default. With ``host_threads`` of 2 or more
+    (default: the CPUs this process may use), a second thread copies each block of decoded slices
+    out to the outputs while the next block is computed and decoded (numpy releases the GIL in the
+    copies); the results do not depend on it."""
 
     def __init__(self, backend: Backend, batch: int | None = None, skip_empty: bool = True,
-                 crop_plane: bool = False):
+                 crop_plane: bool = False, host_threads: int | None = None):
         if batch is not None and batch < 1:
             raise ValueError(f"--batch must be at least 1, got {batch}")
+        if host_threads is not None and host_threads < 1:
+            raise ValueError(f"host threads must be at least 1, got {host_threads}")
+        self.host_threads = host_threads or _usable_cpus()
         self.backend, self.info = backend, backend.info
         if batch is not None:
             backend.batch = batch  # backends that size buffers or CUDA graphs by it use the same
@@ -76,8 +87,8 @@ class Segmenter:
     # ---- whole scans -----------------------------------------------------------------------
     def segment(self, data: np.ndarray, affine: np.ndarray, zooms, probabilities: bool = False) -> Segmentation:
         """A volume as stored (any axis order) -> results on the same grid."""
-        t = {}
-        start = time.perf_counter()
+        clock = PhaseClock()
+        clock("resample")
         ornt = geometry.canonical_ornt(affine)
         image = np.asarray(geometry.to_canonical(data, ornt), np.float32)
         native_shape = image.shape
@@ -85,20 +96,18 @@ class Segmenter:
         resample = geometry.needs_resampling(spacing, self.info.spacing)
         if resample:
             image = geometry.resize_linear(image, geometry.resampled_shape(image.shape, spacing, self.info.spacing))
-        t["resample"] = time.perf_counter() - start
         # results are decoded straight into arrays on the stored grid, in the file's (Fortran) order
         out = self._outputs(np.shape(data)[:3], probabilities)
         targets = [None if a is None else geometry.to_canonical(a, ornt) for a in out]
-        n = self._predict_into(image, t, targets, native_shape if resample else None)
-        return Segmentation(*out, n, t)
+        n = self._predict_into(image, clock, targets, native_shape if resample else None)
+        return Segmentation(*out, n, clock.wall, cpu_timings=clock.cpu)
 
     # ---- canonical volumes at the model's spacing ----------------------------------------------
     def predict(self, image: np.ndarray, timings: dict | None = None, probabilities: bool = False):
         """Canonical (X, Y, Z) volume at the model's spacing -> (:class:`Decoded`, number of slices
         computed)."""
-        t = timings if timings is not None else {}
         labels, masks, probs = self._outputs(image.shape, probabilities)
-        n = self._predict_into(image, t, [labels, masks, probs])
+        n = self._predict_into(image, PhaseClock(timings), [labels, masks, probs])
         return Decoded(labels, np.moveaxis(masks, -1, 0), None if probs is None else np.moveaxis(probs, -1, 0)), n
 
     def _outputs(self, shape, probabilities: bool) -> list:
@@ -156,47 +165,48 @@ class Segmenter:
                     np.divide(region, hi - lo, out=region)
                 yield i, j, buf[:j - i, :, plane[0], plane[1]]
 
-    def _predict_into(self, image: np.ndarray, t: dict, targets: list, native_shape=None) -> int:
+    def _predict_into(self, image: np.ndarray, clock: PhaseClock, targets: list, native_shape=None) -> int:
         """Compute ``image``'s head slices and decode each batch straight into ``targets``
         (labels, masks, probs or None: canonical (X, Y, Z[, C]) views of the outputs, already
         "outside"): no slice stacks, no restacking pass. With ``native_shape`` the targets lie on
         the scan's own grid, which ``image`` was resampled from: the logits go back onto it plane
         by plane (:class:`.resample.PlaneResampler`) and are decoded there."""
-        start = time.perf_counter()
-        windows, todo, plane, scale = self._plan(image)
-        probabilities = targets[2] is not None
-        if native_shape is None:
-            (_, w1), (_, w2) = sorted(windows.items())
-            (lr, dr), (lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
-            moved = [None if a is None else np.moveaxis(a, self.info.axis, 0)[:, dr, dc] for a in targets]
-            sink = _Staged(self, todo, moved, (lr, lc))
-        else:
-            sink = self._resampler(image.shape, native_shape, windows, todo, plane, targets)
-        on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
-        t["preprocess"] = time.perf_counter() - start
-        t.setdefault("network", 0.0)
-        t.setdefault("postprocess", 0.0)
-        start = time.perf_counter()
-        for i, j, x in self._batches(image, windows, todo, plane, scale):
-            t["preprocess"] += time.perf_counter() - start
-            start = time.perf_counter()
-            out = self.backend.run_decoded(x) if on_device else self.backend.run(x)  # decoded where the logits are
-            t["network"] += time.perf_counter() - start
-            start = time.perf_counter()
-            if on_device:
-                sink.put_decoded(i, out)
+        clock("preprocess")
+        for times in (clock.wall, clock.cpu):  # in this order, also where no slice is computed
+            for phase in ("preprocess", "network", "postprocess"):
+                times.setdefault(phase, 0.0)
+        threaded = self.host_threads > 1 and image.size >= THREADED_VOXELS
+        threads = ThreadPoolExecutor(1, "neoseg-copy-out") if threaded else nullcontext()
+        with threads as pool:  # None: one thread
+            windows, todo, plane, scale = self._plan(image)
+            probabilities = targets[2] is not None
+            if native_shape is None:
+                (_, w1), (_, w2) = sorted(windows.items())
+                (lr, dr), (lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
+                moved = [None if a is None else np.moveaxis(a, self.info.axis, 0)[:, dr, dc] for a in targets]
+                sink = staged = _Staged(self, todo, moved, (lr, lc), pool)
             else:
-                sink.put(i, out)
-            t["postprocess"] += time.perf_counter() - start
-            start = time.perf_counter()
-        t["preprocess"] += time.perf_counter() - start
-        start = time.perf_counter()
-        sink.finish()
-        t["postprocess"] += time.perf_counter() - start
+                sink, staged = self._resampler(image.shape, native_shape, windows, todo, plane, targets, pool)
+            on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
+            for i, j, x in self._batches(image, windows, todo, plane, scale):
+                clock("network")
+                out = self.backend.run_decoded(x) if on_device else self.backend.run(x)  # decoded where the logits are
+                clock("postprocess")
+                if on_device:
+                    sink.put_decoded(i, out)
+                else:
+                    sink.put(i, out)
+                clock("preprocess")
+            clock("postprocess")
+            sink.finish()
+            staged.finish()  # the last copies out are done
+            clock(None)
         return todo.stop - todo.start
 
-    def _resampler(self, shape, native_shape, windows, todo: slice, plane, targets: list) -> PlaneResampler:
-        """Logits of the model-grid slices -> decoded planes of ``targets`` on the scan's grid."""
+    def _resampler(self, shape, native_shape, windows, todo: slice, plane, targets: list,
+                   pool: ThreadPoolExecutor | None = None) -> tuple[PlaneResampler, "_Staged"]:
+        """Logits of the model-grid slices -> decoded planes of ``targets`` on the scan's grid
+        (through the staging buffers it returns too)."""
         info, size = self.info, self.info.slice_size
         axis, out_ch = info.axis, info.hierarchy.outside_channel
         (a1, w1), (a2, w2) = sorted(windows.items())
@@ -207,7 +217,7 @@ class Segmenter:
             outside[out_ch] = blank[out_ch] = OUTSIDE_LOGIT
         rows, cols = plane
         dst = [None if a is None else np.moveaxis(a, axis, 0) for a in targets]
-        staged = _Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)))
+        staged = _Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)), pool)
 
         def window(k: int, logits: np.ndarray) -> np.ndarray:
             if logits.shape[1:] == blank.shape[1:]:  # the whole slice was computed
@@ -222,7 +232,7 @@ class Segmenter:
         def emit(p: int, logits: np.ndarray) -> None:
             staged.put(p, logits[None])
 
-        return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit)
+        return PlaneResampler(shape, native_shape, axis, todo, outside, window, emit), staged
 
     def _regions(self, box, windows, n_slices) -> tuple[slice, tuple[slice, slice]]:
         """The slice range and in-plane (rows, cols) of the window that hold head."""
@@ -306,19 +316,26 @@ class _Staged:
     (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest, STAGED uint8
     slices fill whole cache lines, where one slice at a time would touch every line once per slice."""
 
-    def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice]):
+    def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice],
+                 pool: ThreadPoolExecutor | None = None):
         """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
-        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there."""
+        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there; ``pool``: a
+        thread that copies one staging buffer out while a second one fills (None: one buffer,
+        copied out in place)."""
         self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
+        self.pool = pool if dst[2] is None else None  # probabilities: 4x the staging memory, kept single
         h = segmenter.info.hierarchy
         out_ch = h.outside_channel  # what the outputs hold before they are written: "outside"
         self.fill = (0 if out_ch is None else h.channels[out_ch].value, [int(c == out_ch) for c in range(len(h))])
         batch = segmenter.batch
         staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
         shape = (staged, len(segmenter.info.hierarchy)) + dst[0].shape[1:]
-        self.buf = Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
-                           _staging(shape, np.float32) if dst[2] is not None else None)
-        self.first = todo.start  # first slice held in the staging buffers
+        self.buffers = [Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
+                                _staging(shape, np.float32) if dst[2] is not None else None)
+                        for _ in range(1 if pool is None else 2)]
+        self.copying: list = [None] * len(self.buffers)  # each buffer's copy out, while it runs
+        self.current, self.buf = 0, self.buffers[0]
+        self.first = todo.start  # first slice held in the current staging buffer
 
     def _part(self, i: int, n: int) -> Decoded:
         at, buf = slice(i - self.first, i - self.first + n), self.buf
@@ -337,17 +354,34 @@ class _Staged:
         self._copy_out(i + len(decoded[0]))
 
     def _copy_out(self, j: int) -> None:
-        first, buf, dst = self.first, self.buf, self.dst
-        if j - first == len(buf.labels) or j == self.todo.stop:  # staging full: out to the outputs
-            _copy_changed(dst[0][first:j], buf.labels[:j - first], self.fill[0])
-            for c in range(buf.masks.shape[1]):
-                _copy_changed(dst[1][first:j, ..., c], buf.masks[:j - first, c], self.fill[1][c])
-                if buf.probs is not None:
-                    _copy_blocked(dst[2][first:j, ..., c], buf.probs[:j - first, c])
+        """Slices up to ``j`` are decoded: a full staging buffer (or the last slices) goes out."""
+        first = self.first
+        if j - first == len(self.buf.labels) or j == self.todo.stop:
+            if self.pool is None:
+                self._write(self.buf, first, j)
+            else:  # copied by the other thread; decoding goes on in the other buffer
+                self.copying[self.current] = self.pool.submit(self._write, self.buf, first, j)
+                self.current = (self.current + 1) % len(self.buffers)
+                self._wait(self.current)  # its last copy must be done before it is filled again
+                self.buf = self.buffers[self.current]
             self.first = j
 
+    def _write(self, buf: Decoded, first: int, j: int) -> None:
+        dst, n = self.dst, j - first
+        _copy_changed(dst[0][first:j], buf.labels[:n], self.fill[0])
+        for c in range(buf.masks.shape[1]):
+            _copy_changed(dst[1][first:j, ..., c], buf.masks[:n, c], self.fill[1][c])
+            if buf.probs is not None:
+                _copy_blocked(dst[2][first:j, ..., c], buf.probs[:n, c])
+
+    def _wait(self, k: int) -> None:
+        running, self.copying[k] = self.copying[k], None
+        if running is not None:
+            running.result()  # re-raises the copy's error here
+
     def finish(self) -> None:
-        pass
+        for k in range(len(self.buffers)):
+            self._wait(k)
 
 
 def _copy_changed(dst: np.ndarray, src: np.ndarray, fill) -> None:
@@ -398,6 +432,10 @@ def _fit(first: int, last: int, size: int, divisor: int) -> slice:
     length = min(size, -(-(last - first + 1) // divisor) * divisor)
     start = min(max(0, (first + last + 1 - length) // 2), size - length)
     return slice(start, start + length)
+
+
+def _usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _label_dtype(info) -> np.dtype:

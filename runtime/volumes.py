@@ -17,6 +17,7 @@ import numpy as np
 from neoseg.core.hierarchy import Hierarchy
 
 COLUMNS = ("structure", "label", "voxels", "volume_ml")
+PER_VALUE_COUNTS = 16  # up to this many label values are counted one by one (see _counts)
 
 
 @dataclass(frozen=True)
@@ -30,15 +31,23 @@ class Volume:
 def structure_volumes(labels: np.ndarray, zooms, hierarchy: Hierarchy) -> list[Volume]:
     """One :class:`Volume` per channel, in hierarchy order; ``zooms`` are the voxel sizes in mm."""
     voxel_ml = float(np.prod(np.asarray(zooms, np.float64)[:3])) / 1000.0
-    # label maps hold small non-negative integers; order K: no transposing copy of a Fortran-ordered map
-    counts = np.bincount(np.asarray(labels).ravel(order="K"))
-    count_of = dict(enumerate(counts.tolist()))
+    count_of = _counts(labels, {v for c in hierarchy.channels for v in c.values})
     out = []
     for i, channel in enumerate(hierarchy.channels):
         members = [i] + hierarchy.descendants(i)
         n = sum(count_of.get(v, 0) for m in members for v in hierarchy.channels[m].values)
         out.append(Volume(channel.name, channel.value, int(n), n * voxel_ml))
     return out
+
+
+def _counts(labels: np.ndarray, values: set[int]) -> dict[int, int]:
+    """Voxels per label value, for ``values`` (others may be missing). Order K: no transposing copy
+    of a Fortran-ordered map. A few values are counted one pass each; bincount converts the whole
+    map to int64 first, which costs as much as about 40 such passes."""
+    flat = np.asarray(labels).ravel(order="K")
+    if len(values) <= PER_VALUE_COUNTS:
+        return {v: int(np.count_nonzero(flat == v)) for v in values}
+    return dict(enumerate(np.bincount(flat).tolist()))  # label maps hold small non-negative integers
 
 
 def volumes_tsv(volumes: list[Volume]) -> str:

@@ -123,16 +123,22 @@ def test_volumes_match_a_hand_count_of_the_label_map(cohort, full_run):
     assert float(group["tcv"]) == pytest.approx(float(rows["tcv"]["volume_ml"]), abs=1e-3)
 
 
-def test_structure_volumes_on_a_known_map():
+@pytest.mark.parametrize("per_value", [True, False])
+def test_structure_volumes_on_a_known_map(per_value, monkeypatch):
+    import neoseg.runtime.volumes as volumes_module
+
+    monkeypatch.setattr(volumes_module, "PER_VALUE_COUNTS", 1000 if per_value else 0)  # both ways of counting
     labels = np.zeros((4, 5, 6), np.uint8)
     labels[0, 0, :3] = 2  # 3 cgm
     labels[1, :2, :2] = 3  # 4 wm
     labels[2, 0, 0] = 7  # 1 dgm
     labels[3, 4, 5] = 10  # 1 voxel labelled tcv itself (a coarse map)
+    labels[3, 0, 0] = 250  # a value no channel holds: counted nowhere
+    labels = np.asfortranarray(labels)  # as the runtime hands it over
     volumes = {v.structure: v for v in structure_volumes(labels, (0.5, 1.0, 2.0), builtin())}
     assert (volumes["cgm"].voxels, volumes["wm"].voxels, volumes["dgm"].voxels) == (3, 4, 1)
     assert volumes["tcv"].voxels == 9 and volumes["tcv"].ml == pytest.approx(9 * 1.0 / 1000)
-    assert volumes["unlabelled"].voxels == labels.size - 9 and volumes["tcv"].label == 10
+    assert volumes["unlabelled"].voxels == labels.size - 10 and volumes["tcv"].label == 10
 
 
 # ---- skip, resume, overwrite -----------------------------------------------------------------

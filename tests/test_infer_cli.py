@@ -110,3 +110,23 @@ def test_runtime_runs_without_torch_or_onnx(model, scans, tmp_path):
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
         assert done.returncode != 0 and "torch is not installed: pip install 'neoseg[train]'" in done.stderr, backend
         assert done.stderr.startswith("neoseg-infer: error: ") and not (tmp_path / "pt").exists()
+
+
+def test_threads_bound_the_work_around_the_network_too(model, scans, tmp_path, monkeypatch):
+    import neoseg.core.io as io
+    import neoseg.runtime.pipeline as pipeline
+
+    made, pools = [], []
+    real_write = io.write_niftis
+
+    class Recorded(pipeline.Segmenter):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(pipeline, "Segmenter", Recorded)
+    monkeypatch.setattr("neoseg.runtime.files.write_niftis",
+                        lambda images, threads=None: pools.append(threads) or real_write(images, threads))
+    result = runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(tmp_path), "--threads", "1"])
+    assert result.exit_code == 0, result.output
+    assert [s.host_threads for s in made] == [1] and pools == [1]

@@ -18,7 +18,7 @@ import pytest
 from typer.testing import CliRunner
 
 from neoseg.cli.infer import app
-from neoseg.core import scans
+from neoseg.core import gz, scans
 from neoseg.data.dhcp import find_sessions
 
 runner = CliRunner()
@@ -431,23 +431,31 @@ def test_refused_inputs_say_why_in_one_line_and_write_nothing(name, model, clean
     assert_refused(result, path, words, tmp_path / "out")
 
 
-def test_gzip_is_not_decompressed_beyond_the_claimed_size(clean, tmp_path, monkeypatch):
-    """A small header with a long tail of data: only the claimed bytes are read."""
+@pytest.mark.parametrize("codec", sorted(gz.CODECS))
+def test_gzip_is_not_decompressed_beyond_the_claimed_size(clean, tmp_path, monkeypatch, codec):
+    """A small header with a long tail of data: only the claimed bytes are inflated."""
     path = tmp_path / "tail.nii.gz"
     raw = nib.Nifti1Image(_data(clean), clean.affine).to_bytes()
     path.write_bytes(gzip.compress(raw + bytes(50_000_000), compresslevel=1))
-    read = []
-    real_open = scans.gzip_codec.open
+    inflated = []
+    real = gz.CODECS[codec]
 
-    def counting_open(*args, **kwargs):
-        f = real_open(*args, **kwargs)
-        real_read = f.read
-        f.read = lambda n=-1: read.append(n) or real_read(n)
-        return f
+    class Counting:
+        def __init__(self, *args):
+            self.z = real.decompressobj(*args)
 
-    monkeypatch.setattr(scans.gzip_codec, "open", counting_open)
-    checked = scans.read_scan(path)
-    assert read == [len(raw)] and np.array_equal(checked.data, _data(clean))
+        def decompress(self, data, max_length=0):
+            out = self.z.decompress(data, max_length)
+            inflated.append(len(out))
+            return out
+
+        def __getattr__(self, name):
+            return getattr(self.z, name)
+
+    monkeypatch.setitem(gz.CODECS, codec, type("Counted", (), {"decompressobj": Counting}))
+    with gz.using(codec):
+        checked = scans.read_scan(path)
+    assert sum(inflated) == len(raw) and np.array_equal(checked.data, _data(clean))
 
 
 def test_memory_check_uses_the_available_memory(clean, tmp_path, monkeypatch):
@@ -566,15 +574,15 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(model, clean, tmp_path, monk
 
     from neoseg.runtime import files
 
-    real_write, written = files.write_nifti, []
+    real_write, written = files.write_niftis, []
 
-    def write_then_fail(img, path, *args, **kwargs):
-        if written:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        real_write(img, path, *args, **kwargs)
-        written.append(path)
+    def write_then_fail(images, *args, **kwargs):  # the first file fits, the second does not
+        first = list(images)[:1]
+        real_write(first, *args, **kwargs)
+        written.append(first[0][1])
+        raise OSError(errno.ENOSPC, "No space left on device")
 
-    monkeypatch.setattr(files, "write_nifti", write_then_fail)
+    monkeypatch.setattr(files, "write_niftis", write_then_fail)
     path = _save(clean, tmp_path / "in" / "scan.nii.gz")
     result = runner.invoke(app, [str(path), "-m", str(model), "-o", str(tmp_path / "out")])
     assert_refused(result, path, ["could not be written", "No space left on device", "free space"], tmp_path / "out")

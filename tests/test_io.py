@@ -140,3 +140,82 @@ def test_files_the_new_output_set_lacks_go_with_its_commit(tmp_path, monkeypatch
     with io.atomic_paths({0: out}, overwrite=True, remove=[old, tmp_path / "m.int8.bin"]) as tmp:
         tmp[0].write_text("new model")
     assert {p.name: p.read_text() for p in tmp_path.iterdir()} == {"m.onnx": "new model"}
+
+
+# ---- gzip codecs (neoseg.core.gz) ------------------------------------------------------------
+from neoseg.core import gz  # noqa: E402
+from neoseg.core.scans import read_scan  # noqa: E402
+
+
+@pytest.mark.parametrize("codec", sorted(gz.CODECS))
+def test_inflate_into_reads_members_padding_and_stops_where_asked(tmp_path, codec):
+    payload = np.random.default_rng(0).integers(0, 255, 300_000, dtype=np.uint8).tobytes()
+    path = tmp_path / "m.gz"  # three members, zero padding between two of them, as gzip allows
+    path.write_bytes(gzip.compress(payload[:1000]) + gzip.compress(payload[1000:200_000]) + bytes(8)
+                     + gzip.compress(payload[200_000:]))
+    with gz.using(codec):
+        for skip, n in [(0, len(payload)), (999, 5000), (1000, 199_000), (250_000, 50_000)]:
+            out = bytearray(n)
+            assert gz.inflate_into(path, skip, out) == n and bytes(out) == payload[skip:skip + n], (skip, n)
+        out = bytearray(len(payload))  # asked for more than the file holds: says how much it filled
+        assert gz.inflate_into(path, 100, out) == len(payload) - 100 and out[:-100] == payload[100:]
+
+
+def test_an_unknown_codec_is_refused_in_one_line():
+    with pytest.raises(ValueError, match="gzip codec 'lz4' is not available here"):
+        with gz.using("lz4"):
+            pass
+
+
+@pytest.mark.parametrize("dtype,scaled", [("<f4", False), (">i2", False), ("<i2", True), ("<u1", True)])
+def test_scans_read_as_nibabel_reads_them_with_either_codec(tmp_path, dtype, scaled):
+    """Voxels inflated straight into their array equal nibabel's own reading: byte order, integer
+    types and scl_slope / scl_inter included."""
+    rng = np.random.default_rng(2)
+    data = rng.normal(100, 30, (23, 17, 11)).astype(dtype)
+    img = nib.Nifti1Image(data, np.diag([0.5, 0.6, 1.0, 1.0]))
+    if scaled:
+        img.header.set_slope_inter(0.25, -3.0)
+    path = tmp_path / "scan.nii.gz"
+    img.to_filename(str(path))
+    expected = np.asanyarray(nib.load(path).dataobj)
+    for codec in gz.CODECS:
+        with gz.using(codec):
+            got = read_scan(path).data
+        assert got.dtype == expected.dtype and np.array_equal(got, expected), codec
+
+
+def test_outputs_written_with_zlib_equal_those_written_with_isal(tmp_path, monkeypatch):
+    """The fallback codec writes the same image: nibabel decodes the same header and voxels."""
+    if "isal" not in gz.CODECS:
+        pytest.skip("isal is not installed")
+    monkeypatch.setattr(io, "GZIP_CHUNK", 700)
+    data = np.asfortranarray((np.arange(13 * 9 * 8 * 2) % 5).reshape(13, 9, 8, 2).astype(np.uint8))
+    img = nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0]))
+    for codec in ("isal", "zlib"):
+        with gz.using(codec):
+            io.write_nifti(img, tmp_path / f"{codec}.nii.gz")
+    a, b = (nib.load(tmp_path / f"{c}.nii.gz") for c in ("isal", "zlib"))
+    assert a.header.binaryblock == b.header.binaryblock
+    assert np.array_equal(np.asanyarray(a.dataobj), data) and np.array_equal(np.asanyarray(b.dataobj), data)
+    assert gzip.decompress((tmp_path / "isal.nii.gz").read_bytes()) == gzip.decompress((tmp_path / "zlib.nii.gz").read_bytes())
+
+
+def test_without_isal_the_stdlib_codec_reads_and_writes(tmp_path, monkeypatch):
+    """An install without python-isal falls back to zlib for both directions."""
+    import importlib
+    import importlib.util
+    import sys
+
+    monkeypatch.setitem(sys.modules, "isal", None)  # `from isal import ...` now raises ImportError
+    try:
+        importlib.reload(gz)
+        assert gz.codec() == "zlib" and sorted(gz.CODECS) == ["zlib"]
+        data = np.arange(6 * 5 * 4, dtype=np.int16).reshape(6, 5, 4)
+        path = io.save_nifti(nib.Nifti1Image(data, np.eye(4)), tmp_path / "s.nii.gz")
+        assert np.array_equal(read_scan(path).data, data)
+        assert np.array_equal(np.asanyarray(nib.load(path).dataobj), data)
+    finally:
+        monkeypatch.undo()  # isal importable again
+        importlib.reload(gz)
+    assert gz.codec() == ("isal" if importlib.util.find_spec("isal") else "zlib")

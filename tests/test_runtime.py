@@ -189,22 +189,54 @@ class TiedLogits(Backend):
 
 @pytest.mark.parametrize("layout", ["fortran", "c"])  # as nibabel reads a file / any other array
 @pytest.mark.parametrize("factors", [(1.0, 1.0, 1.0), (0.7, 1.0, 1.3)])  # the model's grid / resampled
+@pytest.mark.parametrize("host_threads", [1, 2])  # copied out in place / by a second thread, double-buffered
 def test_outputs_decoded_in_the_files_order_equal_the_whole_volume_decoding(model, scan, layout, factors,
-                                                                             monkeypatch):
+                                                                             host_threads, monkeypatch):
     """Labels and masks decoded batch by batch into staging buffers of 4 slices and copied into
     outputs laid out as the NIfTI file stores them equal the plain decoding of the whole logit
     volume (``Hierarchy.to_labels``: np.argmax, the first of equal logits wins)."""
     monkeypatch.setattr(pipeline, "STAGED", 4)
+    monkeypatch.setattr(pipeline, "THREADED_VOXELS", 0)  # threads even for this small scan
     img = nib.as_closest_canonical(nib.load(scan))
     data = np.asarray(img.dataobj, np.float32)
     data = np.asfortranarray(data) if layout == "fortran" else np.ascontiguousarray(data)
     zooms = tuple(z * f for z, f in zip(img.header.get_zooms()[:3], factors))
     backend = TiedLogits(OrtBackend(model).info)
-    seg = Segmenter(backend, skip_empty=False).segment(data, np.diag([*zooms, 1.0]), zooms)
+    seg = Segmenter(backend, skip_empty=False, host_threads=host_threads).segment(data, np.diag([*zooms, 1.0]), zooms)
     labels, masks = _whole_volume_reference(backend, data, zooms)
     assert seg.labels.flags.f_contiguous and seg.masks.flags.f_contiguous  # written without a transposing copy
     assert np.array_equal(seg.labels, labels) and np.array_equal(np.moveaxis(seg.masks, -1, 0), masks)
     assert len(np.unique(labels)) > 3
+
+
+@pytest.mark.parametrize("probabilities", [False, True])
+def test_crops_and_probabilities_are_the_same_on_one_or_two_host_threads(model, scan, monkeypatch, probabilities):
+    import threading
+
+    monkeypatch.setattr(pipeline, "STAGED", 4)
+    monkeypatch.setattr(pipeline, "THREADED_VOXELS", 0)
+    img = nib.load(scan)
+    data, zooms = np.asanyarray(img.dataobj), img.header.get_zooms()[:3]
+    backend = TiedLogits(OrtBackend(model).info)
+    real_write, writers = pipeline._Staged._write, []
+
+    def write(self, *args):
+        writers.append(threading.current_thread().name.split("_")[0])
+        return real_write(self, *args)
+
+    monkeypatch.setattr(pipeline._Staged, "_write", write)
+    one, two = (Segmenter(backend, crop_plane=True, host_threads=n).segment(data, img.affine, zooms, probabilities)
+                for n in (1, 2))
+    second = "MainThread" if probabilities else "neoseg-copy-out"  # probabilities keep one staging buffer
+    assert set(writers[:len(writers) // 2]) == {"MainThread"} and set(writers[len(writers) // 2:]) == {second}
+    for a, b in [(one.labels, two.labels), (one.masks, two.masks)] + [(one.probs, two.probs)] * probabilities:
+        assert a.dtype == b.dtype and np.array_equal(a, b)
+    assert one.computed_slices == two.computed_slices > 0 and len(np.unique(one.labels)) > 3
+
+
+def test_host_threads_must_be_positive(model):
+    with pytest.raises(ValueError, match="host threads must be at least 1, got 0"):
+        Segmenter(OrtBackend(model), host_threads=0)
 
 
 def _masked_copy_argmax(logits, channels):
@@ -332,7 +364,12 @@ def test_host_path_benchmark_reports_every_phase_and_the_cpu(tmp_path):
     nib.save(nib.Nifti1Image(data, np.diag([0.5, 0.5, 0.5, 1.0])), tmp_path / "s_T2w.nii.gz")
     host_path.main(["--scan", str(tmp_path / "s_T2w.nii.gz"), "--repeats", "1", "--out", str(tmp_path / "out")])
     result = json.loads((tmp_path / "out" / "host-path.json").read_text())
-    wall = result["scans"][0]["wall_s"]
-    assert set(host_path.PHASES) <= set(wall) and wall["host"] > 0
-    assert wall["host"] == pytest.approx(sum(wall[p] for p in host_path.PHASES), rel=1e-6)
-    assert "cpu_features" in result["machine"] and "host path" in (tmp_path / "out" / "host-path.md").read_text()
+    settings = result["scans"][0]["settings"]
+    assert set(settings) == {"default", *host_path.REFERENCES}  # compared in the same process by default
+    for setting in settings.values():
+        for clock in ("wall_s", "cpu_s"):
+            seconds = setting[clock]
+            assert set(host_path.PHASES) <= set(seconds) and seconds["host"] > 0
+            assert seconds["host"] == pytest.approx(sum(seconds[p] for p in host_path.PHASES), rel=1e-6)
+    text = (tmp_path / "out" / "host-path.md").read_text()
+    assert "cpu_features" in result["machine"] and "host path" in text and "default / one host thread" in text
