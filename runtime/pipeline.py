@@ -10,7 +10,6 @@ back to the scan's spacing and axis order. Thresholds are applied to the logits
 from __future__ import annotations
 
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from neoseg.core.preprocess import box_center, foreground_profiles, head_box, pl
 from . import geometry
 from .backend import Backend
 from .clock import PhaseClock
+from .cpu import usable_cpus
 from .resample import PlaneResampler
 
 MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
@@ -74,7 +74,7 @@ class Segmenter:
             raise ValueError(f"--batch must be at least 1, got {batch}")
         if host_threads is not None and host_threads < 1:
             raise ValueError(f"host threads must be at least 1, got {host_threads}")
-        self.host_threads = host_threads or _usable_cpus()
+        self.host_threads = host_threads or len(usable_cpus())
         self.backend, self.info = backend, backend.info
         if batch is not None:
             backend.batch = batch  # backends that size buffers or CUDA graphs by it use the same
@@ -432,10 +432,6 @@ def _fit(first: int, last: int, size: int, divisor: int) -> slice:
     length = min(size, -(-(last - first + 1) // divisor) * divisor)
     start = min(max(0, (first + last + 1 - length) // 2), size - length)
     return slice(start, start + length)
-
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _label_dtype(info) -> np.dtype:

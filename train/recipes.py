@@ -73,7 +73,7 @@ def resolve_atlas(config: TrainConfig, split: Split) -> TrainConfig:
     subject, docs/atlas.md) where the run trains a partial-label loss on fully and partially labelled
     sessions of its own; ``none`` where there is nothing to propagate (all fully labelled, the
     supervised baseline, pseudo labels in place of the partial maps)."""
-    sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
+    sessions = _chosen_sessions(config, split)
     full = sum(split.is_full(s) for s in sessions)
     mode = "propagate" if config.loss != "bce" and config.pseudo_labels is None and 0 < full < len(sessions) \
         else "none"
@@ -92,7 +92,7 @@ def training_sessions(config: TrainConfig, split: Split) -> tuple[list[Session],
     """The sessions ``config`` trains on (its ``train_subjects`` of the split's training part, with
     their pseudo label maps where it names them), and which of them to coarsen (the simulation of
     partial labels; sessions whose files are partial are read as they are)."""
-    sessions = [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
+    sessions = _chosen_sessions(config, split)
     if not sessions:
         raise ValueError("no training sessions left; check --train-subjects")
     partial = [split.coarsened(s) for s in sessions]
@@ -103,6 +103,11 @@ def training_sessions(config: TrainConfig, split: Split) -> tuple[list[Session],
                          "in their files, so train them with a partial-label loss (iuc, labelset) instead")
     return [with_label_map(s, config.pseudo_labels) if p else s for s, p in zip(sessions, partial)], \
         [False] * len(sessions)
+
+
+def _chosen_sessions(config: TrainConfig, split: Split) -> list[Session]:
+    """The split's training sessions of ``config.train_subjects`` (all where it names none)."""
+    return [s for s in split.train if config.train_subjects is None or s.subject in config.train_subjects]
 
 
 def with_label_map(session: Session, root: str | Path) -> Session:
