@@ -47,6 +47,7 @@ class Selection(str, Enum):
 class Augment(str, Enum):
     default = "default"
     none = "none"
+    contrast = "contrast"
 
 
 class Atlas(str, Enum):  # train/atlas.py
@@ -172,7 +173,8 @@ def train(
                                                        "in the paper). " + _default("prior_bias", _onoff))] = None,
     augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: default "
                                                        "(spatial, intensity, resolution, brain extraction, field "
-                                                       "of view; see docs/training.md) or none (the paper's protocol). "
+                                                       "of view; see docs/training.md), contrast (default plus a random non-monotone intensity curve: "
+                                                       "tissue contrasts reordered as by other sequences) or none (the paper's protocol). "
                                                        + _default("augment"))] = None,
     synthesis: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Train from label maps: the "
                                                        "probability per training slice that its image is replaced by "

@@ -9,6 +9,10 @@ off; the paper's experiments run without it) draws, per slice and independently:
 - smooth multiplicative bias field (p 0.3, its log of std up to 0.3);
 - gamma (p 0.3), a random smooth monotone intensity curve that changes the contrast between
   tissues (p 0.3) and a brightness gain (p 0.3);
+- with the ``contrast`` policy, a random *non-monotone* intensity curve (p 0.25): knots at evenly
+  spaced inputs take independent uniform values (0 stays 0, so air stays dark), which reorders the
+  tissues' intensities as other sequences do (a T1's grey/white inversion, other echo times) while
+  the real image's texture and partial-volume edges stay;
 - blur (p 0.2) and simulated low resolution / anisotropy (p 0.2): down- and up-sampling along one
   in-plane axis by 1.5-4x, after the blur of the thicker slice;
 - Rician noise (p 0.3);
@@ -64,6 +68,7 @@ class Policy:
     gamma_log_std: float = 0.3
     curve: float = 0.3
     curve_slope: float = 2.0  # slopes of the curve's segments lie in [1/x, x] before normalising
+    remap: float = 0.0  # the non-monotone curve (the ``contrast`` policy's)
     brightness: float = 0.3
     gain: tuple[float, float] = (0.75, 1.25)
     blur: float = 0.2
@@ -78,7 +83,7 @@ class Policy:
     fov_cut: tuple[float, float] = (0.1, 0.35)  # of the slice size
 
 
-POLICIES = {"default": Policy(), "none": None}
+POLICIES = {"default": Policy(), "none": None, "contrast": Policy(remap=0.25)}
 assert tuple(POLICIES) == AUGMENT_POLICIES
 
 
@@ -141,8 +146,8 @@ def bias_field(image: torch.Tensor, log_control: torch.Tensor) -> torch.Tensor:
 
 
 def intensity_curve(image: torch.Tensor, knots: torch.Tensor) -> torch.Tensor:
-    """Piecewise-linear monotone curve through ``knots`` (N, K + 1), increasing from 0 to 1 at
-    evenly spaced inputs over [0, 1]; inputs above 1 follow the last segment."""
+    """Piecewise-linear curve through ``knots`` (N, K + 1) at evenly spaced inputs over [0, 1]
+    (monotone where the knots increase); inputs above 1 follow the last segment."""
     n, k = len(image), knots.shape[1] - 1
     x = image.reshape(n, -1).clamp_min(0) * k
     i = x.floor().clamp(max=k - 1).long()
@@ -273,6 +278,8 @@ class Augmenter(SeededDraws):
             "fov": picks[:, 9] < p.fov,
             "fov_side": (u(total) * 4).floor().clamp(max=3),
             "fov_depth": between(p.fov_cut, u(total)),
+            "remap": u(total) < p.remap,
+            "remap_knots": torch.cat([torch.zeros(total, 1, device=slopes.device), u(total, N_KNOTS)], 1),
         }
 
     @torch.no_grad()
@@ -298,6 +305,7 @@ class Augmenter(SeededDraws):
         image.clamp_(min=0)
         each(d["gamma"], lambda r: image[r] ** d["gamma_value"][r].view(-1, 1, 1, 1))
         each(d["curve"], lambda r: intensity_curve(image[r], d["knots"][r]))
+        each(d["remap"], lambda r: intensity_curve(image[r].clamp(max=1), d["remap_knots"][r]))
         each(d["brightness"], lambda r: image[r] * d["gain"][r].view(-1, 1, 1, 1))
         each(d["blur"], lambda r: blur(image[r], d["blur_sigma"][r]))
         for axis, chosen in ((-2, d["lowres_y"]), (-1, ~d["lowres_y"])):

@@ -11,7 +11,7 @@ from neoseg.core.thresholds import check_thresholds
 
 PROFILES = ("cpu", "paper")
 SELECTIONS = ("val-loss", "child-dice")
-AUGMENT_POLICIES = ("default", "none")  # train/augment.py
+AUGMENT_POLICIES = ("default", "none", "contrast")  # train/augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train/precision.py
 ATLAS_MODES = ("none", "propagate", "pairs", "both", "auto")  # train/atlas.py; auto: train/recipes.py
 
