@@ -125,6 +125,24 @@ def test_intensity_curve_is_monotone_and_fixes_0_and_1():
     assert torch.allclose(y[..., 0], torch.zeros(1)) and torch.allclose(y[..., -1], torch.ones(1))
 
 
+def test_the_contrast_policy_reorders_tissue_intensities_and_keeps_air_dark():
+    """The non-monotone curve: 0 stays 0, and across slices the order of two tissues flips both ways."""
+    from dataclasses import replace
+    only_remap = replace(A.Policy(), **{f: 0.0 for f in ("spatial", "bias", "gamma", "curve", "brightness", "blur",
+                                                         "lowres", "noise", "brain", "fov")}, remap=1.0)
+    aug = A.Augmenter(only_remap, H, seed=3)
+    n = 64
+    image = torch.zeros(n, 1, 8, 8)
+    image[:, :, :, 2:5], image[:, :, :, 5:] = 0.3, 0.9  # air, a dark and a bright tissue
+    target = torch.zeros(n, len(H), 8, 8, dtype=torch.uint8)
+    out, same_target = aug(image, target)
+    assert torch.equal(same_target, target) and (out[..., :2] == 0).all()
+    dark, bright = out[:, 0, 0, 3], out[:, 0, 0, 6]
+    assert (dark > bright).sum() > n // 5 and (dark < bright).sum() > n // 5
+    assert ((out >= 0) & (out <= 1)).all()
+    assert A.make_augment("default", H, seed=0).policy.remap == 0  # the default keeps the tissues' order
+
+
 def test_augmentation_is_deterministic_by_seed_and_resumable():
     image, target = square_batch(n=8)
     a, b, c = (A.make_augment("default", H, seed=s) for s in (5, 5, 6))
@@ -148,9 +166,9 @@ def test_a_share_of_a_global_batch_is_augmented_as_in_one_process():
 
 def test_policy_names_are_checked():
     assert A.make_augment("none", H, seed=0) is None
-    with pytest.raises(ValueError, match="unknown augmentation policy 'heavy'; available: default, none"):
+    with pytest.raises(ValueError, match="unknown augmentation policy 'heavy'; available: default, none, contrast"):
         TrainConfig(augment="heavy")
-    with pytest.raises(ValueError, match="available: default, none"):
+    with pytest.raises(ValueError, match="available: default, none, contrast"):
         A.make_augment("heavy", H, seed=0)
     raw = TrainConfig().to_json().replace('"augment": "default",\n', "")
     assert TrainConfig.from_json(raw).augment == "none"  # runs from before augmentation existed

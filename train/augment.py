@@ -69,6 +69,7 @@ class Policy:
     curve: float = 0.3
     curve_slope: float = 2.0  # slopes of the curve's segments lie in [1/x, x] before normalising
     remap: float = 0.0  # the non-monotone curve (the ``contrast`` policy's)
+    remap_segments: int = 6
     brightness: float = 0.3
     gain: tuple[float, float] = (0.75, 1.25)
     blur: float = 0.2
@@ -279,7 +280,7 @@ class Augmenter(SeededDraws):
             "fov_side": (u(total) * 4).floor().clamp(max=3),
             "fov_depth": between(p.fov_cut, u(total)),
             "remap": u(total) < p.remap,
-            "remap_knots": torch.cat([torch.zeros(total, 1, device=slopes.device), u(total, N_KNOTS)], 1),
+            "remap_knots": torch.cat([torch.zeros(total, 1, device=slopes.device), u(total, p.remap_segments)], 1),
         }
 
     @torch.no_grad()
