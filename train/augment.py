@@ -9,7 +9,7 @@ off; the paper's experiments run without it) draws, per slice and independently:
 - smooth multiplicative bias field (p 0.3, its log of std up to 0.3);
 - gamma (p 0.3), a random smooth monotone intensity curve that changes the contrast between
   tissues (p 0.3) and a brightness gain (p 0.3);
-- with the ``contrast`` policy, a random *non-monotone* intensity curve (p 0.25): knots at evenly
+- with the ``contrast`` policy, a random *non-monotone* intensity curve (p 0.1): knots at evenly
   spaced inputs take independent uniform values (0 stays 0, so air stays dark), which reorders the
   tissues' intensities as other sequences do (a T1's grey/white inversion, other echo times) while
   the real image's texture and partial-volume edges stay;
@@ -84,7 +84,7 @@ class Policy:
     fov_cut: tuple[float, float] = (0.1, 0.35)  # of the slice size
 
 
-POLICIES = {"default": Policy(), "none": None, "contrast": Policy(remap=0.25)}
+POLICIES = {"default": Policy(), "none": None, "contrast": Policy(remap=0.1)}
 assert tuple(POLICIES) == AUGMENT_POLICIES
 
 
@@ -251,7 +251,7 @@ class Augmenter(SeededDraws):
         picks = u(total, 10)
         slopes = torch.exp(math.log(p.curve_slope) * (2 * u(total, N_KNOTS) - 1))
         knots = torch.cat([torch.zeros(total, 1, device=slopes.device), slopes.cumsum(1)], 1)
-        return {
+        draws = {
             "spatial": picks[:, 0] < p.spatial,
             "angle": math.radians(p.rotate_deg) * (2 * u(total) - 1),
             "scale": torch.exp(between([math.log(s) for s in p.scale], u(total))),
@@ -279,9 +279,11 @@ class Augmenter(SeededDraws):
             "fov": picks[:, 9] < p.fov,
             "fov_side": (u(total) * 4).floor().clamp(max=3),
             "fov_depth": between(p.fov_cut, u(total)),
-            "remap": u(total) < p.remap,
-            "remap_knots": torch.cat([torch.zeros(total, 1, device=slopes.device), u(total, p.remap_segments)], 1),
         }
+        if p.remap > 0:  # drawn only then, so the default policy's stream is what it always was
+            draws["remap"] = u(total) < p.remap
+            draws["remap_knots"] = torch.cat([torch.zeros(total, 1, device=slopes.device), u(total, p.remap_segments)], 1)
+        return draws
 
     @torch.no_grad()
     def __call__(self, image: torch.Tensor, target: torch.Tensor, start: int = 0, total: int | None = None):
@@ -306,7 +308,8 @@ class Augmenter(SeededDraws):
         image.clamp_(min=0)
         each(d["gamma"], lambda r: image[r] ** d["gamma_value"][r].view(-1, 1, 1, 1))
         each(d["curve"], lambda r: intensity_curve(image[r], d["knots"][r]))
-        each(d["remap"], lambda r: intensity_curve(image[r].clamp(max=1), d["remap_knots"][r]))
+        if "remap" in d:
+            each(d["remap"], lambda r: intensity_curve(image[r].clamp(max=1), d["remap_knots"][r]))
         each(d["brightness"], lambda r: image[r] * d["gain"][r].view(-1, 1, 1, 1))
         each(d["blur"], lambda r: blur(image[r], d["blur_sigma"][r]))
         for axis, chosen in ((-2, d["lowres_y"]), (-1, ~d["lowres_y"])):
