@@ -1,6 +1,7 @@
 """The training augmentation: geometry (labels move with the image), the label-map rules (brain
 extraction, field-of-view cuts, unknown entries), determinism, and its wiring into training."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -127,8 +128,7 @@ def test_intensity_curve_is_monotone_and_fixes_0_and_1():
 
 def test_the_contrast_policy_reorders_tissue_intensities_and_keeps_air_dark():
     """The non-monotone curve: 0 stays 0, and across slices the order of two tissues flips both ways."""
-    from dataclasses import replace
-    only_remap = replace(A.Policy(), **{f: 0.0 for f in ("spatial", "bias", "gamma", "curve", "brightness", "blur",
+    only_remap = dataclasses.replace(A.Policy(), **{f: 0.0 for f in ("spatial", "bias", "gamma", "curve", "brightness", "blur",
                                                          "lowres", "noise", "brain", "fov")}, remap=1.0)
     aug = A.Augmenter(only_remap, H, seed=3)
     n = 64
