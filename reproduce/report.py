@@ -64,15 +64,20 @@ def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, s
     m = last.get("machine", {})
     test = sorted({(r["subject"], r["session"], r["age_group"]) for r in rows})
     n_age = {age: sum(1 for t in test if t[2] == age) for age in AGE_GROUPS}
-    return ["## Machine, scale and time", "",
-            f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores" + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
-            + f"; torch {m.get('torch', '?')}, Python {m.get('python', '?')}, {m.get('system', '')}.",
-            f"- Training processes at once: {last.get('workers', '?')}, each with {last.get('threads') or 'default'} "
-            f"thread(s); device {last.get('device', '?')}.",
-            f"- Wall time: **{wall / 60:.1f} min** in {len(invocations)} invocation(s) of the command "
-            f"(cohort generation, slice caches, every run with its test evaluation, and this report); "
-            f"an interrupted invocation is not counted. The finished runs took "
-            f"{sum(r['seconds'] for r in records) / 60:.0f} min of training and evaluation between them.",
+    trained = (f"The finished runs took {sum(r['seconds'] for r in records) / 60:.0f} min of training and "
+               "evaluation between them.")
+    if invocations:
+        machine = [f"- Machine: {m.get('cpu', '?')}, {m.get('cores', '?')} cores"
+                   + (f", GPU {m['gpu']}" if m.get("gpu") else ", no GPU")
+                   + f"; torch {m.get('torch', '?')}, Python {m.get('python', '?')}, {m.get('system', '')}.",
+                   f"- Training processes at once: {last.get('workers', '?')}, each with "
+                   f"{last.get('threads') or 'default'} thread(s); device {last.get('device', '?')}.",
+                   f"- Wall time: **{wall / 60:.1f} min** in {len(invocations)} invocation(s) of the command "
+                   f"(cohort generation, slice caches, every run with its test evaluation, and this report); "
+                   f"an interrupted invocation is not counted. {trained}"]
+    else:  # a folder whose runs were trained by invocations it holds no record of
+        machine = [f"- Machine and wall time: not recorded in this folder's `experiment.json`. {trained}"]
+    return ["## Machine, scale and time", ""] + machine + [
             f"- Runs finished: {finished} of {planned} planned" + (f"; failed: {len(failed)}" if failed else "") + ".",
             f"- Data: {meta.get('data')} ({meta.get('sessions', '?')} sessions"
             + (f", built-in cohort anatomy {meta['anatomy']}" if meta.get("anatomy") else "") + "); split 80/10/10 by subject (seed 0); "

@@ -49,10 +49,10 @@ def stand_in(out, spec: RunSpec, dice: dict, seconds=60.0, stopped_by="early sto
         (run / "atlas.json").write_text(json.dumps({"seconds": registration}))
 
 
-def report(out, profile=PROFILE) -> str:
+def report(out, profile=PROFILE, invocations=()) -> str:
     grid = plan(profile)
-    meta = {"profile": profile.name, "grid": profile.grid, "anatomy": profile.cohort_anatomy, "invocations": [],
-            "profile_settings": dataclasses.asdict(profile)}
+    meta = {"profile": profile.name, "grid": profile.grid, "anatomy": profile.cohort_anatomy,
+            "invocations": list(invocations), "profile_settings": dataclasses.asdict(profile)}
     write_report(out, collect_results(out, grid), meta, [r.name for r in grid])
     return (out / "REPORT.md").read_text()
 
@@ -65,6 +65,15 @@ def test_a_report_is_written_for_no_run_and_for_the_reference_alone(tmp_path):
     assert "Not (yet) run: 24 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
     assert "| unet | supervised, 100 % | bce |" in text and "## Figure 4" not in text
     assert not (tmp_path / "figure4.png").exists()
+
+
+def test_the_machine_is_named_where_recorded_and_said_missing_where_not(tmp_path):
+    assert "- Machine and wall time: not recorded in this folder's `experiment.json`." in report(tmp_path)
+    machine = {"cpu": "AMD EPYC", "cores": 2, "torch": "2.13.0+cpu", "python": "3.11.7", "system": "Linux"}
+    text = report(tmp_path, invocations=[{"seconds": 90.0, "workers": 2, "threads": 1, "device": "cpu",
+                                          "machine": machine}])
+    assert "- Machine: AMD EPYC, 2 cores, no GPU; torch 2.13.0+cpu" in text and "not recorded" not in text
+    assert "- Wall time: **1.5 min** in 1 invocation(s)" in text
 
 
 def test_per_draw_tables_show_each_draw_and_the_worst(tmp_path):
