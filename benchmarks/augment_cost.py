@@ -1,4 +1,4 @@
-"""What the default augmentation policy costs per batch, as a ratio to a training step, in one
+"""What the standard augmentation policy costs per batch, as a ratio to a training step, in one
 process: ``python -m neoseg.benchmarks.augment_cost [--size 64 --batch 16 --widths 8,16,32,64,128]``.
 
 The batch is cut from one synthetic subject; the step is forward, IUC loss, backward and Adam on
@@ -37,7 +37,7 @@ def measure(size: int, batch: int, widths: list[int], rounds: int, device: str) 
 
     hierarchy = builtin()
     image, target = (t.to(device) for t in batch_of_slices(size, batch))
-    augment = make_augment("default", hierarchy, 0, device)
+    augment = make_augment("standard", hierarchy, 0, device)
     model = create_model("unet", 1, len(hierarchy), widths=widths).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=5e-3)
     loss_fn = make_loss("iuc", hierarchy)
@@ -76,7 +76,7 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     r = measure(args.size, args.batch, [int(w) for w in args.widths.split(",")], args.rounds, args.device)
     print(f"{r['batch']} slices of {r['size']}^2, U-Net {r['widths']}, {r['device']} ({r['threads']} threads): "
-          f"training step {r['step_s'] * 1000:.1f} ms, default augmentation {r['augment_s'] * 1000:.1f} ms, "
+          f"training step {r['step_s'] * 1000:.1f} ms, standard augmentation {r['augment_s'] * 1000:.1f} ms, "
           f"ratio {r['ratio']:.3f}")
 
 

@@ -45,7 +45,7 @@ class Selection(str, Enum):
 
 
 class Augment(str, Enum):
-    default = "default"
+    standard = "standard"
     none = "none"
     contrast = "contrast"
 
@@ -171,10 +171,12 @@ def train(
     prior_bias: Annotated[Optional[bool], typer.Option("--prior-bias/--no-prior-bias", show_default=False,
                                                        help="Start output biases at the labels' prior odds (not "
                                                        "in the paper). " + _default("prior_bias", _onoff))] = None,
-    augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: default "
-                                                       "(spatial, intensity, resolution, brain extraction, field "
-                                                       "of view; see docs/training.md), contrast (default plus a random non-monotone intensity curve: "
-                                                       "tissue contrasts reordered as by other sequences) or none (the paper's protocol). "
+    augment: Annotated[Optional[Augment], typer.Option(help="Augmentation of the training batches: "
+                                                       "contrast (standard plus a random non-monotone intensity "
+                                                       "curve: tissue contrasts reordered as by other sequences), "
+                                                       "standard (spatial, intensity, resolution, brain "
+                                                       "extraction, field of view; see docs/training.md) or none "
+                                                       "(the paper's protocol). "
                                                        + _default("augment"))] = None,
     synthesis: Annotated[Optional[float], typer.Option(min=0.0, max=1.0, help="Train from label maps: the "
                                                        "probability per training slice that its image is replaced by "

@@ -26,7 +26,7 @@ class RunSpec:
     from_iuc: bool = False  # start from the best weights of the IUC run of the same fraction and draw
     atlas: str = "none"  # propagate | pairs | both: the fully labelled subjects registered to the partial scans
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
-    augment: str = "none"  # "default": neoseg-train's augmentation; the paper's rows train without
+    augment: str = "none"  # "standard": neoseg-train's policy without the contrast curve; the paper's rows train without
 
     @property
     def recipe(self) -> str:
@@ -123,9 +123,9 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
             labelset = RunSpec("unet", "partial", "labelset", f, d, self_training=True)
             runs += [RunSpec("unet", "supervised", "bce", f, d), iuc, labelset,
                      dataclasses.replace(labelset, from_iuc=True),
-                     dataclasses.replace(iuc, full_share=FULL_SHARE, augment="default"),
+                     dataclasses.replace(iuc, full_share=FULL_SHARE, augment="standard"),
                      dataclasses.replace(iuc, atlas="propagate"), dataclasses.replace(iuc, atlas="pairs"),
-                     dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="default")]
+                     dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
     return runs
 
 

@@ -68,7 +68,7 @@ def test_targets_stay_in_0_1_2_and_unknown_stays_unknown():
     labels[:, 12:20, 12:20] = 3  # wm (fully labelled core)
     target = torch.from_numpy(np.ascontiguousarray(H.encode(labels).swapaxes(0, 1)))
     image = torch.rand(16, 1, 32, 32, generator=torch.Generator().manual_seed(1))
-    out_image, out_target = A.make_augment("default", H, seed=3)(image, target)
+    out_image, out_target = A.make_augment("standard", H, seed=3)(image, target)
     assert out_target.dtype == torch.uint8 and set(out_target.unique().tolist()) <= {0, 1, 2}
     vectors = lambda t: {tuple(v) for v in t.permute(0, 2, 3, 1).reshape(-1, t.shape[1]).tolist()}  # noqa: E731
     assert vectors(out_target) <= vectors(target) | {tuple(FILL.int().tolist())}
@@ -118,7 +118,7 @@ def test_resolution_transforms_do_not_move_edges():
 
 
 def test_intensity_curve_is_monotone_and_fixes_0_and_1():
-    aug = A.make_augment("default", H, seed=0)
+    aug = A.make_augment("standard", H, seed=0)
     knots = aug.draw(8, (4, 4))["knots"]
     x = torch.linspace(0, 1, 101).expand(8, 1, 1, 101)
     y = A.intensity_curve(x, knots)
@@ -140,12 +140,12 @@ def test_the_contrast_policy_reorders_tissue_intensities_and_keeps_air_dark():
     dark, bright = out[:, 0, 0, 3], out[:, 0, 0, 6]
     assert (dark > bright).sum() > n // 5 and (dark < bright).sum() > n // 5
     assert ((out >= 0) & (out <= 1)).all()
-    assert A.make_augment("default", H, seed=0).policy.remap == 0  # the default keeps the tissues' order
+    assert A.make_augment("standard", H, seed=0).policy.remap == 0  # the standard policy keeps the tissues' order
 
 
 def test_augmentation_is_deterministic_by_seed_and_resumable():
     image, target = square_batch(n=8)
-    a, b, c = (A.make_augment("default", H, seed=s) for s in (5, 5, 6))
+    a, b, c = (A.make_augment("standard", H, seed=s) for s in (5, 5, 6))
     first_a, first_b, first_c = a(image, target), b(image, target), c(image, target)
     assert all(torch.equal(x, y) for x, y in zip(first_a, first_b))
     assert not torch.equal(first_a[0], first_c[0])
@@ -158,20 +158,23 @@ def test_augmentation_is_deterministic_by_seed_and_resumable():
 def test_a_share_of_a_global_batch_is_augmented_as_in_one_process():
     """torchrun ranks draw for the whole global batch and keep their rows: the same result."""
     image, target = square_batch(n=7)
-    whole = A.make_augment("default", H, seed=2)(image, target)
-    parts = [A.make_augment("default", H, seed=2)(image[a:b], target[a:b], a, 7) for a, b in ((0, 4), (4, 7))]
+    whole = A.make_augment("standard", H, seed=2)(image, target)
+    parts = [A.make_augment("standard", H, seed=2)(image[a:b], target[a:b], a, 7) for a, b in ((0, 4), (4, 7))]
     for k in range(2):
         assert torch.equal(whole[k], torch.cat([p[k] for p in parts]))
 
 
 def test_policy_names_are_checked():
     assert A.make_augment("none", H, seed=0) is None
-    with pytest.raises(ValueError, match="unknown augmentation policy 'heavy'; available: default, none, contrast"):
+    with pytest.raises(ValueError, match="unknown augmentation policy 'heavy'; available: standard, none, contrast"):
         TrainConfig(augment="heavy")
-    with pytest.raises(ValueError, match="available: default, none, contrast"):
+    with pytest.raises(ValueError, match="available: standard, none, contrast"):
         A.make_augment("heavy", H, seed=0)
-    raw = TrainConfig().to_json().replace('"augment": "default",\n', "")
+    assert TrainConfig().augment == "contrast"
+    raw = TrainConfig().to_json().replace('"augment": "contrast",\n', "")
     assert TrainConfig.from_json(raw).augment == "none"  # runs from before augmentation existed
+    old_name = TrainConfig().to_json().replace('"augment": "contrast"', '"augment": "default"')
+    assert TrainConfig.from_json(old_name).augment == "standard"  # runs from before the policy was renamed
 
 
 def _training_inputs(config, out):
@@ -195,7 +198,7 @@ def _training_inputs(config, out):
 
 
 @pytest.mark.slow
-def test_augment_none_trains_on_the_slices_as_they_are_and_default_does_not(tiny_dataset, tmp_path):
+def test_augment_none_trains_on_the_slices_as_they_are_and_the_default_does_not(tiny_dataset, tmp_path):
     base = dict(data=str(tiny_dataset), cache=str(tmp_path / "cache"), slice_size=32, widths=[8, 16], epochs=1,
                 steps_per_epoch=4, batch_size=8, full_fraction=0.25, device="cpu")
     plain = _training_inputs(TrainConfig(**base, augment="none"), tmp_path / "none")
@@ -217,8 +220,9 @@ def test_the_command_line_turns_augmentation_off_and_refuses_unknown_policies(tm
     monkeypatch.setattr(loop, "train", lambda config, *a, **kw: seen.append(config) or (_ for _ in ()).throw(
         ValueError("stop here")))
     runner = CliRunner()
-    for args, expected in (([], "default"), (["--augment", "none"], "none"), (["--profile", "paper"], "none"),
-                           (["--profile", "paper", "--augment", "default"], "default")):
+    for args, expected in (([], "contrast"), (["--augment", "none"], "none"), (["--profile", "paper"], "none"),
+                           (["--augment", "standard"], "standard"),
+                           (["--profile", "paper", "--augment", "standard"], "standard")):
         result = runner.invoke(app, ["--out", str(tmp_path / "r"), *args])
         assert result.exit_code == 2 and "stop here" in result.output
         assert seen.pop().augment == expected

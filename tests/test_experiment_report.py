@@ -183,7 +183,7 @@ def test_run_configs_map_the_levers_only_where_set(tmp_path):
     plain = run_config(RunSpec("unet", "partial", "iuc", 0.02, 0), PROFILE, tmp_path, tmp_path, "cpu")
     assert plain.augment == "none" and plain.init_from is None  # the paper's rows: no augmentation
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    for spec in (RunSpec("unet", "partial", "iuc", 0.02, 0, full_share=0.25, augment="default"),
+    for spec in (RunSpec("unet", "partial", "iuc", 0.02, 0, full_share=0.25, augment="standard"),
                  RunSpec("unet", "partial", "iuc", 0.02, 0, atlas="both")):
         wanted = {k: getattr(spec, k) for k in ("atlas", "full_share") if getattr(spec, k) not in ("none", 0.0)}
         if wanted.keys() <= fields:

@@ -88,7 +88,7 @@ def test_the_augmenter_runs_after_the_synthesis_and_both_states_resume():
     from neoseg.train.augment import make_augment
 
     image, target, _ = batch(n=8)
-    make = lambda: S.with_synthesis(make_augment("default", H, 3), 1.0, H, 3)  # noqa: E731
+    make = lambda: S.with_synthesis(make_augment("standard", H, 3), 1.0, H, 3)  # noqa: E731
     a = make()
     a(image, target)
     state = a.get_state()

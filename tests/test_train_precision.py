@@ -112,7 +112,7 @@ def test_bf16_forward_runs_in_bfloat16_while_loss_teacher_and_evaluation_stay_fp
     create, make_loss = loop.create_model, loop.make_loss
     monkeypatch.setattr(loop, "create_model", hooked)
     monkeypatch.setattr(loop, "make_loss", loss_spy)
-    train(tiny_config(tiny_dataset, loss="labelset", self_training=True, self_train_after=0, augment="default"),
+    train(tiny_config(tiny_dataset, loss="labelset", self_training=True, self_train_after=0, augment="standard"),
           tmp_path / "run", progress=False)
     assert seen["student"] == {torch.bfloat16}
     assert seen["other"] == {torch.float32}  # the teacher, a deep copy with the hook (the evaluation's net is unhooked)

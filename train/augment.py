@@ -84,7 +84,7 @@ class Policy:
     fov_cut: tuple[float, float] = (0.1, 0.35)  # of the slice size
 
 
-POLICIES = {"default": Policy(), "none": None, "contrast": Policy(remap=0.1)}
+POLICIES = {"standard": Policy(), "none": None, "contrast": Policy(remap=0.1)}
 assert tuple(POLICIES) == AUGMENT_POLICIES
 
 

@@ -11,7 +11,7 @@ from neoseg.core.thresholds import check_thresholds
 
 PROFILES = ("cpu", "paper")
 SELECTIONS = ("val-loss", "child-dice")
-AUGMENT_POLICIES = ("default", "none", "contrast")  # train/augment.py
+AUGMENT_POLICIES = ("standard", "none", "contrast")  # train/augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train/precision.py
 ATLAS_MODES = ("none", "propagate", "pairs", "both", "auto")  # train/atlas.py; auto: train/recipes.py
 
@@ -65,7 +65,7 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint whose weights start the run (fine-tuning), not resumed
     pseudo_labels: str | None = None  # dHCP-layout folder of *_desc-drawem9_dseg.nii.gz label maps for the
     # partially labelled training sessions, used as their full labels (the semi-supervised baseline)
-    augment: str = "default"  # on-the-fly augmentation of training batches (train/augment.py), or "none"
+    augment: str = "contrast"  # on-the-fly augmentation of training batches (train/augment.py), or "none"
     synthesis: float = 0.0  # probability per training slice of an image synthesised from its labels
     # (train/synthesis.py); 0 keeps the real images
     synth_labels: str | None = None  # folder of label maps without images, trained on through synthesis only
@@ -94,6 +94,8 @@ class TrainConfig:
                                  f"{self.spacing}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"unknown training precision '{self.precision}'; available: {', '.join(PRECISIONS)}")
+        if self.augment == "default":  # the standard policy's name before `contrast` became the default
+            self.augment = "standard"
         if self.augment not in AUGMENT_POLICIES:
             raise ValueError(f"unknown augmentation policy '{self.augment}'; available: {', '.join(AUGMENT_POLICIES)}")
         if not 0 <= self.synthesis <= 1:
