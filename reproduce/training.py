@@ -66,6 +66,7 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
 
     began = time.monotonic()
     run_dir = out / "runs" / spec.name
+    earlier = epoch_seconds(run_dir / "metrics.csv")  # what an interrupted invocation trained of it
     handler = logging.FileHandler(out / "logs" / f"{spec.name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     train_log = logging.getLogger("neoseg.train")
@@ -92,10 +93,20 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
         handler.close()
     with (run_dir / "metrics.csv").open(newline="") as f:
         epochs = len(list(csv.DictReader(f)))
-    record = {"run": spec.name, "seconds": round(time.monotonic() - began, 1), "best_epoch": result.best_epoch,
+    record = {"run": spec.name, "seconds": round(time.monotonic() - began + earlier, 1),
+              "earlier_seconds": round(earlier, 1), "best_epoch": result.best_epoch,
               "epochs": epochs, "stopped_by": result.stopped_by, "best_val_loss": result.best_val_loss,
               "self_train_began": result.self_train_began, "recipe": spec.recipe, "patience": config.patience,
               "epoch_cap": config.epochs,
               **dataclasses.asdict(spec)}
     (run_dir / "done.json").write_text(json.dumps(record, indent=2))
     return record
+
+
+def epoch_seconds(metrics: Path) -> float:
+    """The summed epoch times in a run's ``metrics.csv`` (0 where there is none): the training an
+    earlier, interrupted invocation did, which a resumed run's time counts too."""
+    if not metrics.is_file():
+        return 0.0
+    with metrics.open(newline="") as f:
+        return sum(float(row["seconds"]) for row in csv.DictReader(f))

@@ -194,7 +194,8 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
     meta = run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     assert (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns == stamp
-    assert (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").is_file()
+    resumed = json.loads((out / "runs" / "unet-partial-huc-f005-d0" / "done.json").read_text())
+    assert resumed["earlier_seconds"] > 0 and resumed["seconds"] > resumed["earlier_seconds"]  # both invocations
     assert len(meta["invocations"]) == 2 and not meta["invocations"][-1]["failed"]
     # --report-only starts nothing: an unfinished run stays unfinished and out of the results
     (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
