@@ -192,10 +192,17 @@ def test_runner_end_to_end_is_resumable(tiny_dataset, tmp_path):
     # finished runs are not redone; a run without its marker is resumed
     stamp = (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns
     (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
+    metrics = out / "runs" / "unet-partial-huc-f005-d0" / "metrics.csv"
+    with metrics.open(newline="") as f:
+        epochs = list(csv.DictReader(f))
+    with metrics.open("w", newline="") as f:  # the interrupted invocation's epochs took 7.5 s each
+        writer = csv.DictWriter(f, fieldnames=list(epochs[0]))
+        writer.writeheader()
+        writer.writerows({**row, "seconds": "7.5"} for row in epochs)
     meta = run_all(profile, out, data=tiny_dataset, device="cpu", progress=False)
     assert (out / "runs" / "unet-partial-iuc-f005-d0" / "best.pt").stat().st_mtime_ns == stamp
     resumed = json.loads((out / "runs" / "unet-partial-huc-f005-d0" / "done.json").read_text())
-    assert resumed["earlier_seconds"] > 0 and resumed["seconds"] > resumed["earlier_seconds"]  # both invocations
+    assert resumed["earlier_seconds"] == 7.5 * len(epochs) < resumed["seconds"]  # both invocations
     assert len(meta["invocations"]) == 2 and not meta["invocations"][-1]["failed"]
     # --report-only starts nothing: an unfinished run stays unfinished and out of the results
     (out / "runs" / "unet-partial-huc-f005-d0" / "done.json").unlink()
