@@ -26,7 +26,7 @@ class RunSpec:
     from_iuc: bool = False  # start from the best weights of the IUC run of the same fraction and draw
     atlas: str = "none"  # propagate | pairs | both: the fully labelled subjects registered to the partial scans
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
-    augment: str = "none"  # "standard": neoseg-train's policy without the contrast curve; the paper's rows train without
+    augment: str = "none"  # "standard": neoseg-train's policy without the curve; the paper's rows train without
 
     @property
     def recipe(self) -> str:
