@@ -1,7 +1,8 @@
 """On-the-fly augmentation of training batches: whole batches of 2D slices, on the training device.
 
-The ``default`` policy (``neoseg-train``'s default in both profiles; ``--augment none`` turns it
-off; the paper's experiments run without it) draws, per slice and independently:
+The ``standard`` policy (the cpu profile's default, ``contrast``, is it plus the curve below;
+``--augment none`` turns augmentation off; the paper's profile and experiments run without it)
+draws, per slice and independently:
 
 - spatial (p 0.5): rotation (±15°), scaling (0.85-1.15), shift (±8 % of the slice) and a smooth
   elastic deformation, as one sampling grid; the image is resampled bilinearly, the {0,1,2}
@@ -31,7 +32,7 @@ Why batched torch ops and not TorchIO or MONAI: those transform one 3D subject a
 CPU, in the data loader. neoseg trains on 2D slices already on the device, and the whole batch is
 transformed here with a few calls (``affine_grid``/``grid_sample``, grouped convolutions) at a
 small fraction of a training step: on the shared 2-core machine, a batch of 16 slices of 64^2
-under the default policy cost 0.10-0.13x a training step of the cpu profile's U-Net, timed
+under the standard policy cost 0.10-0.13x a training step of the cpu profile's U-Net, timed
 interleaved in one process (``python -m neoseg.benchmarks.augment_cost``). Per-slice Python
 transforms in loader workers would take the cores the network needs; the policy above needs no
 extra dependency.
@@ -280,7 +281,7 @@ class Augmenter(SeededDraws):
             "fov_side": (u(total) * 4).floor().clamp(max=3),
             "fov_depth": between(p.fov_cut, u(total)),
         }
-        if p.remap > 0:  # drawn only then, so the default policy's stream is what it always was
+        if p.remap > 0:  # drawn only then, so the standard policy's stream is what it always was
             draws["remap"] = u(total) < p.remap
             draws["remap_knots"] = torch.cat([torch.zeros(total, 1, device=slopes.device), u(total, p.remap_segments)], 1)
         return draws

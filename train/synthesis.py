@@ -25,7 +25,7 @@ Each synthesised slice, drawn on the training device for the whole global batch 
    (divided by the slice's maximum times a random factor, since real slices rarely hold their
    volume's maximum) and a random gamma.
 
-The default augmentation (geometry, brain extraction, field of view, intensity) runs afterwards on
+The run's augmentation (geometry, brain extraction, field of view, intensity) runs afterwards on
 every slice, synthesised or not. Random numbers come from the synthesis's own ``torch.Generator``
 (seeded from the run's seed, saved in ``last.pt`` with the augmenter's), drawn for the global
 batch in a fixed order, so runs are deterministic and resume exactly, as the augmenter's.
