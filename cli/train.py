@@ -10,14 +10,23 @@ from typing import Annotated, Optional
 
 import typer
 
+from neoseg.train.config import ATLAS_MODES, AUGMENT_POLICIES, PRECISIONS, PROFILES, SELECTIONS
+
 from .common import make_app, parse_floats, parse_ints, setup_logging, user_errors
 
 app = make_app()
 
 
-class Profile(str, Enum):
-    cpu = "cpu"
-    paper = "paper"
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """The command line's choice type for a config field whose values train/config.py defines."""
+    return Enum(name, {v: v for v in values}, type=str)
+
+
+Profile = _choices("Profile", PROFILES)
+Selection = _choices("Selection", SELECTIONS)
+Augment = _choices("Augment", AUGMENT_POLICIES)
+Atlas = _choices("Atlas", ATLAS_MODES)  # auto: train/recipes.py
+Precision = _choices("Precision", PRECISIONS)  # train/precision.py
 
 
 class Anatomy(str, Enum):  # the built-in cohort's generator
@@ -39,35 +48,9 @@ class Loss(str, Enum):
     labelset = "labelset"
 
 
-class Selection(str, Enum):
-    val_loss = "val-loss"
-    child_dice = "child-dice"
-
-
-class Augment(str, Enum):
-    standard = "standard"
-    none = "none"
-    contrast = "contrast"
-
-
-class Atlas(str, Enum):  # train/atlas.py
-    none = "none"
-    propagate = "propagate"
-    pairs = "pairs"
-    both = "both"
-    auto = "auto"
-
-
 class Reduction(str, Enum):
     mean = "mean"
     observed = "observed"
-
-
-class Precision(str, Enum):  # train/precision.py
-    fp32 = "fp32"
-    bf16 = "bf16"
-    fp16 = "fp16"
-    auto = "auto"
 
 
 def _default(field: str, show=lambda v: str(v)) -> str:
