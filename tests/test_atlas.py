@@ -209,8 +209,10 @@ def test_registrations_in_two_worker_processes(tiny_dataset, tmp_path):
     for path in cached:
         with np.load(path) as result:
             assert result["soft"].shape == (len(leaf_values(H)), 24, 24, 24) and result["seconds"] > 0
-            inside = result["soft"].sum(axis=0) > 0
-            assert abs(result["soft"].astype(int).sum(axis=0)[inside].mean() - 255) < 5  # one leaf per voxel
+            sums = result["soft"].astype(int).sum(axis=0)
+            covered = sums[sums > 0]  # the warped field of view; its edge voxels are only partly covered
+            assert abs(np.median(covered) - 255) <= 2  # one leaf per voxel (probabilities in 1/255)
+            assert covered.max() <= 255 + len(leaf_values(H))  # at most each leaf's rounding above
     *_, again = run_atlas(cfg, tmp_path / "run", workers=2)
     assert again["registered"] == 0
 
