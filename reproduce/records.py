@@ -36,11 +36,7 @@ def criterion(run_dir: Path) -> list[bool]:
     """Per epoch of ``metrics.csv``: whether its validation criterion (the run's selection: loss or
     child Dice) improved on every earlier epoch; runs written before the ``best`` column: the
     validation loss."""
-    path = run_dir / "metrics.csv"
-    if not path.is_file():
-        return []
-    with path.open(newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = metrics_rows(run_dir)
     if rows and rows[0].get("best") not in (None, ""):
         return [r["best"] == "1" for r in rows]
     best, improved = math.inf, []
@@ -49,6 +45,15 @@ def criterion(run_dir: Path) -> list[bool]:
         improved.append(loss < best)
         best = min(best, loss)
     return improved
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """The rows of a run's ``metrics.csv``, one per epoch trained ([] before its first epoch)."""
+    path = run_dir / "metrics.csv"
+    if not path.is_file():
+        return []
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
 
 
 def still_improving(run_dir: Path, record: dict) -> bool:

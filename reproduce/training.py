@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -11,6 +10,7 @@ from pathlib import Path
 
 from .grid import RunSpec
 from .profiles import Profile
+from .records import metrics_rows
 
 
 def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device: str):
@@ -66,7 +66,7 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
 
     began = time.monotonic()
     run_dir = out / "runs" / spec.name
-    earlier = epoch_seconds(run_dir / "metrics.csv")  # what an interrupted invocation trained of it
+    earlier = sum(float(r["seconds"]) for r in metrics_rows(run_dir))  # what an interrupted invocation trained
     handler = logging.FileHandler(out / "logs" / f"{spec.name}.log")
     handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
     train_log = logging.getLogger("neoseg.train")
@@ -91,8 +91,7 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
         train_log.removeHandler(handler)
         train_log.propagate = True
         handler.close()
-    with (run_dir / "metrics.csv").open(newline="") as f:
-        epochs = len(list(csv.DictReader(f)))
+    epochs = len(metrics_rows(run_dir))
     record = {"run": spec.name, "seconds": round(time.monotonic() - began + earlier, 1),
               "earlier_seconds": round(earlier, 1), "best_epoch": result.best_epoch,
               "epochs": epochs, "stopped_by": result.stopped_by, "best_val_loss": result.best_val_loss,
@@ -101,12 +100,3 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
               **dataclasses.asdict(spec)}
     (run_dir / "done.json").write_text(json.dumps(record, indent=2))
     return record
-
-
-def epoch_seconds(metrics: Path) -> float:
-    """The summed epoch times in a run's ``metrics.csv`` (0 where there is none): the training an
-    earlier, interrupted invocation did, which a resumed run's time counts too."""
-    if not metrics.is_file():
-        return 0.0
-    with metrics.open(newline="") as f:
-        return sum(float(row["seconds"]) for row in csv.DictReader(f))
