@@ -128,8 +128,8 @@ def test_intensity_curve_is_monotone_and_fixes_0_and_1():
 
 def test_the_contrast_policy_reorders_tissue_intensities_and_keeps_air_dark():
     """The non-monotone curve: 0 stays 0, and across slices the order of two tissues flips both ways."""
-    only_remap = dataclasses.replace(A.Policy(), **{f: 0.0 for f in ("spatial", "bias", "gamma", "curve", "brightness", "blur",
-                                                         "lowres", "noise", "brain", "fov")}, remap=1.0)
+    others = ("spatial", "bias", "gamma", "curve", "brightness", "blur", "lowres", "noise", "brain", "fov")
+    only_remap = dataclasses.replace(A.Policy(), **{f: 0.0 for f in others}, remap=1.0)
     aug = A.Augmenter(only_remap, H, seed=3)
     n = 64
     image = torch.zeros(n, 1, 8, 8)
