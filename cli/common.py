@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 from contextlib import contextmanager
+from enum import Enum
 from typing import Iterator
 
 import typer
@@ -18,6 +19,11 @@ def make_app(help: str | None = None) -> typer.Typer:
     ``<bool>``), ``-h`` beside ``--help``, no shell-completion options, no rich tracebacks."""
     return typer.Typer(add_completion=False, pretty_exceptions_enable=False, rich_markup_mode=None, help=help,
                        context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+
+
+def choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    """The command line's choice type for values a module defines (one list, where the code checks them)."""
+    return Enum(name, {v: v for v in values}, type=str)
 
 
 def setup_logging(verbose: bool = False) -> None:

@@ -4,53 +4,29 @@ from __future__ import annotations
 
 import logging
 import os
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from neoseg.train.config import ATLAS_MODES, AUGMENT_POLICIES, PRECISIONS, PROFILES, SELECTIONS
+from neoseg.data.anatomy.subject import ANATOMIES
+from neoseg.train.config import (ATLAS_MODES, AUGMENT_POLICIES, LOSSES, MODELS, PRECISIONS, PROFILES, REDUCTIONS,
+                                 SELECTIONS)
 
-from .common import make_app, parse_floats, parse_ints, setup_logging, user_errors
+from .common import choices, make_app, parse_floats, parse_ints, setup_logging, user_errors
 
 app = make_app()
 
 
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    """The command line's choice type for a config field whose values train/config.py defines."""
-    return Enum(name, {v: v for v in values}, type=str)
-
-
-Profile = _choices("Profile", PROFILES)
-Selection = _choices("Selection", SELECTIONS)
-Augment = _choices("Augment", AUGMENT_POLICIES)
-Atlas = _choices("Atlas", ATLAS_MODES)  # auto: train/recipes.py
-Precision = _choices("Precision", PRECISIONS)  # train/precision.py
-
-
-class Anatomy(str, Enum):  # the built-in cohort's generator
-    v1 = "v1"
-    v2 = "v2"
-
-
-class Model(str, Enum):
-    unet = "unet"
-    segformer = "segformer"
-
-
-class Loss(str, Enum):
-    bce = "bce"
-    iuc = "iuc"
-    huc = "huc"
-    weight = "weight"
-    wnorm = "wnorm"
-    labelset = "labelset"
-
-
-class Reduction(str, Enum):
-    mean = "mean"
-    observed = "observed"
+Profile = choices("Profile", PROFILES)
+Selection = choices("Selection", SELECTIONS)
+Augment = choices("Augment", AUGMENT_POLICIES)
+Atlas = choices("Atlas", ATLAS_MODES)  # auto: train/recipes.py
+Precision = choices("Precision", PRECISIONS)  # train/precision.py
+Anatomy = choices("Anatomy", ANATOMIES)  # the built-in cohort's generator
+Model = choices("Model", MODELS)
+Loss = choices("Loss", LOSSES)
+Reduction = choices("Reduction", REDUCTIONS)
 
 
 def _default(field: str, show=lambda v: str(v)) -> str:

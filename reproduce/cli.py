@@ -3,28 +3,22 @@
 from __future__ import annotations
 
 import dataclasses
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from neoseg.cli.common import make_app, parse_floats, setup_logging, user_errors
+from neoseg.cli.common import choices, make_app, parse_floats, setup_logging, user_errors
+from neoseg.data.anatomy.subject import ANATOMIES
 
+from .grid import GRIDS
 from .profiles import PROFILES, RENAMED
 
 app = make_app()
 
 
-class GridName(str, Enum):
-    headline = "headline"
-    full = "full"
-    atlas = "atlas"
-
-
-class Anatomy(str, Enum):
-    v1 = "v1"
-    v2 = "v2"
+GridName = choices("GridName", GRIDS)
+Anatomy = choices("Anatomy", ANATOMIES)
 
 
 @app.command()

@@ -10,6 +10,10 @@ from dataclasses import dataclass, field
 from neoseg.core.thresholds import check_thresholds
 
 PROFILES = ("cpu", "paper")
+MODELS = ("unet", "segformer")  # train/models
+LOSSES = ("bce", "iuc", "huc", "weight", "wnorm", "labelset")  # train/losses.py
+SOFTMAX_LOSSES = ("labelset",)  # losses of the softmax (exclusive-leaf) head
+REDUCTIONS = ("mean", "observed")
 SELECTIONS = ("val-loss", "child-dice")
 AUGMENT_POLICIES = ("standard", "none", "contrast")  # train/augment.py
 PRECISIONS = ("fp32", "bf16", "fp16", "auto")  # train/precision.py
@@ -138,7 +142,6 @@ class TrainConfig:
     @property
     def head(self) -> str:
         """sigmoid (one logit per channel) or softmax (one per leaf) for the label-set losses."""
-        from .losses import SOFTMAX_LOSSES
 
         return "softmax" if self.loss in SOFTMAX_LOSSES else "sigmoid"
 

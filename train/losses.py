@@ -40,11 +40,9 @@ import torch
 import torch.nn.functional as F
 
 from neoseg.core.hierarchy import UNKNOWN, Hierarchy
+from neoseg.train.config import LOSSES, REDUCTIONS, SOFTMAX_LOSSES
 
-LOSSES = ("bce", "iuc", "huc", "weight", "wnorm", "labelset")
-SOFTMAX_LOSSES = ("labelset",)  # losses of the softmax (exclusive-leaf) head
 DICE_SMOOTH = 1.0  # voxels added to leaf Dice's numerator and denominator
-REDUCTIONS = ("mean", "observed")
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

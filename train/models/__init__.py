@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-MODELS = ("unet", "segformer")
+from neoseg.train.config import MODELS
 
 
 def create_model(name: str, in_channels: int = 1, num_classes: int = 11, **kwargs) -> nn.Module:
