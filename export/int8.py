@@ -13,8 +13,10 @@ whole scans (:mod:`.scans`: the run's test sessions where its split is known, ca
 training sessions, never on a scan gated on), per-structure Dice of the masks pooled over the
 scans (:mod:`.gate`, shared with BF16); the worst structure is stored, and ``--precision auto`` uses INT8 only at
 :data:`~neoseg.runtime.precision.PARITY_DICE` or above. Where plain quantisation misses it, the
-first convolution and the output head, the layers most sensitive to rounding (their inputs and
-outputs carry the image and the logits), are kept in FP32 and the gate is measured again.
+remedies of BF16 follow in turn (:data:`~.bf16.LEVELS`): the convolutions at full resolution left
+unquantised (FP32), then those at half resolution too. The first to pass is kept, else the best.
+(The first convolution and the head alone, tried before, passed on none of 21 models;
+docs/int8.md.)
 """
 
 from __future__ import annotations
@@ -34,7 +36,6 @@ from .gate import runtime_parity
 from .scans import Scans
 
 CALIBRATION_PER_SCAN = 64  # slices per calibration scan, spread over the head
-REMEDY = "first convolution and head in FP32"
 
 
 def import_nncf():
@@ -46,20 +47,15 @@ def import_nncf():
     return nncf
 
 
-def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
-    """The OpenVINO model of ``onnx`` quantised to INT8 by NNCF, calibrated on ``calibration``
-    ((N, 1, S, S) slices); ``keep_fp32`` leaves the first convolution and the head unquantised."""
-    import openvino as ov
-
+def quantize(model, calibration: np.ndarray, keep_fp32: list[str] = ()):
+    """The OpenVINO ``model`` (of the verified ``.onnx``) quantised to INT8 by NNCF, calibrated on
+    ``calibration`` ((N, 1, S, S) slices); the convolutions named in ``keep_fp32`` (names in ``model``:
+    OpenVINO numbers unnamed nodes anew each time it reads a file) are left unquantised."""
     nncf = import_nncf()
     from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters
     from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
-    model = ov.Core().read_model(str(onnx))
-    ignored = None
-    if keep_fp32:
-        convs = [op.get_friendly_name() for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"]
-        ignored = nncf.IgnoredScope(names=[convs[0], convs[-1]])
+    ignored = nncf.IgnoredScope(names=list(keep_fp32)) if keep_fp32 else None
     # activation ranges from the extremes over all calibration slices: NNCF's default (the mean over
     # slices of each one's extremes) clipped the brightest activations of slices holding more head
     # than the average one; on an early-stopped demo model the full range cut the 99th percentile of
@@ -71,44 +67,61 @@ def quantize(onnx: Path, calibration: np.ndarray, keep_fp32: bool = False):
                              ignored_scope=ignored, advanced_parameters=full_range)
 
 
-def int8_parity(onnx: Path, scans: Scans, detail: str) -> ParityRecord:
+def int8_parity(onnx: Path, scans: Scans, detail: str, kept_fp32: list[str] = ()) -> ParityRecord:
     """The runtime's INT8 masks against its FP32 masks on ``scans``, the gate of :mod:`.gate`.
-    ``onnx`` must name its INT8 model."""
+    ``onnx`` must name its INT8 model, which leaves the convolutions ``kept_fp32`` unquantised."""
     from neoseg.runtime.openvino_backend import OpenVinoBackend
     from neoseg.runtime.pipeline import Segmenter
 
     fp32, int8 = (Segmenter(OpenVinoBackend(onnx, precision=p)) for p in ("fp32", "int8"))
-    return runtime_parity(fp32, int8, scans, f"{int8.backend.name.split(' [')[0]} int8, {detail}")
+    return runtime_parity(fp32, int8, scans, f"{int8.backend.name.split(' [')[0]} int8, {detail}", tuple(kept_fp32))
 
 
 def export_int8(onnx: Path, info, calibration: Scans, scans: Scans, log=print) -> ParityRecord:
     """Quantise the verified ``onnx`` (``info``: its model) to ``<stem>.int8.xml``/``.bin`` beside
-    it, calibrated on ``calibration``, gate it on ``scans`` and record both in ``onnx``'s metadata
-    (first plainly, then with :data:`REMEDY` where the plain model misses the gate); the record
-    names the scans of both. Callers choose the scans (:mod:`.scans`) and write into a staging
-    folder: files are replaced."""
+    it, calibrated on ``calibration``, gate it on ``scans`` and record both in ``onnx``'s metadata:
+    first plainly, then with each remedy of :data:`~.bf16.LEVELS` while the gate is missed; the
+    first that passes is kept, else the best. The record names the scans of both. Callers choose
+    the scans (:mod:`.scans`) and write into a staging folder: files are replaced."""
     import openvino as ov
 
-    from neoseg.runtime.openvino_backend import companion_digest
-
+    from .bf16 import CONVOLUTIONS, LEVELS, full_resolution
     from .onnx_export import verification_slices
 
     nncf = import_nncf()
     x = verification_slices([image for image, _ in calibration.images], info, per_volume=CALIBRATION_PER_SCAN)
     xml = onnx.with_name(onnx.stem + ".int8.xml")
     base = f"NNCF {nncf.__version__}, {len(x)} calibration slices of {len(calibration)} scans ({calibration.source})"
-    record = None
-    for keep_fp32 in (False, True):
-        ov.save_model(quantize(onnx, x, keep_fp32), str(xml), compress_to_fp16=False)
-        set_metadata(onnx, {"neoseg.int8": json.dumps({"xml": xml.name, "sha256": companion_digest(xml)})})
-        record = int8_parity(onnx, scans, base + (f", {REMEDY}" if keep_fp32 else ""))
-        if record.passed or keep_fp32:
+    network = ov.Core().read_model(str(onnx))
+    convolutions = sum(op.get_type_name() in CONVOLUTIONS for op in network.get_ordered_ops())
+    remedies = {levels: full_resolution(network, info.slice_size, levels) if levels else [] for levels in (0, *LEVELS)}
+    remedies = {k: kept for k, kept in remedies.items() if len(kept) < convolutions}  # some left to quantise
+    records, models = {}, {}  # per remedy (0: plain)
+    for levels, kept in remedies.items():
+        models[levels] = quantize(network, x, kept)
+        write_int8_model(onnx, xml, models[levels])
+        records[levels] = int8_parity(onnx, scans, base + (f", {LEVELS[levels]}" if levels else ""), kept)
+        if records[levels].passed:
             break
-        log(f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {REMEDY}")
-    record = replace(record, calibration_keys=calibration.keys)
-    records = json.loads(metadata(onnx)["neoseg.reduced_precision"])
-    set_metadata(onnx, {"neoseg.reduced_precision": json.dumps({**records, "int8": asdict(record)})})
+        if levels < max(remedies):
+            log(f"int8: {records[levels].describe()} < {PARITY_DICE}; quantising again with the {LEVELS[levels + 1]}")
+    best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
+    if best != levels:  # the model measured last is not the one kept
+        write_int8_model(onnx, xml, models[best])
+    record = replace(records[best], calibration_keys=calibration.keys)
+    stored = json.loads(metadata(onnx)["neoseg.reduced_precision"])
+    set_metadata(onnx, {"neoseg.reduced_precision": json.dumps({**stored, "int8": asdict(record)})})
     return record
+
+
+def write_int8_model(onnx: Path, xml: Path, model) -> None:
+    """Save the quantised OpenVINO ``model`` at ``xml`` and name it, with its digest, in ``onnx``."""
+    import openvino as ov
+
+    from neoseg.runtime.openvino_backend import companion_digest
+
+    ov.save_model(model, str(xml), compress_to_fp16=False)
+    set_metadata(onnx, {"neoseg.int8": json.dumps({"xml": xml.name, "sha256": companion_digest(xml)})})
 
 
 def metadata(path: Path) -> dict[str, str]:

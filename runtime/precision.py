@@ -92,11 +92,24 @@ def choose(supported: list[str], records: dict[str, ParityRecord], requested: st
             notes.append(f"{p} not used: the model carries no {p} parity record (re-export it with neoseg-export)")
         elif not record.passed:
             notes.append(f"{p} not used: {record.describe()} < {PARITY_DICE}")
+        elif slower_than_bf16(p, record, supported, records, skip):
+            notes.append(f"{p} not used: it keeps {len(record.kept_fp32)} convolutions in FP32, more than bf16 "
+                         f"({len(records['bf16'].kept_fp32)}), which passed: bf16 is as fast or faster here")
         else:  # what was passed over, then why this one
             return p, "; ".join(notes + [f"{p} parity {record.describe()} >= {PARITY_DICE}"])
     if not any(p in supported for p in REDUCED):
         notes.append(f"{unit} has no INT8/BF16/FP16 units")
     return "fp32", "; ".join(notes)
+
+
+def slower_than_bf16(precision: str, record: ParityRecord, supported: list[str], records: dict[str, ParityRecord],
+                     skip: dict[str, str]) -> bool:
+    """Whether an INT8 model that passed its gate runs slower than BF16 would: where BF16 runs and
+    passed too, with fewer layers kept in FP32 than INT8 keeps. The layers kept in FP32 cost more
+    than INT8 saves over BF16 on the rest (measured: docs/int8.md)."""
+    bf16 = records.get("bf16")
+    return (precision == "int8" and "bf16" in supported and "bf16" not in skip and bf16 is not None
+            and bf16.passed and len(record.kept_fp32) > len(bf16.kept_fp32))
 
 
 HARDWARE = {"int8": "INT8 needs an x86-64 CPU with AMX-INT8, AVX-512 VNNI, AVX-VNNI or at least AVX2",

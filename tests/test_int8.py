@@ -123,6 +123,58 @@ def test_auto_prefers_int8_and_says_what_it_passed_over():
         == ["AMX-INT8", "AVX-512 VNNI", "AVX-VNNI", "AVX2", None]
 
 
+def test_auto_passes_over_an_int8_model_keeping_more_fp32_layers_than_bf16():
+    """Layers kept in FP32 cost more than INT8 saves over BF16: where BF16 runs and passed with
+    fewer kept layers, auto takes BF16; without BF16 units, the INT8 model with them."""
+    def kept(dice, n):
+        return ParityRecord(**record(dice), kept_fp32=tuple(f"conv{i}" for i in range(n)))
+
+    precision, why = choose(["fp32", "int8", "bf16"], {"int8": kept(0.995, 6), "bf16": kept(0.995, 0)}, "auto", "cpu")
+    assert precision == "bf16" and "int8 not used: it keeps 6 convolutions in FP32, more than bf16 (0)" in why
+    assert choose(["fp32", "int8", "bf16"], {"int8": kept(0.995, 6), "bf16": kept(0.995, 6)}, "auto", "cpu")[0] == "int8"
+    assert choose(["fp32", "int8", "bf16"], {"int8": kept(0.995, 6), "bf16": kept(0.97, 0)}, "auto", "cpu")[0] == "int8"
+    assert choose(["fp32", "int8"], {"int8": kept(0.995, 11), "bf16": kept(0.995, 0)}, "auto", "cpu")[0] == "int8"
+
+
+@pytest.mark.skipif(not REAL_INT8, reason="this CPU has no INT8 units")
+@pytest.mark.parametrize("dice, kept", [((0.95, 0.995), 1), ((0.97, 0.95), 0)])
+def test_int8_remedies_leave_the_full_resolution_convolutions_unquantised(exported, tiny_dataset, tmp_path,
+                                                                          monkeypatch, dice, kept):
+    """Where plain INT8 misses the gate, the full-resolution convolutions (then the half-resolution
+    ones) stay FP32, the first remedy that passes is kept, else the best one, and the INT8 model
+    written is the one its record was measured on. The gate's verdicts are given per remedy here."""
+    import openvino as ov
+
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.export import int8
+    from neoseg.export.bf16 import full_resolution
+    from neoseg.export.scans import Scans
+
+    onnx = copy_model(exported[0], tmp_path / "m")
+    verdicts, log = iter(dice), []
+    gated = []
+
+    def gate(onnx, scans, detail, kept_fp32=()):
+        gated.append(list(kept_fp32))
+        return ParityRecord(**record(next(verdicts)), kept_fp32=tuple(kept_fp32))
+
+    monkeypatch.setattr(int8, "int8_parity", gate)
+    info = open_backend(onnx, "ort-cpu").info
+    calibration = Scans.load(find_sessions(tiny_dataset)[:1], "test")
+    result = int8.export_int8(onnx, info, calibration, calibration, log=log.append)
+    sizes = [0, len(full_resolution(ov.Core().read_model(str(onnx)), info.slice_size, 1))]  # the toy U-Net's
+    assert [len(g) for g in gated] == sizes and sizes[1] > 0  # half resolution would leave nothing quantised
+    assert len(result.kept_fp32) == sizes[kept] and result.min_dice == max(dice)
+    assert "quantising again with the full-resolution convolutions in FP32" in log[0]
+    assert open_backend(onnx, "ort-cpu").info.parity_records["int8"].kept_fp32 == result.kept_fp32
+    monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: VNNI)
+    compiled = open_backend(onnx, "ov-cpu", precision="int8").compiled  # the model kept, as recorded
+    convolutions = openvino_backend.convolutions(compiled)
+    assert set(result.kept_fp32) <= openvino_backend.fp32_convolutions(compiled)
+    assert sum(p == "f32" for _, p in convolutions) == sizes[kept]
+    assert openvino_backend.int8_convolutions(compiled) == len(convolutions) - sizes[kept] > 0
+
+
 @pytest.mark.skipif(not REAL_INT8, reason="this CPU has no INT8 units")
 def test_auto_runs_int8_only_where_it_passed_and_the_cpu_has_the_units(exported, tmp_path, monkeypatch):
     monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: VNNI)
