@@ -94,7 +94,7 @@ def choose(supported: list[str], records: dict[str, ParityRecord], requested: st
             notes.append(f"{p} not used: {record.describe()} < {PARITY_DICE}")
         elif slower_than_bf16(p, record, supported, records, skip):
             notes.append(f"{p} not used: it keeps {len(record.kept_fp32)} convolutions in FP32, more than bf16 "
-                         f"({len(records['bf16'].kept_fp32)}), which passed: bf16 is as fast or faster here")
+                         f"({len(records['bf16'].kept_fp32)}), which passed and runs about as fast or faster")
         else:  # what was passed over, then why this one
             return p, "; ".join(notes + [f"{p} parity {record.describe()} >= {PARITY_DICE}"])
     if not any(p in supported for p in REDUCED):
@@ -106,7 +106,7 @@ def slower_than_bf16(precision: str, record: ParityRecord, supported: list[str],
                      skip: dict[str, str]) -> bool:
     """Whether an INT8 model that passed its gate runs slower than BF16 would: where BF16 runs and
     passed too, with fewer layers kept in FP32 than INT8 keeps. The layers kept in FP32 cost more
-    than INT8 saves over BF16 on the rest (measured: docs/int8.md)."""
+    than INT8 saves over BF16 on the rest (measured: docs/benchmarks.md)."""
     bf16 = records.get("bf16")
     return (precision == "int8" and "bf16" in supported and "bf16" not in skip and bf16 is not None
             and bf16.passed and len(record.kept_fp32) > len(bf16.kept_fp32))

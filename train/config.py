@@ -142,7 +142,6 @@ class TrainConfig:
     @property
     def head(self) -> str:
         """sigmoid (one logit per channel) or softmax (one per leaf) for the label-set losses."""
-
         return "softmax" if self.loss in SOFTMAX_LOSSES else "sigmoid"
 
     @classmethod
