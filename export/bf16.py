@@ -27,7 +27,7 @@ from pathlib import Path
 
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 
-from .gate import runtime_parity
+from .gate import first_passing, runtime_parity
 from .scans import Scans
 
 CONVOLUTIONS = ("Convolution", "ConvolutionBackpropData")
@@ -85,8 +85,9 @@ def export_bf16(onnx: Path, model, scans: Scans, log=print) -> ParityRecord:
     real = "bf16" in cpu_precisions(ov.Core())[0]
     fp32 = Segmenter(OpenVinoBackend(onnx, precision="fp32"))
     info, xml = fp32.info, onnx.with_name(onnx.stem + ".bf16.xml")
-    records, files = {}, {}  # per remedy (0: plain), its record and its model's entry in the metadata
-    for levels in (0, *LEVELS):
+    files = {}  # per remedy (0: plain), its model's entry in the metadata
+
+    def measure(levels: int) -> ParityRecord:
         kept = write_bf16_model(onnx, xml, info.slice_size, levels) if levels else []
         files[levels] = {"xml": xml.name, "sha256": companion_digest(xml), "fp32": kept} if levels else {}
         set_metadata(onnx, {"neoseg.bf16": json.dumps(files[levels])})
@@ -97,14 +98,11 @@ def export_bf16(onnx: Path, model, scans: Scans, log=print) -> ParityRecord:
             layers = full_resolution_layers(model, info.slice_size, levels) if levels else ()
             backend = EmulatedBackend(model, info, "bf16", layers)
             what = backend.name
-        records[levels] = runtime_parity(fp32, Segmenter(backend), scans,
-                                         what + (f", {LEVELS[levels]}" if levels else ""), tuple(kept))
-        if records[levels].passed:
-            break
-        if levels < max(LEVELS):
-            log(f"bf16: {records[levels].describe()} < {PARITY_DICE}; measuring again with the "
-                f"{LEVELS[levels + 1]}")
-    best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
+        return runtime_parity(fp32, Segmenter(backend), scans, what + (f", {LEVELS[levels]}" if levels else ""),
+                              tuple(kept))
+
+    best, levels, records = first_passing([0, *LEVELS], measure, lambda level, record: log(
+        f"bf16: {record.describe()} < {PARITY_DICE}; measuring again with the {LEVELS[level + 1]}"))
     record = records[best]
     if best != levels:  # the model measured last is not the one kept
         if best:

@@ -15,6 +15,8 @@ in at most :data:`~neoseg.runtime.precision.PARITY_VOXELS` voxel passes
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from neoseg.runtime.precision import PARITY_DICE, PARITY_VOXELS, ParityRecord
@@ -48,3 +50,19 @@ def runtime_parity(reference, candidate, scans: Scans, measured_with: str,
                                       f"vs its FP32",
                         scans=len(scans), voxels=int(size[k]), kept_fp32=tuple(kept_fp32), differing=int(differing[k]),
                         scan_keys=scans.keys, scans_from=scans.source)
+
+
+def first_passing(remedies: list[int], measure: Callable[[int], ParityRecord],
+                  log: Callable[[int, ParityRecord], None]) -> tuple[int, int, dict[int, ParityRecord]]:
+    """Gate each of ``remedies`` in turn (``measure`` writes that model and gates it; 0: none) until
+    one passes; ``log`` says which missed before the next is tried. Returns the one to keep (the
+    first that passed, else the best, the cheaper on a tie), the one measured last and every record."""
+    records = {}
+    for level in remedies:
+        records[level] = measure(level)
+        if records[level].passed:
+            break
+        if level != remedies[-1]:
+            log(level, records[level])
+    best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
+    return best, level, records

@@ -32,7 +32,7 @@ import numpy as np
 
 from neoseg.runtime.precision import PARITY_DICE, ParityRecord
 
-from .gate import runtime_parity
+from .gate import first_passing, runtime_parity
 from .scans import Scans
 
 CALIBRATION_PER_SCAN = 64  # slices per calibration scan, spread over the head
@@ -96,16 +96,15 @@ def export_int8(onnx: Path, info, calibration: Scans, scans: Scans, log=print) -
     convolutions = sum(op.get_type_name() in CONVOLUTIONS for op in network.get_ordered_ops())
     remedies = {levels: full_resolution(network, info.slice_size, levels) if levels else [] for levels in (0, *LEVELS)}
     remedies = {k: kept for k, kept in remedies.items() if len(kept) < convolutions}  # some left to quantise
-    records, models = {}, {}  # per remedy (0: plain)
-    for levels, kept in remedies.items():
-        models[levels] = quantize(network, x, kept)
+    models = {}  # per remedy (0: plain)
+
+    def measure(levels: int) -> ParityRecord:
+        models[levels] = quantize(network, x, remedies[levels])
         write_int8_model(onnx, xml, models[levels])
-        records[levels] = int8_parity(onnx, scans, base + (f", {LEVELS[levels]}" if levels else ""), kept)
-        if records[levels].passed:
-            break
-        if levels < max(remedies):
-            log(f"int8: {records[levels].describe()} < {PARITY_DICE}; quantising again with the {LEVELS[levels + 1]}")
-    best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
+        return int8_parity(onnx, scans, base + (f", {LEVELS[levels]}" if levels else ""), remedies[levels])
+
+    best, levels, records = first_passing(list(remedies), measure, lambda level, record: log(
+        f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {LEVELS[level + 1]}"))
     if best != levels:  # the model measured last is not the one kept
         write_int8_model(onnx, xml, models[best])
     record = replace(records[best], calibration_keys=calibration.keys)
