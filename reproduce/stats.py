@@ -40,6 +40,7 @@ ATLAS_RECIPES = [
     ("Label-set loss + self-training, from the IUC model", "partial", "labelset+st+from-iuc", "mean", 1),
     ("IUC, 25 % fully labelled slices per batch, augmented", "partial", "iuc+share25+aug", "mean", 1),
     ("Atlas propagation + IUC", "partial", "iuc+atlas-propagate", "mean", 1),
+    ("Atlas propagation + IUC + self-training", "partial", "iuc+st+atlas-propagate", "mean", 1),
     ("Atlas-to-scan pairs + IUC", "partial", "iuc+atlas-pairs", "mean", 1),
     ("Atlas propagation and pairs + IUC, 25 % share, augmented", "partial", "iuc+atlas-both+share25+aug", "mean", 1)]
 BEYOND = [LABELSET, LABELSET_ST, LABELSET_ST_EARLY, ("IUC + self-training", "partial", "iuc+st", "mean", 1),
