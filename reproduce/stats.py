@@ -42,6 +42,7 @@ ATLAS_RECIPES = [
     ("Atlas propagation + IUC", "partial", "iuc+atlas-propagate", "mean", 1),
     ("Atlas propagation + IUC + self-training", "partial", "iuc+st+atlas-propagate", "mean", 1),
     ("Atlas-to-scan pairs + IUC", "partial", "iuc+atlas-pairs", "mean", 1),
+    ("Atlas propagation and pairs + IUC", "partial", "iuc+atlas-both", "mean", 1),
     ("Atlas propagation and pairs + IUC, 25 % share, augmented", "partial", "iuc+atlas-both+share25+aug", "mean", 1)]
 BEYOND = [LABELSET, LABELSET_ST, LABELSET_ST_EARLY, ("IUC + self-training", "partial", "iuc+st", "mean", 1),
           *ATLAS_RECIPES]
