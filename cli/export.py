@@ -1,6 +1,6 @@
 """``neoseg-export CHECKPOINT -o model.onnx [--trt]``: a self-describing, verified ONNX model,
 its INT8 OpenVINO model beside it (``model.int8.xml``/``.bin``), where plain BF16 misses its gate a
-BF16 OpenVINO model with its full-resolution layers in FP32 (``model.bf16.xml``/``.bin``), both
+BF16 OpenVINO model with its sensitive layers in FP32 (``model.bf16.xml``/``.bin``), both
 gated on whole scans (the run's test sessions where its split is known: :mod:`neoseg.export.scans`),
 and on request an FP16 TensorRT engine."""
 
@@ -155,8 +155,9 @@ def _export(checkpoint, outputs, companions, timing_cache, thresholds, data, ver
     if "xml" in outputs:
         typer.echo(f"wrote {outputs['xml']} and its .bin (INT8 OpenVINO model: keep it beside {output.name})")
     if "bf16_xml" in written:
-        typer.echo(f"wrote {outputs['bf16_xml']} and its .bin (BF16 OpenVINO model, its full-resolution layers in "
-                   f"FP32: keep it beside {output.name})")
+        kept = len(report.reduced["bf16"].kept_fp32)
+        typer.echo(f"wrote {outputs['bf16_xml']} and its .bin (BF16 OpenVINO model, {kept} convolutions kept in FP32: "
+                   f"keep it beside {output.name})")
     if stale:
         typer.echo(f"removed {', '.join(p.name for p in stale)}, written for the model this export replaced")
     if engine is not None:

@@ -49,6 +49,24 @@ def full_resolution(model, size: int, levels: int = 1) -> list[str]:
             if shape[2].get_length() >= least and shape[3].get_length() >= least]
 
 
+def remedies(model, size: int, log=print, what: str = "") -> dict[int, list[str]]:
+    """The remedies worth measuring, by level (0: none): each level of :data:`LEVELS` with its
+    :func:`full_resolution` convolutions, where it keeps some, more than the level before, and not
+    all of them (that model would be FP32). A SegFormer, whose first convolution has stride 4, has
+    none at full resolution. Each level left out is logged (``what``: the precision's name)."""
+    total = sum(op.get_type_name() in CONVOLUTIONS for op in model.get_ordered_ops())
+    chosen, last = {0: []}, []
+    for level, name in LEVELS.items():
+        kept = full_resolution(model, size, level)
+        why = ("keeps no convolution" if not kept else "keeps the same convolutions as the one before"
+               if kept == last else f"keeps all {total} convolutions in FP32" if len(kept) >= total else "")
+        if why:
+            log(f"{what}: no remedy with the {name}: it {why}")
+            continue
+        chosen[level], last = kept, kept
+    return chosen
+
+
 def write_bf16_model(onnx: Path, xml: Path, size: int, levels: int = 1) -> list[str]:
     """Write the OpenVINO model of ``onnx`` to ``xml`` (and its .bin) with its
     :func:`full_resolution` convolutions marked ``precise``; their names."""
@@ -85,6 +103,7 @@ def export_bf16(onnx: Path, model, scans: Scans, log=print) -> ParityRecord:
     real = "bf16" in cpu_precisions(ov.Core())[0]
     fp32 = Segmenter(OpenVinoBackend(onnx, precision="fp32"))
     info, xml = fp32.info, onnx.with_name(onnx.stem + ".bf16.xml")
+    levels_worth = remedies(ov.Core().read_model(str(onnx)), info.slice_size, log, "bf16")
     files = {}  # per remedy (0: plain), its model's entry in the metadata
 
     def measure(levels: int) -> ParityRecord:
@@ -101,8 +120,8 @@ def export_bf16(onnx: Path, model, scans: Scans, log=print) -> ParityRecord:
         return runtime_parity(fp32, Segmenter(backend), scans, what + (f", {LEVELS[levels]}" if levels else ""),
                               tuple(kept))
 
-    best, levels, records = first_passing([0, *LEVELS], measure, lambda level, record: log(
-        f"bf16: {record.describe()} < {PARITY_DICE}; measuring again with the {LEVELS[level + 1]}"))
+    best, levels, records = first_passing(list(levels_worth), measure, lambda record, then: log(
+        f"bf16: {record.describe()} < {PARITY_DICE}; measuring again with the {LEVELS[then]}"))
     record = records[best]
     if best != levels:  # the model measured last is not the one kept
         if best:

@@ -53,16 +53,17 @@ def runtime_parity(reference, candidate, scans: Scans, measured_with: str,
 
 
 def first_passing(remedies: list[int], measure: Callable[[int], ParityRecord],
-                  log: Callable[[int, ParityRecord], None]) -> tuple[int, int, dict[int, ParityRecord]]:
+                  log: Callable[[ParityRecord, int], None]) -> tuple[int, int, dict[int, ParityRecord]]:
     """Gate each of ``remedies`` in turn (``measure`` writes that model and gates it; 0: none) until
-    one passes; ``log`` says which missed before the next is tried. Returns the one to keep (the
-    first that passed, else the best, the cheaper on a tie), the one measured last and every record."""
+    one passes; ``log(record, next)`` says which missed before the next is tried. Returns the one to
+    keep (the first that passed, else the best, the cheaper on a tie), the one measured last and
+    every record."""
     records = {}
-    for level in remedies:
+    for k, level in enumerate(remedies):
         records[level] = measure(level)
         if records[level].passed:
             break
-        if level != remedies[-1]:
-            log(level, records[level])
+        if k + 1 < len(remedies):
+            log(records[level], remedies[k + 1])
     best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
     return best, level, records

@@ -85,7 +85,7 @@ def export_int8(onnx: Path, info, calibration: Scans, scans: Scans, log=print) -
     the scans (:mod:`.scans`) and write into a staging folder: files are replaced."""
     import openvino as ov
 
-    from .bf16 import CONVOLUTIONS, LEVELS, full_resolution
+    from .bf16 import LEVELS, remedies
     from .onnx_export import verification_slices
 
     nncf = import_nncf()
@@ -93,18 +93,16 @@ def export_int8(onnx: Path, info, calibration: Scans, scans: Scans, log=print) -
     xml = onnx.with_name(onnx.stem + ".int8.xml")
     base = f"NNCF {nncf.__version__}, {len(x)} calibration slices of {len(calibration)} scans ({calibration.source})"
     network = ov.Core().read_model(str(onnx))
-    convolutions = sum(op.get_type_name() in CONVOLUTIONS for op in network.get_ordered_ops())
-    remedies = {levels: full_resolution(network, info.slice_size, levels) if levels else [] for levels in (0, *LEVELS)}
-    remedies = {k: kept for k, kept in remedies.items() if len(kept) < convolutions}  # some left to quantise
+    kept = remedies(network, info.slice_size, log, "int8")
     models = {}  # per remedy (0: plain)
 
     def measure(levels: int) -> ParityRecord:
-        models[levels] = quantize(network, x, remedies[levels])
+        models[levels] = quantize(network, x, kept[levels])
         write_int8_model(onnx, xml, models[levels])
-        return int8_parity(onnx, scans, base + (f", {LEVELS[levels]}" if levels else ""), remedies[levels])
+        return int8_parity(onnx, scans, base + (f", {LEVELS[levels]}" if levels else ""), kept[levels])
 
-    best, levels, records = first_passing(list(remedies), measure, lambda level, record: log(
-        f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {LEVELS[level + 1]}"))
+    best, levels, records = first_passing(list(kept), measure, lambda record, then: log(
+        f"int8: {record.describe()} < {PARITY_DICE}; quantising again with the {LEVELS[then]}"))
     if best != levels:  # the model measured last is not the one kept
         write_int8_model(onnx, xml, models[best])
     record = replace(records[best], calibration_keys=calibration.keys)

@@ -93,8 +93,8 @@ def choose(supported: list[str], records: dict[str, ParityRecord], requested: st
         elif not record.passed:
             notes.append(f"{p} not used: {record.describe()} < {PARITY_DICE}")
         elif slower_than_bf16(p, record, supported, records, skip):
-            notes.append(f"{p} not used: it keeps {len(record.kept_fp32)} convolutions in FP32, more than bf16 "
-                         f"({len(records['bf16'].kept_fp32)}), which passed and runs about as fast or faster")
+            notes.append(f"{p} not used: it keeps {kept_layers(record)} convolutions in FP32, more than bf16 "
+                         f"({kept_layers(records['bf16'])}), which passed and runs about as fast or faster")
         else:  # what was passed over, then why this one
             return p, "; ".join(notes + [f"{p} parity {record.describe()} >= {PARITY_DICE}"])
     if not any(p in supported for p in REDUCED):
@@ -109,7 +109,16 @@ def slower_than_bf16(precision: str, record: ParityRecord, supported: list[str],
     than INT8 saves over BF16 on the rest (measured: docs/benchmarks.md)."""
     bf16 = records.get("bf16")
     return (precision == "int8" and "bf16" in supported and "bf16" not in skip and bf16 is not None
-            and bf16.passed and len(record.kept_fp32) > len(bf16.kept_fp32))
+            and bf16.passed and kept_layers(record) > kept_layers(bf16))
+
+
+OLD_INT8_REMEDY = "first convolution and head in FP32"  # exports before 2026-12-04 kept these two, unlisted
+
+
+def kept_layers(record: ParityRecord) -> int:
+    """How many layers the model a record was measured on keeps in FP32 (older INT8 exports named
+    their remedy only in ``measured_with``)."""
+    return len(record.kept_fp32) or (2 if OLD_INT8_REMEDY in record.measured_with else 0)
 
 
 HARDWARE = {"int8": "INT8 needs an x86-64 CPU with AMX-INT8, AVX-512 VNNI, AVX-VNNI or at least AVX2",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -134,6 +135,10 @@ def test_auto_passes_over_an_int8_model_keeping_more_fp32_layers_than_bf16():
     assert choose(["fp32", "int8", "bf16"], {"int8": kept(0.995, 6), "bf16": kept(0.995, 6)}, "auto", "cpu")[0] == "int8"
     assert choose(["fp32", "int8", "bf16"], {"int8": kept(0.995, 6), "bf16": kept(0.97, 0)}, "auto", "cpu")[0] == "int8"
     assert choose(["fp32", "int8"], {"int8": kept(0.995, 11), "bf16": kept(0.995, 0)}, "auto", "cpu")[0] == "int8"
+    # an INT8 model exported with the first remedy (first convolution and head) named its layers only in words
+    old = replace(kept(0.995, 0), measured_with="NNCF 2.x, 64 calibration slices, first convolution and head in FP32")
+    precision, why = choose(["fp32", "int8", "bf16"], {"int8": old, "bf16": kept(0.995, 0)}, "auto", "cpu")
+    assert precision == "bf16" and "it keeps 2 convolutions in FP32, more than bf16 (0)" in why
 
 
 @pytest.mark.skipif(not REAL_INT8, reason="this CPU has no INT8 units")
@@ -165,7 +170,8 @@ def test_int8_remedies_leave_the_full_resolution_convolutions_unquantised(export
     sizes = [0, len(full_resolution(ov.Core().read_model(str(onnx)), info.slice_size, 1))]  # the toy U-Net's
     assert [len(g) for g in gated] == sizes and sizes[1] > 0  # half resolution would leave nothing quantised
     assert len(result.kept_fp32) == sizes[kept] and result.min_dice == max(dice)
-    assert "quantising again with the full-resolution convolutions in FP32" in log[0]
+    assert "no remedy with the full- and half-resolution convolutions in FP32" in log[0]
+    assert "quantising again with the full-resolution convolutions in FP32" in log[1]
     assert open_backend(onnx, "ort-cpu").info.parity_records["int8"].kept_fp32 == result.kept_fp32
     monkeypatch.setattr(openvino_backend, "cpu_flags", lambda: VNNI)
     compiled = open_backend(onnx, "ov-cpu", precision="int8").compiled  # the model kept, as recorded
