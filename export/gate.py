@@ -59,11 +59,11 @@ def first_passing(remedies: list[int], measure: Callable[[int], ParityRecord],
     keep (the first that passed, else the best, the cheaper on a tie), the one measured last and
     every record."""
     records = {}
-    for k, level in enumerate(remedies):
+    for i, level in enumerate(remedies):
         records[level] = measure(level)
         if records[level].passed:
             break
-        if k + 1 < len(remedies):
-            log(records[level], remedies[k + 1])
+        if i + 1 < len(remedies):
+            log(records[level], remedies[i + 1])
     best = max(records, key=lambda k: (records[k].passed, records[k].min_dice, -k))
     return best, level, records
