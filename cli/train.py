@@ -166,6 +166,11 @@ def train(
                                                             "nearest to it in scan age (all where there are no "
                                                             "more); the cost grows with it. "
                                                             + _default("atlas_per_target"))] = None,
+    atlas_resolution: Annotated[Optional[float], typer.Option(help="--atlas: the registration's finest voxel size "
+                                                              "(mm). Finer scans are registered on coarser levels "
+                                                              "and the transform applied at their own voxel size; "
+                                                              "at or below it: full resolution (slower). "
+                                                              + _default("atlas_resolution"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,
     device: Annotated[Optional[str], typer.Option(help="Device: auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
@@ -198,7 +203,7 @@ def train(
             augment=augment.value if augment else None, synthesis=synthesis,
             synth_labels=str(synth_labels) if synth_labels else None, precision=precision.value if precision else None,
             atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
-            atlas_per_target=atlas_per_target,
+            atlas_per_target=atlas_per_target, atlas_resolution=atlas_resolution,
             seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)

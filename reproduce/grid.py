@@ -116,7 +116,9 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     scratch and from the IUC run), IUC with a share of fully labelled slices in every batch and
     augmentation, and the atlas recipes: propagation (alone, and with self-training filling in the
     children it left unknown), atlas-to-scan pairs, and both (alone, and with the share and
-    augmentation). The paper's rows and today's label-set run keep their names (and results)."""
+    augmentation), and propagation with its best epoch (and early stopping) chosen by the
+    validation Dice of the children instead of the loss. The paper's rows and today's label-set run
+    keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
         for d in range(profile.draws):
@@ -127,6 +129,7 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, full_share=FULL_SHARE, augment="standard"),
                      dataclasses.replace(iuc, atlas="propagate"),
                      dataclasses.replace(iuc, atlas="propagate", self_training=True),
+                     dataclasses.replace(iuc, atlas="propagate", select="child-dice"),
                      dataclasses.replace(iuc, atlas="pairs"), dataclasses.replace(iuc, atlas="both"),
                      dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
     return runs

@@ -41,6 +41,7 @@ ATLAS_RECIPES = [
     ("IUC, 25 % fully labelled slices per batch, augmented", "partial", "iuc+share25+aug", "mean", 1),
     ("Atlas propagation + IUC", "partial", "iuc+atlas-propagate", "mean", 1),
     ("Atlas propagation + IUC + self-training", "partial", "iuc+st+atlas-propagate", "mean", 1),
+    ("Atlas propagation + IUC, selected by child Dice", "partial", "iuc+child+atlas-propagate", "mean", 1),
     ("Atlas-to-scan pairs + IUC", "partial", "iuc+atlas-pairs", "mean", 1),
     ("Atlas propagation and pairs + IUC", "partial", "iuc+atlas-both", "mean", 1),
     ("Atlas propagation and pairs + IUC, 25 % share, augmented", "partial", "iuc+atlas-both+share25+aug", "mean", 1)]

@@ -1,6 +1,7 @@
 """The atlas recipes (train/atlas.py): propagation inside the known parent, atlas-to-scan pairs,
 the registration cache, and a short training run with --atlas."""
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -319,3 +320,23 @@ def test_a_run_sharing_the_cache_that_writes_the_same_files_meanwhile_is_no_erro
     assert len(theirs) == 3 + 2 * 3  # 3 propagated maps, 3 pairs of 2 files
     assert all(p.is_file() for p in theirs) and {s.labels for s in new if s.labels in theirs}
     assert not [p for p in tmp_path.rglob(".*") if p.is_file()]  # no temporary file left
+
+
+def test_scans_finer_than_the_atlas_resolution_register_on_a_coarser_level(tmp_path):
+    """0.5 mm phantoms with the default --atlas-resolution 1: the pyramid's finest level is skipped,
+    the warped maps still lie on the scan's own grid and register it as the full-resolution run does."""
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "fine", n_subjects=4, spacing=0.5)
+    fast = config(data, atlas="propagate", full_fraction=0.25)
+    *_, report = run_atlas(fast, tmp_path / "fast")
+    *_, full = run_atlas(dataclasses.replace(fast, atlas_resolution=0.5), tmp_path / "full")
+    assert report["resolution_mm"] == 1.0 and report["skipped_levels"] == [1] and full["skipped_levels"] == [0]
+    for path in (tmp_path / "fast" / "cache" / "atlas" / "registrations").glob("*.npz"):
+        with np.load(path) as result:
+            assert result["soft"].shape == (len(leaf_values(H)), 24, 24, 24)
+    for child in ("cgm", "wm"):
+        assert report["dice"]["warped"][child] > 0.5
+        assert abs(report["dice"]["warped"][child] - full["dice"]["warped"][child]) < 0.15
+    with pytest.raises(ValueError, match="--atlas-resolution"):
+        TrainConfig(atlas="propagate", atlas_resolution=0)

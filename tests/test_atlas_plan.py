@@ -98,3 +98,36 @@ def test_hard_labels_outside_the_warped_field_of_view_are_outside():
     soft[:, 2] = [0.2, 0.1, 0.0]  # mostly beyond it (its edge): outside
     soft[:, 3] = [0.5, 0.1, 0.0]  # mostly inside
     assert hard_labels(soft, values, np.uint8, outside=0).tolist() == [2, 0, 0, 1]
+
+
+def test_scans_finer_than_the_registration_resolution_skip_the_finest_levels(tmp_path):
+    import nibabel as nib
+
+    from neoseg.train.registration import skipped_levels
+
+    assert [skipped_levels((s,) * 3, 1.0) for s in (2.0, 1.0, 0.8, 0.5, 0.25)] == [0, 0, 0, 1, 2]
+    assert skipped_levels((0.5, 0.5, 2.0), 1.0) == 1  # by the finest axis
+    assert skipped_levels((0.5,) * 3, 0.5) == skipped_levels((0.5,) * 3, 0.4) == 0  # at or below: full resolution
+
+    def scan(subject: str, age: float, mm: float) -> Session:
+        s = session(tmp_path, subject, age)
+        nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.diag([mm, mm, mm, 1.0])), s.t2)
+        return s
+
+    atlas, coarse, fine = scan("F", 40.0, 0.5), scan("P2", 40.0, 2.0), scan("P05", 40.0, 0.5)
+    split = Split((atlas, coarse, fine), (), (), frozenset({"F"}))
+    plain = {p.target.subject: p for p in plan_pairs(split, [atlas, coarse, fine], 1, tmp_path / "c", ["key"])}
+    at_1mm = {p.target.subject: p for p in plan_pairs(split, [atlas, coarse, fine], 1, tmp_path / "c", ["key"], 1.0)}
+    assert (at_1mm["P2"].skipped, at_1mm["P05"].skipped) == (0, 1) and plain["P05"].skipped == 0
+    assert at_1mm["P2"].path == plain["P2"].path  # nothing skipped: the cache name it always had
+    assert at_1mm["P05"].path != plain["P05"].path  # another registration: another cached result
+
+
+def test_skipped_levels_are_appended_and_the_coarsest_kept_large_enough():
+    from neoseg.train.registration import pyramid
+
+    assert pyramid("100x50x20", 0, 8) == "100x50x20"  # nothing skipped: as configured, whatever the size
+    assert pyramid("100x50x20", 1, 256) == "100x50x20x0"  # 0.5 mm at 1 mm: 4, 2, 1 mm computed, 0.5 mm not
+    assert pyramid("100x50x20", 2, 256) == "100x50x20x0x0"
+    assert pyramid("100x50x20", 1, 24) == "50x20x0"  # 24 voxels: the coarsest (3 a side) dropped
+    assert pyramid("100x50x20", 2, 24) == "20x0x0"  # at most as many dropped as appended

@@ -83,11 +83,12 @@ def with_atlas(config: TrainConfig, split: Split, sessions: list[Session], parti
         return sessions, partial
     registration.require_library()
     pairs = plan_pairs(split, sessions, config.atlas_per_target, cache / "atlas",
-                       [ATLAS_VERSION, PARAMS.key(), hierarchy.to_json()])
+                       [ATLAS_VERSION, PARAMS.key(), hierarchy.to_json()], config.atlas_resolution)
     began = time.monotonic()
     registered = register_pairs(pairs, hierarchy, workers, progress) if main else 0
     report = {"mode": config.atlas, "library": registration.LIBRARY, "version": registration.library_version(),
-              "params": dataclasses.asdict(PARAMS), "atlas_per_target": config.atlas_per_target,
+              "params": dataclasses.asdict(PARAMS), "resolution_mm": config.atlas_resolution,
+              "skipped_levels": sorted({p.skipped for p in pairs}), "atlas_per_target": config.atlas_per_target,
               "atlases": sorted({p.atlas.key for p in pairs}), "targets": len({p.target.key for p in pairs}),
               "pairs": len(pairs), "registered": registered, "cached": len(pairs) - registered,
               "seconds": round(sum(_stored_seconds(p.path) for p in pairs), 1) if main else None}
@@ -152,7 +153,7 @@ def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
     maps = [a_image] + [(a_labels == v).astype(np.float32) for v in leaves]
     warped = registration.warp_atlas(image, inside_parents(coded.codes, coded.table(hierarchy), hierarchy), a_image,
                                      inside_parents(a_labels, hierarchy.target_table(), hierarchy), maps,
-                                     _zooms(img), _zooms(a_img), PARAMS)
+                                     _zooms(img), _zooms(a_img), PARAMS, skipped=pair.skipped)
     soft = np.round(np.clip(np.stack(warped[1:]), 0, 1) * 255).astype(np.uint8)
     seconds = time.perf_counter() - t0
     write_once(pair.path, lambda tmp: np.savez_compressed(tmp, image=warped[0].astype(np.float32), soft=soft,

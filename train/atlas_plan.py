@@ -23,6 +23,7 @@ class Pair:
     target: Session
     coarsen: bool  # the target's partial labels are simulated: its full map is coarsened as read
     path: Path  # the cached registration (.npz)
+    skipped: int = 0  # finest pyramid levels left out: the target is finer than the registration's resolution
 
 
 def nearest_atlases(target: Session, atlases: list[Session], k: int) -> list[Session]:
@@ -35,18 +36,37 @@ def nearest_atlases(target: Session, atlases: list[Session], k: int) -> list[Ses
     return sorted(atlases, key=distance)[:k]
 
 
-def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Path, key) -> list[Pair]:
+def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Path, key,
+               resolution: float | None = None) -> list[Pair]:
     """The pairs to register among ``sessions`` (those the run trains on): per target, its
     ``per_target`` nearest atlases. ``key``: what every pair's cache name also depends on
-    (registration parameters, label tree, ...); files go to ``root/registrations``."""
+    (registration parameters, label tree, ...); files go to ``root/registrations``.
+    ``resolution`` (mm): targets finer than it skip the pyramid's finest levels (read from their
+    headers; None: none skipped). A pair that skips none keeps the cache name it always had."""
+    from .registration import skipped_levels
+
     atlases = [s for s in sessions if split.is_full(s)]
     targets = [s for s in sessions if not split.is_full(s)]
     if not atlases or not targets:
         raise ValueError(f"--atlas needs at least one fully labelled and one partially labelled training session; "
                          f"found {len(atlases)} and {len(targets)} (raise or lower --full-fraction)")
-    return [Pair(a, t, split.coarsened(t), root / "registrations" / (
-        f"{a.key}--{t.key}-{digest([key, identity(a), identity(t), split.coarsened(t)])}.npz"))
-        for t in targets for a in nearest_atlases(t, atlases, per_target)]
+    pairs = []
+    for t in targets:
+        skipped = 0 if resolution is None else skipped_levels(voxel_size(t.t2), resolution)
+        for a in nearest_atlases(t, atlases, per_target):
+            made_of = [key, identity(a), identity(t), split.coarsened(t)]
+            if skipped:
+                made_of.append({"skipped_levels": skipped})
+            name = f"{a.key}--{t.key}-{digest(made_of)}.npz"
+            pairs.append(Pair(a, t, split.coarsened(t), root / "registrations" / name, skipped))
+    return pairs
+
+
+def voxel_size(path: Path) -> tuple[float, float, float]:
+    """A scan's voxel size (mm), from its header alone."""
+    import nibabel as nib
+
+    return tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
 
 
 def identity(session: Session) -> list:

@@ -80,6 +80,8 @@ class TrainConfig:
     atlas_confidence: float = 0.7  # propagate: share of the parent a fused atlas child needs to be written
     atlas_per_target: int = 3  # fully labelled sessions registered to each partially labelled one: the nearest
     # in scan age (train/atlas_plan.py); all of them where there are no more
+    atlas_resolution: float = 1.0  # mm: finer scans are registered on coarser pyramid levels, the transform
+    # applied at their own voxel size (train/registration.py)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
     seed: int = 0
@@ -132,6 +134,11 @@ class TrainConfig:
                 or self.atlas_per_target < 1:
             raise ValueError(f"--atlas-per-target is how many atlases each partially labelled session gets, at "
                              f"least 1; got {self.atlas_per_target!r}")
+        if isinstance(self.atlas_resolution, bool) or not isinstance(self.atlas_resolution, (int, float)) \
+                or not 0 < self.atlas_resolution <= 16:
+            raise ValueError(f"--atlas-resolution is the registration's finest voxel size in mm, above 0 and at "
+                             f"most 16; got {self.atlas_resolution!r} (for full resolution pass the scans' voxel "
+                             f"size, e.g. 0.5)")
         if self.atlas in ("propagate", "both") and self.loss == "bce":
             raise ValueError(f"--atlas {self.atlas} writes partial label maps (children unknown where the atlases "
                              f"are not confident), which loss bce cannot train on; use a partial-label loss (iuc, "

@@ -4,6 +4,10 @@ channels, the T2 (normalised cross-correlation) and the known parent's outline (
 the 0/1 masks), so that the atlas's parent is pulled onto the scan's. The atlas's maps (label
 indicators, its image) are then resampled into the scan's grid by that one transform, linearly.
 
+Scans finer than the registration's resolution (``--atlas-resolution``, 1 mm by default) are
+registered on a coarser level of the same pyramid: its finest levels are skipped (0 iterations),
+one per halving of the voxel size, and the transform is applied at the scan's own voxel size.
+
 Arrays are (X, Y, Z), each image in its own voxel grid of its voxel size (mm), both in canonical
 RAS+ axes (as :func:`neoseg.train.volumes.load_canonical` gives them). Greedy's own output (it
 prints per iteration) is silenced.
@@ -11,6 +15,7 @@ prints per iteration) is silenced.
 
 from __future__ import annotations
 
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
@@ -18,6 +23,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 LIBRARY = "picsl-greedy"
+COARSEST_VOXELS = 6  # Greedy's smoothing fails on pyramid levels of 3 voxels a side
 
 
 @dataclass(frozen=True)
@@ -32,6 +38,13 @@ class RegistrationParams:
 
     def key(self) -> dict:
         return {"library": LIBRARY, "version": library_version(), **asdict(self)}
+
+
+def skipped_levels(spacing, resolution: float) -> int:
+    """How many of the pyramid's finest levels a scan of voxel size ``spacing`` (mm) skips so that
+    the finest level registered has voxels of about ``resolution`` mm or more: one per halving of
+    its smallest voxel size below ``resolution`` (0 at or above it)."""
+    return max(0, math.floor(math.log2(resolution / min(float(s) for s in spacing)) + 1e-6))
 
 
 def library_version() -> str:
@@ -54,10 +67,11 @@ def require_library() -> None:
 
 def warp_atlas(target: np.ndarray, target_parent: np.ndarray, atlas: np.ndarray, atlas_parent: np.ndarray,
                maps: list[np.ndarray], target_spacing, atlas_spacing, params: RegistrationParams = RegistrationParams(),
-               threads: int = 1) -> list[np.ndarray]:
+               threads: int = 1, skipped: int = 0) -> list[np.ndarray]:
     """Register ``atlas`` (image, parent mask) to ``target`` (image, parent mask) and return each of
     ``maps`` (atlas-grid float arrays) resampled into the target's grid, linearly (float32). The
-    affine stage starts from the two grids' centres aligned."""
+    affine stage starts from the two grids' centres aligned. ``skipped``: finer pyramid levels below
+    the parameters' finest, left out (:func:`skipped_levels`)."""
     import SimpleITK as sitk
     from picsl_greedy import Greedy3D
 
@@ -71,17 +85,33 @@ def warp_atlas(target: np.ndarray, target_parent: np.ndarray, atlas: np.ndarray,
     metric = f"-m NCC {params.radius}x{params.radius}x{params.radius}"
     io = {"fix": image(_scaled(target), target_spacing), "mov": image(_scaled(atlas), atlas_spacing),
           "fixp": image(target_parent > 0, target_spacing), "movp": image(atlas_parent > 0, atlas_spacing)}
+    smallest = min(*np.shape(target), *np.shape(atlas))
+    affine_levels, deformable_levels = (pyramid(n, skipped, smallest) for n in (params.affine_iterations,
+                                                                                 params.deformable_iterations))
     g = Greedy3D()
     with _quiet():
-        g.execute(f"{common} -a -dof 12 -ia-image-centers {inputs} {metric} -n {params.affine_iterations} -o aff",
+        g.execute(f"{common} -a -dof 12 -ia-image-centers {inputs} {metric} -n {affine_levels} -o aff",
                   aff=None, **io)
-        g.execute(f"{common} {inputs} -it aff {metric} -n {params.deformable_iterations} -s {params.smoothing} "
-                  f"-o warp", warp=None, **io)
+        g.execute(f"{common} {inputs} -it aff {metric} -n {deformable_levels} -s {params.smoothing} -o warp",
+                  warp=None, **io)
         out = []
         for m in maps:
             g.execute(f"{common} -rf fix -rm map res -r warp aff", fix=io["fix"], map=image(m, atlas_spacing), res=None)
             out.append(sitk.GetArrayFromImage(g["res"]).transpose(2, 1, 0).astype(np.float32))
     return out
+
+
+def pyramid(iterations: str, skipped: int, smallest: int) -> str:
+    """Greedy's ``-n`` (iterations per level, coarsest first, each level twice the voxels of the one
+    before) with ``skipped`` finer levels of 0 iterations appended. The coarsest level shrinks with
+    them; where it would fall below :data:`COARSEST_VOXELS` along the ``smallest`` image side, the
+    coarsest levels are dropped instead (at most as many as were appended)."""
+    levels = iterations.split("x") + ["0"] * skipped
+    for _ in range(skipped):
+        if smallest >> (len(levels) - 1) >= COARSEST_VOXELS:
+            break
+        levels.pop(0)
+    return "x".join(levels)
 
 
 def _scaled(x: np.ndarray) -> np.ndarray:
