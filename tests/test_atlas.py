@@ -340,3 +340,17 @@ def test_scans_finer_than_the_atlas_resolution_register_on_a_coarser_level(tmp_p
         assert abs(report["dice"]["warped"][child] - full["dice"]["warped"][child]) < 0.15
     with pytest.raises(ValueError, match="--atlas-resolution"):
         TrainConfig(atlas="propagate", atlas_resolution=0)
+
+
+def test_the_atlas_resolution_benchmark_scores_each_resolution(tmp_path, monkeypatch):
+    from neoseg.benchmarks import atlas_resolution
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # its generated cohort
+    atlas_resolution.main(["--pairs", "1", "--grid", "32", "--resolutions", "4", "8", "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "atlas-resolution.json").read_text())
+    assert [r["resolution_mm"] for r in result["pairs"]] == [4.0, 8.0]  # 4 mm voxels: full, then one level skipped
+    for r in result["pairs"]:
+        assert r["seconds"] > 0 and set(r["dice"]) == set(r["dice_at_2mm"]) == {"cgm", "wm", "dgm"}
+        assert all(0 <= d <= 1 for d in (*r["dice"].values(), *r["dice_at_2mm"].values()))
+    assert result["pairs"][0]["dice"]["wm"] > 0.5  # the registration itself worked
+    assert "resolution (mm)" in (tmp_path / "out" / "atlas-resolution.md").read_text()
