@@ -214,7 +214,7 @@ def train(
             return
         if out is None:
             raise ValueError("missing -o/--out FOLDER: the run folder to write")
-        if config.data is None and os.environ.get("RANK", "0") == "0":
+        if config.data is None and not resume and os.environ.get("RANK", "0") == "0":  # a resumed run has its own
             logging.getLogger("neoseg.train").info(
                 f"no --data: training on the built-in synthetic cohort ({config.cohort_subjects} subjects, "
                 f"{config.cohort_grid}^3, anatomy {config.cohort_anatomy}); pass --data FOLDER to train on a "

@@ -90,6 +90,10 @@ def test_training_without_data_says_it_uses_the_built_in_cohort(tmp_path, monkey
         result = runner.invoke(train_app, ["--out", str(tmp_path / "r"), *TINY])
     assert result.exit_code == 2 and "stop here" in result.output
     assert "no --data: training on the built-in synthetic cohort (40 subjects, 64^3" in caplog.text
+    caplog.clear()  # a resumed run trains on what its config.json names: no note
+    with caplog.at_level(logging.INFO, logger="neoseg.train"):
+        runner.invoke(train_app, ["--out", str(tmp_path / "r"), "--resume"])
+    assert "no --data" not in caplog.text
 
 
 def test_every_command_has_one_help_style():
