@@ -46,10 +46,11 @@ def register(atlas, target, resolution: float, hierarchy) -> tuple[float, np.nda
 
 
 def children_dice(predicted: np.ndarray, truth: np.ndarray, values: dict[str, int]) -> dict[str, float]:
-    inside = np.isin(truth, list(values.values()))
-    return {name: float(2 * np.sum((predicted == v) & (truth == v) & inside)
-                        / max(1, np.sum((predicted == v) & inside) + np.sum(truth == v)))
-            for name, v in values.items()}
+    """Per named child, Dice inside the true parent (the children's union), as atlas.json scores it."""
+    from neoseg.train.atlas_fusion import dice_by_value
+
+    scores = dice_by_value(predicted, truth, list(values.values()), np.isin(truth, list(values.values())))
+    return {name: scores[v] for name, v in values.items()}
 
 
 def at_training_size(labels: np.ndarray, zooms) -> np.ndarray:
