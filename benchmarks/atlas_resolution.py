@@ -25,6 +25,7 @@ TRAINING_MM = 2.0  # the cpu profile's voxel size, which 0.5 mm scans are resamp
 
 def register(atlas, target, resolution: float, hierarchy) -> tuple[float, np.ndarray, np.ndarray, tuple]:
     """(seconds, the target's labels, its children as the warped atlas has them, its voxel size)."""
+    from neoseg.core.scans import voxel_size
     from neoseg.train import registration
     from neoseg.train.atlas import PARAMS, inside_parents
     from neoseg.train.atlas_fusion import leaf_values
@@ -32,7 +33,7 @@ def register(atlas, target, resolution: float, hierarchy) -> tuple[float, np.nda
 
     a_img, a_lab, a_nii = load_session(atlas)
     t_img, t_lab, t_nii = load_session(target)
-    zooms = [tuple(float(z) for z in n.header.get_zooms()[:3]) for n in (t_nii, a_nii)]
+    zooms = [voxel_size(n) for n in (t_nii, a_nii)]
     table_ = hierarchy.target_table()
     leaves = leaf_values(hierarchy)
     parent = inside_parents(t_lab, table_, hierarchy)

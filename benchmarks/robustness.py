@@ -219,11 +219,12 @@ def session_rng(condition: str, key: str, seed: int = SUITE_SEED) -> np.random.G
 def build_cases(test_sessions, other_sessions=(), seed: int = SUITE_SEED) -> Iterator[Case]:
     """Every volume of the suite, one at a time (each test session under every condition, then the
     other cohort's sessions as they are)."""
+    from neoseg.core.scans import voxel_size
     from neoseg.train.volumes import load_session
 
     for session in test_sessions:
         image, labels, img = load_session(session)
-        spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
+        spacing = voxel_size(img)
         brain = brain_mask(session, labels)
         for condition in CONDITIONS:
             out, truth = corrupt(condition, image, labels, brain, session_rng(condition, session.key, seed), spacing)
@@ -232,7 +233,7 @@ def build_cases(test_sessions, other_sessions=(), seed: int = SUITE_SEED) -> Ite
     for session in other_sessions:
         image, labels, img = load_session(session)
         yield Case(OTHER, session.subject, session.session, session.scan_age, image, labels,
-                   tuple(float(z) for z in img.header.get_zooms()[:3]))
+                   voxel_size(img))
 
 
 def other_cohort_spec(grid: int, n_subjects: int = OTHER_SUBJECTS):

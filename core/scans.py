@@ -53,6 +53,11 @@ class Scan:
         return 0 if self.nonfinite is None else int(np.count_nonzero(self.nonfinite))
 
 
+def voxel_size(img) -> tuple[float, float, float]:
+    """The voxel size (mm) a NIfTI header states for the first three axes, as plain floats."""
+    return tuple(float(z) for z in img.header.get_zooms()[:3])
+
+
 # ---- plain-text formatting --------------------------------------------------------------------
 def plain_shape(shape) -> str:
     """``(12, 5, 7)``, never ``(np.int64(12), ...)``."""

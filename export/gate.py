@@ -19,6 +19,7 @@ from typing import Callable
 
 import numpy as np
 
+from neoseg.core.scans import voxel_size
 from neoseg.runtime.precision import PARITY_DICE, PARITY_VOXELS, ParityRecord
 
 from .parity import dice, overlap
@@ -34,7 +35,7 @@ def runtime_parity(reference, candidate, scans: Scans, measured_with: str,
     both, total, size = (np.zeros(len(names), np.int64) for _ in range(3))
     slices = 0
     for image, img in scans.images:
-        zooms = img.header.get_zooms()[:3]
+        zooms = voxel_size(img)
         ref, got = (s.segment(image, img.affine, zooms) for s in (reference, candidate))
         b, t = overlap(got.masks, ref.masks, len(names), axis=-1)
         both, total = both + b, total + t

@@ -10,7 +10,7 @@ import nibabel as nib
 import numpy as np
 
 from neoseg.core.io import atomic_paths, check_writable, write_niftis
-from neoseg.core.scans import Scan, read_scan
+from neoseg.core.scans import Scan, read_scan, voxel_size
 
 from . import geometry
 from .clock import PhaseClock
@@ -96,7 +96,7 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
                 images.append((_like(img, seg.probs, np.uint8), tmp["probseg"]))
             write_niftis(images, segmenter.host_threads)  # compressed side by side
-            zooms = img.header.get_zooms()[:3]
+            zooms = voxel_size(img)
             volumes = structure_volumes(seg.labels, zooms, segmenter.info.hierarchy)
             tmp["volumes"].write_text(volumes_tsv(volumes))
             if qc:

@@ -34,6 +34,7 @@ import numpy as np
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import write_nifti, write_text
 from neoseg.core.partial import Coded
+from neoseg.core.scans import voxel_size
 from neoseg.data.dhcp import LABEL_SUFFIX, T2_SUFFIX, Session
 from neoseg.data.splits import Split
 
@@ -153,7 +154,7 @@ def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
     maps = [a_image] + [(a_labels == v).astype(np.float32) for v in leaves]
     warped = registration.warp_atlas(image, inside_parents(coded.codes, coded.table(hierarchy), hierarchy), a_image,
                                      inside_parents(a_labels, hierarchy.target_table(), hierarchy), maps,
-                                     _zooms(img), _zooms(a_img), PARAMS, skipped=pair.skipped)
+                                     voxel_size(img), voxel_size(a_img), PARAMS, skipped=pair.skipped)
     soft = np.round(np.clip(np.stack(warped[1:]), 0, 1) * 255).astype(np.uint8)
     seconds = time.perf_counter() - t0
     write_once(pair.path, lambda tmp: np.savez_compressed(tmp, image=warped[0].astype(np.float32), soft=soft,
@@ -295,8 +296,6 @@ def _stored_seconds(path: Path) -> float:
         return float(cached["seconds"])
 
 
-def _zooms(img) -> tuple[float, float, float]:
-    return tuple(float(z) for z in img.header.get_zooms()[:3])
 
 
 def _mean_by_name(rows: list[dict[int, float]], hierarchy: Hierarchy) -> dict[str, float]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neoseg.core.io import OutputExistsError, atomic_path
+from neoseg.core.scans import voxel_size
 from neoseg.data.dhcp import Session
 from neoseg.data.splits import Split
 
@@ -52,7 +53,7 @@ def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Pat
                          f"found {len(atlases)} and {len(targets)} (raise or lower --full-fraction)")
     pairs = []
     for t in targets:
-        skipped = 0 if resolution is None else skipped_levels(voxel_size(t.t2), resolution)
+        skipped = 0 if resolution is None else skipped_levels(_voxel_size(t.t2), resolution)
         for a in nearest_atlases(t, atlases, per_target):
             made_of = [key, identity(a), identity(t), split.coarsened(t)]
             if skipped:
@@ -62,11 +63,11 @@ def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Pat
     return pairs
 
 
-def voxel_size(path: Path) -> tuple[float, float, float]:
+def _voxel_size(path: Path) -> tuple[float, float, float]:
     """A scan's voxel size (mm), from its header alone."""
     import nibabel as nib
 
-    return tuple(float(z) for z in nib.load(str(path)).header.get_zooms()[:3])
+    return voxel_size(nib.load(str(path)))
 
 
 def identity(session: Session) -> list:

@@ -18,6 +18,7 @@ import numpy as np
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.labels import present_values
 from neoseg.core.preprocess import head_center, plane_windows, to_slices
+from neoseg.core.scans import voxel_size
 from neoseg.data.dhcp import Session
 
 from neoseg.runtime.geometry import needs_resampling, resampled_shape
@@ -40,7 +41,7 @@ def label_stack(path: Path, hierarchy: Hierarchy, axis: int, size: int, spacing:
     """One label map as a slice stack at voxel size ``spacing`` with a NaN image; refuses values the
     hierarchy does not name."""
     labels, img = load_labels(path)
-    native = tuple(float(z) for z in img.header.get_zooms()[:3])
+    native = voxel_size(img)
     if needs_resampling(native, spacing):
         labels = resample_labels(labels, resampled_shape(labels.shape, native, spacing), native, spacing)
     values = present_values(labels)

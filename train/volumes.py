@@ -32,7 +32,7 @@ from neoseg.core.io import atomic_path
 from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
 from neoseg.core.partial import code_session, partial_values
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
-from neoseg.core.scans import plain_shape, read_labels, read_scan
+from neoseg.core.scans import plain_shape, read_labels, read_scan, voxel_size
 from neoseg.data.dhcp import Session
 from neoseg.runtime.geometry import needs_resampling, resampled_shape, resize_linear
 
@@ -172,7 +172,7 @@ class VolumeCache:
     def _build(self, session: Session, base: Path) -> None:
         image, coded, img = load_coded(session, self.hierarchy)
         labels = coded.codes
-        native = tuple(float(z) for z in img.header.get_zooms()[:3])
+        native = voxel_size(img)
         spacing = native if self.spacing is None else self.spacing
         if needs_resampling(native, spacing):
             shape = resampled_shape(image.shape, native, spacing)
