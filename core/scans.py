@@ -312,7 +312,8 @@ def read_scan(path: str | Path, working_bytes=None, nonfinite: str = "background
         data = _grey(path, data)
         notes.append(f"{path} is stored as RGB24 with equal channels; read as grey-scale")
     mask = None
-    if data.dtype.kind == "f":
+    lo, hi = float(data.min()), float(data.max())  # NaN if any voxel is NaN
+    if data.dtype.kind == "f" and not (math.isfinite(lo) and math.isfinite(hi)):
         finite = np.isfinite(data)
         n_bad = int(finite.size - np.count_nonzero(finite))
         if n_bad == finite.size:
@@ -327,7 +328,7 @@ def read_scan(path: str | Path, working_bytes=None, nonfinite: str = "background
             mask = ~finite
             notes.append(f"{path}: {share} are NaN or infinite; they were treated as background and are "
                          f"labelled outside")
-    lo, hi = float(data.min()), float(data.max())
+            lo, hi = float(data.min()), float(data.max())
     if lo == hi:
         raise ScanError(f"{path}: every {'finite ' if mask is not None else ''}voxel has the value {lo:g}; there "
                         f"is no image to segment; check the export that wrote it")

@@ -136,27 +136,39 @@ class Segmenter:
         todo, plane = self._regions(box, windows, image.shape[info.axis])
         return windows, todo, plane, (float(image.min()), float(image.max()))
 
-    def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale):
+    def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale,
+                 pool: ThreadPoolExecutor | None = None):
         """(first, last, network input) per batch: the slices cut and min-max scaled as
         ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed. The slices
         are first gathered ``STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
-        blocks: cutting batches straight from it would read each cache line once per batch. A
-        volume that holds its slices whole (a resampled one) is cut straight away."""
+        blocks: cutting batches straight from it would read each cache line once per batch. With
+        ``pool`` the next block is gathered there, into a second buffer, while this one's batches
+        are computed. A volume that holds its slices whole (a resampled one) is cut straight away."""
         (_, w1), (_, w2) = sorted(windows.items())
         moved = np.moveaxis(image, self.info.axis, 0)[:, w1.src, w2.src]
         size = self.info.slice_size
         n = min(self.batch, max(1, todo.stop - todo.start))
         buf = np.zeros((n, 1, size, size), np.float32)
         step = min(max(n, -(-STAGED // n) * n), max(1, todo.stop - todo.start))
+        blocks = [(first, min(first + step, todo.stop)) for first in range(todo.start, todo.stop, step)]
         gather = abs(moved.strides[0]) < max(abs(moved.strides[1]), abs(moved.strides[2]))
-        staged = _staging((step,) + moved.shape[1:], np.float32) if gather else None
+        ahead = gather and pool is not None and len(blocks) > 1
+        staged = [_staging((step,) + moved.shape[1:], np.float32) for _ in range(1 + ahead)] if gather else []
+
+        def gathered(k: int) -> np.ndarray:
+            first, last = blocks[k]
+            _copy_blocked(staged[k % len(staged)][:last - first], moved[first:last])
+            return staged[k % len(staged)]
+
+        next_block = pool.submit(gathered, 0) if ahead else None
         lo, hi = scale
-        for first in range(todo.start, todo.stop, step):
-            last = min(first + step, todo.stop)
-            src = moved[first:last]
-            if gather:
-                _copy_blocked(staged[:last - first], src)
-                src = staged
+        for k, (first, last) in enumerate(blocks):
+            if ahead:
+                src = next_block.result()
+                if k + 1 < len(blocks):
+                    next_block = pool.submit(gathered, k + 1)
+            else:
+                src = gathered(k) if gather else moved[first:last]
             for i in range(first, last, self.batch):
                 j = min(i + self.batch, last)
                 region = buf[:j - i, 0, w1.dst, w2.dst]  # the padding stays 0, the scaled minimum
@@ -188,7 +200,7 @@ class Segmenter:
             else:
                 sink, staged = self._resampler(image.shape, native_shape, windows, todo, plane, targets, pool)
             on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
-            for i, j, x in self._batches(image, windows, todo, plane, scale):
+            for i, j, x in self._batches(image, windows, todo, plane, scale, pool):
                 clock("network")
                 out = self.backend.run_decoded(x) if on_device else self.backend.run(x)  # decoded where the logits are
                 clock("postprocess")
@@ -289,7 +301,7 @@ class Segmenter:
             if where.any():
                 node = np.where(where, self._argmax(logits, kids), node)
         values = np.array([c.value if c.value is not None else 0 for c in h.channels], _label_dtype(self.info))
-        return values[node]
+        return np.take(values, node)  # a small table: take is twice as fast as indexing
 
     @staticmethod
     def _argmax(logits: np.ndarray, channels: list[int]) -> np.ndarray:
@@ -304,10 +316,10 @@ class Segmenter:
         for k, c in enumerate(channels[1:], 1):
             np.greater(logits[c], best, out=higher)
             np.fmax(best, logits[c], out=best)  # = where(higher, logits[c], best) but for NaN
-            np.maximum(position, higher * position.dtype.type(k), out=position)
+            np.maximum(position, higher.view(np.uint8) * position.dtype.type(k), out=position)
         if first_nan.any():
             position[first_nan] = 0
-        return np.asarray(channels, position.dtype if max(channels) < 256 else np.intp)[position]
+        return np.take(np.asarray(channels, position.dtype if max(channels) < 256 else np.intp), position)
 
 
 class _Staged:

@@ -208,6 +208,15 @@ def test_upper_case_and_odd_names_give_plain_output_names(model, clean, tmp_path
     assert names == ["SCAN_desc-neoseg_dseg.nii.gz", "scan été ü_desc-neoseg_dseg.nii.gz"]
 
 
+@pytest.mark.parametrize("values", [(np.inf,), (-np.inf,), (np.inf, -np.inf), (np.nan,)])
+def test_each_kind_of_nonfinite_voxel_alone_is_found(clean, tmp_path, values):
+    data = _data(clean)
+    data.flat[[5, 500, 5000][:len(values)]] = values
+    scan = scans.read_scan(_save(nib.Nifti1Image(data, clean.affine), tmp_path / "scan.nii.gz"))
+    assert scan.nonfinite_count == len(values) and np.isfinite(scan.data).all()
+    assert any("NaN or infinite" in note for note in scan.notes)
+
+
 def test_nonfinite_voxels_are_background_with_a_warning(model, clean, clean_labels, tmp_path):
     data = _data(clean)
     bad = np.zeros(data.shape, bool)

@@ -234,6 +234,29 @@ def test_crops_and_probabilities_are_the_same_on_one_or_two_host_threads(model, 
     assert one.computed_slices == two.computed_slices > 0 and len(np.unique(one.labels)) > 3
 
 
+def test_input_blocks_gathered_ahead_on_the_second_thread_equal_those_gathered_in_turn(model, scan, monkeypatch):
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr(pipeline, "STAGED", 4)
+    data = np.asfortranarray(np.asarray(nib.load(scan).dataobj, np.float32))  # as a NIfTI file holds it
+    segmenter = Segmenter(TiedLogits(OrtBackend(model).info), skip_empty=False)
+    windows, todo, plane, scale = segmenter._plan(data)
+    in_turn = [(i, j, x.copy()) for i, j, x in segmenter._batches(data, windows, todo, plane, scale)]
+    copy, threads = pipeline._copy_blocked, []
+
+    def recorded(dst, src, *args):
+        threads.append(threading.current_thread().name.split("_")[0])
+        copy(dst, src, *args)
+
+    monkeypatch.setattr(pipeline, "_copy_blocked", recorded)
+    with ThreadPoolExecutor(1, "neoseg-copy-out") as pool:
+        ahead = [(i, j, x.copy()) for i, j, x in segmenter._batches(data, windows, todo, plane, scale, pool)]
+    assert len(ahead) == len(in_turn) > 2 and set(threads) == {"neoseg-copy-out"}
+    for (i, j, x), (k, m, y) in zip(in_turn, ahead):
+        assert (i, j) == (k, m) and np.array_equal(x, y)
+
+
 def test_host_threads_must_be_positive(model):
     with pytest.raises(ValueError, match="host threads must be at least 1, got 0"):
         Segmenter(OrtBackend(model), host_threads=0)
@@ -255,6 +278,9 @@ def test_vectorised_argmax_equals_the_masked_copy_reference_with_ties_and_nan():
     logits[rng.random(logits.shape) < 0.05] = np.nan  # a NaN never wins, except in the first channel
     for channels in ([0, 1, 2, 3, 4, 5], [4, 1, 5], [2]):
         assert np.array_equal(Segmenter._argmax(logits, channels), _masked_copy_argmax(logits, channels))
+    many = np.round(rng.normal(0, 3, (300, 4, 5))).astype(np.float32)  # positions and channels past uint8
+    for channels in (list(range(300)), list(range(299, -1, -1)), list(range(250, 300))):
+        assert np.array_equal(Segmenter._argmax(many, channels), _masked_copy_argmax(many, channels))
 
 
 def test_staging_slices_start_one_cache_line_off_a_page():
@@ -339,6 +365,20 @@ def test_robust_sample_of_fortran_volumes_is_the_flattened_sample(shape):
     assert np.array_equal(np.sort(robust_sample(volume)), np.sort(volume.reshape(-1)[::7]))
     flipped = volume[::-1].transpose(2, 0, 1)  # any other layout: the plain flattened sample
     assert np.array_equal(robust_sample(flipped), flipped.reshape(-1)[::7])
+
+
+def test_plane_counts_equal_counting_each_axis_in_every_layout():
+    from neoseg.core.preprocess import plane_counts
+
+    mask = np.random.default_rng(1).random((9, 12, 7)) > 0.6
+    layouts = [mask, np.asfortranarray(mask), mask[::-1, :, ::2].transpose(2, 0, 1),
+               np.asfortranarray(mask).transpose(1, 2, 0), mask[:, 3], np.ones((300, 2, 1), bool)]
+    for m in layouts:
+        expected = [np.count_nonzero(m, axis=tuple(a for a in range(m.ndim) if a != axis)) for axis in range(m.ndim)]
+        got = plane_counts(m)
+        assert len(got) == m.ndim
+        for e, g in zip(expected, got):
+            assert g.dtype == e.dtype and np.array_equal(g, e)
 
 
 # ---- the CPU ------------------------------------------------------------------------------
