@@ -50,10 +50,10 @@ def plane_counts(mask: np.ndarray) -> list[np.ndarray]:
     """Per axis, the number of True voxels in each plane across it. A 3D mask is read twice, not
     three times: folded along its slowest axis in memory (uint16 sums of contiguous planes), which
     gives the other two axes' counts, and counted plane by plane along that axis."""
-    if mask.ndim != 3 or mask.shape[int(np.argmax(np.abs(mask.strides)))] >= 1 << 16:
+    slow = int(np.argmax(np.abs(mask.strides))) if mask.ndim == 3 else None
+    if slow is None or mask.shape[slow] >= 1 << 16:  # uint16 sums would overflow
         return [np.count_nonzero(mask, axis=tuple(a for a in range(mask.ndim) if a != axis))
                 for axis in range(mask.ndim)]
-    slow = int(np.argmax(np.abs(mask.strides)))
     a, b = (axis for axis in range(3) if axis != slow)
     folded = np.add.reduce(mask.view(np.uint8), axis=slow, dtype=np.uint16)  # (a, b): counts along slow
     counts = [None] * 3

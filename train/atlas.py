@@ -296,8 +296,6 @@ def _stored_seconds(path: Path) -> float:
         return float(cached["seconds"])
 
 
-
-
 def _mean_by_name(rows: list[dict[int, float]], hierarchy: Hierarchy) -> dict[str, float]:
     name = {v: c.name for c in hierarchy.channels for v in c.values}
     values = sorted({v for r in rows for v in r})
