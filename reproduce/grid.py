@@ -25,6 +25,7 @@ class RunSpec:
     # beyond the paper (issue 19), each mapped onto the TrainConfig field of the same name only when set
     from_iuc: bool = False  # start from the best weights of the IUC run of the same fraction and draw
     atlas: str = "none"  # propagate | pairs | both: the fully labelled subjects registered to the partial scans
+    atlas_confidence: float | None = None  # propagate: the share of the parent a child needs; None: the default
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
     augment: str = "none"  # "standard": neoseg-train's policy without the curve; the paper's rows train without
 
@@ -35,6 +36,7 @@ class RunSpec:
         st = "" if not self.self_training else f"+st{self.self_train_after or ''}"
         return (self.loss + st + ("+child" if self.select == "child-dice" else "")
                 + ("+from-iuc" if self.from_iuc else "") + (f"+atlas-{self.atlas}" if self.atlas != "none" else "")
+                + (f"+conf{self.atlas_confidence * 100:g}" if self.atlas_confidence else "")
                 + (f"+share{self.full_share * 100:g}" if self.full_share else "")
                 + ("+aug" if self.augment != "none" else ""))
 
@@ -116,8 +118,9 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     scratch and from the IUC run), IUC with a share of fully labelled slices in every batch and
     augmentation, and the atlas recipes: propagation (alone, and with self-training filling in the
     children it left unknown), atlas-to-scan pairs, and both (alone, and with the share and
-    augmentation), and propagation with its best epoch (and early stopping) chosen by the
-    validation Dice of the children instead of the loss. The paper's rows and today's label-set run
+    augmentation), propagation with its best epoch (and early stopping) chosen by the
+    validation Dice of the children instead of the loss, and propagation writing only the children
+    the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7). The paper's rows and today's label-set run
     keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
@@ -130,6 +133,8 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, atlas="propagate"),
                      dataclasses.replace(iuc, atlas="propagate", self_training=True),
                      dataclasses.replace(iuc, atlas="propagate", select="child-dice"),
+                     dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.8),
+                     dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.9),
                      dataclasses.replace(iuc, atlas="pairs"), dataclasses.replace(iuc, atlas="both"),
                      dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
     return runs

@@ -38,6 +38,8 @@ def levers(spec: RunSpec) -> dict:
     from neoseg.train.config import TrainConfig
 
     wanted = {"atlas": spec.atlas} if spec.atlas != "none" else {}
+    if spec.atlas_confidence:
+        wanted["atlas_confidence"] = spec.atlas_confidence
     if spec.full_share:
         wanted["full_share"] = spec.full_share
     missing = sorted(wanted.keys() - {f.name for f in dataclasses.fields(TrainConfig)})
