@@ -166,6 +166,11 @@ def train(
                                                             "nearest to it in scan age (all where there are no "
                                                             "more); the cost grows with it. "
                                                             + _default("atlas_per_target"))] = None,
+    atlas_warps: Annotated[Optional[str], typer.Option(help="--atlas: the registrations each atlas gets, "
+                                                       "comma-separated, all fused per voxel: regular (smoother), "
+                                                       "flexible (follows folded cortex and white matter more "
+                                                       "closely); each one more costs one more registration per "
+                                                       "pair. " + _default("atlas_warps", ",".join))] = None,
     atlas_resolution: Annotated[Optional[float], typer.Option(help="--atlas: the registration's finest voxel size "
                                                               "(mm). Finer scans are registered on coarser levels "
                                                               "and the transform applied at their own voxel size; "
@@ -204,6 +209,7 @@ def train(
             synth_labels=str(synth_labels) if synth_labels else None, precision=precision.value if precision else None,
             atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
             atlas_per_target=atlas_per_target, atlas_resolution=atlas_resolution,
+            atlas_warps=[w.strip() for w in atlas_warps.split(",")] if atlas_warps else None,
             seed=seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)

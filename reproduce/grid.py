@@ -26,6 +26,7 @@ class RunSpec:
     from_iuc: bool = False  # start from the best weights of the IUC run of the same fraction and draw
     atlas: str = "none"  # propagate | pairs | both: the fully labelled subjects registered to the partial scans
     atlas_confidence: float | None = None  # propagate: the share of the parent a child needs; None: the default
+    atlas_warps: tuple[str, ...] = ()  # the registrations each atlas gets; (): the default
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
     augment: str = "none"  # "standard": neoseg-train's policy without the curve; the paper's rows train without
 
@@ -37,6 +38,7 @@ class RunSpec:
         return (self.loss + st + ("+child" if self.select == "child-dice" else "")
                 + ("+from-iuc" if self.from_iuc else "") + (f"+atlas-{self.atlas}" if self.atlas != "none" else "")
                 + (f"+conf{self.atlas_confidence * 100:g}" if self.atlas_confidence else "")
+                + (f"+warps-{'-'.join(self.atlas_warps)}" if self.atlas_warps else "")
                 + (f"+share{self.full_share * 100:g}" if self.full_share else "")
                 + ("+aug" if self.augment != "none" else ""))
 
@@ -120,7 +122,8 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     children it left unknown), atlas-to-scan pairs, and both (alone, and with the share and
     augmentation), propagation with its best epoch (and early stopping) chosen by the
     validation Dice of the children instead of the loss, and propagation writing only the children
-    the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7). The paper's rows and today's label-set run
+    the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7), or fusing each atlas
+    registered twice (regular and flexible warps). The paper's rows and today's label-set run
     keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
@@ -135,6 +138,7 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, atlas="propagate", select="child-dice"),
                      dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.8),
                      dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.9),
+                     dataclasses.replace(iuc, atlas="propagate", atlas_warps=("regular", "flexible")),
                      dataclasses.replace(iuc, atlas="pairs"), dataclasses.replace(iuc, atlas="both"),
                      dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
     return runs

@@ -40,6 +40,8 @@ def levers(spec: RunSpec) -> dict:
     wanted = {"atlas": spec.atlas} if spec.atlas != "none" else {}
     if spec.atlas_confidence:
         wanted["atlas_confidence"] = spec.atlas_confidence
+    if spec.atlas_warps:
+        wanted["atlas_warps"] = list(spec.atlas_warps)
     if spec.full_share:
         wanted["full_share"] = spec.full_share
     missing = sorted(wanted.keys() - {f.name for f in dataclasses.fields(TrainConfig)})

@@ -20,12 +20,21 @@ def cpu_flags(cpuinfo: Path = CPUINFO) -> list[str]:
 
 
 def cpu_name(cpuinfo: Path = CPUINFO) -> str:
-    """The CPU's model name as Linux gives it (``AMD EPYC 9654 96-Core Processor``); elsewhere
-    the platform's processor string."""
+    """The CPU's model name as Linux gives it, with its family and model numbers where listed
+    (``AMD EPYC (family 26, model 2)``: virtual machines often hide the model, and these tell a
+    Zen 4 from a Zen 5); elsewhere the platform's processor string."""
     try:
+        fields: dict[str, str] = {}
         for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            if not line.strip():
+                break  # the first processor's block is enough
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+        if "model name" in fields:
+            numbers = ("cpu family", "model")
+            extra = f" (family {fields['cpu family']}, model {fields['model']})" if all(
+                fields.get(k) for k in numbers) else ""
+            return fields["model name"] + extra
     except OSError:
         pass
     import platform

@@ -98,6 +98,33 @@ def test_pairs_lie_on_the_target_grid_with_full_labels(atlas_run):
         assert abs(np.median(image) - np.median(ref_data)) < 0.2 * np.ptp(ref_data)  # the target's intensities
 
 
+def test_each_warp_registers_every_pair_once_and_all_are_fused(tiny_dataset, atlas_run, tmp_path, monkeypatch):
+    params = []
+    real = registration.warp_atlas
+    monkeypatch.setattr(registration, "warp_atlas", lambda *a, **k: params.append(a[7]) or real(*a, **k))
+    cfg = config(tiny_dataset, atlas_warps=["regular", "flexible"])
+    split, sessions, new, flags, report = run_atlas(cfg, tmp_path / "two")
+    assert report["pairs"] == 2 * atlas_run[4]["pairs"] == 6 and report["registered"] == 6
+    assert sorted(p.smoothing for p in params) == sorted([registration.WARPS["regular"].smoothing] * 3
+                                                         + [registration.WARPS["flexible"].smoothing] * 3)
+    assert set(report["params"]) == {"regular", "flexible"}
+    names = [s.key for s in new[len(sessions):]]  # a synthesised pair per registration, each its own session
+    assert len(names) == len(set(names)) == 6 and sum(n.endswith("flexible") for n in names) == 3
+    assert report["dice"]["propagated"]["wm"] > 0.5
+    regular = sorted(p.name for p in (tmp_path / "two" / "cache" / "atlas" / "registrations").glob("*.npz"))
+    *_, alone = run_atlas(config(tiny_dataset), tmp_path / "two")  # the regular ones are the cache of a plain run
+    assert alone["registered"] == 0 and len(regular) == 6
+
+
+def test_atlas_warps_are_checked_and_old_configs_keep_the_regular_one():
+    for bad in (["regular", "regular"], ["tight"], []):
+        with pytest.raises(ValueError, match="--atlas-warps is one or more of regular, flexible"):
+            TrainConfig(atlas="propagate", atlas_warps=bad)
+    old = json.loads(TrainConfig().to_json())
+    del old["atlas_warps"]
+    assert TrainConfig.from_json(json.dumps(old)).atlas_warps == ["regular"]
+
+
 def test_intensity_matching_maps_each_region_onto_the_target():
     rng = np.random.default_rng(0)
     regions = np.repeat([1, 2], 500)

@@ -396,6 +396,17 @@ def test_physical_cores_counts_hyperthread_siblings_once(tmp_path):
     assert 1 <= physical_cores() <= len(__import__("os").sched_getaffinity(0))
 
 
+def test_cpu_name_keeps_the_family_and_model_that_tell_generations_apart(tmp_path):
+    from neoseg.runtime.cpu import cpu_name
+
+    block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: {}\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n"
+    (tmp_path / "zen5").write_text(block.format(0, 26, 2) + "\n" + block.format(1, 25, 17))
+    assert cpu_name(tmp_path / "zen5") == "AMD EPYC (family 26, model 2)"  # the first processor's
+    (tmp_path / "bare").write_text("processor\t: 0\nmodel name\t: Some CPU\n")
+    assert cpu_name(tmp_path / "bare") == "Some CPU"
+    assert cpu_name(tmp_path / "missing") and cpu_name()
+
+
 def test_host_path_benchmark_reports_every_phase_and_the_cpu(tmp_path):
     from neoseg.benchmarks import host_path
 

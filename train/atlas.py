@@ -1,7 +1,7 @@
 """The atlas recipes beyond the paper (``neoseg-train --atlas``; docs/atlas.md): each partially
 labelled training session (a *target*) gets the ``--atlas-per-target`` fully labelled ones (the
-*atlases*) nearest to it in scan age (:mod:`.atlas_plan`), each registered to it once, in parallel,
-cached and resumable; then
+*atlases*) nearest to it in scan age (:mod:`.atlas_plan`), each registered to it once per
+``--atlas-warps`` setting, in parallel, cached and resumable; then
 
 * ``propagate``: each target's unknown children are filled where the fused warped atlases are
   confident, inside its known parent (:mod:`.atlas_fusion`); the result is a partial label map that
@@ -50,7 +50,7 @@ log = logging.getLogger("neoseg.train")
 
 ATLAS_VERSION = 1  # bump when what is cached or written changes, so that older files are not reused
 PAIRS_VERSION = 2  # bump when the synthesised pairs change (2: voxels outside the warped field of view are outside)
-PARAMS = registration.RegistrationParams()  # the registration every pair gets (part of its cache key)
+PARAMS = registration.WARPS["regular"]  # the default registration (each warp's parameters are part of its cache key)
 FIGURES_SUFFIX = "_desc-atlas_figures.json"  # beside each propagated map: its figures for atlas.json
 
 
@@ -83,12 +83,15 @@ def with_atlas(config: TrainConfig, split: Split, sessions: list[Session], parti
     if config.atlas == "none":
         return sessions, partial
     registration.require_library()
-    pairs = plan_pairs(split, sessions, config.atlas_per_target, cache / "atlas",
-                       [ATLAS_VERSION, PARAMS.key(), hierarchy.to_json()], config.atlas_resolution)
+    pairs = [pair for warp in config.atlas_warps
+             for pair in plan_pairs(split, sessions, config.atlas_per_target, cache / "atlas",
+                                    [ATLAS_VERSION, registration.WARPS[warp].key(), hierarchy.to_json()],
+                                    config.atlas_resolution, warp)]
     began = time.monotonic()
     registered = register_pairs(pairs, hierarchy, workers, progress) if main else 0
     report = {"mode": config.atlas, "library": registration.LIBRARY, "version": registration.library_version(),
-              "params": dataclasses.asdict(PARAMS), "resolution_mm": config.atlas_resolution,
+              "params": {w: dataclasses.asdict(registration.WARPS[w]) for w in config.atlas_warps},
+              "resolution_mm": config.atlas_resolution,
               "skipped_levels": sorted({p.skipped for p in pairs}), "atlas_per_target": config.atlas_per_target,
               "atlases": sorted({p.atlas.key for p in pairs}), "targets": len({p.target.key for p in pairs}),
               "pairs": len(pairs), "registered": registered, "cached": len(pairs) - registered,
@@ -154,7 +157,8 @@ def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
     maps = [a_image] + [(a_labels == v).astype(np.float32) for v in leaves]
     warped = registration.warp_atlas(image, inside_parents(coded.codes, coded.table(hierarchy), hierarchy), a_image,
                                      inside_parents(a_labels, hierarchy.target_table(), hierarchy), maps,
-                                     voxel_size(img), voxel_size(a_img), PARAMS, skipped=pair.skipped)
+                                     voxel_size(img), voxel_size(a_img), registration.WARPS[pair.warp],
+                                     skipped=pair.skipped)
     soft = np.round(np.clip(np.stack(warped[1:]), 0, 1) * 255).astype(np.uint8)
     seconds = time.perf_counter() - t0
     write_once(pair.path, lambda tmp: np.savez_compressed(tmp, image=warped[0].astype(np.float32), soft=soft,
@@ -248,13 +252,14 @@ def _dice_row(row: dict[str, float | None]) -> dict[int, float]:
 
 
 def pair_sessions(pairs: list[Pair], hierarchy: Hierarchy, root: Path, main: bool) -> list[Session]:
-    """The synthesised fully labelled sessions, one per pair, in a dHCP-layout folder under ``root``
+    """The synthesised fully labelled sessions, one per pair (and warp), in a dHCP-layout folder under ``root``
     (written where ``main`` and not yet there)."""
     folder = root / f"pairs-{digest([ATLAS_VERSION, sorted(p.path.name for p in pairs), PAIRS_VERSION])}"
     sessions = []
     for pair in pairs:
         a, t = pair.atlas, pair.target
-        subject, ses = f"{a.subject}to{t.subject}", f"{a.session}to{t.session}"
+        warp = "" if pair.warp == "regular" else pair.warp  # one session per registration of the pair
+        subject, ses = f"{a.subject}to{t.subject}", f"{a.session}to{t.session}{warp}"
         anat = folder / f"sub-{subject}" / f"ses-{ses}" / "anat"
         stem = f"sub-{subject}_ses-{ses}"
         session = Session(subject, ses, anat / f"{stem}{T2_SUFFIX}", anat / f"{stem}{LABEL_SUFFIX}", t.scan_age)

@@ -25,6 +25,7 @@ class Pair:
     coarsen: bool  # the target's partial labels are simulated: its full map is coarsened as read
     path: Path  # the cached registration (.npz)
     skipped: int = 0  # finest pyramid levels left out: the target is finer than the registration's resolution
+    warp: str = "regular"  # which of registration.WARPS registers it
 
 
 def nearest_atlases(target: Session, atlases: list[Session], k: int) -> list[Session]:
@@ -38,12 +39,13 @@ def nearest_atlases(target: Session, atlases: list[Session], k: int) -> list[Ses
 
 
 def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Path, key,
-               resolution: float | None = None) -> list[Pair]:
+               resolution: float | None = None, warp: str = "regular") -> list[Pair]:
     """The pairs to register among ``sessions`` (those the run trains on): per target, its
     ``per_target`` nearest atlases. ``key``: what every pair's cache name also depends on
     (registration parameters, label tree, ...); files go to ``root/registrations``.
     ``resolution`` (mm): targets finer than it skip the pyramid's finest levels (read from their
-    headers; None: none skipped). A pair that skips none keeps the cache name it always had."""
+    headers; None: none skipped). A pair that skips none keeps the cache name it always had.
+    ``warp``: the registration (registration.WARPS) the pairs get; ``key`` holds its parameters."""
     from .registration import skipped_levels
 
     atlases = [s for s in sessions if split.is_full(s)]
@@ -59,7 +61,7 @@ def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Pat
             if skipped:
                 made_of.append({"skipped_levels": skipped})
             name = f"{a.key}--{t.key}-{digest(made_of)}.npz"
-            pairs.append(Pair(a, t, split.coarsened(t), root / "registrations" / name, skipped))
+            pairs.append(Pair(a, t, split.coarsened(t), root / "registrations" / name, skipped, warp))
     return pairs
 
 

@@ -80,6 +80,8 @@ class TrainConfig:
     atlas_confidence: float = 0.7  # propagate: share of the parent a fused atlas child needs to be written
     atlas_per_target: int = 3  # fully labelled sessions registered to each partially labelled one: the nearest
     # in scan age (train/atlas_plan.py); all of them where there are no more
+    atlas_warps: list[str] = field(default_factory=lambda: ["regular"])  # the registrations each atlas gets
+    # (train/registration.py WARPS), all fused per voxel
     atlas_resolution: float = 1.0  # mm: finer scans are registered on coarser pyramid levels, the transform
     # applied at their own voxel size (train/registration.py)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
@@ -134,6 +136,14 @@ class TrainConfig:
                 or self.atlas_per_target < 1:
             raise ValueError(f"--atlas-per-target is how many atlases each partially labelled session gets, at "
                              f"least 1; got {self.atlas_per_target!r}")
+        from .registration import WARPS
+
+        if isinstance(self.atlas_warps, str):
+            self.atlas_warps = [self.atlas_warps]
+        if not self.atlas_warps or len(set(self.atlas_warps)) != len(self.atlas_warps) \
+                or not set(self.atlas_warps) <= WARPS.keys():
+            raise ValueError(f"--atlas-warps is one or more of {', '.join(WARPS)}, comma-separated, each once; got "
+                             f"{','.join(map(str, self.atlas_warps)) or 'none'}")
         if isinstance(self.atlas_resolution, bool) or not isinstance(self.atlas_resolution, (int, float)) \
                 or not 0 < self.atlas_resolution <= 16:
             raise ValueError(f"--atlas-resolution is the registration's finest voxel size in mm, above 0 and at "
@@ -200,6 +210,7 @@ class TrainConfig:
         raw.setdefault("precision", "fp32")  # written before mixed precision: trained in FP32
         raw.setdefault("spacing", None)  # written before resampling: each scan at its own spacing
         raw.setdefault("atlas", "none")  # written before the atlas recipes: none
+        raw.setdefault("atlas_warps", ["regular"])  # written before --atlas-warps: the regular registration only
         return cls(**raw)
 
     def digest(self) -> str:

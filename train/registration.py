@@ -40,6 +40,13 @@ class RegistrationParams:
         return {"library": LIBRARY, "version": library_version(), **asdict(self)}
 
 
+# The registrations each atlas can get (``--atlas-warps``); several are fused per voxel like several
+# atlases. regular: today's (and the cached results') warp; flexible: less smoothing of the gradient
+# and of the warp, which follows folded cortex and white matter more closely but the deep nuclei
+# less well (docs/atlas.md measures both and their fusion).
+WARPS = {"regular": RegistrationParams(), "flexible": RegistrationParams(smoothing="1.0vox 0.25vox")}
+
+
 def skipped_levels(spacing, resolution: float) -> int:
     """How many of the pyramid's finest levels a scan of voxel size ``spacing`` (mm) skips so that
     the finest level registered has voxels of about ``resolution`` mm or more: one per halving of
