@@ -6,6 +6,7 @@ hidden truth, share left unknown, registration seconds) under ``--out``; ``neare
 the atlas session nearest in age instead of fusing all. Registrations are cached in ``--out``.
 
     python -m neoseg.benchmarks.atlas_quality --out /tmp/atlas-quality [--draws 0,1,2 --targets 12]
+        [--warps regular,flexible]
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ def main(argv=None) -> None:
     ap.add_argument("--targets", type=int, default=12)
     ap.add_argument("--full-fraction", type=float, default=0.02)
     ap.add_argument("--confidences", default="0.5,0.6,0.7,0.8,0.9")
+    ap.add_argument("--warps", default="regular", help="the registrations each atlas gets, comma-separated "
+                    "(neoseg-train --atlas-warps)")
     ap.add_argument("--workers", type=int, default=None)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     for draw in (int(d) for d in args.draws.split(",")):
-        base = TrainConfig(full_fraction=args.full_fraction, draw=draw, atlas="propagate")
+        base = TrainConfig(full_fraction=args.full_fraction, draw=draw, atlas="propagate",
+                           atlas_warps=args.warps.split(","))
         split = dataset_split(base)
         atlases = [s for s in split.train if split.is_full(s)]
         targets = [s for s in split.train if not split.is_full(s)][:args.targets]
@@ -46,7 +50,8 @@ def main(argv=None) -> None:
             config = dataclasses.replace(base, atlas_confidence=confidence)
             for k, part in enumerate(parts):
                 sessions, partial = training_sessions(config, part)
-                out = args.out / f"d{draw}-{name}-c{confidence}" / str(k)
+                warps = "" if args.warps == "regular" else "-" + args.warps.replace(",", "+")
+                out = args.out / f"d{draw}-{name}-c{confidence}{warps}" / str(k)
                 out.mkdir(parents=True, exist_ok=True)
                 with_atlas(config, part, sessions, partial, args.out / "cache", out, resolve(config.hierarchy),
                            workers=args.workers)
