@@ -84,6 +84,11 @@ def train(
                                                             "loss plateaus, from its best weights.")] = None,
     confidence: Annotated[Optional[float], typer.Option(help="Self-training: share of the parent's probability "
                                                         "the teacher's child needs. " + _default("confidence"))] = None,
+    weight_ema: Annotated[Optional[float], typer.Option(help="Validate, select and save an exponential moving "
+                                                        "average of the weights instead of the weights as trained: "
+                                                        "its decay per training step (e.g. 0.995), 0: off. Smooths "
+                                                        "the epoch-to-epoch swings of small structures. "
+                                                        + _default("weight_ema"))] = None,
     select: Annotated[Optional[Selection], typer.Option(help="Best epoch and early stopping by the validation loss "
                                                         "(the paper) or by the mean validation Dice of the child "
                                                         "structures. " + _default("select"))] = None,
@@ -200,6 +205,7 @@ def train(
             widths=parse_ints(widths, "--widths"), loss=loss.value if loss else None,
             reduction=reduction.value if reduction else None, dice_weight=dice_weight, self_training=self_training,
             self_train_after=self_train_after, confidence=confidence, select=select.value if select else None,
+            weight_ema=weight_ema,
             full_fraction=full_fraction, draw=draw, epochs=epochs, full_share=full_share,
             init_from=str(init_from) if init_from else None,
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,

@@ -27,6 +27,7 @@ class RunSpec:
     atlas: str = "none"  # propagate | pairs | both: the fully labelled subjects registered to the partial scans
     atlas_confidence: float | None = None  # propagate: the share of the parent a child needs; None: the default
     atlas_warps: tuple[str, ...] = ()  # the registrations each atlas gets; (): the default
+    weight_ema: float = 0.0  # validate, select and save an EMA of the weights (decay per step); 0: off
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
     augment: str = "none"  # "standard": neoseg-train's policy without the curve; the paper's rows train without
 
@@ -39,6 +40,7 @@ class RunSpec:
                 + ("+from-iuc" if self.from_iuc else "") + (f"+atlas-{self.atlas}" if self.atlas != "none" else "")
                 + (f"+conf{self.atlas_confidence * 100:g}" if self.atlas_confidence else "")
                 + (f"+warps-{'-'.join(self.atlas_warps)}" if self.atlas_warps else "")
+                + ("+wema" if self.weight_ema else "")
                 + (f"+share{self.full_share * 100:g}" if self.full_share else "")
                 + ("+aug" if self.augment != "none" else ""))
 
@@ -61,6 +63,7 @@ class RunSpec:
 
 GRIDS = ("headline", "full", "atlas")
 FULL_SHARE = 0.25  # the atlas grid's share of fully labelled slices per batch, where a recipe sets one
+WEIGHT_EMA = 0.995  # the atlas grid's weight average, where a recipe sets one: about 200 steps, 1.5 epochs at 2 %
 
 
 def plan(profile: Profile) -> list[RunSpec]:
@@ -123,7 +126,8 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     augmentation), propagation with its best epoch (and early stopping) chosen by the
     validation Dice of the children instead of the loss, and propagation writing only the children
     the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7), or fusing each atlas
-    registered twice (regular and flexible warps). The paper's rows and today's label-set run
+    registered twice (regular and flexible warps), and propagation selecting and saving an average of
+    the weights (``--weight-ema``). The paper's rows and today's label-set run
     keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
@@ -139,6 +143,7 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.8),
                      dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.9),
                      dataclasses.replace(iuc, atlas="propagate", atlas_warps=("regular", "flexible")),
+                     dataclasses.replace(iuc, atlas="propagate", weight_ema=WEIGHT_EMA),
                      dataclasses.replace(iuc, atlas="pairs"), dataclasses.replace(iuc, atlas="both"),
                      dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
     return runs

@@ -42,6 +42,8 @@ def levers(spec: RunSpec) -> dict:
         wanted["atlas_confidence"] = spec.atlas_confidence
     if spec.atlas_warps:
         wanted["atlas_warps"] = list(spec.atlas_warps)
+    if spec.weight_ema:
+        wanted["weight_ema"] = spec.weight_ema
     if spec.full_share:
         wanted["full_share"] = spec.full_share
     missing = sorted(wanted.keys() - {f.name for f in dataclasses.fields(TrainConfig)})

@@ -123,3 +123,33 @@ def test_early_stopping_keeps_the_best_epoch_and_resume_gives_the_same_run(tiny_
     wb = checkpoint.load(straight.out / "best.pt").model.state_dict()
     assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
     assert [r["dice"] for r in resumed.rows] == [r["dice"] for r in straight.rows]
+
+
+def test_weight_ema_validates_and_saves_the_average_and_resumes_it(tiny_dataset, tmp_path):
+    from neoseg.train.selftrain import EmaTeacher
+
+    net = torch.nn.Linear(2, 1)
+    average = EmaTeacher(net, 0.99, ramp=True)
+    start = net.weight.detach().clone()
+    with torch.no_grad():
+        net.weight.fill_(1.0)
+    average.update(net)  # the first update keeps (1 + 0) / (10 + 0) = 0.1 of the average, not 0.99
+    assert torch.allclose(average.model.weight, 0.1 * start + 0.9) and average.updates == 1
+    config = tiny_config(tiny_dataset, epochs=2, weight_ema=0.9)
+    straight = train(config, tmp_path / "straight", progress=False)
+    best, last = checkpoint.load(straight.out / "best.pt"), checkpoint.load(straight.out / "last.pt")
+    wb, wl = best.model.state_dict(), last.model.state_dict()
+    assert any(not torch.equal(wb[k], wl[k]) for k in wb if wb[k].is_floating_point())  # best.pt: the average
+    # interrupted after 1 epoch (its best.pt: the average then) and resumed: the same average as straight through
+    out = tmp_path / "resumed"
+    train(tiny_config(tiny_dataset, epochs=1, weight_ema=0.9), out, progress=False)
+    first, after_one = checkpoint.load(out / "best.pt").model.state_dict(), checkpoint.load(out / "last.pt").state
+    assert all(torch.equal(first[k], after_one["average_state"][k]) for k in first)
+    stored = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps({**stored, "epochs": 2}))
+    train(config, out, resume=True, progress=False)
+    ra = checkpoint.load(out / "last.pt").state["average_state"]
+    sa = last.state["average_state"]
+    assert all(torch.allclose(ra[k].float(), sa[k].float()) for k in sa)
+    with pytest.raises(ValueError, match="--weight-ema is the average's decay"):
+        TrainConfig(weight_ema=1.0)

@@ -50,6 +50,7 @@ class TrainConfig:
     self_train_after: int | None = None  # epochs of the plain loss before the teacher's pseudo labels are
     # used; None: once the plain loss has plateaued (early stopping would end the run), from its best weights
     ema_decay: float = 0.99
+    weight_ema: float = 0.0  # >0: validate, select and save an EMA of the weights (decay per step); 0: as trained
     confidence: float = 0.9  # share of the parent's probability the teacher's child needs
     select: str = "val-loss"  # best epoch and early stopping by: val-loss (the paper) | child-dice (mean
     # validation Dice of the channels that have a parent, on the fully labelled validation subjects)
@@ -118,6 +119,7 @@ class TrainConfig:
             raise ValueError(f"full_share mixes fully and partially labelled slices in each batch, which needs a batch "
                              f"size of at least 2; got {self.batch_size} (pass e.g. --batch-size 16)")
         self._check_atlas()
+        self._check_weight_ema()
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
         if self.self_training and self.loss == "bce":
@@ -126,6 +128,12 @@ class TrainConfig:
         if self.self_training and not (0.5 <= self.confidence < 1 and 0 < self.ema_decay < 1):
             raise ValueError(f"self-training needs confidence in [0.5, 1) and EMA decay in (0, 1), got "
                              f"{self.confidence} and {self.ema_decay}")
+
+    def _check_weight_ema(self) -> None:
+        if isinstance(self.weight_ema, bool) or not isinstance(self.weight_ema, (int, float)) \
+                or not 0 <= self.weight_ema < 1:
+            raise ValueError(f"--weight-ema is the average's decay per training step, in [0, 1) (0: off; e.g. "
+                             f"0.995); got {self.weight_ema!r}")
 
     def _check_atlas(self) -> None:
         if self.atlas not in ATLAS_MODES:

@@ -1,5 +1,7 @@
 """The training run: data, model, Adam, early stopping on the validation loss, best and last
-checkpoints (resumable), per-epoch metrics log, and the test evaluation at the end.
+checkpoints (resumable), per-epoch metrics log, and the test evaluation at the end. With
+``--weight-ema`` an exponential moving average of the weights is what is validated, selected and
+saved as best.pt.
 
 The steps live in their own modules: the device and ranks (:mod:`.ranks`), the sharded batches
 (:mod:`.sampling`), the run folder (:mod:`.rundir`), the recipe and training sessions
@@ -19,7 +21,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +88,12 @@ class _Run:
     shuffle: torch.Generator
     teacher: EmaTeacher | None
     children: list[int]  # channels with a parent: the validation's child Dice
+    average: EmaTeacher | None = None  # --weight-ema: the averaged weights, validated and saved as best.pt
+
+    @property
+    def selected(self) -> torch.nn.Module:
+        """The network that is validated and saved as best.pt."""
+        return self.average.model if self.average is not None else self.bare
 
 
 def seed_everything(seed: int) -> None:
@@ -256,9 +264,11 @@ def _assemble(out: Path, config: TrainConfig, hierarchy: hier.Hierarchy, spacing
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     scaler = grad_scaler(precision, device)
     teacher = EmaTeacher(bare, config.ema_decay) if config.self_training else None
+    average = EmaTeacher(bare, config.weight_ema, ramp=True) if config.weight_ema else None
     ctx = EpochContext(model, loss_fn, device, ranks, to_channels, precision, optimizer, scaler, augment, progress)
     children = [kid for _, kids in hierarchy.sibling_groups for kid in kids]
-    return _Run(out, config, hierarchy, spacing, ctx, bare, train_loader, val_loader, shuffle, teacher, children)
+    return _Run(out, config, hierarchy, spacing, ctx, bare, train_loader, val_loader, shuffle, teacher, children,
+                average)
 
 
 def _resume(run: _Run, schedule: Schedule) -> int:
@@ -276,6 +286,9 @@ def _resume(run: _Run, schedule: Schedule) -> int:
     torch.set_rng_state(state["torch_rng"])
     if run.teacher is not None:
         run.teacher.model.load_state_dict(state["teacher_state"])
+    if run.average is not None:
+        run.average.model.load_state_dict(state["average_state"])
+        run.average.updates = state["average_updates"]
     if run.ctx.ranks.main:
         truncate_metrics(run.out / "metrics.csv", start)
     log.info("resuming %s at epoch %d (best val loss %.4f at epoch %d)", run.out, start, schedule.best_loss,
@@ -293,11 +306,14 @@ def _run_epochs(run: _Run, schedule: Schedule, start: int) -> None:
             best = checkpoint.load(run.out / "best.pt", map_location=str(run.ctx.device))
             run.bare.load_state_dict(best.net.state_dict())
             run.teacher.model.load_state_dict(best.net.state_dict())
+            if run.average is not None:
+                run.average.model.load_state_dict(best.net.state_dict())
         t0 = time.monotonic()
         trained = run_epoch(run.ctx, run.train_loader, f"epoch {epoch}/{config.epochs}", train=True,
                             complete=_completion(run) if schedule.self_training_on else None,
-                            after_step=(lambda: run.teacher.update(run.bare)) if schedule.teacher_tracks else None)
-        val = run_epoch(run.ctx, run.val_loader, "validate")
+                            after_step=_after_step(run, schedule))
+        val = run_epoch(replace(run.ctx, model=run.average.model) if run.average else run.ctx,
+                        run.val_loader, "validate")
         child_dice = val.mean_dice(run.children)
         improved = schedule.after_epoch(epoch, val.loss if config.select == "val-loss" else 1 - child_dice, val.loss)
         if not run.ctx.ranks.main:
@@ -313,6 +329,14 @@ def _run_epochs(run: _Run, schedule: Schedule, start: int) -> None:
                  trained.loss, val.loss, val.dice, child_dice, " *" if improved else "", time.monotonic() - t0)
 
 
+def _after_step(run: _Run, schedule: Schedule):
+    """What follows every optimizer step: the teacher and the weight average track the network."""
+    followers = ([run.teacher] if schedule.teacher_tracks else []) + ([run.average] if run.average else [])
+    if not followers:
+        return None
+    return lambda: [f.update(run.bare) for f in followers]
+
+
 def _completion(run: _Run):
     """Self-training's ``complete(image, target)``: the teacher fills in the unknown children."""
     to_channels = run.ctx.to_channels or (lambda x: x)
@@ -326,9 +350,11 @@ def _save_checkpoints(run: _Run, schedule: Schedule, epoch: int, improved: bool)
     ctx, precision = run.ctx, run.ctx.precision
     common = (run.bare, run.config, run.hierarchy, run.spacing)
     if improved:
-        checkpoint.save(run.out / "best.pt", *common, epoch=epoch, best_val_loss=schedule.best_loss,
+        checkpoint.save(run.out / "best.pt", run.selected, *common[1:], epoch=epoch, best_val_loss=schedule.best_loss,
                         best_score=schedule.best_score, precision=precision)
     extra = {"teacher_state": run.teacher.model.state_dict()} if run.teacher is not None else {}
+    if run.average is not None:
+        extra.update(average_state=run.average.model.state_dict(), average_updates=run.average.updates)
     if ctx.scaler is not None:
         extra["scaler_state"] = ctx.scaler.state_dict()
     if ctx.augment is not None:

@@ -26,18 +26,25 @@ from neoseg.core.hierarchy import UNKNOWN, Hierarchy
 
 
 class EmaTeacher:
-    def __init__(self, student: nn.Module, decay: float):
+    """An exponential moving average of a network's weights, updated after every optimizer step.
+    ``ramp``: the decay grows as (1 + n) / (10 + n) up to ``decay`` over the first updates ``n``, so
+    that the average does not lean on the first weights (for ``--weight-ema``; the self-training
+    teacher starts from trained weights and needs none)."""
+
+    def __init__(self, student: nn.Module, decay: float, ramp: bool = False):
         if not 0 < decay < 1:
             raise ValueError(f"EMA decay {decay} must lie in (0, 1)")
-        self.decay = decay
+        self.decay, self.ramp, self.updates = decay, ramp, 0
         self.model = copy.deepcopy(student).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, student: nn.Module) -> None:
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates)) if self.ramp else self.decay
+        self.updates += 1
         for t, s in zip(self.model.parameters(), student.parameters()):
-            t.mul_(self.decay).add_(s.detach(), alpha=1 - self.decay)
+            t.mul_(decay).add_(s.detach(), alpha=1 - decay)
         for t, s in zip(self.model.buffers(), student.buffers()):
             t.copy_(s)
 
