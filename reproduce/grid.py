@@ -126,8 +126,8 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     augmentation), propagation with its best epoch (and early stopping) chosen by the
     validation Dice of the children instead of the loss, and propagation writing only the children
     the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7), or fusing each atlas
-    registered twice (regular and flexible warps), and propagation selecting and saving an average of
-    the weights (``--weight-ema``). The paper's rows and today's label-set run
+    registered twice (regular and flexible warps), propagation selecting and saving an average of
+    the weights (``--weight-ema``), and both together. The paper's rows and today's label-set run
     keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
@@ -144,6 +144,8 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, atlas="propagate", atlas_confidence=0.9),
                      dataclasses.replace(iuc, atlas="propagate", atlas_warps=("regular", "flexible")),
                      dataclasses.replace(iuc, atlas="propagate", weight_ema=WEIGHT_EMA),
+                     dataclasses.replace(iuc, atlas="propagate", atlas_warps=("regular", "flexible"),
+                                         weight_ema=WEIGHT_EMA),
                      dataclasses.replace(iuc, atlas="pairs"), dataclasses.replace(iuc, atlas="both"),
                      dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
     return runs

@@ -47,6 +47,8 @@ ATLAS_RECIPES = [
     ("Atlas propagation, regular and flexible warps fused, + IUC", "partial",
      "iuc+atlas-propagate+warps-regular-flexible", "mean", 1),
     ("Atlas propagation + IUC, weights averaged (EMA)", "partial", "iuc+atlas-propagate+wema", "mean", 1),
+    ("Atlas propagation, both warps, + IUC, weights averaged", "partial",
+     "iuc+atlas-propagate+warps-regular-flexible+wema", "mean", 1),
     ("Atlas-to-scan pairs + IUC", "partial", "iuc+atlas-pairs", "mean", 1),
     ("Atlas propagation and pairs + IUC", "partial", "iuc+atlas-both", "mean", 1),
     ("Atlas propagation and pairs + IUC, 25 % share, augmented", "partial", "iuc+atlas-both+share25+aug", "mean", 1)]

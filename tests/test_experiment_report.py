@@ -59,10 +59,10 @@ def report(out, profile=PROFILE, invocations=()) -> str:
 
 def test_a_report_is_written_for_no_run_and_for_the_reference_alone(tmp_path):
     text = report(tmp_path)  # nothing finished yet
-    assert "No finished runs yet" in text and "Not (yet) run: 46 run(s)" in text
+    assert "No finished runs yet" in text and "Not (yet) run: 49 run(s)" in text
     stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE)  # --only f100
     text = report(tmp_path)
-    assert "Not (yet) run: 45 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
+    assert "Not (yet) run: 48 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
     assert "| unet | supervised, 100 % | bce |" in text and "## Figure 4" not in text
     assert not (tmp_path / "figure4.png").exists()
 
@@ -151,7 +151,7 @@ def test_a_recipe_time_counts_its_draws_the_run_it_starts_from_and_registration(
 def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
     runs = plan(PROFILE)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 1 + 15 * 3
+    assert len(names) == len(set(names)) == 1 + 16 * 3
     headline = {r.name for r in plan(dataclasses.replace(PROFILE, grid="headline"))}
     for old in ("unet-supervised-bce-f100-d0", "unet-supervised-bce-f002-d2", "unet-partial-iuc-f002-d1",
                 "unet-partial-labelset-st-f002-d0"):
@@ -161,7 +161,7 @@ def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
         "unet-partial-iuc-share25-aug", "unet-partial-iuc-atlas-propagate", "unet-partial-iuc-st-atlas-propagate",
         "unet-partial-iuc-child-atlas-propagate", "unet-partial-iuc-atlas-propagate-conf80",
         "unet-partial-iuc-atlas-propagate-conf90", "unet-partial-iuc-atlas-propagate-warps-regular-flexible",
-        "unet-partial-iuc-atlas-propagate-wema",
+        "unet-partial-iuc-atlas-propagate-wema", "unet-partial-iuc-atlas-propagate-warps-regular-flexible-wema",
         "unet-partial-iuc-atlas-pairs", "unet-partial-iuc-atlas-both",
         "unet-partial-iuc-atlas-both-share25-aug"}
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)

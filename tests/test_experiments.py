@@ -285,5 +285,5 @@ def test_a_subset_of_the_grid_trains_and_reports(tiny_dataset, tmp_path):
     run_all(profile, out, data=tiny_dataset, device="cpu", only="f100", progress=False)  # once exited 2 here
     assert [p.name for p in (out / "runs").iterdir()] == ["unet-supervised-bce-f100-d0"]
     text = (out / "REPORT.md").read_text()
-    assert "Runs finished: 1 of 16 planned" in text and "No finished runs yet" in text
+    assert "Runs finished: 1 of 17 planned" in text and "No finished runs yet" in text
     assert "| unet | supervised, 100 % | bce |" in text and not (out / "figure4.png").exists()
