@@ -312,8 +312,7 @@ def _run_epochs(run: _Run, schedule: Schedule, start: int) -> None:
         trained = run_epoch(run.ctx, run.train_loader, f"epoch {epoch}/{config.epochs}", train=True,
                             complete=_completion(run) if schedule.self_training_on else None,
                             after_step=_after_step(run, schedule))
-        val = run_epoch(replace(run.ctx, model=run.average.model) if run.average else run.ctx,
-                        run.val_loader, "validate")
+        val = run_epoch(replace(run.ctx, model=run.selected) if run.average else run.ctx, run.val_loader, "validate")
         child_dice = val.mean_dice(run.children)
         improved = schedule.after_epoch(epoch, val.loss if config.select == "val-loss" else 1 - child_dice, val.loss)
         if not run.ctx.ranks.main:
