@@ -56,8 +56,8 @@ def main(argv=None) -> None:
                 with_atlas(config, part, sessions, partial, args.out / "cache", out, resolve(config.hierarchy),
                            workers=args.workers)
                 report = json.loads((out / "atlas.json").read_text())
-                print(json.dumps({"draw": draw, "atlases": name, "confidence": confidence, "part": k,
-                                  "dice": report.get("dice"), "unknown_share": report.get("unknown_share"),
+                print(json.dumps({"draw": draw, "atlases": name, "confidence": confidence, "warps": args.warps,
+                                  "part": k, "dice": report.get("dice"), "unknown_share": report.get("unknown_share"),
                                   "seconds": report["seconds"], "pairs": report["pairs"]}), flush=True)
 
 

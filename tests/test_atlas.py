@@ -117,9 +117,11 @@ def test_each_warp_registers_every_pair_once_and_all_are_fused(tiny_dataset, atl
 
 
 def test_atlas_warps_are_checked_and_old_configs_keep_the_regular_one():
-    for bad in (["regular", "regular"], ["tight"], []):
+    for bad in (["regular", "regular"], ["tight"], [], [["regular"]]):
         with pytest.raises(ValueError, match="--atlas-warps is one or more of regular, flexible"):
             TrainConfig(atlas="propagate", atlas_warps=bad)
+    for given in ("flexible", ("flexible", "regular"), ["regular", "flexible"]):  # one setting per set, as a list
+        assert TrainConfig(atlas_warps=given).atlas_warps == [w for w in ("regular", "flexible") if w in given]
     old = json.loads(TrainConfig().to_json())
     del old["atlas_warps"]
     assert TrainConfig.from_json(json.dumps(old)).atlas_warps == ["regular"]

@@ -45,8 +45,8 @@ class EmaTeacher:
         self.updates += 1
         for t, s in zip(self.model.parameters(), student.parameters()):
             t.mul_(decay).add_(s.detach(), alpha=1 - decay)
-        for t, s in zip(self.model.buffers(), student.buffers()):
-            t.copy_(s)
+        for t, s in zip(self.model.buffers(), student.buffers()):  # batch-norm statistics: the student's, as
+            t.copy_(s)  # measured for --weight-ema (docs/training.md); not averaged
 
     @torch.no_grad()
     def channel_probabilities(self, image: torch.Tensor, to_channels) -> torch.Tensor:
