@@ -158,9 +158,10 @@ def train(
                                                    "Greedy; docs/atlas.md): propagate (their children fill in the "
                                                    "unknown ones inside the known parent where confident), pairs "
                                                    "(the atlas image and labels warped into each scan become extra "
-                                                   "training sessions), both, none, or auto: propagate wherever fully "
-                                                   "and partially labelled sessions train together with a "
-                                                   "partial-label loss, else none. "
+                                                   "training sessions), both, none, or auto: where fully and partially "
+                                                   "labelled sessions train together with a partial-label "
+                                                   "loss, propagate with one fully labelled subject and "
+                                                   "pairs with more, else none. "
                                                    + _default("atlas"))] = None,
     atlas_confidence: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="--atlas propagate: the "
                                                               "share of the parent a fused atlas child needs to be "

@@ -1,5 +1,6 @@
-"""neoseg-train's default atlas recipe (``--atlas auto``, train/recipes.py): propagation where fully
-and partially labelled sessions train together with a partial-label loss, nothing elsewhere."""
+"""neoseg-train's default atlas recipe (``--atlas auto``, train/recipes.py): where fully and
+partially labelled sessions train together with a partial-label loss, propagation with one fully
+labelled subject and the atlas-to-scan pairs with more; nothing elsewhere."""
 
 import json
 
@@ -26,8 +27,10 @@ def test_the_cpu_profile_defaults_to_auto_and_the_paper_profile_to_none():
     ({"loss": "labelset"}, "propagate"),
     ({"loss": "bce"}, "none"),  # the supervised baseline trains on the fully labelled subjects only
     ({"full_fraction": 1.0}, "none"),  # nothing partial to propagate into
+    ({"full_fraction": 0.5}, "pairs"),  # two fully labelled subjects: the atlas-to-scan pairs
+    ({"full_fraction": 0.5, "loss": "bce"}, "none"),
 ])
-def test_auto_resolves_to_propagate_only_where_there_is_something_to_propagate(tiny_dataset, kw, mode):
+def test_auto_resolves_by_the_fully_labelled_subjects_where_there_is_something_to_register(tiny_dataset, kw, mode):
     cfg = config(tiny_dataset, **kw)
     assert resolve_recipe(cfg, dataset_split(cfg)).atlas == mode
 

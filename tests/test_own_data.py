@@ -153,9 +153,9 @@ def test_train_evaluate_export_and_segment_a_labs_own_dataset(release, tmp_path)
     result = runner.invoke(train_app, ["--data", str(release), "--out", str(run), "--epochs", "2", *TINY])
     assert result.exit_code == 0, result.output
     assert json.loads((run / "config.json").read_text())["spacing"] == [2.0, 2.0, 2.0]
-    atlas = json.loads((run / "atlas.json").read_text())  # the default, --atlas auto: the lab's partial maps
-    assert atlas["mode"] == "propagate" and atlas["pairs"] > 0  # take the registered full sessions' children
-    assert json.loads((run / "config.json").read_text())["atlas"] == "propagate"
+    atlas = json.loads((run / "atlas.json").read_text())  # the default, --atlas auto: with two or more fully
+    assert atlas["mode"] == "pairs" and atlas["pairs"] > 0  # labelled subjects, the atlases warped into the scans
+    assert json.loads((run / "config.json").read_text())["atlas"] == "pairs"
     assert checkpoint.load(run / "best.pt").spacing == (2.0, 2.0, 2.0)
     split = json.loads((run / "split.json").read_text())
     kinds = {f"R{i:02d}": kind for i, (_, kind) in enumerate(SUBJECTS)}

@@ -58,7 +58,7 @@ def semi_supervised_config(config: TrainConfig, supervised_checkpoint: str | Pat
 def resolve_recipe(config: TrainConfig, split: Split) -> TrainConfig:
     """The config a new run trains with: plain BCE cannot learn from partial labels, so ``bce`` on
     a split with partially labelled training subjects (and no pseudo labels or chosen subjects) is
-    the supervised baseline; ``--atlas auto`` becomes ``propagate`` or ``none`` (:func:`resolve_atlas`).
+    the supervised baseline; ``--atlas auto`` becomes ``propagate``, ``pairs`` or ``none`` (:func:`resolve_atlas`).
     Resolved before the run's config.json is written."""
     if config.loss == "bce" and config.pseudo_labels is None and config.train_subjects is None \
             and any(not split.is_full(s) for s in split.train):
@@ -69,17 +69,19 @@ def resolve_recipe(config: TrainConfig, split: Split) -> TrainConfig:
 
 
 def resolve_atlas(config: TrainConfig, split: Split) -> TrainConfig:
-    """``--atlas auto``: ``propagate`` (the recipe that won on the worst draw with one fully labelled
-    subject, docs/atlas.md) where the run trains a partial-label loss on fully and partially labelled
-    sessions of its own; ``none`` where there is nothing to propagate (all fully labelled, the
-    supervised baseline, pseudo labels in place of the partial maps)."""
+    """``--atlas auto``, where the run trains a partial-label loss on fully and partially labelled
+    sessions of its own: ``propagate`` with one fully labelled subject, ``pairs`` with two or more
+    (the recipes that won on the worst draw at 2 % and 5 %, docs/atlas.md); ``none`` where there is
+    nothing to register (all fully labelled, the supervised baseline, pseudo labels in place of the
+    partial maps)."""
     sessions = _chosen_sessions(config, split)
-    full = sum(split.is_full(s) for s in sessions)
-    mode = "propagate" if config.loss != "bce" and config.pseudo_labels is None and 0 < full < len(sessions) \
-        else "none"
-    if mode == "propagate":
-        log.info("--atlas auto: propagate (%d fully labelled training session(s) registered to the %d partially "
-                 "labelled ones; --atlas none trains without)", full, len(sessions) - full)
+    full = [s for s in sessions if split.is_full(s)]
+    if config.loss == "bce" or config.pseudo_labels is not None or not 0 < len(full) < len(sessions):
+        return dataclasses.replace(config, atlas="none")
+    subjects = len({s.subject for s in full})
+    mode = "propagate" if subjects == 1 else "pairs"
+    log.info("--atlas auto: %s (%d fully labelled subject(s), %d session(s), registered to the %d partially labelled "
+             "sessions; --atlas none trains without)", mode, subjects, len(full), len(sessions) - len(full))
     return dataclasses.replace(config, atlas=mode)
 
 
