@@ -174,7 +174,7 @@ class TrainConfig:
         """``cpu``: minutes on 2 cores: the 64^3 cohort, 64^2 slices, a half-width U-Net
         (8-16-32-64-128), up to 40 epochs, output biases at the labels' prior odds, training
         stopped after 7.5 minutes at the latest (the atlas registrations before it are not counted:
-        about 7 more minutes for the demo on 2 cores), and the
+        about 4 more minutes for the demo on 2 cores), and the
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
         epochs fit; docs/training.md, "Mixed precision"), and ``--atlas auto``: where fully and partially
         labelled sessions train together, atlas propagation with one fully labelled subject and the
