@@ -16,9 +16,10 @@ app = make_app()
 
 @app.command()
 def evaluate(
-    model: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="MODEL",
-                                          help="Model file: best.pt from neoseg-train, or an exported .onnx "
-                                               "model.")],
+    models: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="MODEL...",
+                                                 help="Model file: best.pt from neoseg-train, or an exported "
+                                                      ".onnx model; several best.pt: their ensemble (the mean "
+                                                      "of their probabilities).")],
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                  help="dHCP-layout dataset folder. Default: the model's own data.")] = None,
     subset: Annotated[Optional[str], typer.Option(help="Sessions to evaluate: test, val, train (the model's split) or all. "
@@ -46,7 +47,7 @@ def evaluate(
             check_writable(out, overwrite)
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
 
-        segmenter, config = _segmenter(model, thresholds, backend, device)
+        segmenter, config = _segmenter(models, thresholds, backend, device, data is None and subset != "all")
         sessions = _sessions(config, data, subset)
         rows = evaluate_sessions(segmenter, sessions, progress=not quiet)
         if not rows:
@@ -57,15 +58,21 @@ def evaluate(
     typer.echo(report(rows))
 
 
-def _segmenter(model: Path, thresholds: str | None, backend: str, device: str):
-    """The runtime's segmenter over ``model`` and the training config it records."""
+def _segmenter(models: list[Path], thresholds: str | None, backend: str, device: str, own_split: bool):
+    """The runtime's segmenter over ``models`` (one .onnx, or checkpoints: one, or an ensemble) and
+    the training config it records (an ensemble's first member's; with ``own_split`` the members
+    must have held out the same scans)."""
     import dataclasses
 
     from neoseg.runtime.model import parse_thresholds
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train.config import TrainConfig
 
+    model = models[0]
     if model.suffix == ".onnx":
+        if len(models) > 1:
+            raise ValueError(f"{len(models)} models given, the first an .onnx: an ensemble is made of best.pt "
+                             f"checkpoints (export it with neoseg-export A/best.pt B/best.pt -o ensemble.onnx)")
         from neoseg.runtime.backends import open_backend
 
         opened = open_backend(model, backend)
@@ -73,11 +80,15 @@ def _segmenter(model: Path, thresholds: str | None, backend: str, device: str):
             opened.info = dataclasses.replace(opened.info, thresholds=tuple(
                 parse_thresholds(thresholds, len(opened.info.hierarchy))))
         return Segmenter(opened), TrainConfig.from_json(opened.info.config)
-    from neoseg.train import checkpoint as ckpt
+    from neoseg.train.ensemble import check_one_split, load_models
     from neoseg.train.evaluate import model_segmenter
     from neoseg.train.ranks import resolve_device
 
-    loaded = ckpt.load(model)
+    if any(m.suffix == ".onnx" for m in models):
+        raise ValueError("an ensemble is made of best.pt checkpoints, not .onnx models; pass the checkpoints")
+    if own_split:
+        check_one_split(models)
+    loaded = load_models(models, own_thresholds=bool(thresholds))
     config = loaded.config
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds \
         else loaded.state.get("thresholds", config.thresholds)

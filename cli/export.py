@@ -18,8 +18,10 @@ app = make_app()
 
 @app.command()
 def export(
-    checkpoint: Annotated[Path, typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT",
-                                               help="Checkpoint file (best.pt from neoseg-train).")],
+    checkpoints: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT...",
+                                                      help="Checkpoint file (best.pt from neoseg-train); several: "
+                                                           "one model, their ensemble (the mean of their "
+                                                           "probabilities).")],
     out: Annotated[Optional[Path], typer.Option("-o", "--out", dir_okay=False,
                                                 help="ONNX model file to write (.onnx); the INT8 model and the "
                                                      "engine go beside it.")] = None,
@@ -48,7 +50,8 @@ def export(
                                                                "on).")] = 4,
     overwrite: Annotated[bool, typer.Option("--overwrite/--no-overwrite", help="Replace existing outputs.")] = False,
 ) -> None:
-    """Export CHECKPOINT to ONNX (and TensorRT), verified against PyTorch on real scans."""
+    """Export CHECKPOINT (or the ensemble of several) to ONNX (and TensorRT), verified against PyTorch
+    on real scans."""
     from neoseg.core.io import check_writable
     from neoseg.export.onnx_export import ParityError
     from neoseg.export.trt_engine import EngineBuildError
@@ -79,7 +82,7 @@ def export(
 
             import_tensorrt(), gpu_identity()  # before anything is written
             outputs["engine"] = check_writable(engine, overwrite)
-        _export(checkpoint, outputs, companions, timing_cache, thresholds, data, verify_scans, calibration_data,
+        _export(checkpoints, outputs, companions, timing_cache, thresholds, data, verify_scans, calibration_data,
                 calibration_scans, overwrite)
 
 
@@ -93,7 +96,7 @@ def has_openvino() -> bool:
     return importlib.util.find_spec("openvino") is not None
 
 
-def _export(checkpoint, outputs, companions, timing_cache, thresholds, data, verify_scans, calibration_data,
+def _export(checkpoints, outputs, companions, timing_cache, thresholds, data, verify_scans, calibration_data,
             calibration_scans, overwrite) -> None:
     """Every output is written into a staging folder beside them under its final name (the INT8
     and BF16 models are found by name from the .onnx), then all appear together, or none does
@@ -108,9 +111,12 @@ def _export(checkpoint, outputs, companions, timing_cache, thresholds, data, ver
     from neoseg.export.onnx_export import export_onnx, verification_slices
     from neoseg.export.scans import Scans, calibration_sessions, verification_sessions
     from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
-    from neoseg.train import checkpoint as ckpt
+    from neoseg.train.ensemble import check_one_split, load_models
 
-    loaded = ckpt.load(checkpoint)
+    loaded = load_models(checkpoints, own_thresholds=bool(thresholds))
+    checkpoint = checkpoints[0]  # its run's split and data choose the scans (the same for every member)
+    if data is None and (verify_scans or "xml" in outputs):
+        check_one_split(checkpoints)
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
     info = info_from_checkpoint(loaded, chosen)
     verify, x = [], None

@@ -184,6 +184,9 @@ def train(
                                                               + _default("atlas_resolution"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,
+    split_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/validation/test split alone (default: "
+                                                      "--seed). Members of an ensemble: one --split-seed, "
+                                                      "each its own --seed.")] = None,
     device: Annotated[Optional[str], typer.Option(help="Device: auto, cpu, cuda or cuda:N. " + _default("device"))] = None,
     precision: Annotated[Optional[Precision], typer.Option(help="Training precision. fp32; bf16: the forward pass in BF16 "
                                                            "(autocast) on a CPU with BF16 units (AVX-512 BF16 or "
@@ -217,7 +220,7 @@ def train(
             atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
             atlas_per_target=atlas_per_target, atlas_resolution=atlas_resolution,
             atlas_warps=[w.strip() for w in atlas_warps.split(",")] if atlas_warps else None,
-            seed=seed, device=device,
+            seed=seed, split_seed=split_seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)
         if profile is Profile.paper and slice_size is None and grid is not None:

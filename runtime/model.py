@@ -140,8 +140,10 @@ def parse_thresholds(text: str | None, n: int, default: float = 0.5) -> tuple[fl
 
 
 def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) -> ModelInfo:
-    """The metadata of a loaded training checkpoint (``neoseg.train.checkpoint.Loaded``);
-    thresholds default to those stored in the checkpoint, else its training config's."""
+    """The metadata of a loaded training checkpoint (``neoseg.train.checkpoint.Loaded``), or of an
+    ensemble of them (``neoseg.train.ensemble``: its state names its architecture, digest and head;
+    its config is the first member's); thresholds default to those stored in the checkpoint, else
+    its training config's."""
     from neoseg.core.version import neoseg_version
 
     config, hierarchy = loaded.config, loaded.hierarchy
@@ -149,6 +151,7 @@ def info_from_checkpoint(loaded, thresholds: tuple[float, ...] | None = None) ->
         thresholds = loaded.state.get("thresholds", config.thresholds)
     return ModelInfo(hierarchy=hierarchy, thresholds=check_thresholds(thresholds, hierarchy.names, "thresholds"),
                      axis=config.axis, slice_size=config.slice_size, divisor=int(getattr(loaded.model, "divisor", 32)),
-                     spacing=tuple(float(s) for s in loaded.spacing), architecture=config.model,
-                     version=neoseg_version(), config_digest=config.digest(), config=config.to_json(),
-                     flexible=config.model == "unet", head=config.head)
+                     spacing=tuple(float(s) for s in loaded.spacing),
+                     architecture=loaded.state.get("architecture", config.model), version=neoseg_version(),
+                     config_digest=loaded.state.get("config_digest", config.digest()), config=config.to_json(),
+                     flexible=config.model == "unet", head=loaded.state.get("head", config.head))

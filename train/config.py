@@ -89,6 +89,7 @@ class TrainConfig:
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
     seed: int = 0
+    split_seed: int | None = None  # the train/validation/test split's own seed; None: ``seed``
     device: str = "auto"
 
     def __post_init__(self):
@@ -220,6 +221,10 @@ class TrainConfig:
         raw.setdefault("atlas", "none")  # written before the atlas recipes: none
         raw.setdefault("atlas_warps", ["regular"])  # written before --atlas-warps: the regular registration only
         return cls(**raw)
+
+    @property
+    def split_seed_used(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     def digest(self) -> str:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]

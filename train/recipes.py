@@ -31,11 +31,11 @@ def dataset_split(config: TrainConfig, progress: bool = False) -> Split:
     sessions = dataset_sessions(config, progress)
     partial = partial_sessions(sessions, resolve(config.hierarchy)) if config.data is not None else {}
     if not any(partial.values()):
-        return make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw)
+        return make_split(sessions, config.full_fraction, seed=config.split_seed_used, draw=config.draw)
     log.info("%s holds %d fully and %d partially labelled sessions (read from the files; --full-fraction "
              "applies to fully labelled datasets only)", config.data, sum(not p for p in partial.values()),
              sum(partial.values()))
-    return split_by_annotation(sessions, partial, seed=config.seed)
+    return split_by_annotation(sessions, partial, seed=config.split_seed_used)
 
 
 def supervised_config(config: TrainConfig, split: Split) -> TrainConfig:
