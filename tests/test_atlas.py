@@ -136,6 +136,24 @@ def test_intensity_matching_maps_each_region_onto_the_target():
     assert abs(out[regions == 1].mean() - 300) < 2 and abs(out[regions == 2].mean() - 100) < 2
 
 
+def test_the_cache_stores_images_at_half_precision_and_reads_older_float32_ones(atlas_run, tmp_path):
+    from neoseg.train.atlas import _load_warped
+
+    split, sessions, new, flags, report = atlas_run
+    pair = new[len(sessions)]
+    assert nib.load(pair.t2).get_data_dtype() == np.int16  # scaled by the header, as scanners store T2s
+    cached = sorted(Path(pair.t2).parents[4].glob("registrations/*.npz"))[0]
+    with np.load(cached) as stored:
+        assert stored["image"].dtype == np.float16 and np.abs(stored["image"]).max() == 1
+        image, scale = stored["image"].astype(np.float32), float(stored["scale"])
+        legacy = dict(stored, image=image * scale)
+        del legacy["scale"]
+    np.savez_compressed(tmp_path / "old.npz", **legacy)  # as written before: float32, no scale
+    got = [_load_warped([type("P", (), {"path": p})()])[1][0] for p in (cached, tmp_path / "old.npz")]
+    np.testing.assert_allclose(got[0], got[1], rtol=1e-6)
+    assert got[0].dtype == np.float32 and got[0].max() == pytest.approx(scale)
+
+
 def test_cached_registrations_are_reused_not_repeated(tiny_dataset, tmp_path, monkeypatch):
     calls = []
     real = registration.warp_atlas

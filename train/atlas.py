@@ -146,8 +146,9 @@ def _failed(pair: Pair, error: BaseException) -> ValueError:
 
 
 def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
-    """Register one pair and cache the atlas's image and soft leaf maps in the target's grid
-    (probabilities as uint8, 255 = 1). Returns its seconds."""
+    """Register one pair and cache the atlas's image (float16, divided by its largest magnitude,
+    ``scale``) and soft leaf maps (probabilities as uint8, 255 = 1) in the target's grid. Returns
+    its seconds."""
     from .volumes import load_session
 
     t0 = time.perf_counter()
@@ -160,8 +161,10 @@ def register_pair(pair: Pair, hierarchy: Hierarchy) -> float:
                                      voxel_size(img), voxel_size(a_img), registration.WARPS[pair.warp],
                                      skipped=pair.skipped)
     soft = np.round(np.clip(np.stack(warped[1:]), 0, 1) * 255).astype(np.uint8)
+    scale = float(np.abs(warped[0]).max()) or 1.0  # the image as float16 of [-1, 1]: half the disk of float32
     seconds = time.perf_counter() - t0
-    write_once(pair.path, lambda tmp: np.savez_compressed(tmp, image=warped[0].astype(np.float32), soft=soft,
+    write_once(pair.path, lambda tmp: np.savez_compressed(tmp, image=(warped[0] / scale).astype(np.float16),
+                                                          scale=np.float32(scale), soft=soft,
                                                           leaves=np.asarray(leaves), seconds=np.float64(seconds)))
     return seconds
 
@@ -280,8 +283,9 @@ def _write_pair(pair: Pair, hierarchy: Hierarchy, session: Session) -> None:
                          0 if outside is None else hierarchy.channels[outside].value)
     codes = coded.codes.astype(np.int64)
     regions = np.where(codes < coded.first_extra, hierarchy.coarsen(np.minimum(codes, coded.first_extra - 1)), codes)
-    matched = match_intensities(warped[0], hierarchy.coarsen(labels), image, regions)
-    write_once(session.t2, lambda tmp: write_nifti(nib.Nifti1Image(matched, img.affine), tmp))
+    matched = nib.Nifti1Image(match_intensities(warped[0], hierarchy.coarsen(labels), image, regions), img.affine)
+    matched.set_data_dtype(np.int16)  # scaled by nibabel (slope, intercept): half the disk of float32
+    write_once(session.t2, lambda tmp: write_nifti(matched, tmp))
     write_once(session.labels, lambda tmp: write_nifti(nib.Nifti1Image(labels, img.affine), tmp))
 
 
@@ -289,8 +293,9 @@ def _load_warped(group: list[Pair]) -> tuple[list[int], list[np.ndarray], list[n
     """(leaf values, warped images, soft maps (L, ...) in [0, 1]) of the pairs' cached registrations."""
     images, soft, leaves = [], [], None
     for pair in group:
-        with np.load(pair.path) as cached:
-            images.append(cached["image"])
+        with np.load(pair.path) as cached:  # registrations cached before the float16 image: float32, no scale
+            scale = float(cached["scale"]) if "scale" in cached.files else 1.0
+            images.append(cached["image"].astype(np.float32) * np.float32(scale))
             soft.append(cached["soft"].astype(np.float32) / 255)
             leaves = cached["leaves"].tolist()
     return leaves, images, soft
