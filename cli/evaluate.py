@@ -16,7 +16,7 @@ app = make_app()
 
 @app.command()
 def evaluate(
-    models: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="MODEL...",
+    models: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="MODEL",
                                                  help="Model file: best.pt from neoseg-train, or an exported "
                                                       ".onnx model; several best.pt: their ensemble (the mean "
                                                       "of their probabilities).")],

@@ -18,9 +18,9 @@ app = make_app()
 
 @app.command()
 def export(
-    checkpoints: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT...",
+    checkpoints: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT",
                                                       help="Checkpoint file (best.pt from neoseg-train); several: "
-                                                           "one model, their ensemble (the mean of their "
+                                                           "their ensemble as one model (the mean of their "
                                                            "probabilities).")],
     out: Annotated[Optional[Path], typer.Option("-o", "--out", dir_okay=False,
                                                 help="ONNX model file to write (.onnx); the INT8 model and the "
