@@ -73,7 +73,10 @@ def test_members_load_as_one_model_with_its_own_identity(members):
     info = info_from_checkpoint(loaded)
     assert info.architecture == "unet ensemble of 2"
     assert info.config_digest not in {m.config.digest() for m in single}  # not mistaken for one member
-    assert load_models(members[:1]).model is not None  # one checkpoint: itself, as checkpoint.load reads it
+    alone = load_models(members[:1])  # one checkpoint: itself, as checkpoint.load reads it
+    assert not isinstance(alone.model, Ensemble) and alone.config.digest() == single[0].config.digest()
+    with torch.no_grad():
+        torch.testing.assert_close(alone.model(x), single[0].model(x))
 
 
 def test_members_that_segment_differently_are_refused(members, tiny_dataset, tmp_path):
