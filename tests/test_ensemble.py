@@ -52,6 +52,15 @@ def members(tiny_dataset, tmp_path_factory):
     return [_run(root / f"seed{seed}", tiny_dataset, seed) for seed in (0, 1)]
 
 
+class _Constant(torch.nn.Module):
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = logits
+
+    def forward(self, x):
+        return self.logits
+
+
 def test_the_ensemble_averages_probabilities_not_logits():
     torch.manual_seed(0)
     a, b = torch.nn.Conv2d(1, 3, 1), torch.nn.Conv2d(1, 3, 1)
@@ -61,6 +70,11 @@ def test_the_ensemble_averages_probabilities_not_logits():
     torch.testing.assert_close(got, want, atol=1e-4, rtol=1e-4)
     assert not torch.allclose(got, (a(x) + b(x)) / 2, atol=1e-3)  # not the mean logit
     torch.testing.assert_close(Ensemble([a])(x), a(x), atol=1e-4, rtol=1e-4)  # one member: itself
+    # saturated members (sigmoid 0 or 1 in float32) still give finite, exact logits
+    big = torch.tensor([[[[200.0, -200.0, 40.0]]]])
+    plus, minus = _Constant(big), _Constant(-big)
+    torch.testing.assert_close(Ensemble([plus, plus])(x), big)
+    torch.testing.assert_close(Ensemble([plus, minus])(x), torch.zeros_like(big))
 
 
 def test_members_load_as_one_model_with_its_own_identity(members):
