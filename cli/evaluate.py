@@ -68,11 +68,11 @@ def _segmenter(models: list[Path], thresholds: str | None, backend: str, device:
     from neoseg.runtime.pipeline import Segmenter
     from neoseg.train.config import TrainConfig
 
+    if len(models) > 1 and any(m.suffix == ".onnx" for m in models):
+        raise ValueError(f"{len(models)} models given, one an .onnx: an ensemble is made of best.pt checkpoints "
+                         f"(export it with neoseg-export A/best.pt B/best.pt -o ensemble.onnx)")
     model = models[0]
     if model.suffix == ".onnx":
-        if len(models) > 1:
-            raise ValueError(f"{len(models)} models given, the first an .onnx: an ensemble is made of best.pt "
-                             f"checkpoints (export it with neoseg-export A/best.pt B/best.pt -o ensemble.onnx)")
         from neoseg.runtime.backends import open_backend
 
         opened = open_backend(model, backend)
@@ -84,8 +84,6 @@ def _segmenter(models: list[Path], thresholds: str | None, backend: str, device:
     from neoseg.train.evaluate import model_segmenter
     from neoseg.train.ranks import resolve_device
 
-    if any(m.suffix == ".onnx" for m in models):
-        raise ValueError("an ensemble is made of best.pt checkpoints, not .onnx models; pass the checkpoints")
     if own_split:
         check_one_split(models)
     loaded = load_models(models, own_thresholds=bool(thresholds))

@@ -10,7 +10,6 @@ are taken, calibration never on a scan gated on, and the record says so and name
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,18 +36,6 @@ class Scans:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def run_split(checkpoint: Path) -> tuple[dict, Path] | None:
-    """The subject split of the checkpoint's run (``split.json`` beside it) and its file, or None."""
-    path = Path(checkpoint).parent / "split.json"
-    if not path.is_file():
-        return None
-    split = json.loads(path.read_text())
-    if not all(isinstance(split.get(k), list) for k in ("train", *HELD_OUT)):
-        raise ValueError(f"{path} is not a neoseg run's split (it lacks train, val and test subject lists); "
-                         f"move it away or pass --data FOLDER")
-    return split, path
 
 
 def verification_sessions(checkpoint: Path, config, data: Path | None, n: int) -> tuple[list, str]:
@@ -93,7 +80,9 @@ def calibration_sessions(checkpoint: Path, config, data: Path | None, n: int, ve
 
 def _split_of(checkpoint: Path, config, data: Path | None) -> tuple[dict, Path] | None:
     """The run's split where ``data`` (None: the checkpoint's own) is the run's data."""
-    return run_split(checkpoint) if _own_data(config, data) else None
+    from neoseg.train.rundir import read_split
+
+    return read_split(checkpoint) if _own_data(config, data) else None
 
 
 def _own_data(config, data: Path | None) -> bool:

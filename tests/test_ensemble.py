@@ -110,6 +110,9 @@ def test_neoseg_eval_scores_the_ensemble_and_refuses_mixed_held_out_scans(member
     result = runner.invoke(eval_app, [str(members[0]), str(other), "--device", "cpu", "-q"])
     assert result.exit_code == 2 and "held out different scans" in result.output and "--split-seed" in result.output
     assert "Traceback" not in result.output
+    (tmp_path / "m.onnx").write_bytes(b"")  # an exported model is not a member
+    result = runner.invoke(eval_app, [str(members[0]), str(tmp_path / "m.onnx"), "--device", "cpu", "-q"])
+    assert result.exit_code == 2 and "an ensemble is made of best.pt checkpoints" in result.output
     # with --data the user names the scans: nothing to check
     result = runner.invoke(eval_app, [str(members[0]), str(other), "--device", "cpu", "-q", "--data",
                                       str(tiny_dataset)])

@@ -95,13 +95,14 @@ def check_one_split(paths: list[Path]) -> None:
     """Raise unless the runs of ``paths`` (their ``split.json``, beside each checkpoint) held out
     the same validation and test subjects: only then are the first run's held-out scans unseen by
     every member. Checked where those scans are used (no ``--data`` given)."""
-    splits = []
-    for path in paths:
-        file = Path(path).parent / "split.json"
-        splits.append(json.loads(file.read_text()) if file.is_file() else None)
-    if len(paths) < 2 or all(s is None for s in splits):
+    from .rundir import read_split
+
+    if len(paths) < 2:
         return
-    held_out = [None if s is None else (sorted(s.get("val", [])), sorted(s.get("test", []))) for s in splits]
+    splits = [read_split(path) for path in paths]
+    if all(s is None for s in splits):
+        return
+    held_out = [None if s is None else (sorted(s[0]["val"]), sorted(s[0]["test"])) for s in splits]
     for path, value in zip(paths[1:], held_out[1:]):
         if value != held_out[0]:
             raise ValueError(f"the ensemble's members held out different scans ({paths[0]} and {path}: their "

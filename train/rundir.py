@@ -66,6 +66,19 @@ def truncate_metrics(path: Path, start: int) -> None:
         write_text(path, text.getvalue(), overwrite=True)
 
 
+def read_split(checkpoint: Path) -> tuple[dict, Path] | None:
+    """The subject split of the checkpoint's run (``split.json`` beside it, :func:`write_split`)
+    and its file, or None where there is none."""
+    path = Path(checkpoint).parent / "split.json"
+    if not path.is_file():
+        return None
+    split = json.loads(path.read_text())
+    if not all(isinstance(split.get(k), list) for k in ("train", "val", "test")):
+        raise ValueError(f"{path} is not a neoseg run's split (it lacks train, val and test subject lists); "
+                         f"move it away or pass --data FOLDER")
+    return split, path
+
+
 def write_split(path: Path, split: Split, trained_on: list[Session]) -> None:
     """The subjects of each part of ``split``, and the sessions actually trained on."""
     names = lambda ss: sorted({s.subject for s in ss})  # noqa: E731
