@@ -26,9 +26,9 @@ TRAINING_MM = 2.0  # the cpu profile's voxel size, which 0.5 mm scans are resamp
 def register(atlas, target, resolution: float, hierarchy) -> tuple[float, np.ndarray, np.ndarray, tuple]:
     """(seconds, the target's labels, its children as the warped atlas has them, its voxel size)."""
     from neoseg.core.scans import voxel_size
-    from neoseg.train import registration
+    from neoseg.core import registration
     from neoseg.train.atlas import PARAMS, inside_parents
-    from neoseg.train.atlas_fusion import leaf_values
+    from neoseg.core.atlas_fusion import leaf_values
     from neoseg.train.volumes import load_session
 
     a_img, a_lab, a_nii = load_session(atlas)
@@ -48,7 +48,7 @@ def register(atlas, target, resolution: float, hierarchy) -> tuple[float, np.nda
 
 def children_dice(predicted: np.ndarray, truth: np.ndarray, values: dict[str, int]) -> dict[str, float]:
     """Per named child, Dice inside the true parent (the children's union), as atlas.json scores it."""
-    from neoseg.train.atlas_fusion import dice_by_value
+    from neoseg.core.atlas_fusion import dice_by_value
 
     scores = dice_by_value(predicted, truth, list(values.values()), np.isin(truth, list(values.values())))
     return {name: scores[v] for name, v in values.items()}

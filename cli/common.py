@@ -6,6 +6,7 @@ import logging
 import sys
 from contextlib import contextmanager
 from enum import Enum
+from pathlib import Path
 from typing import Iterator
 
 import typer
@@ -75,3 +76,13 @@ def parse_floats(text: str | None, what: str) -> float | list[float] | None:
         return None
     values = _parse_list(text, what, float, "0.5,0.4")
     return values[0] if len(values) == 1 else values
+
+
+def atlas_fusion(folder: Path, hierarchy, per_scan: int, weight: float, exclude: set[str] = frozenset()):
+    """``--atlas DIR``: the fully labelled sessions of a dHCP-layout folder, less the session keys of
+    ``exclude`` (the scans being evaluated), as the runtime's atlas fusion."""
+    from neoseg.data.dhcp import find_sessions
+    from neoseg.runtime.atlas import AtlasFusion
+
+    sessions = [s for s in find_sessions(folder) if s.key not in exclude]
+    return AtlasFusion.from_sessions(sessions, hierarchy, per_scan, weight, where=str(folder))

@@ -9,7 +9,7 @@ import typer
 
 from neoseg.runtime.backend import BackendUnavailable
 
-from .common import make_app, as_user_error, setup_logging, user_errors
+from .common import make_app, as_user_error, atlas_fusion, setup_logging, user_errors
 
 app = make_app()
 
@@ -33,6 +33,12 @@ def evaluate(
     backend: Annotated[str, typer.Option(help="An .onnx model's backend (as neoseg-infer).")] = "auto",
     device: Annotated[str, typer.Option(help="A checkpoint's device: auto, cpu, cuda or cuda:N.")] = "auto",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    atlas: Annotated[Optional[str], typer.Option(
+        metavar="DIR|run", show_default=False,
+        help="Atlas fusion as neoseg-infer --atlas: the fully labelled sessions of a dHCP-layout folder (less "
+             "those evaluated), or 'run': those the model's run trained on.")] = None,
+    atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan.")] = 3,
+    atlas_weight: Annotated[float, typer.Option(help="--atlas: the atlases' share of each child's probability.")] = 0.5,
 ) -> None:
     """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group, of the
     label map (_dseg) and of the per-structure masks, each scan segmented as neoseg-infer does.
@@ -49,6 +55,9 @@ def evaluate(
 
         segmenter, config = _segmenter(models, thresholds, backend, device, data is None and subset != "all")
         sessions = _sessions(config, data, subset)
+        if atlas is not None:
+            segmenter.atlas = _atlas_fusion(atlas, config, sessions, segmenter.info.hierarchy, atlas_per_scan,
+                                            atlas_weight)
         rows = evaluate_sessions(segmenter, sessions, progress=not quiet)
         if not rows:
             raise ValueError(f"no structure of the {len(sessions)} session(s) is known at every voxel; evaluate "
@@ -106,6 +115,20 @@ def _sessions(config, data: Path | None, subset: str) -> list:
     if subset == "all":
         return dataset_sessions(config)
     return list(getattr(dataset_split(config), subset))
+
+
+def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: float):
+    """``--atlas``: a folder's fully labelled sessions less the evaluated ones, or (``run``) the
+    fully labelled training sessions of the model's own split."""
+    from neoseg.runtime.atlas import AtlasFusion
+    from neoseg.train.recipes import dataset_split
+
+    if atlas != "run":
+        return atlas_fusion(Path(atlas), hierarchy, per_scan, weight, exclude={s.key for s in evaluated})
+
+    split = dataset_split(config)
+    return AtlasFusion.from_sessions([s for s in split.train if split.is_full(s)], hierarchy, per_scan, weight,
+                                     where="the run's fully labelled training sessions")
 
 
 def main() -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import make_app, USER_ERRORS, as_user_error, user_errors
+from .common import make_app, USER_ERRORS, as_user_error, atlas_fusion, user_errors
 from .progress import Progress
 from .summary import Summary
 
@@ -98,6 +98,15 @@ def infer(
         min=0, help="DICOM study: only series whose voxels are at most this large (mm) along every axis.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="DICOM input: list the series found and which one "
                                           "the rules choose, then stop.")] = False,
+    atlas: Annotated[Optional[Path], typer.Option(
+        file_okay=False, show_default=False,
+        help="A dHCP-layout folder whose fully labelled sessions are registered to each scan inside the parent "
+             "the network found, their children blended with the network's (needs Greedy, the train extra; "
+             "seconds to a minute per atlas and scan).")] = None,
+    atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan, those "
+                                                            "nearest to it in brain size.")] = 3,
+    atlas_weight: Annotated[float, typer.Option(help="--atlas: the atlases' share of each child's probability "
+                                                     "(0 to 1).")] = 0.5,
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
     (labels) with its _dseg.json, _mask.nii.gz (4D, one volume per channel), _mask.json and
@@ -142,8 +151,14 @@ def infer(
             jobs = _file_jobs(inputs, out, probabilities, qc, overwrite)
             plan = FilesPlan(out, jobs, overwrite)
         opened = open_backend(model, backend.value, threads, precision.value)
-        runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads)
+        fusion = None
+        if atlas is not None:
+            fusion = atlas_fusion(atlas, opened.info.hierarchy, atlas_per_scan, atlas_weight)
+        runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads, atlas=fusion)
         typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
+        if fusion is not None:
+            typer.echo(f"atlas fusion: {len(fusion.atlases)} fully labelled session(s) in {atlas}, "
+                       f"{min(atlas_per_scan, len(fusion.atlases))} per scan, weight {atlas_weight:g}")
         summary.begin(model, runner.backend.name, root, out)
         plan.begin(runner.info)
         try:

@@ -143,6 +143,7 @@ def working_bytes(segmenter: Segmenter, probabilities: bool = False):
     the model's, the slice stacks, and the per-channel results (logits when resampling)."""
     info = segmenter.info
     n_ch = len(info.hierarchy)
+    probabilities = probabilities or segmenter.atlas is not None  # atlas fusion blends probabilities
 
     def estimate(shape, zooms) -> int:
         native = math.prod(shape)
@@ -193,10 +194,12 @@ def _like(img: nib.Nifti1Image, data: np.ndarray, dtype) -> nib.Nifti1Image:
 
 def _sidecar(scan, segmenter: Segmenter, seg: Segmentation, checked: Scan) -> dict:
     info = segmenter.info
+    model = {"architecture": info.architecture, "neoseg_version": info.version,
+             "config_digest": info.config_digest, "backend": segmenter.backend.name}
+    if seg.atlas is not None:  # the children blended with registered atlases (--atlas)
+        model["atlas_fusion"] = seg.atlas
     return {"Sources": [str(Path(scan).name)], "Channels": info.hierarchy.names,
-            "Thresholds": list(info.thresholds), "Hierarchy": info.hierarchy.to_dict(),
-            "Model": {"architecture": info.architecture, "neoseg_version": info.version,
-                      "config_digest": info.config_digest, "backend": segmenter.backend.name},
+            "Thresholds": list(info.thresholds), "Hierarchy": info.hierarchy.to_dict(), "Model": model,
             "NonFiniteVoxels": checked.nonfinite_count, "Empty": _empty(seg, segmenter),
             "Warnings": list(seg.warnings), "Timings": {k: round(v, 4) for k, v in seg.timings.items()}}
 

@@ -54,6 +54,7 @@ class Segmentation:
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
     warnings: list[str] = field(default_factory=list)  # what the user should know (set by segment_file)
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase, all threads
+    atlas: dict | None = None  # what atlas fusion did (runtime/atlas.py), or None without it
 
 
 class Segmenter:
@@ -69,7 +70,7 @@ class Segmenter:
     copies); the results do not depend on it."""
 
     def __init__(self, backend: Backend, batch: int | None = None, skip_empty: bool = True,
-                 crop_plane: bool = False, host_threads: int | None = None):
+                 crop_plane: bool = False, host_threads: int | None = None, atlas=None):
         if batch is not None and batch < 1:
             raise ValueError(f"--batch must be at least 1, got {batch}")
         if host_threads is not None and host_threads < 1:
@@ -80,6 +81,7 @@ class Segmenter:
             backend.batch = batch  # backends that size buffers or CUDA graphs by it use the same
         self.batch = backend.batch
         self.skip_empty, self.crop_plane = skip_empty, crop_plane
+        self.atlas = atlas  # an AtlasFusion (runtime/atlas.py) that blends each scan's children, or None
         if backend.fixed_size not in (None, self.info.slice_size):
             raise ValueError(f"{backend.name} runs {backend.fixed_size}^2 slices but the model's slice size is "
                              f"{self.info.slice_size}")
@@ -91,16 +93,22 @@ class Segmenter:
         clock("resample")
         ornt = geometry.canonical_ornt(affine)
         image = np.asarray(geometry.to_canonical(data, ornt), np.float32)
-        native_shape = image.shape
+        native, native_shape = image, image.shape
         spacing = geometry.canonical_spacing(zooms, ornt)
         resample = geometry.needs_resampling(spacing, self.info.spacing)
         if resample:
             image = geometry.resize_linear(image, geometry.resampled_shape(image.shape, spacing, self.info.spacing))
         # results are decoded straight into arrays on the stored grid, in the file's (Fortran) order
-        out = self._outputs(np.shape(data)[:3], probabilities)
+        out = self._outputs(np.shape(data)[:3], probabilities or self.atlas is not None)
         targets = [None if a is None else geometry.to_canonical(a, ornt) for a in out]
         n = self._predict_into(image, clock, targets, native_shape if resample else None)
-        return Segmentation(*out, n, clock.wall, cpu_timings=clock.cpu)
+        atlas = None
+        if self.atlas is not None:  # the atlases' children blended in, on the scan's grid
+            clock("atlas")
+            atlas = self.atlas.refine(native, spacing, *targets, self.info.thresholds, self.host_threads)
+            clock(None)
+        probs = out[2] if probabilities else None
+        return Segmentation(out[0], out[1], probs, n, clock.wall, cpu_timings=clock.cpu, atlas=atlas)
 
     # ---- canonical volumes at the model's spacing ----------------------------------------------
     def predict(self, image: np.ndarray, timings: dict | None = None, probabilities: bool = False):

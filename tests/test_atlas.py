@@ -12,10 +12,10 @@ import pytest
 from typer.testing import CliRunner
 
 from neoseg.core.hierarchy import builtin
-from neoseg.train import registration
+from neoseg.core import registration
 from neoseg.train.atlas import ATLAS_VERSION, PARAMS, with_atlas
 from neoseg.train.atlas_plan import plan_pairs
-from neoseg.train.atlas_fusion import leaf_values, propagate
+from neoseg.core.atlas_fusion import leaf_values, propagate
 from neoseg.train.atlas_pairs import match_intensities
 from neoseg.train.config import TrainConfig
 from neoseg.train.recipes import dataset_split, training_sessions

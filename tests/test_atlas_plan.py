@@ -103,7 +103,7 @@ def test_hard_labels_outside_the_warped_field_of_view_are_outside():
 def test_scans_finer_than_the_registration_resolution_skip_the_finest_levels(tmp_path):
     import nibabel as nib
 
-    from neoseg.train.registration import skipped_levels
+    from neoseg.core.registration import skipped_levels
 
     assert [skipped_levels((s,) * 3, 1.0) for s in (2.0, 1.0, 0.8, 0.5, 0.25)] == [0, 0, 0, 1, 2]
     assert skipped_levels((0.5, 0.5, 2.0), 1.0) == 1  # by the finest axis
@@ -124,7 +124,7 @@ def test_scans_finer_than_the_registration_resolution_skip_the_finest_levels(tmp
 
 
 def test_skipped_levels_are_appended_and_the_coarsest_kept_large_enough():
-    from neoseg.train.registration import pyramid
+    from neoseg.core.registration import pyramid
 
     assert pyramid("100x50x20", 0, 8) == "100x50x20"  # nothing skipped: as configured, whatever the size
     assert pyramid("100x50x20", 1, 256) == "100x50x20x0"  # 0.5 mm at 1 mm: 4, 2, 1 mm computed, 0.5 mm not

@@ -4,13 +4,13 @@ labelled training session (a *target*) gets the ``--atlas-per-target`` fully lab
 ``--atlas-warps`` setting, in parallel, cached and resumable; then
 
 * ``propagate``: each target's unknown children are filled where the fused warped atlases are
-  confident, inside its known parent (:mod:`.atlas_fusion`); the result is a partial label map that
+  confident, inside its known parent (:mod:`neoseg.core.atlas_fusion`); the result is a partial label map that
   replaces the target's own, trained on by the partial-label losses;
 * ``pairs``: each atlas's image and labels warped together into each target's space, with the
   target's intensities, become an extra fully labelled training session (:mod:`.atlas_pairs`);
 * ``both``: the two together.
 
-The registration itself is :mod:`.registration`. A target whose partial labels are simulated (a full
+The registration itself is :mod:`neoseg.core.registration`. A target whose partial labels are simulated (a full
 map coarsened, the built-in cohort) is coarsened as it is read: propagation never sees its hidden
 truth, which only the quality report of ``<out>/atlas.json`` reads. Everything is written under
 ``<cache>/atlas/`` (each file atomically and once, named by a hash of what made it), so a resumed,
@@ -38,8 +38,8 @@ from neoseg.core.scans import voxel_size
 from neoseg.data.dhcp import LABEL_SUFFIX, T2_SUFFIX, Session
 from neoseg.data.splits import Split
 
-from . import registration
-from .atlas_fusion import dice_by_value, fuse, leaf_values, most_likely, open_voxels, propagate
+from neoseg.core import registration
+from neoseg.core.atlas_fusion import dice_by_value, fuse, leaf_values, most_likely, open_voxels, propagate
 from .atlas_pairs import hard_labels, match_intensities
 from .atlas_plan import Pair, digest, plan_pairs, write_once
 from .config import TrainConfig

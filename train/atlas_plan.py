@@ -46,7 +46,7 @@ def plan_pairs(split: Split, sessions: list[Session], per_target: int, root: Pat
     ``resolution`` (mm): targets finer than it skip the pyramid's finest levels (read from their
     headers; None: none skipped). A pair that skips none keeps the cache name it always had.
     ``warp``: the registration (registration.WARPS) the pairs get; ``key`` holds its parameters."""
-    from .registration import skipped_levels
+    from neoseg.core.registration import skipped_levels
 
     atlases = [s for s in sessions if split.is_full(s)]
     targets = [s for s in sessions if not split.is_full(s)]

@@ -83,9 +83,9 @@ class TrainConfig:
     atlas_per_target: int = 3  # fully labelled sessions registered to each partially labelled one: the nearest
     # in scan age (train/atlas_plan.py); all of them where there are no more
     atlas_warps: list[str] = field(default_factory=lambda: ["regular"])  # the registrations each atlas gets
-    # (train/registration.py WARPS), all fused per voxel
+    # (core/registration.py WARPS), all fused per voxel
     atlas_resolution: float = 1.0  # mm: finer scans are registered on coarser pyramid levels, the transform
-    # applied at their own voxel size (train/registration.py)
+    # applied at their own voxel size (core/registration.py)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
     seed: int = 0
@@ -146,7 +146,7 @@ class TrainConfig:
                 or self.atlas_per_target < 1:
             raise ValueError(f"--atlas-per-target is how many atlases each partially labelled session gets, at "
                              f"least 1; got {self.atlas_per_target!r}")
-        from .registration import WARPS
+        from neoseg.core.registration import WARPS
 
         warps = [self.atlas_warps] if isinstance(self.atlas_warps, str) else list(self.atlas_warps or [])
         if not warps or not all(isinstance(w, str) and w in WARPS for w in warps) or len(set(warps)) != len(warps):

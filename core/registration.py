@@ -68,8 +68,8 @@ def require_library() -> None:
     try:
         import picsl_greedy  # noqa: F401
     except ImportError as e:
-        raise ValueError("--atlas registers with Greedy, which is not installed; install the train extra "
-                         "(pip install 'neoseg[train]') or picsl-greedy") from e
+        raise ValueError("--atlas registers with Greedy, which is not installed; install the atlas extra "
+                         "(pip install 'neoseg[atlas]'; the train extra includes it)") from e
 
 
 def warp_atlas(target: np.ndarray, target_parent: np.ndarray, atlas: np.ndarray, atlas_parent: np.ndarray,
@@ -130,11 +130,14 @@ def _scaled(x: np.ndarray) -> np.ndarray:
 @contextmanager
 def _quiet():
     """Greedy writes to the process's stdout from C++: point file descriptor 1 at /dev/null meanwhile."""
+    import ctypes
+
     saved = os.dup(1)
     try:
         with open(os.devnull, "wb") as null:
             os.dup2(null.fileno(), 1)
             yield
     finally:
+        ctypes.CDLL(None).fflush(None)  # what C's stdio still buffers goes to /dev/null too
         os.dup2(saved, 1)
         os.close(saved)

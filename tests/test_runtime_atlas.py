@@ -1,0 +1,137 @@
+"""Atlas fusion at inference (runtime/atlas.py, ``neoseg-infer --atlas``): the blend, the relabelling,
+a real registration that recovers children the network did not know, and the command lines."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from neoseg.core.hierarchy import builtin
+from neoseg.data.dhcp import find_sessions
+from neoseg.runtime.atlas import AtlasFusion
+
+H = builtin()
+CGM, WM, DGM, TCV, CSF = (H.names.index(n) for n in ("cgm", "wm", "dgm", "tcv", "csf"))
+THRESHOLDS = (0.5,) * len(H)
+runner = CliRunner()
+
+
+def network_output(truth: np.ndarray, children: tuple[float, float, float]):
+    """Labels, masks and probabilities of a network that finds TCV exactly and gives its children
+    the probabilities ``children`` (CGM, WM, DGM) everywhere inside it; other structures as ``truth``."""
+    probs = np.zeros(truth.shape + (len(H),), np.float32)
+    rows = H.target_table()[truth]
+    for c in range(len(H)):
+        probs[..., c] = rows[..., c] == 1
+    inside = probs[..., TCV] == 1
+    for c, p in zip((CGM, WM, DGM), children):
+        probs[..., c] = np.where(inside, p, 0)
+    masks = (probs >= 0.5).astype(np.uint8)
+    labels = np.where(inside, np.uint8(H.channels[(CGM, WM, DGM)[int(np.argmax(children))]].value), truth)
+    return labels.astype(np.uint8), masks, probs
+
+
+def dice(a, b) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_blend_and_relabel_follow_the_atlas_where_it_covers_and_keep_the_rest():
+    truth = np.full((4, 4, 4), 4, np.uint8)  # background, with a TCV block of WM and DGM
+    truth[1:3, 1:3, 1:3] = 3
+    truth[1:3, 1:3, 2] = 7
+    labels, masks, probs = network_output(truth, (0.2, 0.6, 0.3))  # the network says WM everywhere in TCV
+    fused = np.zeros((3,) + truth.shape, np.float32)  # the atlas: DGM where the truth has it, WM elsewhere
+    fused[2][truth == 7] = 1
+    fused[1][truth == 3] = 1
+    fused[:, 1, 1, 1] = 0  # a voxel the warped atlases do not cover: the network's result stays
+    before = probs.copy()
+    fusion = AtlasFusion.__new__(AtlasFusion)
+    fusion.hierarchy, fusion.weight, fusion.groups = H, 0.5, H.sibling_groups
+    fusion.kids, fusion.tops = [CGM, WM, DGM], [TCV]
+    fusion._blend(fused, labels, masks, probs, THRESHOLDS)
+    dgm = truth == 7
+    np.testing.assert_allclose(probs[dgm, DGM], 0.5 * 0.3 + 0.5 * 1.0)
+    np.testing.assert_allclose(probs[dgm, WM], 0.5 * 0.6)
+    assert (labels[dgm] == 7).all() and (masks[dgm, DGM] == 1).all() and (masks[dgm, WM] == 0).all()
+    np.testing.assert_allclose(probs[1, 1, 1], before[1, 1, 1])
+    assert labels[1, 1, 1] == 3
+    outside = truth == 4
+    np.testing.assert_array_equal(probs[outside], before[outside])
+    assert (labels[outside] == 4).all()
+    for c in (CSF, TCV):  # channels that are nobody's child keep the network's
+        np.testing.assert_array_equal(probs[..., c], before[..., c])
+
+
+def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_dataset):
+    sessions = find_sessions(tiny_dataset)
+    scan, atlases = sessions[5], sessions[:2]  # other phantoms, shifted and scaled
+    image = np.asarray(nib.load(scan.t2).dataobj, np.float32)
+    truth = np.asarray(nib.load(scan.labels).dataobj).astype(np.uint8)
+    labels, masks, probs = network_output(truth, (0.34, 0.33, 0.33))  # no idea which child: all CGM
+    fusion = AtlasFusion.from_sessions(atlases, H, per_scan=2, weight=0.5)
+    done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS)
+    assert sorted(done["atlases"]) == sorted(s.key for s in atlases) and done["weight"] == 0.5
+    for value in (3, 7):  # WM and DGM, all lost to CGM before, mostly found
+        assert dice(labels == value, truth == value) > 0.6, value
+    np.testing.assert_array_equal(labels[truth == 4], 4)  # outside TCV: untouched
+    assert dice(masks[..., DGM] == 1, truth == 7) > 0.6
+
+
+def test_atlases_are_the_fully_labelled_sessions_nearest_in_brain_size(tiny_dataset, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    partial = next(data.glob("sub-T00/ses-1/anat/*_dseg.nii.gz"))
+    img = nib.load(partial)
+    coarse = np.asarray(img.dataobj).copy()
+    coarse[np.isin(coarse, (2, 3, 7))] = 10  # TCV only: no children to give
+    nib.save(nib.Nifti1Image(coarse, img.affine), partial)
+    fusion = AtlasFusion.from_sessions(find_sessions(data), H, per_scan=2)
+    keys = [a.key for a in fusion.atlases]
+    assert "sub-T00_ses-1" not in keys and len(keys) == 5
+    sizes = {a.key: a.parent_mm3 for a in fusion.atlases}
+    chosen = fusion.choose(sizes["sub-T03_ses-1"] + 1.0)
+    assert chosen[0].key == "sub-T03_ses-1" and len(chosen) == 2
+    with pytest.raises(ValueError, match="no fully labelled session"):
+        AtlasFusion.from_sessions([s for s in find_sessions(data) if s.subject == "T00"], H)
+    with pytest.raises(ValueError, match="--atlas-weight"):
+        AtlasFusion.from_sessions(find_sessions(data), H, weight=1.5)
+
+
+def test_neoseg_infer_and_eval_with_atlas(toy_run, tiny_dataset, tmp_path):
+    from neoseg.cli.evaluate import app as eval_app
+    from neoseg.cli.infer import app as infer_app
+
+    scan = find_sessions(tiny_dataset)[5].t2
+    plain, fused = tmp_path / "plain", tmp_path / "fused"
+    assert runner.invoke(infer_app, [str(scan), "-m", str(toy_run / "best.pt"), "-o", str(plain)]).exit_code == 0
+    result = runner.invoke(infer_app, [str(scan), "-m", str(toy_run / "best.pt"), "-o", str(fused),
+                                       "--atlas", str(tiny_dataset), "--atlas-per-scan", "2"])
+    assert result.exit_code == 0, result.output
+    assert "atlas fusion: 6 fully labelled session(s)" in result.output
+    sidecar = json.loads(next(fused.glob("*_mask.json")).read_text())
+    assert len(sidecar["Model"]["atlas_fusion"]["atlases"]) == 2 and "atlas" in sidecar["Timings"]
+    assert not list(fused.glob("*probseg*"))
+    assert "atlas_fusion" not in json.loads(next(plain.glob("*_mask.json")).read_text())["Model"]
+
+    result = runner.invoke(infer_app, [str(scan), "-m", str(toy_run / "best.pt"), "-o", str(tmp_path / "bad"),
+                                       "--atlas", str(tiny_dataset), "--atlas-weight", "0"])
+    assert result.exit_code != 0 and "--atlas-weight must be in (0, 1]" in result.output
+    assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
+
+    for atlas in ("run", str(tiny_dataset)):
+        csv = tmp_path / f"eval-{len(atlas)}.csv"
+        result = runner.invoke(eval_app, [str(toy_run / "best.pt"), "--atlas", atlas, "-q", "-o", str(csv)])
+        assert result.exit_code == 0, result.output
+        assert "| dgm |" in result.output and csv.is_file()
+
+
+def test_an_atlas_folder_leaves_out_the_sessions_evaluated(tiny_dataset):
+    from neoseg.cli.common import atlas_fusion
+
+    fusion = atlas_fusion(tiny_dataset, H, 3, 0.5, exclude={"sub-T02_ses-1", "sub-T05_ses-1"})
+    assert sorted(a.key for a in fusion.atlases) == [f"sub-T0{i}_ses-1" for i in (0, 1, 3, 4)]
