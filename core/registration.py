@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
@@ -35,6 +36,7 @@ class RegistrationParams:
     radius: int = 2  # NCC window half-size, voxels
     smoothing: str = "1.5vox 0.5vox"  # Greedy's -s: regularisation of the gradient and of the warp
     parent_weight: float = 1.0  # weight of the parent-outline channel beside the T2's 1
+    seed: int = 1  # Greedy's random generator (the affine stage's jittered samples); 0 would be unseeded
 
     def key(self) -> dict:
         return {"library": LIBRARY, "version": library_version(), **asdict(self)}
@@ -66,7 +68,7 @@ def library_version() -> str:
 def require_library() -> None:
     """Refuse early, with the fix, where Greedy is not installed."""
     try:
-        import picsl_greedy  # noqa: F401
+        _greedy()
     except ImportError as e:
         raise ValueError("--atlas registers with Greedy, which is not installed; install the atlas extra "
                          "(pip install 'neoseg[atlas]'; the train extra includes it)") from e
@@ -80,14 +82,15 @@ def warp_atlas(target: np.ndarray, target_parent: np.ndarray, atlas: np.ndarray,
     affine stage starts from the two grids' centres aligned. ``skipped``: finer pyramid levels below
     the parameters' finest, left out (:func:`skipped_levels`)."""
     import SimpleITK as sitk
-    from picsl_greedy import Greedy3D
+
+    Greedy3D = _greedy()
 
     def image(a, spacing):
         out = sitk.GetImageFromArray(np.ascontiguousarray(np.asarray(a, np.float32).transpose(2, 1, 0)))
         out.SetSpacing(tuple(float(s) for s in spacing))
         return out
 
-    common = f"-d 3 -threads {threads} -V 0"
+    common = f"-d 3 -threads {threads} -seed {params.seed} -V 0"
     inputs = f"-w 1 -i fix mov -w {params.parent_weight:g} -i fixp movp"
     metric = f"-m NCC {params.radius}x{params.radius}x{params.radius}"
     io = {"fix": image(_scaled(target), target_spacing), "mov": image(_scaled(atlas), atlas_spacing),
@@ -127,6 +130,18 @@ def _scaled(x: np.ndarray) -> np.ndarray:
     return (x - lo) / max(hi - lo, 1e-6)
 
 
+def _greedy():
+    """Greedy's ``Greedy3D``. Its module keeps the ``sys.stdout`` of its first import and writes to
+    it ever after, so it is imported with the process's own stdout, never a caller's stand-in (a
+    test runner's capture, closed once the command returns)."""
+    saved, sys.stdout = sys.stdout, sys.__stdout__ or sys.stdout
+    try:
+        from picsl_greedy import Greedy3D
+    finally:
+        sys.stdout = saved
+    return Greedy3D
+
+
 @contextmanager
 def _quiet():
     """Greedy writes to the process's stdout from C++: point file descriptor 1 at /dev/null meanwhile."""
@@ -138,6 +153,8 @@ def _quiet():
             os.dup2(null.fileno(), 1)
             yield
     finally:
-        ctypes.CDLL(None).fflush(None)  # what C's stdio still buffers goes to /dev/null too
+        if sys.__stdout__ is not None:  # what Python's and C's stdio still buffer goes to /dev/null too
+            sys.__stdout__.flush()
+        ctypes.CDLL(None).fflush(None)
         os.dup2(saved, 1)
         os.close(saved)

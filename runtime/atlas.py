@@ -101,10 +101,12 @@ class AtlasFusion:
         return sorted(self.atlases, key=lambda a: (abs(a.parent_mm3 - parent_mm3), a.key))[:self.per_scan]
 
     def refine(self, image: np.ndarray, spacing, labels: np.ndarray, masks: np.ndarray, probs: np.ndarray,
-               thresholds, threads: int = 1) -> dict:
+               thresholds) -> dict:
         """Blend the children of one scan in place. ``image`` (X, Y, Z) canonical, of voxel size
         ``spacing``; ``labels`` (X, Y, Z), ``masks`` and ``probs`` (X, Y, Z, C) the network's results
-        on the same grid (views into the outputs). Returns what was done, for the sidecar."""
+        on the same grid (views into the outputs). Returns what was done, for the sidecar. Each
+        registration runs on one thread: seeded, Greedy then gives the same result every time
+        (with several threads it does not)."""
         began = time.perf_counter()
         inside = np.zeros(labels.shape, bool)
         for p in self.tops:
@@ -118,7 +120,7 @@ class AtlasFusion:
             rows = self.hierarchy.target_table()[a_labels]
             maps = [a_image] + [(rows[..., k] == 1).astype(np.float32) for k in self.kids]
             warped = registration.warp_atlas(image, inside, a_image, (rows[..., self.tops] == 1).any(axis=-1), maps,
-                                             spacing, a_spacing, registration.WARPS["regular"], threads,
+                                             spacing, a_spacing, registration.WARPS["regular"], threads=1,
                                              skipped=registration.skipped_levels(spacing, RESOLUTION_MM))
             warped_images.append(warped[0])
             soft.append(np.clip(np.stack(warped[1:]), 0, 1))

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from neoseg.core.hierarchy import builtin
 from neoseg.core import registration
-from neoseg.train.atlas import ATLAS_VERSION, PARAMS, with_atlas
-from neoseg.train.atlas_plan import plan_pairs
 from neoseg.core.atlas_fusion import leaf_values, propagate
+from neoseg.core.hierarchy import builtin
+from neoseg.train.atlas import ATLAS_VERSION, PARAMS, with_atlas
 from neoseg.train.atlas_pairs import match_intensities
+from neoseg.train.atlas_plan import plan_pairs
 from neoseg.train.config import TrainConfig
 from neoseg.train.recipes import dataset_split, training_sessions
 

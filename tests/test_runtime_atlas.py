@@ -135,3 +135,30 @@ def test_an_atlas_folder_leaves_out_the_sessions_evaluated(tiny_dataset):
 
     fusion = atlas_fusion(tiny_dataset, H, 3, 0.5, exclude={"sub-T02_ses-1", "sub-T05_ses-1"})
     assert sorted(a.key for a in fusion.atlases) == [f"sub-T0{i}_ses-1" for i in (0, 1, 3, 4)]
+
+
+def test_atlas_fusion_works_in_the_scan_s_own_axis_order(toy_run, tiny_dataset, tmp_path):
+    """A scan stored flipped and transposed (another orientation in its header) gets the same labels,
+    mapped back onto its own grid, as the canonical one: the registration is seeded and
+    single-threaded, so it gives the same result every time."""
+    from neoseg.cli.infer import app as infer_app
+
+    scan = find_sessions(tiny_dataset)[5].t2
+    img = nib.load(scan)
+    data = np.asarray(img.dataobj)
+    turned = np.flip(data, 0).transpose(1, 0, 2)  # stored y, -x, z
+    flip = np.eye(4)
+    flip[0, 0], flip[0, 3] = -1, data.shape[0] - 1
+    swap = np.eye(4)[[1, 0, 2, 3]]
+    other = tmp_path / "turned_T2w.nii.gz"
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(turned), img.affine @ flip @ swap), other)
+    labels = {}
+    for name, path in (("plain", scan), ("turned", other)):
+        out = tmp_path / name
+        result = runner.invoke(infer_app, [str(path), "-m", str(toy_run / "best.pt"), "-o", str(out),
+                                           "--atlas", str(tiny_dataset), "--atlas-per-scan", "1"])
+        assert result.exit_code == 0, result.output
+        labels[name] = np.asarray(nib.load(next(out.glob("*_dseg.nii.gz"))).dataobj)
+    back = np.flip(labels["turned"].transpose(1, 0, 2), 0)
+    assert back.shape == data.shape
+    np.testing.assert_array_equal(back, labels["plain"])
