@@ -76,6 +76,7 @@ class AtlasFusion:
         leaves no child unknown) as atlases; ``where`` names them in the error where there is none."""
         unknown, atlases = partial_values(hierarchy), []
         table = hierarchy.target_table()
+        inside = table[:, [p for p, _ in hierarchy.sibling_groups]].max(axis=1) == 1  # values inside a parent
         for s in sessions:
             if s.labels is None:
                 continue
@@ -88,9 +89,8 @@ class AtlasFusion:
                                  f"pass a folder of sessions labelled with the model's hierarchy")
             if unknown.intersection(values):
                 continue  # partially labelled: no children to give
-            parents = table[:, [p for p, _ in hierarchy.sibling_groups]].max(axis=1) == 1
             counts = np.bincount(labels.ravel(), minlength=len(table))[:len(table)]
-            atlases.append(Atlas(s.key, s.t2, s.labels, float(counts[parents].sum()) * float(np.prod(checked.zooms))))
+            atlases.append(Atlas(s.key, s.t2, s.labels, float(counts[inside].sum()) * float(np.prod(checked.zooms))))
         if not atlases:
             raise ValueError(f"{where}: no fully labelled session (a T2 with a _dseg that names every child, no "
                              f"parent's own value) to use as an atlas; pass a folder that holds one")
@@ -119,9 +119,14 @@ class AtlasFusion:
             a_image, a_labels, a_spacing = _load(atlas)
             rows = self.hierarchy.target_table()[a_labels]
             maps = [a_image] + [(rows[..., k] == 1).astype(np.float32) for k in self.kids]
-            warped = registration.warp_atlas(image, inside, a_image, (rows[..., self.tops] == 1).any(axis=-1), maps,
-                                             spacing, a_spacing, registration.WARPS["regular"], threads=1,
-                                             skipped=registration.skipped_levels(spacing, RESOLUTION_MM))
+            try:
+                warped = registration.warp_atlas(image, inside, a_image, (rows[..., self.tops] == 1).any(axis=-1),
+                                                 maps, spacing, a_spacing, registration.WARPS["regular"], threads=1,
+                                                 skipped=registration.skipped_levels(spacing, RESOLUTION_MM))
+            except Exception as e:  # noqa: BLE001 - Greedy's own errors, as one line
+                what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ValueError(f"--atlas: registering {atlas.key} to the scan failed ({what}); segment it "
+                                 f"without --atlas, or with other atlases") from e
             warped_images.append(warped[0])
             soft.append(np.clip(np.stack(warped[1:]), 0, 1))
         fused = fuse(image, warped_images, soft)  # (len(kids), X, Y, Z)

@@ -162,3 +162,19 @@ def test_atlas_fusion_works_in_the_scan_s_own_axis_order(toy_run, tiny_dataset, 
     back = np.flip(labels["turned"].transpose(1, 0, 2), 0)
     assert back.shape == data.shape
     np.testing.assert_array_equal(back, labels["plain"])
+
+
+def test_a_failed_registration_is_one_line_and_writes_nothing(toy_run, tiny_dataset, tmp_path, monkeypatch):
+    from neoseg.cli.infer import app as infer_app
+    from neoseg.core import registration
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Greedy: itk::ExceptionObject\nmore lines")
+
+    monkeypatch.setattr(registration, "warp_atlas", broken)
+    out = tmp_path / "out"
+    result = runner.invoke(infer_app, [str(find_sessions(tiny_dataset)[5].t2), "-m", str(toy_run / "best.pt"),
+                                       "-o", str(out), "--atlas", str(tiny_dataset)])
+    assert result.exit_code != 0
+    assert "--atlas: registering sub-T" in result.output and "(Greedy: itk::ExceptionObject)" in result.output
+    assert not list(out.glob("*.nii.gz"))
