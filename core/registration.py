@@ -43,7 +43,7 @@ class RegistrationParams:
 
 
 # The registrations each atlas can get (``--atlas-warps``); several are fused per voxel like several
-# atlases. regular: today's (and the cached results') warp; flexible: less smoothing of the gradient
+# atlases. regular: the default warp; flexible: less smoothing of the gradient
 # and of the warp, which follows folded cortex and white matter more closely but the deep nuclei
 # less well (docs/atlas.md measures both and their fusion).
 WARPS = {"regular": RegistrationParams(), "flexible": RegistrationParams(smoothing="1.0vox 0.25vox")}
