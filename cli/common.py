@@ -78,7 +78,7 @@ def parse_floats(text: str | None, what: str) -> float | list[float] | None:
     return values[0] if len(values) == 1 else values
 
 
-def atlas_fusion(folder: Path, hierarchy, per_scan: int, weight: float, exclude: set[str] = frozenset()):
+def atlas_fusion(folder: Path, hierarchy, per_scan: int, weight: str, exclude: set[str] = frozenset()):
     """``--atlas DIR``: the fully labelled sessions of a dHCP-layout folder, less the session keys of
     ``exclude`` (the scans being evaluated), as the runtime's atlas fusion."""
     from neoseg.data.dhcp import find_sessions

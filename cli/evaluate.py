@@ -38,7 +38,8 @@ def evaluate(
         help="Atlas fusion as neoseg-infer --atlas: the fully labelled sessions of a dHCP-layout folder (less "
              "those evaluated), or 'run': those the model's run trained on.")] = None,
     atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan.")] = 3,
-    atlas_weight: Annotated[float, typer.Option(help="--atlas: the atlases' share of each child's probability.")] = 0.5,
+    atlas_weight: Annotated[str, typer.Option(help="--atlas: the atlases' share of each child's probability, "
+                                                   "as neoseg-infer's.")] = "0.5",
 ) -> None:
     """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group, of the
     label map (_dseg) and of the per-structure masks, each scan segmented as neoseg-infer does.
@@ -117,7 +118,7 @@ def _sessions(config, data: Path | None, subset: str) -> list:
     return list(getattr(dataset_split(config), subset))
 
 
-def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: float):
+def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: str):
     """``--atlas``: a folder's fully labelled sessions less the evaluated ones, or (``run``) the
     fully labelled training sessions of the model's own split."""
     from neoseg.runtime.atlas import AtlasFusion

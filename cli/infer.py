@@ -105,8 +105,9 @@ def infer(
              "per atlas and scan, seconds at 2 mm, minutes at 0.5 mm).")] = None,
     atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan, those "
                                                             "nearest to it in brain size.")] = 3,
-    atlas_weight: Annotated[float, typer.Option(help="--atlas: the atlases' share of each child's probability "
-                                                     "(0 to 1).")] = 0.5,
+    atlas_weight: Annotated[str, typer.Option(help="--atlas: the atlases' share of each child's probability, "
+                                                   "0 to 1: one for every child, or per child, e.g. "
+                                                   "0.5,wm=0,cgm=0.")] = "0.5",
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
     (labels) with its _dseg.json, _mask.nii.gz (4D, one volume per channel), _mask.json and
@@ -157,8 +158,9 @@ def infer(
         runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads, atlas=fusion)
         typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         if fusion is not None:
+            weights = ", ".join(f"{name} {w:g}" for name, w in fusion.named_weights().items())
             typer.echo(f"atlas fusion: {len(fusion.atlases)} fully labelled session(s) in {atlas}, "
-                       f"{min(atlas_per_scan, len(fusion.atlases))} per scan, weight {atlas_weight:g}")
+                       f"{min(atlas_per_scan, len(fusion.atlases))} per scan, weights {weights}")
         summary.begin(model, runner.backend.name, root, out)
         plan.begin(runner.info)
         try:

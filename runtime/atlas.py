@@ -11,7 +11,9 @@ times the network's parent probability; the child's probability becomes
 
     (1 - weight) * network + weight * atlas
 
-wherever the warped atlases cover the parent (elsewhere the network's stays). Masks of the children
+wherever the warped atlases cover the parent (elsewhere the network's stays). The weight is one for
+every child, or one per child (``"0.5,wm=0,cgm=0"``: :func:`parse_weights`), chosen on validation
+scans: where the network is already good at a child, the atlases can only blur it. Masks of the children
 are thresholded again and the voxels the network labelled inside a parent take the most probable
 child again, down to a leaf; every other channel and voxel keeps the network's result.
 
@@ -24,6 +26,7 @@ nibabel, SimpleITK and Greedy only: no torch.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,22 +58,21 @@ class Atlas:
 class AtlasFusion:
     """The atlases of one run of the runtime, and how each scan's results are blended with them."""
 
-    def __init__(self, atlases: list[Atlas], hierarchy: Hierarchy, per_scan: int = 3, weight: float = 0.5):
+    def __init__(self, atlases: list[Atlas], hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5):
         if not hierarchy.sibling_groups:
             raise ValueError(f"--atlas blends children with their parent, but hierarchy '{hierarchy.name}' has no "
                              f"parent with children; leave --atlas out")
         if per_scan < 1:
             raise ValueError(f"--atlas-per-scan must be at least 1, got {per_scan}")
-        if not 0 < weight <= 1:
-            raise ValueError(f"--atlas-weight must be in (0, 1], got {weight:g}")
-        registration.require_library()
-        self.atlases, self.hierarchy, self.per_scan, self.weight = atlases, hierarchy, per_scan, weight
         self.groups = hierarchy.sibling_groups
         self.kids = [k for _, kids in self.groups for k in kids]
+        self.weights = parse_weights(str(weight), hierarchy, self.kids)  # child channel -> weight
+        registration.require_library()
+        self.atlases, self.hierarchy, self.per_scan = atlases, hierarchy, per_scan
         self.tops = [p for p, _ in self.groups if p not in self.kids]  # parents that are nobody's child
 
     @classmethod
-    def from_sessions(cls, sessions, hierarchy: Hierarchy, per_scan: int = 3, weight: float = 0.5,
+    def from_sessions(cls, sessions, hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5,
                       where: str = "the atlas sessions") -> "AtlasFusion":
         """The fully labelled ones of ``sessions`` (``neoseg.data.dhcp.Session``: a label map that
         leaves no child unknown) as atlases; ``where`` names them in the error where there is none."""
@@ -112,7 +114,7 @@ class AtlasFusion:
         for p in self.tops:
             inside |= masks[..., p].astype(bool)
         if not inside.any():
-            return {"atlases": [], "weight": self.weight, "note": "no parent found: the network's result kept"}
+            return {"atlases": [], "weights": self.named_weights(), "note": "no parent found: the network's result kept"}
         chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
         warped_images, soft = [], []
         for atlas in chosen:
@@ -131,8 +133,11 @@ class AtlasFusion:
             soft.append(np.clip(np.stack(warped[1:]), 0, 1))
         fused = fuse(image, warped_images, soft)  # (len(kids), X, Y, Z)
         self._blend(fused, labels, masks, probs, thresholds)
-        return {"atlases": [a.key for a in chosen], "weight": self.weight,
+        return {"atlases": [a.key for a in chosen], "weights": self.named_weights(),
                 "seconds": round(time.perf_counter() - began, 2)}
+
+    def named_weights(self) -> dict[str, float]:
+        return {self.hierarchy.names[k]: w for k, w in self.weights.items()}
 
     def _blend(self, fused: np.ndarray, labels, masks, probs, thresholds) -> None:
         row = {k: i for i, k in enumerate(self.kids)}
@@ -142,7 +147,8 @@ class AtlasFusion:
             covered = total > EPS
             share = atlas / np.maximum(total, EPS)
             for i, k in enumerate(kids):
-                blended = (1 - self.weight) * probs[..., k] + self.weight * share[i] * probs[..., parent]
+                w = self.weights[k]
+                blended = (1 - w) * probs[..., k] + w * share[i] * probs[..., parent]
                 probs[..., k] = np.where(covered, blended, probs[..., k])
                 masks[..., k] = probs[..., k] >= thresholds[k]
         self._relabel(labels, probs)
@@ -162,6 +168,32 @@ class AtlasFusion:
                 if at.any():
                     node[at] = np.asarray(kids)[np.argmax(p[at][:, kids], axis=1)]
             labels[where] = value[node].astype(labels.dtype)
+
+
+def parse_weights(text: str, hierarchy: Hierarchy, kids: list[int]) -> dict[int, float]:
+    """``--atlas-weight``: a number for every child, and/or ``name=number`` for one, comma-separated
+    (``"0.5"``, ``"0.5,wm=0,cgm=0"``, ``"dgm=0.75"``: children not named get 0.5 unless a bare
+    number says otherwise); each in [0, 1], at least one above 0."""
+    names = {hierarchy.names[k]: k for k in kids}
+    default, named = 0.5, {}
+    for item in (t.strip() for t in text.split(",") if t.strip()):
+        name, _, value = item.rpartition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+        if not 0 <= number <= 1 or (name and name not in names):
+            raise ValueError(f"--atlas-weight: '{item}' is not a weight in [0, 1]" + (
+                f" for a child ({', '.join(names)})" if name else "") + "; e.g. 0.5 or 0.5,wm=0,cgm=0")
+        if name:
+            named[names[name]] = number
+        else:
+            default = number
+    weights = {k: named.get(k, default) for k in kids}
+    if not any(weights.values()):
+        raise ValueError("--atlas-weight: every child's weight is 0, so the atlases would change nothing; "
+                         "give at least one a weight above 0, or leave --atlas out")
+    return weights
 
 
 def _load(atlas: Atlas) -> tuple[np.ndarray, np.ndarray, tuple[float, float, float]]:

@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from neoseg.core.hierarchy import builtin
 from neoseg.data.dhcp import find_sessions
-from neoseg.runtime.atlas import AtlasFusion
+from neoseg.runtime.atlas import AtlasFusion, parse_weights
 
 H = builtin()
 CGM, WM, DGM, TCV, CSF = (H.names.index(n) for n in ("cgm", "wm", "dgm", "tcv", "csf"))
@@ -51,8 +51,9 @@ def test_blend_and_relabel_follow_the_atlas_where_it_covers_and_keep_the_rest():
     fused[:, 1, 1, 1] = 0  # a voxel the warped atlases do not cover: the network's result stays
     before = probs.copy()
     fusion = AtlasFusion.__new__(AtlasFusion)
-    fusion.hierarchy, fusion.weight, fusion.groups = H, 0.5, H.sibling_groups
+    fusion.hierarchy, fusion.groups = H, H.sibling_groups
     fusion.kids, fusion.tops = [CGM, WM, DGM], [TCV]
+    fusion.weights = parse_weights("0.5", H, fusion.kids)
     fusion._blend(fused, labels, masks, probs, THRESHOLDS)
     dgm = truth == 7
     np.testing.assert_allclose(probs[dgm, DGM], 0.5 * 0.3 + 0.5 * 1.0)
@@ -75,7 +76,8 @@ def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_da
     labels, masks, probs = network_output(truth, (0.34, 0.33, 0.33))  # no idea which child: all CGM
     fusion = AtlasFusion.from_sessions(atlases, H, per_scan=2, weight=0.5)
     done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS)
-    assert sorted(done["atlases"]) == sorted(s.key for s in atlases) and done["weight"] == 0.5
+    assert sorted(done["atlases"]) == sorted(s.key for s in atlases)
+    assert done["weights"] == {"cgm": 0.5, "wm": 0.5, "dgm": 0.5}
     for value in (3, 7):  # WM and DGM, all lost to CGM before, mostly found
         assert dice(labels == value, truth == value) > 0.6, value
     np.testing.assert_array_equal(labels[truth == 4], 4)  # outside TCV: untouched
@@ -98,7 +100,7 @@ def test_atlases_are_the_fully_labelled_sessions_nearest_in_brain_size(tiny_data
     assert chosen[0].key == "sub-T03_ses-1" and len(chosen) == 2
     with pytest.raises(ValueError, match="no fully labelled session"):
         AtlasFusion.from_sessions([s for s in find_sessions(data) if s.subject == "T00"], H)
-    with pytest.raises(ValueError, match="--atlas-weight"):
+    with pytest.raises(ValueError, match="--atlas-weight: '1.5' is not a weight"):
         AtlasFusion.from_sessions(find_sessions(data), H, weight=1.5)
 
 
@@ -120,7 +122,7 @@ def test_neoseg_infer_and_eval_with_atlas(toy_run, tiny_dataset, tmp_path):
 
     result = runner.invoke(infer_app, [str(scan), "-m", str(toy_run / "best.pt"), "-o", str(tmp_path / "bad"),
                                        "--atlas", str(tiny_dataset), "--atlas-weight", "0"])
-    assert result.exit_code != 0 and "--atlas-weight must be in (0, 1]" in result.output
+    assert result.exit_code != 0 and "every child's weight is 0" in result.output
     assert not (tmp_path / "bad").exists() or not list((tmp_path / "bad").iterdir())
 
     for atlas in ("run", str(tiny_dataset)):
@@ -178,3 +180,33 @@ def test_a_failed_registration_is_one_line_and_writes_nothing(toy_run, tiny_data
     assert result.exit_code != 0
     assert "--atlas: registering sub-T" in result.output and "(Greedy: itk::ExceptionObject)" in result.output
     assert not list(out.glob("*.nii.gz"))
+
+
+def test_weights_one_for_every_child_or_one_per_child():
+    kids = [CGM, WM, DGM]
+    assert parse_weights("0.5", H, kids) == {CGM: 0.5, WM: 0.5, DGM: 0.5}
+    assert parse_weights("0.5,wm=0,cgm=0", H, kids) == {CGM: 0.0, WM: 0.0, DGM: 0.5}
+    assert parse_weights("dgm=0.75", H, kids) == {CGM: 0.5, WM: 0.5, DGM: 0.75}
+    assert parse_weights("wm=0.2, 1", H, kids) == {CGM: 1.0, WM: 0.2, DGM: 1.0}
+    for bad, match in (("csf=0.5", "for a child \\(cgm, wm, dgm\\)"), ("x", "'x' is not a weight"),
+                       ("-0.1", "not a weight"), ("0", "every child's weight is 0")):
+        with pytest.raises(ValueError, match=match):
+            parse_weights(bad, H, kids)
+
+
+def test_a_child_of_weight_0_keeps_the_network_s_probability():
+    truth = np.full((4, 4, 4), 4, np.uint8)
+    truth[1:3, 1:3, 1:3] = 3
+    truth[1:3, 1:3, 2] = 7
+    labels, masks, probs = network_output(truth, (0.2, 0.6, 0.3))
+    fused = np.zeros((3,) + truth.shape, np.float32)
+    fused[2][truth == 7] = 1
+    fused[1][truth == 3] = 1
+    before = probs.copy()
+    fusion = AtlasFusion.__new__(AtlasFusion)
+    fusion.hierarchy, fusion.groups, fusion.kids, fusion.tops = H, H.sibling_groups, [CGM, WM, DGM], [TCV]
+    fusion.weights = parse_weights("0,dgm=1", H, fusion.kids)
+    fusion._blend(fused, labels, masks, probs, THRESHOLDS)
+    np.testing.assert_array_equal(probs[..., WM], before[..., WM])
+    np.testing.assert_allclose(probs[truth == 7, DGM], 1.0)
+    assert (labels[truth == 7] == 7).all() and (labels[truth == 3] == 3).all()
