@@ -11,17 +11,18 @@ times the network's parent probability; the child's probability becomes
 
     (1 - weight) * network + weight * atlas
 
-wherever the warped atlases cover the parent (elsewhere the network's stays). The weight is one for
-every child, or one per child (``"0.5,wm=0,cgm=0"``: :func:`parse_weights`), chosen on validation
-scans: where the network is already good at a child, the atlases can only blur it. Masks of the children
-are thresholded again and the voxels the network labelled inside a parent take the most probable
-child again, down to a leaf; every other channel and voxel keeps the network's result.
+wherever the warped atlases cover the parent (elsewhere the network's stays). The weight is one
+for every child, or one per child (``"0.5,wm=0,cgm=0"``: :func:`parse_weights`), chosen on
+validation scans: where the network is already good at a child, the atlases can only blur it.
+Masks of the children are thresholded again and the voxels the network labelled inside a parent
+take the most probable child again, down to a leaf; every other channel and voxel keeps the
+network's result.
 
 Why: with one fully labelled subject, a network learns the deep grey matter from labels that
-registration propagated, and ends up less accurate than registering the subject to the scan itself
-(docs/atlas.md measures both); blending the two beat either. It costs a registration per atlas and
-scan (seconds at 2 mm, longer at 0.5 mm: registered at 1 mm, :data:`RESOLUTION_MM`). numpy,
-nibabel, SimpleITK and Greedy only: no torch.
+registration propagated, and ends up less accurate there than registering the subject to the scan
+itself; the blend raised the deep grey matter of every model measured (docs/atlas.md). It costs a
+registration per atlas and scan, on one thread (seconds at 2 mm, about a minute at 0.5 mm, which
+is registered at 1 mm: :data:`RESOLUTION_MM`). numpy, nibabel, SimpleITK and Greedy only: no torch.
 """
 
 from __future__ import annotations
@@ -114,7 +115,8 @@ class AtlasFusion:
         for p in self.tops:
             inside |= masks[..., p].astype(bool)
         if not inside.any():
-            return {"atlases": [], "weights": self.named_weights(), "note": "no parent found: the network's result kept"}
+            return {"atlases": [], "weights": self.named_weights(),
+                    "note": "no parent found: the network's result kept"}
         chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
         warped_images, soft = [], []
         for atlas in chosen:

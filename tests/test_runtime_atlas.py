@@ -50,10 +50,8 @@ def test_blend_and_relabel_follow_the_atlas_where_it_covers_and_keep_the_rest():
     fused[1][truth == 3] = 1
     fused[:, 1, 1, 1] = 0  # a voxel the warped atlases do not cover: the network's result stays
     before = probs.copy()
-    fusion = AtlasFusion.__new__(AtlasFusion)
-    fusion.hierarchy, fusion.groups = H, H.sibling_groups
-    fusion.kids, fusion.tops = [CGM, WM, DGM], [TCV]
-    fusion.weights = parse_weights("0.5", H, fusion.kids)
+    fusion = AtlasFusion([], H, weight="0.5")
+    assert fusion.kids == [CGM, WM, DGM] and fusion.tops == [TCV]
     fusion._blend(fused, labels, masks, probs, THRESHOLDS)
     dgm = truth == 7
     np.testing.assert_allclose(probs[dgm, DGM], 0.5 * 0.3 + 0.5 * 1.0)
@@ -203,10 +201,7 @@ def test_a_child_of_weight_0_keeps_the_network_s_probability():
     fused[2][truth == 7] = 1
     fused[1][truth == 3] = 1
     before = probs.copy()
-    fusion = AtlasFusion.__new__(AtlasFusion)
-    fusion.hierarchy, fusion.groups, fusion.kids, fusion.tops = H, H.sibling_groups, [CGM, WM, DGM], [TCV]
-    fusion.weights = parse_weights("0,dgm=1", H, fusion.kids)
-    fusion._blend(fused, labels, masks, probs, THRESHOLDS)
+    AtlasFusion([], H, weight="0,dgm=1")._blend(fused, labels, masks, probs, THRESHOLDS)
     np.testing.assert_array_equal(probs[..., WM], before[..., WM])
     np.testing.assert_allclose(probs[truth == 7, DGM], 1.0)
     assert (labels[truth == 7] == 7).all() and (labels[truth == 3] == 3).all()
