@@ -158,18 +158,10 @@ class AtlasFusion:
     def _relabel(self, labels: np.ndarray, probs: np.ndarray) -> None:
         """The voxels labelled under a top parent take its most probable child again, down to a leaf."""
         h = self.hierarchy
-        value = np.array([c.value if c.value is not None else 0 for c in h.channels])
         for top in self.tops:
-            where = np.isin(labels, [value[c] for c in h.descendants(top) if c in h.leaves])
-            if not where.any():
-                continue
-            p = probs[where]  # (N, C)
-            node = np.full(len(p), top)
-            for parent, kids in self.groups:
-                at = node == parent
-                if at.any():
-                    node[at] = np.asarray(kids)[np.argmax(p[at][:, kids], axis=1)]
-            labels[where] = value[node].astype(labels.dtype)
+            where = np.isin(labels, [h.channels[c].value for c in h.descendants(top) if c in h.leaves])
+            if where.any():
+                labels[where] = h.descend(np.full(int(where.sum()), top), probs[where].T).astype(labels.dtype)
 
 
 def parse_weights(text: str, hierarchy: Hierarchy, kids: list[int]) -> dict[int, float]:
