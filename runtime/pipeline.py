@@ -9,7 +9,6 @@ back to the scan's spacing and axis order. Thresholds are applied to the logits
 
 from __future__ import annotations
 
-import math
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -23,23 +22,13 @@ from .backend import Backend
 from .clock import PhaseClock
 from .cpu import usable_cpus
 from .resample import PlaneResampler
+from . import staging
+from .staging import Decoded, Staged
 
 MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
 HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's foreground are not head
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
-STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
-CACHE_LINE, PAGE = 64, 4096  # bytes
 THREADED_VOXELS = 1 << 21  # smaller volumes (below ~128^3) are quicker on one thread than handed round
-
-
-@dataclass
-class Decoded:
-    """Channel-first results on one grid: labels (*grid) in label values, masks (C, *grid) uint8,
-    probs (C, *grid) float32 or None."""
-
-    labels: np.ndarray
-    masks: np.ndarray
-    probs: np.ndarray | None = None
 
 
 @dataclass
@@ -148,7 +137,7 @@ class Segmenter:
                  pool: ThreadPoolExecutor | None = None):
         """(first, last, network input) per batch: the slices cut and min-max scaled as
         ``to_slices(minmax_scale(image))`` does, bit for bit, but only those computed. The slices
-        are first gathered ``STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
+        are first gathered ``staging.STAGED`` at a time from the (NIfTI-ordered) volume in cache-sized
         blocks: cutting batches straight from it would read each cache line once per batch. With
         ``pool`` the next block is gathered there, into a second buffer, while this one's batches
         are computed. A volume that holds its slices whole (a resampled one) is cut straight away."""
@@ -157,15 +146,16 @@ class Segmenter:
         size = self.info.slice_size
         n = min(self.batch, max(1, todo.stop - todo.start))
         buf = np.zeros((n, 1, size, size), np.float32)
-        step = min(max(n, -(-STAGED // n) * n), max(1, todo.stop - todo.start))
+        step = min(max(n, -(-staging.STAGED // n) * n), max(1, todo.stop - todo.start))
         blocks = [(first, min(first + step, todo.stop)) for first in range(todo.start, todo.stop, step)]
         gather = abs(moved.strides[0]) < max(abs(moved.strides[1]), abs(moved.strides[2]))
         ahead = gather and pool is not None and len(blocks) > 1
-        staged = [_staging((step,) + moved.shape[1:], np.float32) for _ in range(1 + ahead)] if gather else []
+        staged = ([staging.aligned_empty((step,) + moved.shape[1:], np.float32) for _ in range(1 + ahead)]
+                  if gather else [])
 
         def gathered(k: int) -> np.ndarray:
             first, last = blocks[k]
-            _copy_blocked(staged[k % len(staged)][:last - first], moved[first:last])
+            staging.copy_blocked(staged[k % len(staged)][:last - first], moved[first:last])
             return staged[k % len(staged)]
 
         next_block = pool.submit(gathered, 0) if ahead else None
@@ -204,7 +194,7 @@ class Segmenter:
                 (_, w1), (_, w2) = sorted(windows.items())
                 (lr, dr), (lc, dc) = _overlap(plane[0], w1), _overlap(plane[1], w2)  # computed, in the volume
                 moved = [None if a is None else np.moveaxis(a, self.info.axis, 0)[:, dr, dc] for a in targets]
-                sink = staged = _Staged(self, todo, moved, (lr, lc), pool)
+                sink = staged = Staged(self, todo, moved, (lr, lc), pool)
             else:
                 sink, staged = self._resampler(image.shape, native_shape, windows, todo, plane, targets, pool)
             on_device = native_shape is None and hasattr(self.backend, "run_decoded") and not probabilities
@@ -224,7 +214,7 @@ class Segmenter:
         return todo.stop - todo.start
 
     def _resampler(self, shape, native_shape, windows, todo: slice, plane, targets: list,
-                   pool: ThreadPoolExecutor | None = None) -> tuple[PlaneResampler, "_Staged"]:
+                   pool: ThreadPoolExecutor | None = None) -> tuple[PlaneResampler, "Staged"]:
         """Logits of the model-grid slices -> decoded planes of ``targets`` on the scan's grid
         (through the staging buffers it returns too)."""
         info, size = self.info, self.info.slice_size
@@ -237,7 +227,7 @@ class Segmenter:
             outside[out_ch] = blank[out_ch] = OUTSIDE_LOGIT
         rows, cols = plane
         dst = [None if a is None else np.moveaxis(a, axis, 0) for a in targets]
-        staged = _Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)), pool)
+        staged = Staged(self, slice(0, len(dst[0])), dst, (slice(None), slice(None)), pool)
 
         def window(k: int, logits: np.ndarray) -> np.ndarray:
             if logits.shape[1:] == blank.shape[1:]:  # the whole slice was computed
@@ -328,114 +318,6 @@ class Segmenter:
         if first_nan.any():
             position[first_nan] = 0
         return np.take(np.asarray(channels, position.dtype if max(channels) < 256 else np.intp), position)
-
-
-class _Staged:
-    """Slices (a batch on the model's grid, or a plane resampled onto the scan's) decoded into
-    contiguous staging buffers of STAGED slices (fast ufunc loops), then copied to the
-    (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest, STAGED uint8
-    slices fill whole cache lines, where one slice at a time would touch every line once per slice."""
-
-    def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice],
-                 pool: ThreadPoolExecutor | None = None):
-        """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
-        slices fill; ``crop``: the part of each slice's (rows, cols) that goes there; ``pool``: a
-        thread that copies one staging buffer out while a second one fills (None: one buffer,
-        copied out in place)."""
-        self.segmenter, self.todo, self.dst, (self.lr, self.lc) = segmenter, todo, dst, crop
-        self.pool = pool if dst[2] is None else None  # probabilities: 4x the staging memory, kept single
-        h = segmenter.info.hierarchy
-        out_ch = h.outside_channel  # what the outputs hold before they are written: "outside"
-        self.fill = (0 if out_ch is None else h.channels[out_ch].value, [int(c == out_ch) for c in range(len(h))])
-        batch = segmenter.batch
-        staged = min(max(1, todo.stop - todo.start), max(batch, -(-STAGED // batch) * batch))
-        shape = (staged, len(segmenter.info.hierarchy)) + dst[0].shape[1:]
-        self.buffers = [Decoded(_staging((staged,) + shape[2:], self.dst[0].dtype), _staging(shape, np.uint8),
-                                _staging(shape, np.float32) if dst[2] is not None else None)
-                        for _ in range(1 if pool is None else 2)]
-        self.copying: list = [None] * len(self.buffers)  # each buffer's copy out, while it runs
-        self.current, self.buf = 0, self.buffers[0]
-        self.first = todo.start  # first slice held in the current staging buffer
-
-    def _part(self, i: int, n: int) -> Decoded:
-        at, buf = slice(i - self.first, i - self.first + n), self.buf
-        return Decoded(buf.labels[at], buf.masks[at], None if buf.probs is None else buf.probs[at])
-
-    def put(self, i: int, logits: np.ndarray) -> None:
-        """Slices i, i + 1, ...: their (N, C, rows, cols) logits."""
-        self.segmenter.decode(logits[:, :, self.lr, self.lc], 1, self.buf.probs is not None,
-                              out=self._part(i, len(logits)))
-        self._copy_out(i + len(logits))
-
-    def put_decoded(self, i: int, decoded: tuple[np.ndarray, np.ndarray]) -> None:
-        """Slices i, i + 1, ... as the backend decoded them: labels (N, rows, cols), masks (N, C, rows, cols)."""
-        part = self._part(i, len(decoded[0]))
-        part.labels[...], part.masks[...] = decoded[0][:, self.lr, self.lc], decoded[1][:, :, self.lr, self.lc]
-        self._copy_out(i + len(decoded[0]))
-
-    def _copy_out(self, j: int) -> None:
-        """Slices up to ``j`` are decoded: a full staging buffer (or the last slices) goes out."""
-        first = self.first
-        if j - first == len(self.buf.labels) or j == self.todo.stop:
-            if self.pool is None:
-                self._write(self.buf, first, j)
-            else:  # copied by the other thread; decoding goes on in the other buffer
-                self.copying[self.current] = self.pool.submit(self._write, self.buf, first, j)
-                self.current = (self.current + 1) % len(self.buffers)
-                self._wait(self.current)  # its last copy must be done before it is filled again
-                self.buf = self.buffers[self.current]
-            self.first = j
-
-    def _write(self, buf: Decoded, first: int, j: int) -> None:
-        dst, n = self.dst, j - first
-        _copy_changed(dst[0][first:j], buf.labels[:n], self.fill[0])
-        for c in range(buf.masks.shape[1]):
-            _copy_changed(dst[1][first:j, ..., c], buf.masks[:n, c], self.fill[1][c])
-            if buf.probs is not None:
-                _copy_blocked(dst[2][first:j, ..., c], buf.probs[:n, c])
-
-    def _wait(self, k: int) -> None:
-        running, self.copying[k] = self.copying[k], None
-        if running is not None:
-            running.result()  # re-raises the copy's error here
-
-    def finish(self) -> None:
-        for k in range(len(self.buffers)):
-            self._wait(k)
-
-
-def _copy_changed(dst: np.ndarray, src: np.ndarray, fill) -> None:
-    """``dst[...] = src`` where ``dst`` holds ``fill`` throughout: only the in-plane box of the
-    values that differ from it is copied. Most of a decoded slice is outside the head, and most
-    structures fill a small part of it; finding the box reads ``src`` once, in memory order."""
-    differs = src.max(axis=0) if fill == 0 else (src != fill).any(axis=0)
-    rows, cols = np.flatnonzero(differs.any(axis=1)), np.flatnonzero(differs.any(axis=0))
-    if len(rows):
-        box = (slice(None), slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-        _copy_blocked(dst[box], src[box])
-
-
-def _copy_blocked(dst: np.ndarray, src: np.ndarray, block: int = 16) -> None:
-    """``dst[...] = src`` for (slices, rows, cols) views. numpy walks ``dst`` in its memory order;
-    along the sagittal axis of a NIfTI-ordered output that order jumps through ``src`` a whole
-    slice at a time, so the in-plane axis ``dst`` walks first is cut into blocks whose ``src``
-    lines stay in cache."""
-    axis = 1 if abs(dst.strides[1]) <= abs(dst.strides[2]) else 2
-    for start in range(0, dst.shape[axis], block):
-        part = (slice(None),) * axis + (slice(start, start + block),)
-        dst[part] = src[part]
-
-
-def _staging(shape: tuple, dtype) -> np.ndarray:
-    """An empty array of ``shape`` whose slices (first axis) start one cache line past a 4 KiB
-    boundary from each other: a copy along the first axis (the transposing copies to and from the
-    NIfTI-ordered volumes) then spreads over the CPU cache's sets instead of evicting itself, which
-    a power-of-two slice size (256^2 bytes) would do."""
-    dtype = np.dtype(dtype)
-    size = math.prod(shape[1:]) * dtype.itemsize
-    pad = (CACHE_LINE - size) % PAGE
-    flat = np.empty((shape[0], size + pad), np.uint8)
-    return flat[:, :size].view(dtype).reshape(shape)  # a view: only the contiguous axis is split
 
 
 def _overlap(plane: slice, window) -> tuple[slice, slice]:

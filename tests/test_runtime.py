@@ -12,7 +12,7 @@ import pytest
 from neoseg.core.io import OutputExistsError
 from neoseg.core.preprocess import box_center, foreground_profiles, head_box, head_center
 from neoseg.data.dhcp import find_sessions
-from neoseg.runtime import geometry, pipeline
+from neoseg.runtime import geometry, pipeline, staging
 from neoseg.runtime.backend import Backend, BackendUnavailable
 from neoseg.runtime.backends import open_backend
 from neoseg.runtime.ort_backend import OrtBackend
@@ -85,7 +85,7 @@ class SliceIndexBackend(Backend):
 
 @pytest.mark.parametrize("staged", [64, 4])  # all slices decoded before the copy out, or in 5 parts
 def test_restack_puts_every_slice_back_where_it_came_from(model, staged, monkeypatch):
-    monkeypatch.setattr(pipeline, "STAGED", staged)
+    monkeypatch.setattr(staging, "STAGED", staged)
     info = OrtBackend(model).info  # axis 0, 32^2 slices
     n = 30
     image = np.zeros((n, 40, 36), np.float32)
@@ -195,7 +195,7 @@ def test_outputs_decoded_in_the_files_order_equal_the_whole_volume_decoding(mode
     """Labels and masks decoded batch by batch into staging buffers of 4 slices and copied into
     outputs laid out as the NIfTI file stores them equal the plain decoding of the whole logit
     volume (``Hierarchy.to_labels``: np.argmax, the first of equal logits wins)."""
-    monkeypatch.setattr(pipeline, "STAGED", 4)
+    monkeypatch.setattr(staging, "STAGED", 4)
     monkeypatch.setattr(pipeline, "THREADED_VOXELS", 0)  # threads even for this small scan
     img = nib.as_closest_canonical(nib.load(scan))
     data = np.asarray(img.dataobj, np.float32)
@@ -213,18 +213,18 @@ def test_outputs_decoded_in_the_files_order_equal_the_whole_volume_decoding(mode
 def test_crops_and_probabilities_are_the_same_on_one_or_two_host_threads(model, scan, monkeypatch, probabilities):
     import threading
 
-    monkeypatch.setattr(pipeline, "STAGED", 4)
+    monkeypatch.setattr(staging, "STAGED", 4)
     monkeypatch.setattr(pipeline, "THREADED_VOXELS", 0)
     img = nib.load(scan)
     data, zooms = np.asanyarray(img.dataobj), img.header.get_zooms()[:3]
     backend = TiedLogits(OrtBackend(model).info)
-    real_write, writers = pipeline._Staged._write, []
+    real_write, writers = staging.Staged._write, []
 
     def write(self, *args):
         writers.append(threading.current_thread().name.split("_")[0])
         return real_write(self, *args)
 
-    monkeypatch.setattr(pipeline._Staged, "_write", write)
+    monkeypatch.setattr(staging.Staged, "_write", write)
     one, two = (Segmenter(backend, crop_plane=True, host_threads=n).segment(data, img.affine, zooms, probabilities)
                 for n in (1, 2))
     second = "MainThread" if probabilities else "neoseg-copy-out"  # probabilities keep one staging buffer
@@ -238,18 +238,18 @@ def test_input_blocks_gathered_ahead_on_the_second_thread_equal_those_gathered_i
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
-    monkeypatch.setattr(pipeline, "STAGED", 4)
+    monkeypatch.setattr(staging, "STAGED", 4)
     data = np.asfortranarray(np.asarray(nib.load(scan).dataobj, np.float32))  # as a NIfTI file holds it
     segmenter = Segmenter(TiedLogits(OrtBackend(model).info), skip_empty=False)
     windows, todo, plane, scale = segmenter._plan(data)
     in_turn = [(i, j, x.copy()) for i, j, x in segmenter._batches(data, windows, todo, plane, scale)]
-    copy, threads = pipeline._copy_blocked, []
+    copy, threads = staging.copy_blocked, []
 
     def recorded(dst, src, *args):
         threads.append(threading.current_thread().name.split("_")[0])
         copy(dst, src, *args)
 
-    monkeypatch.setattr(pipeline, "_copy_blocked", recorded)
+    monkeypatch.setattr(staging, "copy_blocked", recorded)
     with ThreadPoolExecutor(1, "neoseg-copy-out") as pool:
         ahead = [(i, j, x.copy()) for i, j, x in segmenter._batches(data, windows, todo, plane, scale, pool)]
     assert len(ahead) == len(in_turn) > 2 and set(threads) == {"neoseg-copy-out"}
@@ -285,9 +285,9 @@ def test_vectorised_argmax_equals_the_masked_copy_reference_with_ties_and_nan():
 
 def test_staging_slices_start_one_cache_line_off_a_page():
     for shape, dtype in (((5, 11, 256, 256), np.uint8), ((4, 200, 256), np.float32), ((3, 7, 9), np.uint16)):
-        a = pipeline._staging(shape, dtype)
+        a = staging.aligned_empty(shape, dtype)
         a[...] = 1  # writable, the requested shape and type
-        assert a.shape == shape and a.dtype == dtype and a.strides[0] % pipeline.PAGE == pipeline.CACHE_LINE
+        assert a.shape == shape and a.dtype == dtype and a.strides[0] % staging.PAGE == staging.CACHE_LINE
         assert a[0].flags.c_contiguous  # each slice is contiguous: the decoding's ufunc loops stay fast
 
 
