@@ -78,11 +78,16 @@ def parse_floats(text: str | None, what: str) -> float | list[float] | None:
     return values[0] if len(values) == 1 else values
 
 
-def atlas_fusion(folder: Path, hierarchy, per_scan: int, weight: str, exclude: set[str] = frozenset()):
+ATLAS_WARPS_HELP = ("--atlas: the registrations each atlas gets, all fused: regular, flexible (less smoothed: "
+                    "closer to folded cortex and white matter), or regular,flexible (twice the time).")
+
+
+def atlas_fusion(folder: Path, hierarchy, per_scan: int, weight: str, warps: str = "regular",
+                 exclude: set[str] = frozenset()):
     """``--atlas DIR``: the fully labelled sessions of a dHCP-layout folder, less the session keys of
     ``exclude`` (the scans being evaluated), as the runtime's atlas fusion."""
     from neoseg.data.dhcp import find_sessions
     from neoseg.runtime.atlas import AtlasFusion
 
     sessions = [s for s in find_sessions(folder) if s.key not in exclude]
-    return AtlasFusion.from_sessions(sessions, hierarchy, per_scan, weight, where=str(folder))
+    return AtlasFusion.from_sessions(sessions, hierarchy, per_scan, weight, warps, where=str(folder))

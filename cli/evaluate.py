@@ -9,7 +9,7 @@ import typer
 
 from neoseg.runtime.backend import BackendUnavailable
 
-from .common import make_app, as_user_error, atlas_fusion, setup_logging, user_errors
+from .common import ATLAS_WARPS_HELP, make_app, as_user_error, atlas_fusion, setup_logging, user_errors
 
 app = make_app()
 
@@ -40,6 +40,7 @@ def evaluate(
     atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan.")] = 3,
     atlas_weight: Annotated[str, typer.Option(help="--atlas: the atlases' share of each child's probability, "
                                                    "as neoseg-infer's.")] = "0.5",
+    atlas_warps: Annotated[str, typer.Option(help=ATLAS_WARPS_HELP)] = "regular",
 ) -> None:
     """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group, of the
     label map (_dseg) and of the per-structure masks, each scan segmented as neoseg-infer does.
@@ -58,7 +59,7 @@ def evaluate(
         sessions = _sessions(config, data, subset)
         if atlas is not None:
             segmenter.atlas = _atlas_fusion(atlas, config, sessions, segmenter.info.hierarchy, atlas_per_scan,
-                                            atlas_weight)
+                                            atlas_weight, atlas_warps)
         rows = evaluate_sessions(segmenter, sessions, progress=not quiet)
         if not rows:
             raise ValueError(f"no structure of the {len(sessions)} session(s) is known at every voxel; evaluate "
@@ -90,18 +91,9 @@ def _segmenter(models: list[Path], thresholds: str | None, backend: str, device:
             opened.info = dataclasses.replace(opened.info, thresholds=tuple(
                 parse_thresholds(thresholds, len(opened.info.hierarchy))))
         return Segmenter(opened), TrainConfig.from_json(opened.info.config)
-    from neoseg.train.ensemble import check_one_split, load_models
-    from neoseg.train.evaluate import model_segmenter
-    from neoseg.train.ranks import resolve_device
+    from neoseg.train.evaluate import checkpoint_segmenter
 
-    if own_split:
-        check_one_split(models)
-    loaded = load_models(models, own_thresholds=bool(thresholds))
-    config = loaded.config
-    chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds \
-        else loaded.state.get("thresholds", config.thresholds)
-    return model_segmenter(loaded.model, loaded.hierarchy, config.axis, config.slice_size, resolve_device(device),
-                           chosen, loaded.spacing), config
+    return checkpoint_segmenter(models, device, thresholds, own_split)
 
 
 def _sessions(config, data: Path | None, subset: str) -> list:
@@ -118,18 +110,14 @@ def _sessions(config, data: Path | None, subset: str) -> list:
     return list(getattr(dataset_split(config), subset))
 
 
-def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: str):
+def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: str, warps: str):
     """``--atlas``: a folder's fully labelled sessions less the evaluated ones, or (``run``) the
     fully labelled training sessions of the model's own split."""
-    from neoseg.runtime.atlas import AtlasFusion
-    from neoseg.train.recipes import dataset_split
+    from neoseg.train.evaluate import run_atlas_fusion
 
     if atlas != "run":
-        return atlas_fusion(Path(atlas), hierarchy, per_scan, weight, exclude={s.key for s in evaluated})
-
-    split = dataset_split(config)
-    return AtlasFusion.from_sessions([s for s in split.train if split.is_full(s)], hierarchy, per_scan, weight,
-                                     where="the run's fully labelled training sessions")
+        return atlas_fusion(Path(atlas), hierarchy, per_scan, weight, warps, exclude={s.key for s in evaluated})
+    return run_atlas_fusion(config, hierarchy, per_scan, weight, warps)
 
 
 def main() -> None:

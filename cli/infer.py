@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import make_app, USER_ERRORS, as_user_error, atlas_fusion, user_errors
+from .common import ATLAS_WARPS_HELP, make_app, USER_ERRORS, as_user_error, atlas_fusion, user_errors
 from .progress import Progress
 from .summary import Summary
 
@@ -108,6 +108,7 @@ def infer(
     atlas_weight: Annotated[str, typer.Option(help="--atlas: the atlases' share of each child's probability, "
                                                    "0 to 1: one for every child, or per child, e.g. "
                                                    "0.5,wm=0,cgm=0.")] = "0.5",
+    atlas_warps: Annotated[str, typer.Option(help=ATLAS_WARPS_HELP)] = "regular",
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
     (labels) with its _dseg.json, _mask.nii.gz (4D, one volume per channel), _mask.json and
@@ -154,13 +155,14 @@ def infer(
         opened = open_backend(model, backend.value, threads, precision.value)
         fusion = None
         if atlas is not None:
-            fusion = atlas_fusion(atlas, opened.info.hierarchy, atlas_per_scan, atlas_weight)
+            fusion = atlas_fusion(atlas, opened.info.hierarchy, atlas_per_scan, atlas_weight, atlas_warps)
         runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads, atlas=fusion)
         typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         if fusion is not None:
             weights = ", ".join(f"{name} {w:g}" for name, w in fusion.named_weights().items())
             typer.echo(f"atlas fusion: {len(fusion.atlases)} fully labelled session(s) in {atlas}, "
-                       f"{min(atlas_per_scan, len(fusion.atlases))} per scan, weights {weights}")
+                       f"{min(atlas_per_scan, len(fusion.atlases))} per scan, warps {','.join(fusion.warps)}, "
+                       f"weights {weights}")
         summary.begin(model, runner.backend.name, root, out)
         plan.begin(runner.info)
         try:

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import make_app, user_errors
+from .common import atlas_fusion, make_app, user_errors
 
 app = make_app()
 
@@ -49,7 +49,15 @@ def build_node(config):
     if not config.model.is_file():
         raise ValueError(f"[model] path {config.model} does not exist; set the path of the model.onnx")
     backend = open_backend(config.model, config.backend, config.threads, config.precision)
-    return Node(config, Segmenter(backend))
+    fusion = None
+    if config.atlas is not None:  # checked here, at start: a wrong folder or weight is one line, not a failed study
+        if not config.atlas.folder.is_dir():
+            raise ValueError(f"[atlas] folder {config.atlas.folder} is not a folder; set the dHCP-layout folder of "
+                             f"the fully labelled sessions")
+        settings = config.atlas
+        fusion = atlas_fusion(settings.folder, backend.info.hierarchy, settings.per_scan, settings.weight,
+                              settings.warps)
+    return Node(config, Segmenter(backend, atlas=fusion))
 
 
 def main() -> None:

@@ -49,6 +49,18 @@ class RegistrationParams:
 WARPS = {"regular": RegistrationParams(), "flexible": RegistrationParams(smoothing="1.0vox 0.25vox")}
 
 
+def parse_warps(warps) -> list[str]:
+    """``--atlas-warps``: names of :data:`WARPS` (a list, or one comma-separated text), each once, in
+    :data:`WARPS`'s order (fusion ignores the order, so one set is one setting)."""
+    if isinstance(warps, str):
+        warps = warps.split(",")
+    warps = [w.strip() if isinstance(w, str) else w for w in (warps or [])]
+    if not warps or not all(isinstance(w, str) and w in WARPS for w in warps) or len(set(warps)) != len(warps):
+        raise ValueError(f"--atlas-warps is one or more of {', '.join(WARPS)}, comma-separated, each once; got "
+                         f"{','.join(map(str, warps)) or 'none'}")
+    return sorted(warps, key=list(WARPS).index)
+
+
 def skipped_levels(spacing, resolution: float) -> int:
     """How many of the pyramid's finest levels a scan of voxel size ``spacing`` (mm) skips so that
     the finest level registered has voxels of about ``resolution`` mm or more: one per halving of

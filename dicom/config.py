@@ -39,6 +39,12 @@ description = ["t2"]
 exclude = ["scout|locali[sz]er|survey"]
 planes = []                    # e.g. ["axial"]
 # max_voxel_size = 3.0
+
+# [atlas]                      # optional: atlas fusion, as neoseg-infer --atlas (needs the atlas extra)
+# folder = "/opt/neoseg/atlases" # a dHCP-layout folder; its fully labelled sessions are the atlases
+# per_scan = 3                 # the atlases registered to each scan, nearest in brain size
+# weight = "0.5"               # the atlases' share of each child's probability, e.g. "0.5,wm=0"
+# warps = "regular"            # or "regular,flexible"
 """
 
 
@@ -47,6 +53,16 @@ class Peer:
     ae_title: str
     host: str
     port: int
+
+
+@dataclass(frozen=True)
+class AtlasSettings:
+    """``[atlas]``: neoseg-infer's ``--atlas``, ``--atlas-per-scan``, ``--atlas-weight`` and ``--atlas-warps``."""
+
+    folder: Path
+    per_scan: int = 3
+    weight: str = "0.5"
+    warps: str = "regular"
 
 
 @dataclass
@@ -63,6 +79,7 @@ class NodeConfig:
     queue_size: int = 16
     timeout_seconds: float = 30.0  # ACSE, DIMSE and network timeouts of both roles
     rules: SeriesRules = field(default_factory=SeriesRules)
+    atlas: AtlasSettings | None = None  # atlas fusion after the network; None: off
 
 
 def load_config(path: str | Path) -> NodeConfig:
@@ -78,10 +95,10 @@ def load_config(path: str | Path) -> NodeConfig:
 
 def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
     node, model, dest, series = (_table(data, k, where) for k in ("node", "model", "destination", "series"))
-    unknown = set(data) - {"node", "model", "destination", "series"}
+    unknown = set(data) - {"node", "model", "destination", "series", "atlas"}
     if unknown:
-        raise ValueError(f"{where}: unknown table [{sorted(unknown)[0]}]; the tables are node, model, destination "
-                         f"and series")
+        raise ValueError(f"{where}: unknown table [{sorted(unknown)[0]}]; the tables are node, model, destination, "
+                         f"series and atlas")
     rules = SeriesRules(tuple(series.get("description", DEFAULT_INCLUDE)),
                         tuple(series.get("exclude", DEFAULT_EXCLUDE)), tuple(series.get("planes", ())),
                         series.get("max_voxel_size"), explicit=True)
@@ -94,7 +111,23 @@ def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
         precision=str(model.get("precision", "auto")), threads=model.get("threads"),
         settle_seconds=_positive(node, "settle_seconds", 30.0, where),
         queue_size=int(_positive(node, "queue_size", 16, where)),
-        timeout_seconds=_positive(node, "timeout_seconds", 30.0, where), rules=rules)
+        timeout_seconds=_positive(node, "timeout_seconds", 30.0, where), rules=rules,
+        atlas=_atlas(data, where))
+
+
+def _atlas(data: dict, where) -> AtlasSettings | None:
+    if "atlas" not in data:
+        return None
+    table = _table(data, "atlas", where)
+    unknown = set(table) - {"folder", "per_scan", "weight", "warps"}
+    if unknown:
+        raise ValueError(f"{where}: [atlas] has no setting '{sorted(unknown)[0]}'; the settings are folder, per_scan, "
+                         f"weight and warps")
+    per_scan = table.get("per_scan", 3)
+    if isinstance(per_scan, bool) or not isinstance(per_scan, int) or per_scan < 1:
+        raise ValueError(f"{where}: [atlas] per_scan must be a whole number of at least 1, got {per_scan!r}")
+    return AtlasSettings(Path(_need(table, "folder", where, "atlas")), per_scan, str(table.get("weight", "0.5")),
+                         str(table.get("warps", "regular")))
 
 
 def _table(data: dict, key: str, where) -> dict:

@@ -36,8 +36,8 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
     log.info("%s: %d runs in the grid, %d finished, %d to run", out, len(grid), len(done), len(todo))
     gpus = gpu_count() if device == "cuda" else 0
     workers = workers or (max(gpus, 1) if device == "cuda" else profile.workers)
-    if todo:
-        passes = sum(slice_passes(r, profile, sessions, out / "cache") for r in todo)
+    passes = sum(slice_passes(r, profile, sessions, out / "cache") for r in todo)
+    if passes:
         rate = calibrate(profile, device)
         log.info("estimated time: at most %.0f min (%.2g slice passes at %.0f slices/s per run, %d runs at once; "
                  "early stopping usually ends runs sooner)", passes / rate / workers / 60, passes, rate, workers)

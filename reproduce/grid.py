@@ -30,6 +30,7 @@ class RunSpec:
     weight_ema: float = 0.0  # validate, select and save an EMA of the weights (decay per step); 0: off
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
     augment: str = "none"  # "standard": neoseg-train's policy without the curve; the paper's rows train without
+    fusion: tuple[str, ...] = ()  # atlas fusion at inference with these warps: the run without it, evaluated with it
 
     @property
     def recipe(self) -> str:
@@ -42,7 +43,7 @@ class RunSpec:
                 + (f"+warps-{'-'.join(self.atlas_warps)}" if self.atlas_warps else "")
                 + ("+wema" if self.weight_ema else "")
                 + (f"+share{self.full_share * 100:g}" if self.full_share else "")
-                + ("+aug" if self.augment != "none" else ""))
+                + ("+aug" if self.augment != "none" else "") + _fusion_suffix(self.fusion))
 
     @property
     def name(self) -> str:
@@ -53,7 +54,9 @@ class RunSpec:
     @property
     def needs(self) -> str | None:
         """The run whose model this one starts from: the semi-supervised fine-tuning's supervised run,
-        or the IUC run of a run ``from_iuc``."""
+        the IUC run of a run ``from_iuc``, or the trained run a ``fusion`` run evaluates."""
+        if self.fusion:
+            return dataclasses.replace(self, fusion=()).name
         if self.from_iuc:
             return RunSpec(self.model, "partial", "iuc", self.fraction, self.draw).name
         if self.kind != "semi":
@@ -61,8 +64,15 @@ class RunSpec:
         return dataclasses.replace(self, kind="supervised", loss="bce", reduction="mean", budget=1).name
 
 
+def _fusion_suffix(warps: tuple[str, ...]) -> str:
+    if not warps:
+        return ""
+    return "+fusion" if tuple(warps) == ("regular",) else "+fusion-" + "-".join(warps)
+
+
 GRIDS = ("headline", "full", "atlas")
 FULL_SHARE = 0.25  # the atlas grid's share of fully labelled slices per batch, where a recipe sets one
+FUSION_WARPS = ("regular",)  # the atlas grid's fusion at inference (neoseg-eval --atlas run): the warps of each atlas
 WEIGHT_EMA = 0.995  # the atlas grid's weight average, where a recipe sets one: about 200 steps, 1.5 epochs at 2 %
 
 
@@ -127,8 +137,9 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     validation Dice of the children instead of the loss, and propagation writing only the children
     the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7), or fusing each atlas
     registered twice (regular and flexible warps), propagation selecting and saving an average of
-    the weights (``--weight-ema``), and both together. The paper's rows and today's label-set run
-    keep their names (and results)."""
+    the weights (``--weight-ema``), and both together; then propagation and pairs evaluated with
+    atlas fusion at inference (the same trained run, the atlases registered to each test scan too).
+    The paper's rows and today's label-set run keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
         for d in range(profile.draws):
@@ -147,7 +158,9 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, atlas="propagate", atlas_warps=("regular", "flexible"),
                                          weight_ema=WEIGHT_EMA),
                      dataclasses.replace(iuc, atlas="pairs"), dataclasses.replace(iuc, atlas="both"),
-                     dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard")]
+                     dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard"),
+                     dataclasses.replace(iuc, atlas="propagate", fusion=FUSION_WARPS),
+                     dataclasses.replace(iuc, atlas="pairs", fusion=FUSION_WARPS)]
     return runs
 
 

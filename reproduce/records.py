@@ -20,9 +20,10 @@ def finished_records(out: Path, patience: int = 8) -> list[dict]:
     for path in sorted((Path(out) / "runs").glob("*/done.json")):
         record = json.loads(path.read_text())
         record.setdefault("patience", patience * record.get("budget", 1))
-        record["still_improving"] = still_improving(path.parent, record)
-        record["registration_seconds"] = registration_seconds(path.parent)
         record["needs"] = spec_of(record).needs
+        trained = path.parent.parent / record["needs"] if record.get("fusion") else path.parent
+        record["still_improving"] = still_improving(trained, record)  # a fusion run: as the run it evaluates
+        record["registration_seconds"] = registration_seconds(path.parent)
         records.append(record)
     return records
 

@@ -63,7 +63,10 @@ def init_worker(threads: int | None) -> None:
 
 
 def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
-    """Train (or resume) one run into ``OUT/runs/<name>``; returns what ``done.json`` records."""
+    """Train (or resume) one run into ``OUT/runs/<name>``, or evaluate a ``fusion`` run; returns what
+    ``done.json`` records."""
+    if spec.fusion:
+        return evaluate_fused(spec, out, device)
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.splits import make_split
     from neoseg.train.baselines import write_pseudo_labels
@@ -104,5 +107,30 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
               "self_train_began": result.self_train_began, "recipe": spec.recipe, "patience": config.patience,
               "epoch_cap": config.epochs,
               **dataclasses.asdict(spec)}
+    (run_dir / "done.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def evaluate_fused(spec: RunSpec, out: Path, device: str) -> dict:
+    """A ``fusion`` run: the best weights of the run it needs, evaluated on its test sessions with
+    atlas fusion (the run's fully labelled training sessions registered to each scan, with the
+    spec's warps, and blended in: ``neoseg-eval --atlas run``) into ``OUT/runs/<name>``. Its
+    ``done.json`` takes how the trained run ended from that run's; its seconds are the evaluation's,
+    registrations included."""
+    from neoseg.train.evaluate import checkpoint_segmenter, evaluate_sessions, run_atlas_fusion, write_rows
+    from neoseg.train.recipes import dataset_split
+
+    began = time.monotonic()
+    trained, run_dir = out / "runs" / spec.needs, out / "runs" / spec.name
+    segmenter, config = checkpoint_segmenter([trained / "best.pt"], device)
+    segmenter.atlas = run_atlas_fusion(config, segmenter.info.hierarchy, warps=spec.fusion)
+    rows = evaluate_sessions(segmenter, list(dataset_split(config).test))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_rows(run_dir / "evaluation.csv", rows)
+    ended = json.loads((trained / "done.json").read_text())
+    record = {**{k: ended[k] for k in ("best_epoch", "epochs", "stopped_by", "best_val_loss", "self_train_began",
+                                      "patience", "epoch_cap") if k in ended},
+              "run": spec.name, "seconds": round(time.monotonic() - began, 1), "earlier_seconds": 0.0,
+              "recipe": spec.recipe, **dataclasses.asdict(spec)}
     (run_dir / "done.json").write_text(json.dumps(record, indent=2))
     return record

@@ -59,7 +59,8 @@ class Atlas:
 class AtlasFusion:
     """The atlases of one run of the runtime, and how each scan's results are blended with them."""
 
-    def __init__(self, atlases: list[Atlas], hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5):
+    def __init__(self, atlases: list[Atlas], hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5,
+                 warps=("regular",)):
         if not hierarchy.sibling_groups:
             raise ValueError(f"--atlas blends children with their parent, but hierarchy '{hierarchy.name}' has no "
                              f"parent with children; leave --atlas out")
@@ -68,13 +69,14 @@ class AtlasFusion:
         self.groups = hierarchy.sibling_groups
         self.kids = [k for _, kids in self.groups for k in kids]
         self.weights = parse_weights(str(weight), hierarchy, self.kids)  # child channel -> weight
+        self.warps = registration.parse_warps(warps)  # each atlas registered once per warp, all fused
         registration.require_library()
         self.atlases, self.hierarchy, self.per_scan = atlases, hierarchy, per_scan
         self.tops = [p for p, _ in self.groups if p not in self.kids]  # parents that are nobody's child
 
     @classmethod
     def from_sessions(cls, sessions, hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5,
-                      where: str = "the atlas sessions") -> "AtlasFusion":
+                      warps=("regular",), where: str = "the atlas sessions") -> "AtlasFusion":
         """The fully labelled ones of ``sessions`` (``neoseg.data.dhcp.Session``: a label map that
         leaves no child unknown) as atlases; ``where`` names them in the error where there is none."""
         unknown, atlases = partial_values(hierarchy), []
@@ -97,7 +99,7 @@ class AtlasFusion:
         if not atlases:
             raise ValueError(f"{where}: no fully labelled session (a T2 with a _dseg that names every child, no "
                              f"parent's own value) to use as an atlas; pass a folder that holds one")
-        return cls(atlases, hierarchy, per_scan, weight)
+        return cls(atlases, hierarchy, per_scan, weight, warps)
 
     def choose(self, parent_mm3: float) -> list[Atlas]:
         """The ``per_scan`` atlases whose parent volume is nearest to ``parent_mm3`` (ties by key)."""
@@ -115,7 +117,7 @@ class AtlasFusion:
         for p in self.tops:
             inside |= masks[..., p].astype(bool)
         if not inside.any():
-            return {"atlases": [], "weights": self.named_weights(),
+            return {"atlases": [], "weights": self.named_weights(), "warps": self.warps,
                     "note": "no parent found: the network's result kept"}
         chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
         warped_images, soft = [], []
@@ -123,19 +125,20 @@ class AtlasFusion:
             a_image, a_labels, a_spacing = _load(atlas)
             rows = self.hierarchy.target_table()[a_labels]
             maps = [a_image] + [(rows[..., k] == 1).astype(np.float32) for k in self.kids]
-            try:
-                warped = registration.warp_atlas(image, inside, a_image, (rows[..., self.tops] == 1).any(axis=-1),
-                                                 maps, spacing, a_spacing, registration.WARPS["regular"], threads=1,
-                                                 skipped=registration.skipped_levels(spacing, RESOLUTION_MM))
-            except Exception as e:  # noqa: BLE001 - Greedy's own errors, as one line
-                what = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                raise ValueError(f"--atlas: registering {atlas.key} to the scan failed ({what}); segment it "
-                                 f"without --atlas, or with other atlases") from e
-            warped_images.append(warped[0])
-            soft.append(np.clip(np.stack(warped[1:]), 0, 1))
+            for warp in self.warps:
+                try:
+                    warped = registration.warp_atlas(
+                        image, inside, a_image, (rows[..., self.tops] == 1).any(axis=-1), maps, spacing, a_spacing,
+                        registration.WARPS[warp], threads=1, skipped=registration.skipped_levels(spacing, RESOLUTION_MM))
+                except Exception as e:  # noqa: BLE001 - Greedy's own errors, as one line
+                    what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                    raise ValueError(f"--atlas: registering {atlas.key} to the scan failed ({what}); segment it "
+                                     f"without --atlas, or with other atlases") from e
+                warped_images.append(warped[0])
+                soft.append(np.clip(np.stack(warped[1:]), 0, 1))
         fused = fuse(image, warped_images, soft)  # (len(kids), X, Y, Z)
         self._blend(fused, labels, masks, probs, thresholds)
-        return {"atlases": [a.key for a in chosen], "weights": self.named_weights(),
+        return {"atlases": [a.key for a in chosen], "weights": self.named_weights(), "warps": self.warps,
                 "seconds": round(time.perf_counter() - began, 2)}
 
     def named_weights(self) -> dict[str, float]:

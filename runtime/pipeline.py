@@ -283,7 +283,8 @@ class Segmenter:
         if probabilities:
             probs = out.probs
             np.negative(logits, out=probs)
-            np.exp(probs, out=probs)
+            with np.errstate(over="ignore"):  # exp(-logit) of a very negative logit is inf: probability 0
+                np.exp(probs, out=probs)
             probs += 1
             np.reciprocal(probs, out=probs)
         return Decoded(out.labels, np.moveaxis(out.masks, 0, axis),

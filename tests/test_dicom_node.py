@@ -5,6 +5,7 @@ line, the node keeps answering, and its log holds no patient data."""
 
 from __future__ import annotations
 
+import json
 import logging
 import socket
 import time
@@ -180,8 +181,10 @@ def test_a_study_left_in_the_spool_is_done_at_start(model, tiny_dataset, tmp_pat
                  "settle_seconds": 0.5, "timeout_seconds": 5},
         "model": {"path": str(model), "backend": "ort-cpu"},
         "destination": {"ae_title": "DEST", "host": "127.0.0.1", "port": destination.server_address[1]},
+        "atlas": {"folder": str(tiny_dataset), "per_scan": 2},  # with atlas fusion, as neoseg-infer --atlas
     })
     node = build_node(config)
+    assert len(node.segmenter.atlas.atlases) == 6 and node.segmenter.atlas.per_scan == 2
     node.start()
     try:
         deadline = time.monotonic() + 60
@@ -191,3 +194,22 @@ def test_a_study_left_in_the_spool_is_done_at_start(model, tiny_dataset, tmp_pat
         node.stop()
         destination.shutdown()
     assert [str(s.ReferencedSeriesSequence[0].SeriesInstanceUID) for s in received] == [series]
+    sidecar = json.loads(next((tmp_path / "out").rglob("*_mask.json")).read_text())
+    assert len(sidecar["Model"]["atlas_fusion"]["atlases"]) == 2
+
+
+def test_atlas_settings_of_the_node_are_checked(model, tmp_path):
+    import tomllib
+
+    from neoseg.cli.serve import build_node
+
+    example = tomllib.loads(EXAMPLE)
+    assert parse_config(example).atlas is None  # commented out in the example: off
+    for table, message in (({"per_scan": 2}, r"\[atlas\] folder is missing"),
+                           ({"folder": "x", "per_scan": 0}, r"\[atlas\] per_scan must be"),
+                           ({"folder": "x", "atlases": 2}, r"\[atlas\] has no setting 'atlases'")):
+        with pytest.raises(ValueError, match=message):
+            parse_config({**example, "atlas": table})
+    config = parse_config({**example, "model": {"path": str(model)}, "atlas": {"folder": str(tmp_path / "none")}})
+    with pytest.raises(ValueError, match=r"\[atlas\] folder .* is not a folder"):
+        build_node(config)

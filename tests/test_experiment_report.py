@@ -59,10 +59,10 @@ def report(out, profile=PROFILE, invocations=()) -> str:
 
 def test_a_report_is_written_for_no_run_and_for_the_reference_alone(tmp_path):
     text = report(tmp_path)  # nothing finished yet
-    assert "No finished runs yet" in text and "Not (yet) run: 49 run(s)" in text
+    assert "No finished runs yet" in text and "Not (yet) run: 55 run(s)" in text
     stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE)  # --only f100
     text = report(tmp_path)
-    assert "Not (yet) run: 48 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
+    assert "Not (yet) run: 54 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
     assert "| unet | supervised, 100 % | bce |" in text and "## Figure 4" not in text
     assert not (tmp_path / "figure4.png").exists()
 
@@ -148,10 +148,26 @@ def test_a_recipe_time_counts_its_draws_the_run_it_starts_from_and_registration(
     assert "| 2 % | unet | partial | iuc+atlas-pairs | 2 | 2.0 | 6.0 | 3.0 |" in text
 
 
+def test_a_fusion_run_is_its_trained_run_evaluated_again(tmp_path):
+    trained = RunSpec("unet", "partial", "iuc", 0.02, 0, atlas="pairs")
+    fused = dataclasses.replace(trained, fusion=("regular",))
+    assert fused.name == "unet-partial-iuc-atlas-pairs-fusion-f002-d0" and fused.needs == trained.name
+    assert dataclasses.replace(trained, fusion=("regular", "flexible")).recipe == \
+        "iuc+atlas-pairs+fusion-regular-flexible"
+    stand_in(tmp_path, trained, REFERENCE, seconds=120, registration=60, stopped_by="epoch cap", best=(0, 0, 0, 1, 1))
+    stand_in(tmp_path, fused, {"dgm": 0.78, "wm": 0.9, "cgm": 0.9}, seconds=30, stopped_by="epoch cap")
+    (tmp_path / "runs" / fused.name / "metrics.csv").unlink()  # a fusion run trains nothing
+    records = {r["run"]: r for r in finished_records(tmp_path)}
+    assert records[fused.name]["still_improving"] and records[fused.name]["needs"] == trained.name
+    text = report(tmp_path)
+    assert "| 2 % | unet | partial | iuc+atlas-pairs+fusion | 1 | 1.0 | 3.5 | 3.5 |" in text  # with its trained run
+    assert "Atlas-to-scan pairs + IUC, atlas fusion at inference" in text
+
+
 def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
     runs = plan(PROFILE)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 1 + 16 * 3
+    assert len(names) == len(set(names)) == 1 + 18 * 3
     headline = {r.name for r in plan(dataclasses.replace(PROFILE, grid="headline"))}
     for old in ("unet-supervised-bce-f100-d0", "unet-supervised-bce-f002-d2", "unet-partial-iuc-f002-d1",
                 "unet-partial-labelset-st-f002-d0"):
@@ -163,7 +179,8 @@ def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
         "unet-partial-iuc-atlas-propagate-conf90", "unet-partial-iuc-atlas-propagate-warps-regular-flexible",
         "unet-partial-iuc-atlas-propagate-wema", "unet-partial-iuc-atlas-propagate-warps-regular-flexible-wema",
         "unet-partial-iuc-atlas-pairs", "unet-partial-iuc-atlas-both",
-        "unet-partial-iuc-atlas-both-share25-aug"}
+        "unet-partial-iuc-atlas-both-share25-aug", "unet-partial-iuc-atlas-propagate-fusion",
+        "unet-partial-iuc-atlas-pairs-fusion"}
     assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
     from neoseg.reproduce.stats import BEYOND, IUC
     rows = {row[2] for row in [SUPERVISED, IUC] + BEYOND}

@@ -273,6 +273,8 @@ def test_slice_passes_count_each_runs_own_training_set(tiny_dataset, tmp_path):
     sup, iuc = (slice_passes(RunSpec("unet", kind, loss, 0.25, 0), profile, sessions,
                                          tmp_path / "cache") for kind, loss in (("supervised", "bce"), ("partial", "iuc")))
     assert 0 < sup < iuc
+    fused = RunSpec("unet", "partial", "iuc", 0.25, 0, atlas="propagate", fusion=("regular",))
+    assert slice_passes(fused, profile, sessions, tmp_path / "cache") == 0  # evaluated, not trained
     assert calibrate(dataclasses.replace(profile, widths=[8, 16], batch_size=2), "cpu", steps=1) > 0
 
 
@@ -285,5 +287,16 @@ def test_a_subset_of_the_grid_trains_and_reports(tiny_dataset, tmp_path):
     run_all(profile, out, data=tiny_dataset, device="cpu", only="f100", progress=False)  # once exited 2 here
     assert [p.name for p in (out / "runs").iterdir()] == ["unet-supervised-bce-f100-d0"]
     text = (out / "REPORT.md").read_text()
-    assert "Runs finished: 1 of 17 planned" in text and "No finished runs yet" in text
+    assert "Runs finished: 1 of 19 planned" in text and "No finished runs yet" in text
     assert "| unet | supervised, 100 % | bce |" in text and not (out / "figure4.png").exists()
+    # a fusion run: the propagation run trained, then its best weights evaluated with atlas fusion
+    run_all(profile, out, data=tiny_dataset, device="cpu", only="atlas-propagate-fusion-f025-d0", progress=False)
+    runs = out / "runs"
+    trained = json.loads((runs / "unet-partial-iuc-atlas-propagate-f025-d0" / "done.json").read_text())
+    fused = json.loads((runs / "unet-partial-iuc-atlas-propagate-fusion-f025-d0" / "done.json").read_text())
+    assert fused["best_epoch"] == trained["best_epoch"] and fused["fusion"] == ["regular"]
+    assert not (runs / "unet-partial-iuc-atlas-propagate-fusion-f025-d0" / "best.pt").exists()
+    with (out / "results.csv").open() as f:
+        rows = [r for r in csv.DictReader(f) if r["run"].endswith("fusion-f025-d0")]
+    assert rows and {r["output"] for r in rows} == {"mask", "dseg"}
+    assert "Atlas propagation + IUC, atlas fusion at inference" in (out / "REPORT.md").read_text()

@@ -82,6 +82,21 @@ def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_da
     assert dice(masks[..., DGM] == 1, truth == 7) > 0.6
 
 
+def test_each_atlas_registered_with_both_warps_is_fused_like_two_atlases(tiny_dataset):
+    sessions = find_sessions(tiny_dataset)
+    scan = sessions[5]
+    image = np.asarray(nib.load(scan.t2).dataobj, np.float32)
+    truth = np.asarray(nib.load(scan.labels).dataobj).astype(np.uint8)
+    labels, masks, probs = network_output(truth, (0.34, 0.33, 0.33))
+    fusion = AtlasFusion.from_sessions(sessions[:1], H, per_scan=1, warps="flexible,regular")
+    done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS)
+    assert done["warps"] == ["regular", "flexible"] and len(done["atlases"]) == 1
+    for value in (3, 7):
+        assert dice(labels == value, truth == value) > 0.6, value
+    with pytest.raises(ValueError, match="--atlas-warps is one or more of regular, flexible"):
+        AtlasFusion.from_sessions(sessions[:1], H, warps="regular,stiff")
+
+
 def test_atlases_are_the_fully_labelled_sessions_nearest_in_brain_size(tiny_dataset, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
@@ -110,11 +125,13 @@ def test_neoseg_infer_and_eval_with_atlas(toy_run, tiny_dataset, tmp_path):
     plain, fused = tmp_path / "plain", tmp_path / "fused"
     assert runner.invoke(infer_app, [str(scan), "-m", str(toy_run / "best.pt"), "-o", str(plain)]).exit_code == 0
     result = runner.invoke(infer_app, [str(scan), "-m", str(toy_run / "best.pt"), "-o", str(fused),
-                                       "--atlas", str(tiny_dataset), "--atlas-per-scan", "2"])
+                                       "--atlas", str(tiny_dataset), "--atlas-per-scan", "2",
+                                       "--atlas-warps", "regular,flexible"])
     assert result.exit_code == 0, result.output
-    assert "atlas fusion: 6 fully labelled session(s)" in result.output
+    assert "atlas fusion: 6 fully labelled session(s)" in result.output and "warps regular,flexible" in result.output
     sidecar = json.loads(next(fused.glob("*_mask.json")).read_text())
     assert len(sidecar["Model"]["atlas_fusion"]["atlases"]) == 2 and "atlas" in sidecar["Timings"]
+    assert sidecar["Model"]["atlas_fusion"]["warps"] == ["regular", "flexible"]
     assert not list(fused.glob("*probseg*"))
     assert "atlas_fusion" not in json.loads(next(plain.glob("*_mask.json")).read_text())["Model"]
 

@@ -146,13 +146,9 @@ class TrainConfig:
                 or self.atlas_per_target < 1:
             raise ValueError(f"--atlas-per-target is how many atlases each partially labelled session gets, at "
                              f"least 1; got {self.atlas_per_target!r}")
-        from neoseg.core.registration import WARPS
+        from neoseg.core.registration import parse_warps
 
-        warps = [self.atlas_warps] if isinstance(self.atlas_warps, str) else list(self.atlas_warps or [])
-        if not warps or not all(isinstance(w, str) and w in WARPS for w in warps) or len(set(warps)) != len(warps):
-            raise ValueError(f"--atlas-warps is one or more of {', '.join(WARPS)}, comma-separated, each once; got "
-                             f"{','.join(map(str, warps)) or 'none'}")
-        self.atlas_warps = sorted(warps, key=list(WARPS).index)  # fusion ignores the order: one setting per set
+        self.atlas_warps = parse_warps(self.atlas_warps)
         if isinstance(self.atlas_resolution, bool) or not isinstance(self.atlas_resolution, (int, float)) \
                 or not 0 < self.atlas_resolution <= 16:
             raise ValueError(f"--atlas-resolution is the registration's finest voxel size in mm, above 0 and at "

@@ -38,6 +38,7 @@ from neoseg.runtime.files import segment_checked
 from neoseg.runtime.model import ModelInfo
 from neoseg.runtime.pipeline import Segmentation, Segmenter
 
+from .config import TrainConfig
 from .torch_backend import TorchBackend
 
 OUTPUTS = {"dseg": "the label map (`_dseg`, what neoseg-infer writes)",
@@ -55,6 +56,39 @@ def model_segmenter(model: nn.Module, hierarchy: Hierarchy, axis: int, size: int
                      spacing=tuple(float(s) for s in model_spacing or (1.0, 1.0, 1.0)),
                      architecture=type(model).__name__, version="", config_digest="")
     return Segmenter(TorchBackend.plain(model, info, device, batch))
+
+
+def checkpoint_segmenter(checkpoints: list[Path], device: str = "auto", thresholds: str | None = None,
+                         own_split: bool = False) -> tuple[Segmenter, TrainConfig]:
+    """The runtime's segmenter over ``best.pt`` checkpoints (one, or several as an ensemble) on
+    ``device`` (auto, cpu, cuda, cuda:N), at ``thresholds`` (text: one or one per channel; None: the
+    checkpoint's own), and the training config it records (an ensemble's first member's; with
+    ``own_split`` the members must have held out the same scans)."""
+    from neoseg.runtime.model import parse_thresholds
+
+    from .ensemble import check_one_split, load_models
+    from .ranks import resolve_device
+
+    if own_split:
+        check_one_split(checkpoints)
+    loaded = load_models(checkpoints, own_thresholds=bool(thresholds))
+    config = loaded.config
+    chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds \
+        else loaded.state.get("thresholds", config.thresholds)
+    return model_segmenter(loaded.model, loaded.hierarchy, config.axis, config.slice_size, resolve_device(device),
+                           chosen, loaded.spacing), config
+
+
+def run_atlas_fusion(config: TrainConfig, hierarchy: Hierarchy, per_scan: int = 3, weight: str = "0.5", warps=("regular",)):
+    """Atlas fusion (:class:`neoseg.runtime.atlas.AtlasFusion`) with the fully labelled training
+    sessions of the run ``config`` describes as atlases (``neoseg-eval --atlas run``)."""
+    from neoseg.runtime.atlas import AtlasFusion
+
+    from .recipes import dataset_split
+
+    split = dataset_split(config)
+    return AtlasFusion.from_sessions([s for s in split.train if split.is_full(s)], hierarchy, per_scan, weight,
+                                     warps, where="the run's fully labelled training sessions")
 
 
 def segment_canonical(segmenter: Segmenter, image: np.ndarray, spacing=None, probabilities: bool = False) -> Segmentation:
