@@ -75,7 +75,8 @@ def infer(
                                                          help="Also write a machine-readable summary of the run "
                                                               "to this file.")] = None,
     threads: Annotated[Optional[int], typer.Option(
-        min=1, help="CPU threads of the network and of the work around it (default: all cores).")] = None,
+        min=1, help="CPU threads of the network and of the work around it, and --atlas registrations run at "
+                    "once (default: all cores).")] = None,
     skip_empty: Annotated[bool, typer.Option("--skip-empty/--no-skip-empty",
                                              help="Compute only the slices that hold head.")] = True,
     crop_plane: Annotated[bool, typer.Option("--crop-plane/--no-crop-plane",

@@ -106,12 +106,13 @@ class AtlasFusion:
         return sorted(self.atlases, key=lambda a: (abs(a.parent_mm3 - parent_mm3), a.key))[:self.per_scan]
 
     def refine(self, image: np.ndarray, spacing, labels: np.ndarray, masks: np.ndarray, probs: np.ndarray,
-               thresholds) -> dict:
+               thresholds, workers: int = 1) -> dict:
         """Blend the children of one scan in place. ``image`` (X, Y, Z) canonical, of voxel size
         ``spacing``; ``labels`` (X, Y, Z), ``masks`` and ``probs`` (X, Y, Z, C) the network's results
         on the same grid (views into the outputs). Returns what was done, for the sidecar. Each
         registration runs on one thread: seeded, Greedy then gives the same result every time
-        (with several threads it does not)."""
+        (with several threads it does not); up to ``workers`` of them run at once, each in its own
+        process (Greedy silences its output per process)."""
         began = time.perf_counter()
         inside = np.zeros(labels.shape, bool)
         for p in self.tops:
@@ -120,23 +121,10 @@ class AtlasFusion:
             return {"atlases": [], "weights": self.named_weights(), "warps": self.warps,
                     "note": "no parent found: the network's result kept"}
         chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
-        warped_images, soft = [], []
-        for atlas in chosen:
-            a_image, a_labels, a_spacing = _load(atlas)
-            rows = self.hierarchy.target_table()[a_labels]
-            maps = [a_image] + [(rows[..., k] == 1).astype(np.float32) for k in self.kids]
-            for warp in self.warps:
-                try:
-                    warped = registration.warp_atlas(
-                        image, inside, a_image, (rows[..., self.tops] == 1).any(axis=-1), maps, spacing, a_spacing,
-                        registration.WARPS[warp], threads=1, skipped=registration.skipped_levels(spacing, RESOLUTION_MM))
-                except Exception as e:  # noqa: BLE001 - Greedy's own errors, as one line
-                    what = (str(e).strip().splitlines() or [type(e).__name__])[0]
-                    raise ValueError(f"--atlas: registering {atlas.key} to the scan failed ({what}); segment it "
-                                     f"without --atlas, or with other atlases") from e
-                warped_images.append(warped[0])
-                soft.append(np.clip(np.stack(warped[1:]), 0, 1))
-        fused = fuse(image, warped_images, soft)  # (len(kids), X, Y, Z)
+        jobs = [_Job(image, inside, tuple(spacing), atlas, warp, self.hierarchy.target_table(), self.kids, self.tops)
+                for atlas in chosen for warp in self.warps]
+        warped = _register_all(jobs, workers)
+        fused = fuse(image, [w[0] for w in warped], [w[1] for w in warped])  # (len(kids), X, Y, Z)
         self._blend(fused, labels, masks, probs, thresholds)
         return {"atlases": [a.key for a in chosen], "weights": self.named_weights(), "warps": self.warps,
                 "seconds": round(time.perf_counter() - began, 2)}
@@ -165,6 +153,48 @@ class AtlasFusion:
             where = np.isin(labels, [h.channels[c].value for c in h.descendants(top) if c in h.leaves])
             if where.any():
                 labels[where] = h.descend(np.full(int(where.sum()), top), probs[where].T).astype(labels.dtype)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One registration of an atlas to a scan, as a worker process receives it."""
+
+    image: np.ndarray
+    inside: np.ndarray  # the scan's top parents, as the network found them
+    spacing: tuple
+    atlas: Atlas
+    warp: str
+    table: np.ndarray  # the hierarchy's target table: label value -> channel rows
+    kids: list
+    tops: list
+
+
+def _register_all(jobs: list[_Job], workers: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """:func:`_register` of every job, in order; up to ``workers`` processes at once."""
+    if workers <= 1 or len(jobs) == 1:
+        return [_register(job) for job in jobs]
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn")) as pool:
+        return list(pool.map(_register, jobs))
+
+
+def _register(job: _Job) -> tuple[np.ndarray, np.ndarray]:
+    """The atlas registered to the scan on one thread: its warped image and children (K, X, Y, Z) in [0, 1]."""
+    a_image, a_labels, a_spacing = _load(job.atlas)
+    rows = job.table[a_labels]
+    maps = [a_image] + [(rows[..., k] == 1).astype(np.float32) for k in job.kids]
+    try:
+        warped = registration.warp_atlas(
+            job.image, job.inside, a_image, (rows[..., job.tops] == 1).any(axis=-1), maps, job.spacing, a_spacing,
+            registration.WARPS[job.warp], threads=1,
+            skipped=registration.skipped_levels(job.spacing, RESOLUTION_MM))
+    except Exception as e:  # noqa: BLE001 - Greedy's own errors, as one line
+        what = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ValueError(f"--atlas: registering {job.atlas.key} to the scan failed ({what}); segment it "
+                         f"without --atlas, or with other atlases") from e
+    return warped[0], np.clip(np.stack(warped[1:]), 0, 1)
 
 
 def parse_weights(text: str, hierarchy: Hierarchy, kids: list[int]) -> dict[int, float]:

@@ -94,7 +94,7 @@ class Segmenter:
         atlas = None
         if self.atlas is not None:  # the atlases' children blended in, on the scan's grid
             clock("atlas")
-            atlas = self.atlas.refine(native, spacing, *targets, self.info.thresholds)
+            atlas = self.atlas.refine(native, spacing, *targets, self.info.thresholds, workers=self.host_threads)
             clock(None)
         probs = out[2] if probabilities else None
         return Segmentation(out[0], out[1], probs, n, clock.wall, cpu_timings=clock.cpu, atlas=atlas)

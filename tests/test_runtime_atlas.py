@@ -73,7 +73,11 @@ def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_da
     truth = np.asarray(nib.load(scan.labels).dataobj).astype(np.uint8)
     labels, masks, probs = network_output(truth, (0.34, 0.33, 0.33))  # no idea which child: all CGM
     fusion = AtlasFusion.from_sessions(atlases, H, per_scan=2, weight=0.5)
-    done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS)
+    alone = [a.copy() for a in (labels, masks, probs)]
+    fusion.refine(image, (2.0, 2.0, 2.0), *alone, THRESHOLDS, workers=1)
+    done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS, workers=2)  # one process each
+    for a, b in zip(alone, (labels, masks, probs)):  # seeded single-thread registrations: the same either way
+        np.testing.assert_array_equal(a, b)
     assert sorted(done["atlases"]) == sorted(s.key for s in atlases)
     assert done["weights"] == {"cgm": 0.5, "wm": 0.5, "dgm": 0.5}
     for value in (3, 7):  # WM and DGM, all lost to CGM before, mostly found
@@ -188,13 +192,26 @@ def test_a_failed_registration_is_one_line_and_writes_nothing(toy_run, tiny_data
     def broken(*args, **kwargs):
         raise RuntimeError("Greedy: itk::ExceptionObject\nmore lines")
 
-    monkeypatch.setattr(registration, "warp_atlas", broken)
+    monkeypatch.setattr(registration, "warp_atlas", broken)  # in this process: --threads 1 registers here
     out = tmp_path / "out"
     result = runner.invoke(infer_app, [str(find_sessions(tiny_dataset)[5].t2), "-m", str(toy_run / "best.pt"),
-                                       "-o", str(out), "--atlas", str(tiny_dataset)])
+                                       "-o", str(out), "--atlas", str(tiny_dataset), "--threads", "1"])
     assert result.exit_code != 0
     assert "--atlas: registering sub-T" in result.output and "(Greedy: itk::ExceptionObject)" in result.output
     assert not list(out.glob("*.nii.gz"))
+
+
+def test_an_error_in_a_registration_process_reaches_the_caller(tiny_dataset, tmp_path):
+    from neoseg.runtime.atlas import Atlas, _Job, _register_all
+
+    session = find_sessions(tiny_dataset)[0]
+    image = np.asarray(nib.load(session.t2).dataobj, np.float32)
+    broken = tmp_path / "broken_T2w.nii.gz"
+    broken.write_bytes(b"not a NIfTI file")
+    jobs = [_Job(image, image > 0, (2.0, 2.0, 2.0), Atlas(key, t2, session.labels, 1.0), "regular",
+                 H.target_table(), [CGM, WM, DGM], [TCV]) for key, t2 in (("good", session.t2), ("bad", broken))]
+    with pytest.raises(ValueError, match="broken_T2w.nii.gz"):
+        _register_all(jobs, workers=2)
 
 
 def test_weights_one_for_every_child_or_one_per_child():
@@ -222,3 +239,13 @@ def test_a_child_of_weight_0_keeps_the_network_s_probability():
     np.testing.assert_array_equal(probs[..., WM], before[..., WM])
     np.testing.assert_allclose(probs[truth == 7, DGM], 1.0)
     assert (labels[truth == 7] == 7).all() and (labels[truth == 3] == 3).all()
+
+
+def test_the_fusion_cost_benchmark_times_both_settings_and_compares_their_labels(tmp_path, monkeypatch):
+    from neoseg.benchmarks import atlas_fusion_cost
+
+    monkeypatch.setenv("TMPDIR", str(tmp_path))  # its generated cohort
+    atlas_fusion_cost.main(["--grid", "32", "--atlases", "2", "--workers", "2", "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "atlas-fusion-cost.json").read_text())
+    assert result["sequential_s"] > 0 and result["parallel_s"] > 0 and result["same_labels"] is True
+    assert "2 at once (s)" in (tmp_path / "out" / "atlas-fusion-cost.md").read_text()

@@ -79,7 +79,8 @@ def checkpoint_segmenter(checkpoints: list[Path], device: str = "auto", threshol
                            chosen, loaded.spacing), config
 
 
-def run_atlas_fusion(config: TrainConfig, hierarchy: Hierarchy, per_scan: int = 3, weight: str = "0.5", warps=("regular",)):
+def run_atlas_fusion(config: TrainConfig, hierarchy: Hierarchy, per_scan: int = 3, weight: str = "0.5",
+                     warps=("regular",)):
     """Atlas fusion (:class:`neoseg.runtime.atlas.AtlasFusion`) with the fully labelled training
     sessions of the run ``config`` describes as atlases (``neoseg-eval --atlas run``)."""
     from neoseg.runtime.atlas import AtlasFusion
