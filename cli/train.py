@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -245,6 +246,10 @@ def train(
     typer.echo(result.table)
     typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, "
                f"evaluation.csv, evaluation.md")
+    if json.loads((out / "config.json").read_text()).get("atlas", "none") != "none":
+        typer.echo(f"Trained with atlases: `neoseg-eval {out / 'best.pt'} --atlas run` scores the test scans with "
+                   f"the fully labelled training sessions registered to each and blended in, as `neoseg-infer "
+                   f"--atlas` segments (atlas fusion; seconds per scan at 2 mm, minutes at 0.5 mm).")
 
 
 def check_resume_options(out: Path, config, given: list[str]) -> None:

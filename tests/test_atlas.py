@@ -228,6 +228,7 @@ def test_neoseg_train_with_atlas_propagate_finishes(tiny_dataset, tmp_path):
     report = json.loads((out / "atlas.json").read_text())
     assert report["pairs"] == 3 and report["seconds"] > 0 and report["confidence"] == 0.6
     assert json.loads((out / "config.json").read_text())["atlas"] == "propagate"
+    assert "--atlas run` scores the test scans" in result.output  # how to measure atlas fusion
     cfg = json.loads((out / "config.json").read_text())
     cfg["epochs"] = 2
     (out / "config.json").write_text(json.dumps(cfg))

@@ -1,5 +1,7 @@
 """The training-side commands, driven as a user would (Typer's CliRunner)."""
 
+import json
+
 from typer.testing import CliRunner
 
 from neoseg.cli.evaluate import app as eval_app
@@ -14,6 +16,8 @@ def test_train_then_eval_from_the_command_line(tiny_dataset, tmp_path):
     result = runner.invoke(train_app, ["--out", str(out), "--data", str(tiny_dataset), *TINY])
     assert result.exit_code == 0, result.output
     assert "Test evaluation" in result.output and "cgm" in result.output
+    trained_with_atlases = json.loads((out / "config.json").read_text())["atlas"] != "none"
+    assert ("--atlas run` scores the test scans" in result.output) == trained_with_atlases
     # the numbers printed are the ones written
     table = (out / "evaluation.md").read_text()
     assert table.split("\n\n", 1)[1].strip() in result.output
