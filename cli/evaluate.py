@@ -39,7 +39,9 @@ def evaluate(
              "those evaluated), or 'run': those the model's run trained on.")] = None,
     atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan.")] = 3,
     atlas_weight: Annotated[str, typer.Option(help="--atlas: the atlases' share of each child's probability, "
-                                                   "as neoseg-infer's.")] = "0.5",
+                                                   "as neoseg-infer's; or 'choose': per child the best of 0, "
+                                                   "0.25, 0.5 and 0.75 on the sessions evaluated (--subset "
+                                                   "val).")] = "0.5",
     atlas_warps: Annotated[str, typer.Option(help=ATLAS_WARPS_HELP)] = "regular",
 ) -> None:
     """Dice, HD95/HD100 (mm) and volume difference per structure, mean ± std per age group, of the
@@ -53,13 +55,29 @@ def evaluate(
         if out is not None:
             from neoseg.core.io import check_writable
             check_writable(out, overwrite)
+        choose = atlas_weight == "choose"
+        if choose and (atlas is None or (data is None and subset == "test")):
+            raise ValueError("--atlas-weight choose picks the weights on the sessions evaluated: pass --atlas and "
+                             "--subset val (never the test sessions)" if atlas is not None else
+                             "--atlas-weight choose needs --atlas DIR|run")
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
 
         segmenter, config = _segmenter(models, thresholds, backend, device, data is None and subset != "all")
         sessions = _sessions(config, data, subset)
         if atlas is not None:
             segmenter.atlas = _atlas_fusion(atlas, config, sessions, segmenter.info.hierarchy, atlas_per_scan,
-                                            atlas_weight, atlas_warps)
+                                            "0.5" if choose else atlas_weight, atlas_warps)
+        if choose:
+            from neoseg.train import atlas_weights
+
+            chosen, by_weight = atlas_weights.choose_weights(segmenter, sessions, progress=not quiet)
+            if not by_weight[0.0]:
+                raise ValueError(f"no structure of the {len(sessions)} session(s) is known at every voxel; choose "
+                                 f"the weights on sessions with full label maps")
+            if out is not None:
+                write_rows(out, [{**r, "atlas_weight": w} for w, rows in by_weight.items() for r in rows], overwrite)
+            typer.echo(atlas_weights.report(chosen, by_weight))
+            return
         rows = evaluate_sessions(segmenter, sessions, progress=not quiet)
         if not rows:
             raise ValueError(f"no structure of the {len(sessions)} session(s) is known at every voxel; evaluate "

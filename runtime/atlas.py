@@ -27,6 +27,7 @@ registration per atlas and scan, each on one thread, several at once in their ow
 
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class AtlasFusion:
         registration.require_library()
         self.atlases, self.hierarchy, self.per_scan = atlases, hierarchy, per_scan
         self.tops = [p for p, _ in self.groups if p not in self.kids]  # parents that are nobody's child
+        self._last = None  # (scan key, atlases, fused children) of the last scan: blended again, not registered
 
     @classmethod
     def from_sessions(cls, sessions, hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5,
@@ -120,11 +122,14 @@ class AtlasFusion:
         if not inside.any():
             return {"atlases": [], "weights": self.named_weights(), "warps": self.warps,
                     "note": "no parent found: the network's result kept"}
-        chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
-        jobs = [_Job(image, inside, tuple(spacing), atlas, warp, self.hierarchy.target_table(), self.kids, self.tops)
-                for atlas in chosen for warp in self.warps]
-        warped = _register_all(jobs, workers)
-        fused = fuse(image, [w[0] for w in warped], [w[1] for w in warped])  # (len(kids), X, Y, Z)
+        key = (hashlib.sha1(image.tobytes() + np.packbits(inside).tobytes()).hexdigest(), image.shape, tuple(spacing))
+        if self._last is None or self._last[0] != key:
+            chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
+            jobs = [_Job(image, inside, tuple(spacing), atlas, warp, self.hierarchy.target_table(), self.kids,
+                         self.tops) for atlas in chosen for warp in self.warps]
+            warped = _register_all(jobs, workers)
+            self._last = (key, chosen, fuse(image, [w[0] for w in warped], [w[1] for w in warped]))
+        _, chosen, fused = self._last  # fused: (len(kids), X, Y, Z)
         self._blend(fused, labels, masks, probs, thresholds)
         return {"atlases": [a.key for a in chosen], "weights": self.named_weights(), "warps": self.warps,
                 "seconds": round(time.perf_counter() - began, 2)}

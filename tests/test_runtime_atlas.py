@@ -66,7 +66,9 @@ def test_blend_and_relabel_follow_the_atlas_where_it_covers_and_keep_the_rest():
         np.testing.assert_array_equal(probs[..., c], before[..., c])
 
 
-def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_dataset):
+def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_dataset, monkeypatch):
+    from neoseg.runtime import atlas as atlas_module
+
     sessions = find_sessions(tiny_dataset)
     scan, atlases = sessions[5], sessions[:2]  # other phantoms, shifted and scaled
     image = np.asarray(nib.load(scan.t2).dataobj, np.float32)
@@ -78,6 +80,10 @@ def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_da
     done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS, workers=2)  # one process each
     for a, b in zip(alone, (labels, masks, probs)):  # seeded single-thread registrations: the same either way
         np.testing.assert_array_equal(a, b)
+    calls = []
+    monkeypatch.setattr(atlas_module, "_register_all", lambda jobs, workers: calls.append(jobs) or [])
+    fusion.refine(image, (2.0, 2.0, 2.0), *network_output(truth, (0.34, 0.33, 0.33)), THRESHOLDS)
+    assert calls == []  # the same scan again: its atlases are blended again, not registered again
     assert sorted(done["atlases"]) == sorted(s.key for s in atlases)
     assert done["weights"] == {"cgm": 0.5, "wm": 0.5, "dgm": 0.5}
     for value in (3, 7):  # WM and DGM, all lost to CGM before, mostly found
@@ -149,6 +155,17 @@ def test_neoseg_infer_and_eval_with_atlas(toy_run, tiny_dataset, tmp_path):
         result = runner.invoke(eval_app, [str(toy_run / "best.pt"), "--atlas", atlas, "-q", "-o", str(csv)])
         assert result.exit_code == 0, result.output
         assert "| dgm |" in result.output and csv.is_file()
+
+    chosen = tmp_path / "chosen.csv"
+    result = runner.invoke(eval_app, [str(toy_run / "best.pt"), "--atlas", "run", "--subset", "val",
+                                      "--atlas-weight", "choose", "-q", "-o", str(chosen)])
+    assert result.exit_code == 0, result.output
+    assert "Chosen: --atlas-weight " in result.output and "| dgm |" in result.output
+    assert {line.rsplit(",", 1)[1] for line in chosen.read_text().splitlines()[1:]} == {"0.0", "0.25", "0.5", "0.75"}
+    for args, message in ((["--atlas-weight", "choose"], "needs --atlas"),
+                          (["--atlas", "run", "--atlas-weight", "choose"], "never the test sessions")):
+        result = runner.invoke(eval_app, [str(toy_run / "best.pt"), "-q", *args])
+        assert result.exit_code == 2 and message in result.output
 
 
 def test_an_atlas_folder_leaves_out_the_sessions_evaluated(tiny_dataset):
