@@ -34,9 +34,12 @@ def network_stand_in(labels: np.ndarray, hierarchy) -> tuple[np.ndarray, np.ndar
     return labels.copy(), masks, probs
 
 
-def run(fusion, image, labels, spacing, hierarchy, workers: int, repeats: int) -> tuple[float, np.ndarray]:
+def run(atlases, image, labels, spacing, hierarchy, workers: int, repeats: int) -> tuple[float, np.ndarray]:
+    from neoseg.runtime.atlas import AtlasFusion
+
     seconds, out = [], None
     for _ in range(repeats):
+        fusion = AtlasFusion.from_sessions(atlases, hierarchy, per_scan=len(atlases))  # new: nothing remembered
         result = network_stand_in(labels, hierarchy)
         began = time.perf_counter()
         fusion.refine(image, spacing, *result, (0.5,) * len(hierarchy), workers=workers)
@@ -47,7 +50,6 @@ def run(fusion, image, labels, spacing, hierarchy, workers: int, repeats: int) -
 
 def main(argv=None) -> None:
     from neoseg.core.hierarchy import builtin
-    from neoseg.runtime.atlas import AtlasFusion
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--grid", type=int, default=64, help="voxels a side of the cohort (128 mm: 64 is 2 mm, 256 0.5 mm)")
@@ -63,11 +65,9 @@ def main(argv=None) -> None:
     image = np.asarray(img.dataobj, np.float32)
     labels = np.asarray(nib.as_closest_canonical(nib.load(scan.labels)).dataobj).astype(np.uint8)
     spacing = tuple(float(z) for z in img.header.get_zooms()[:3])
-    # the scan's label map stands in for the network's: only the parent's outline is used
-    fusion = AtlasFusion.from_sessions(atlases, hierarchy, per_scan=len(atlases))
     result = {"machine": machine(), "grid": args.grid, "atlases": len(atlases), "repeats": args.repeats}
-    one, labels_one = run(fusion, image, labels, spacing, hierarchy, 1, args.repeats)
-    several, labels_several = run(fusion, image, labels, spacing, hierarchy, args.workers, args.repeats)
+    one, labels_one = run(atlases, image, labels, spacing, hierarchy, 1, args.repeats)
+    several, labels_several = run(atlases, image, labels, spacing, hierarchy, args.workers, args.repeats)
     result.update(sequential_s=one, parallel_s=several, workers=args.workers, speedup=one / several,
                   same_labels=bool(np.array_equal(labels_one, labels_several)), load_end=os.getloadavg())
     m = result["machine"]
