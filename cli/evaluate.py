@@ -56,7 +56,7 @@ def evaluate(
             from neoseg.core.io import check_writable
             check_writable(out, overwrite)
         choose = atlas_weight == "choose"
-        if choose and (atlas is None or (data is None and subset == "test")):
+        if choose and (atlas is None or (data is None and subset != "val")):
             raise ValueError("--atlas-weight choose picks the weights on the sessions evaluated: pass --atlas and "
                              "--subset val (never the test sessions)" if atlas is not None else
                              "--atlas-weight choose needs --atlas DIR|run")
@@ -129,13 +129,13 @@ def _sessions(config, data: Path | None, subset: str) -> list:
 
 
 def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: str, warps: str):
-    """``--atlas``: a folder's fully labelled sessions less the evaluated ones, or (``run``) the
-    fully labelled training sessions of the model's own split."""
+    """``--atlas``: a folder's fully labelled sessions, or (``run``) the fully labelled training
+    sessions of the model's own split; either less the evaluated ones."""
     from neoseg.train.evaluate import run_atlas_fusion
 
     if atlas != "run":
         return atlas_fusion(Path(atlas), hierarchy, per_scan, weight, warps, exclude={s.key for s in evaluated})
-    return run_atlas_fusion(config, hierarchy, per_scan, weight, warps)
+    return run_atlas_fusion(config, hierarchy, per_scan, weight, warps, exclude={s.key for s in evaluated})
 
 
 def main() -> None:

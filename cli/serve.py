@@ -57,7 +57,7 @@ def build_node(config):
         settings = config.atlas
         fusion = atlas_fusion(settings.folder, backend.info.hierarchy, settings.per_scan, settings.weight,
                               settings.warps)
-    return Node(config, Segmenter(backend, atlas=fusion))
+    return Node(config, Segmenter(backend, host_threads=config.threads, atlas=fusion))
 
 
 def main() -> None:

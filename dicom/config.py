@@ -44,7 +44,7 @@ planes = []                    # e.g. ["axial"]
 # folder = "/opt/neoseg/atlases" # a dHCP-layout folder; its fully labelled sessions are the atlases
 # per_scan = 3                 # the atlases registered to each scan, nearest in brain size
 # weight = "0.5"               # the atlases' share of each child's probability, e.g. "0.5,wm=0"
-# warps = "regular"            # or "regular,flexible"
+# warps = "regular"            # or "regular,flexible" (or a list)
 """
 
 
@@ -126,8 +126,9 @@ def _atlas(data: dict, where) -> AtlasSettings | None:
     per_scan = table.get("per_scan", 3)
     if isinstance(per_scan, bool) or not isinstance(per_scan, int) or per_scan < 1:
         raise ValueError(f"{where}: [atlas] per_scan must be a whole number of at least 1, got {per_scan!r}")
+    warps = table.get("warps", "regular")
     return AtlasSettings(Path(_need(table, "folder", where, "atlas")), per_scan, str(table.get("weight", "0.5")),
-                         str(table.get("warps", "regular")))
+                         ",".join(map(str, warps)) if isinstance(warps, list) else str(warps))
 
 
 def _table(data: dict, key: str, where) -> dict:

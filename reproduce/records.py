@@ -30,7 +30,8 @@ def finished_records(out: Path, patience: int = 8) -> list[dict]:
 
 def spec_of(record: dict) -> RunSpec:
     """The :class:`RunSpec` a ``done.json`` was written for (fields added since take their defaults)."""
-    return RunSpec(**{f.name: record[f.name] for f in dataclasses.fields(RunSpec) if f.name in record})
+    fields = {f.name: record[f.name] for f in dataclasses.fields(RunSpec) if f.name in record}
+    return RunSpec(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()})  # JSON lists: tuples
 
 
 def criterion(run_dir: Path) -> list[bool]:

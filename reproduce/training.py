@@ -66,7 +66,7 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     """Train (or resume) one run into ``OUT/runs/<name>``, or evaluate a ``fusion`` run; returns what
     ``done.json`` records."""
     if spec.fusion:
-        return evaluate_fused(spec, out, device)
+        return evaluate_fused(spec, profile, out, data, device)
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.splits import make_split
     from neoseg.train.baselines import write_pseudo_labels
@@ -111,18 +111,20 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     return record
 
 
-def evaluate_fused(spec: RunSpec, out: Path, device: str) -> dict:
+def evaluate_fused(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
     """A ``fusion`` run: the best weights of the run it needs, evaluated on its test sessions with
     atlas fusion (the run's fully labelled training sessions registered to each scan, with the
     spec's warps, and blended in: ``neoseg-eval --atlas run``) into ``OUT/runs/<name>``. Its
     ``done.json`` takes how the trained run ended from that run's; its seconds are the evaluation's,
-    registrations included."""
+    registrations included, run as many at once as the profile's threads per run."""
     from neoseg.train.evaluate import checkpoint_segmenter, evaluate_sessions, run_atlas_fusion, write_rows
     from neoseg.train.recipes import dataset_split
 
     began = time.monotonic()
     trained, run_dir = out / "runs" / spec.needs, out / "runs" / spec.name
     segmenter, config = checkpoint_segmenter([trained / "best.pt"], device)
+    config = dataclasses.replace(config, data=str(data))  # the folder's cohort, wherever the folder is now
+    segmenter.host_threads = profile.threads or 1
     segmenter.atlas = run_atlas_fusion(config, segmenter.info.hierarchy, warps=spec.fusion)
     rows = evaluate_sessions(segmenter, list(dataset_split(config).test))
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -74,7 +74,9 @@ class AtlasFusion:
         registration.require_library()
         self.atlases, self.hierarchy, self.per_scan = atlases, hierarchy, per_scan
         self.tops = [p for p, _ in self.groups if p not in self.kids]  # parents that are nobody's child
-        self._last = None  # (scan key, atlases, fused children) of the last scan: blended again, not registered
+        # keep_last: the last scan's fused atlases are kept, so that the same scan is blended again (other
+        # weights) without registering it again (neoseg-eval --atlas-weight choose); off: nothing is held
+        self.keep_last, self._last = False, None
 
     @classmethod
     def from_sessions(cls, sessions, hierarchy: Hierarchy, per_scan: int = 3, weight: float | str = 0.5,
@@ -114,7 +116,8 @@ class AtlasFusion:
         on the same grid (views into the outputs). Returns what was done, for the sidecar. Each
         registration runs on one thread: seeded, Greedy then gives the same result every time
         (with several threads it does not); up to ``workers`` of them run at once, each in its own
-        process (Greedy silences its output per process)."""
+        process (Greedy silences its output per process). With ``keep_last``, the same scan again
+        (same image, parent, atlases and warps) reuses its registrations."""
         began = time.perf_counter()
         inside = np.zeros(labels.shape, bool)
         for p in self.tops:
@@ -122,15 +125,17 @@ class AtlasFusion:
         if not inside.any():
             return {"atlases": [], "weights": self.named_weights(), "warps": self.warps,
                     "note": "no parent found: the network's result kept"}
-        key = (hashlib.sha1(image.tobytes() + np.packbits(inside).tobytes()).hexdigest(), image.shape, tuple(spacing))
-        if self._last is None or self._last[0] != key:
-            chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
+        chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
+        key = (hashlib.sha1(image.tobytes() + np.packbits(inside).tobytes()).hexdigest(), image.shape, image.dtype.str,
+               tuple(spacing), tuple(a.key for a in chosen), tuple(self.warps))
+        last = self._last
+        if last is None or last[0] != key:
             jobs = [_Job(image, inside, tuple(spacing), atlas, warp, self.hierarchy.target_table(), self.kids,
                          self.tops) for atlas in chosen for warp in self.warps]
             warped = _register_all(jobs, workers)
-            self._last = (key, chosen, fuse(image, [w[0] for w in warped], [w[1] for w in warped]))
-        _, chosen, fused = self._last  # fused: (len(kids), X, Y, Z)
-        self._blend(fused, labels, masks, probs, thresholds)
+            last = (key, fuse(image, [w[0] for w in warped], [w[1] for w in warped]))  # (len(kids), X, Y, Z)
+            self._last = last if self.keep_last else None
+        self._blend(last[1], labels, masks, probs, thresholds)
         return {"atlases": [a.key for a in chosen], "weights": self.named_weights(), "warps": self.warps,
                 "seconds": round(time.perf_counter() - began, 2)}
 
@@ -181,9 +186,14 @@ def _register_all(jobs: list[_Job], workers: int) -> list[tuple[np.ndarray, np.n
     from concurrent.futures import ProcessPoolExecutor
     from multiprocessing import get_context
 
+    from concurrent.futures.process import BrokenProcessPool
+
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"))
     try:
         return list(pool.map(_register, jobs))
+    except BrokenProcessPool as e:  # a registration process killed (e.g. out of memory at 0.5 mm)
+        raise ValueError(f"--atlas: a registration process ended abruptly ({e}); run fewer at once "
+                         f"(--threads 1), or segment without --atlas") from e
     finally:  # after a failure, the registrations not yet started are not started
         pool.shutdown(wait=True, cancel_futures=True)
 

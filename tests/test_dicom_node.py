@@ -205,6 +205,8 @@ def test_atlas_settings_of_the_node_are_checked(model, tmp_path):
 
     example = tomllib.loads(EXAMPLE)
     assert parse_config(example).atlas is None  # commented out in the example: off
+    listed = parse_config({**example, "atlas": {"folder": "x", "warps": ["regular", "flexible"]}}).atlas
+    assert listed.warps == "regular,flexible" and listed.per_scan == 3 and listed.weight == "0.5"
     for table, message in (({"per_scan": 2}, r"\[atlas\] folder is missing"),
                            ({"folder": "x", "per_scan": 0}, r"\[atlas\] per_scan must be"),
                            ({"folder": "x", "atlases": 2}, r"\[atlas\] has no setting 'atlases'")):

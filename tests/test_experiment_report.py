@@ -13,7 +13,7 @@ from neoseg.reproduce.cli import app
 from neoseg.reproduce.draws import per_draw_table, target_row
 from neoseg.reproduce.grid import RunSpec, plan, select
 from neoseg.reproduce.profiles import PROFILES
-from neoseg.reproduce.records import finished_records
+from neoseg.reproduce.records import finished_records, spec_of
 from neoseg.reproduce.report import write_report
 from neoseg.reproduce.results import EVALUATION_FIELDS, collect_results
 from neoseg.reproduce.stats import LABELSET_ST, SUPERVISED
@@ -159,9 +159,12 @@ def test_a_fusion_run_is_its_trained_run_evaluated_again(tmp_path):
     (tmp_path / "runs" / fused.name / "metrics.csv").unlink()  # a fusion run trains nothing
     records = {r["run"]: r for r in finished_records(tmp_path)}
     assert records[fused.name]["still_improving"] and records[fused.name]["needs"] == trained.name
+    assert spec_of(json.loads((tmp_path / "runs" / fused.name / "done.json").read_text())) == fused  # tuples again
     text = report(tmp_path)
     assert "| 2 % | unet | partial | iuc+atlas-pairs+fusion | 1 | 1.0 | 3.5 | 3.5 |" in text  # with its trained run
     assert "Atlas-to-scan pairs + IUC, atlas fusion at inference" in text
+    assert "How the runs ended: 1 by epoch cap (not counting the fusion runs" in text
+    assert f"`{fused.name}`" not in text.split("Cut by a cap while still improving")[1].split("\n\n")[0]
 
 
 def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():

@@ -76,14 +76,23 @@ def test_registered_atlas_recovers_the_children_the_network_did_not_know(tiny_da
     labels, masks, probs = network_output(truth, (0.34, 0.33, 0.33))  # no idea which child: all CGM
     fusion = AtlasFusion.from_sessions(atlases, H, per_scan=2, weight=0.5)
     alone = [a.copy() for a in (labels, masks, probs)]
-    fusion.refine(image, (2.0, 2.0, 2.0), *alone, THRESHOLDS, workers=1)
+    AtlasFusion.from_sessions(atlases, H, per_scan=2, weight=0.5).refine(image, (2.0, 2.0, 2.0), *alone, THRESHOLDS,
+                                                                        workers=1)
     done = fusion.refine(image, (2.0, 2.0, 2.0), labels, masks, probs, THRESHOLDS, workers=2)  # one process each
     for a, b in zip(alone, (labels, masks, probs)):  # seeded single-thread registrations: the same either way
         np.testing.assert_array_equal(a, b)
-    calls = []
-    monkeypatch.setattr(atlas_module, "_register_all", lambda jobs, workers: calls.append(jobs) or [])
+    # keep_last: the same scan again is blended again, not registered again; another parent is registered
+    fusion.keep_last = True
     fusion.refine(image, (2.0, 2.0, 2.0), *network_output(truth, (0.34, 0.33, 0.33)), THRESHOLDS)
-    assert calls == []  # the same scan again: its atlases are blended again, not registered again
+    calls = []
+    register_all = atlas_module._register_all
+    monkeypatch.setattr(atlas_module, "_register_all", lambda jobs, workers: calls.append(jobs) or register_all(jobs, 1))
+    fusion.refine(image, (2.0, 2.0, 2.0), *network_output(truth, (0.34, 0.33, 0.33)), THRESHOLDS)
+    assert calls == []
+    smaller = truth.copy()
+    smaller[np.isin(smaller, (2, 3, 7)) & (np.arange(smaller.shape[0])[:, None, None] < smaller.shape[0] // 2)] = 4
+    fusion.refine(image, (2.0, 2.0, 2.0), *network_output(smaller, (0.34, 0.33, 0.33)), THRESHOLDS)
+    assert len(calls) == 1
     assert sorted(done["atlases"]) == sorted(s.key for s in atlases)
     assert done["weights"] == {"cgm": 0.5, "wm": 0.5, "dgm": 0.5}
     for value in (3, 7):  # WM and DGM, all lost to CGM before, mostly found
@@ -163,7 +172,8 @@ def test_neoseg_infer_and_eval_with_atlas(toy_run, tiny_dataset, tmp_path):
     assert "Chosen: --atlas-weight " in result.output and "| dgm |" in result.output
     assert {line.rsplit(",", 1)[1] for line in chosen.read_text().splitlines()[1:]} == {"0.0", "0.25", "0.5", "0.75"}
     for args, message in ((["--atlas-weight", "choose"], "needs --atlas"),
-                          (["--atlas", "run", "--atlas-weight", "choose"], "never the test sessions")):
+                          (["--atlas", "run", "--atlas-weight", "choose"], "never the test sessions"),
+                          (["--atlas", "run", "--atlas-weight", "choose", "--subset", "all"], "--subset val")):
         result = runner.invoke(eval_app, [str(toy_run / "best.pt"), "-q", *args])
         assert result.exit_code == 2 and message in result.output
 

@@ -80,16 +80,18 @@ def checkpoint_segmenter(checkpoints: list[Path], device: str = "auto", threshol
 
 
 def run_atlas_fusion(config: TrainConfig, hierarchy: Hierarchy, per_scan: int = 3, weight: str = "0.5",
-                     warps=("regular",)):
+                     warps=("regular",), exclude: set[str] = frozenset()):
     """Atlas fusion (:class:`neoseg.runtime.atlas.AtlasFusion`) with the fully labelled training
-    sessions of the run ``config`` describes as atlases (``neoseg-eval --atlas run``)."""
+    sessions of the run ``config`` describes as atlases (``neoseg-eval --atlas run``), less the
+    session keys of ``exclude`` (the sessions evaluated: no scan is its own atlas)."""
     from neoseg.runtime.atlas import AtlasFusion
 
     from .recipes import dataset_split
 
     split = dataset_split(config)
-    return AtlasFusion.from_sessions([s for s in split.train if split.is_full(s)], hierarchy, per_scan, weight,
-                                     warps, where="the run's fully labelled training sessions")
+    atlases = [s for s in split.train if split.is_full(s) and s.key not in exclude]
+    return AtlasFusion.from_sessions(atlases, hierarchy, per_scan, weight, warps,
+                                     where="the run's fully labelled training sessions (less those evaluated)")
 
 
 def segment_canonical(segmenter: Segmenter, image: np.ndarray, spacing=None, probabilities: bool = False) -> Segmentation:
