@@ -126,10 +126,9 @@ class AtlasFusion:
             return {"atlases": [], "weights": self.named_weights(), "warps": self.warps,
                     "note": "no parent found: the network's result kept"}
         chosen = self.choose(float(inside.sum()) * float(np.prod(spacing)))
-        key = (hashlib.sha1(image.tobytes() + np.packbits(inside).tobytes()).hexdigest(), image.shape, image.dtype.str,
-               tuple(spacing), tuple(a.key for a in chosen), tuple(self.warps))
+        key = self._scan_key(image, inside, spacing, chosen) if self.keep_last else None
         last = self._last
-        if last is None or last[0] != key:
+        if key is None or last is None or last[0] != key:
             jobs = [_Job(image, inside, tuple(spacing), atlas, warp, self.hierarchy.target_table(), self.kids,
                          self.tops) for atlas in chosen for warp in self.warps]
             warped = _register_all(jobs, workers)
@@ -138,6 +137,13 @@ class AtlasFusion:
         self._blend(last[1], labels, masks, probs, thresholds)
         return {"atlases": [a.key for a in chosen], "weights": self.named_weights(), "warps": self.warps,
                 "seconds": round(time.perf_counter() - began, 2)}
+
+    def _scan_key(self, image: np.ndarray, inside: np.ndarray, spacing, chosen: list[Atlas]) -> tuple:
+        """What the fused atlases of a scan depend on: its image and parent, the atlases and warps."""
+        digest = hashlib.sha1(np.ascontiguousarray(image))
+        digest.update(np.packbits(inside))
+        return (digest.hexdigest(), image.shape, image.dtype.str, tuple(spacing), tuple(a.key for a in chosen),
+                tuple(self.warps))
 
     def named_weights(self) -> dict[str, float]:
         return {self.hierarchy.names[k]: w for k, w in self.weights.items()}
@@ -184,9 +190,8 @@ def _register_all(jobs: list[_Job], workers: int) -> list[tuple[np.ndarray, np.n
     if workers <= 1 or len(jobs) == 1:
         return [_register(job) for job in jobs]
     from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
-
     from concurrent.futures.process import BrokenProcessPool
+    from multiprocessing import get_context
 
     pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"))
     try:
