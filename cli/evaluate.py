@@ -35,8 +35,8 @@ def evaluate(
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     atlas: Annotated[Optional[str], typer.Option(
         metavar="DIR|run", show_default=False,
-        help="Atlas fusion as neoseg-infer --atlas: the fully labelled sessions of a dHCP-layout folder (less "
-             "those evaluated), or 'run': those the model's run trained on.")] = None,
+        help="Atlas fusion as neoseg-infer --atlas: the fully labelled sessions of a dHCP-layout folder, or "
+             "'run': those the model's run trained on; either less the sessions evaluated.")] = None,
     atlas_per_scan: Annotated[int, typer.Option(min=1, help="--atlas: the atlases registered to each scan.")] = 3,
     atlas_weight: Annotated[str, typer.Option(help="--atlas: the atlases' share of each child's probability, "
                                                    "as neoseg-infer's; or 'choose': per child the best of 0, "
