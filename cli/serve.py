@@ -50,11 +50,11 @@ def build_node(config):
         raise ValueError(f"[model] path {config.model} does not exist; set the path of the model.onnx")
     backend = open_backend(config.model, config.backend, config.threads, config.precision)
     fusion = None
-    if config.atlas is not None:  # checked here, at start: a wrong folder or weight is one line, not a failed study
-        if not config.atlas.folder.is_dir():
-            raise ValueError(f"[atlas] folder {config.atlas.folder} is not a folder; set the dHCP-layout folder of "
+    settings = config.atlas
+    if settings is not None:  # checked here, at start: a wrong folder or weight is one line, not a failed study
+        if not settings.folder.is_dir():
+            raise ValueError(f"[atlas] folder {settings.folder} is not a folder; set the dHCP-layout folder of "
                              f"the fully labelled sessions")
-        settings = config.atlas
         fusion = atlas_fusion(settings.folder, backend.info.hierarchy, settings.per_scan, settings.weight,
                               settings.warps)
     return Node(config, Segmenter(backend, host_threads=config.threads, atlas=fusion))

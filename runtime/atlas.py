@@ -22,7 +22,8 @@ Why: with one fully labelled subject, a network learns the deep grey matter from
 registration propagated, and ends up less accurate there than registering the subject to the scan
 itself; the blend raised the deep grey matter of every model measured (docs/atlas.md). It costs a
 registration per atlas and scan, each on one thread, several at once in their own processes
-(seconds at 2 mm, about a minute at 0.5 mm, which is registered at 1 mm: :data:`RESOLUTION_MM`). numpy, nibabel, SimpleITK and Greedy only: no torch.
+(seconds at 2 mm, about a minute at 0.5 mm, which is registered at 1 mm: :data:`RESOLUTION_MM`).
+numpy, nibabel, SimpleITK and Greedy only: no torch.
 """
 
 from __future__ import annotations
@@ -129,8 +130,9 @@ class AtlasFusion:
         key = self._scan_key(image, inside, spacing, chosen) if self.keep_last else None
         last = self._last
         if key is None or last is None or last[0] != key:
-            jobs = [_Job(image, inside, tuple(spacing), atlas, warp, self.hierarchy.target_table(), self.kids,
-                         self.tops) for atlas in chosen for warp in self.warps]
+            table = self.hierarchy.target_table()
+            jobs = [_Job(image, inside, tuple(spacing), atlas, warp, table, self.kids, self.tops)
+                    for atlas in chosen for warp in self.warps]
             warped = _register_all(jobs, workers)
             last = (key, fuse(image, [w[0] for w in warped], [w[1] for w in warped]))  # (len(kids), X, Y, Z)
             self._last = last if self.keep_last else None
