@@ -12,8 +12,8 @@ from .profiles import Profile
 def slice_passes(spec: RunSpec, profile: Profile, sessions, cache: Path) -> float:
     """Training slices one run processes at most (its epoch cap), plus its validation passes at a
     third of the cost (no backward pass); the pseudo-labelling of a semi-supervised run and the
-    evaluation of a fusion run (which trains nothing: 0) are left out."""
-    if spec.fusion:
+    evaluation of an evaluation run (which trains nothing: 0) are left out."""
+    if spec.evaluates:
         return 0.0
     from neoseg.data.splits import make_split
     from neoseg.core.hierarchy import builtin

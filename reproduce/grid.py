@@ -31,6 +31,8 @@ class RunSpec:
     full_share: float = 0.0  # share of each batch's slices from fully labelled sessions; 0: plain shuffle
     augment: str = "none"  # "standard": neoseg-train's policy without the curve; the paper's rows train without
     fusion: tuple[str, ...] = ()  # atlas fusion at inference with these warps: the run without it, evaluated with it
+    seed: int = 0  # the training seed, the draw's split kept: a member of an ensemble row
+    members: int = 1  # an evaluation row: the runs of seeds 0..members-1, their probabilities averaged
 
     @property
     def recipe(self) -> str:
@@ -43,7 +45,8 @@ class RunSpec:
                 + (f"+warps-{'-'.join(self.atlas_warps)}" if self.atlas_warps else "")
                 + ("+wema" if self.weight_ema else "")
                 + (f"+share{self.full_share * 100:g}" if self.full_share else "")
-                + ("+aug" if self.augment != "none" else "") + _fusion_suffix(self.fusion))
+                + ("+aug" if self.augment != "none" else "") + (f"+seed{self.seed}" if self.seed else "")
+                + (f"+ens{self.members}" if self.members > 1 else "") + _fusion_suffix(self.fusion))
 
     @property
     def name(self) -> str:
@@ -52,16 +55,21 @@ class RunSpec:
         return f"{self.model}-{self.kind}-{loss}-f{round(self.fraction * 100):03d}-d{self.draw}"
 
     @property
-    def needs(self) -> str | None:
-        """The run whose model this one starts from: the semi-supervised fine-tuning's supervised run,
-        the IUC run of a run ``from_iuc``, or the trained run a ``fusion`` run evaluates."""
-        if self.fusion:
-            return dataclasses.replace(self, fusion=()).name
+    def evaluates(self) -> bool:
+        """Whether the run trains nothing: trained runs evaluated again, with atlas fusion or as an ensemble."""
+        return bool(self.fusion) or self.members > 1
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        """The runs this one starts from: the semi-supervised fine-tuning's supervised run, the IUC run
+        of a run ``from_iuc``, or the trained runs an evaluation run evaluates (its ensemble's members)."""
+        if self.evaluates:
+            return tuple(dataclasses.replace(self, fusion=(), members=1, seed=s).name for s in range(self.members))
         if self.from_iuc:
-            return RunSpec(self.model, "partial", "iuc", self.fraction, self.draw).name
+            return (RunSpec(self.model, "partial", "iuc", self.fraction, self.draw).name,)
         if self.kind != "semi":
-            return None
-        return dataclasses.replace(self, kind="supervised", loss="bce", reduction="mean", budget=1).name
+            return ()
+        return (dataclasses.replace(self, kind="supervised", loss="bce", reduction="mean", budget=1).name,)
 
 
 def _fusion_suffix(warps: tuple[str, ...]) -> str:
@@ -72,6 +80,7 @@ def _fusion_suffix(warps: tuple[str, ...]) -> str:
 
 GRIDS = ("headline", "full", "atlas")
 FULL_SHARE = 0.25  # the atlas grid's share of fully labelled slices per batch, where a recipe sets one
+ENSEMBLE = 3  # the atlas grid's ensemble rows: the pairs run trained with this many seeds, averaged
 FUSION_WARPS = ("regular",)  # the atlas grid's fusion at inference (neoseg-eval --atlas run): the warps of each atlas
 WEIGHT_EMA = 0.995  # the atlas grid's weight average, where a recipe sets one: about 200 steps, 1.5 epochs at 2 %
 
@@ -93,10 +102,12 @@ def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
     if not chosen:
         raise ValueError(f"--only {only} matches no run of the grid; run names look like {runs[0].name}")
     by_name = {r.name: r for r in runs}
-    for name in list(chosen):
-        while by_name[name].needs and by_name[name].needs in by_name:
-            name = by_name[name].needs
-            chosen.add(name)
+    wanted = list(chosen)
+    while wanted:
+        for name in by_name[wanted.pop()].needs:
+            if name in by_name and name not in chosen:
+                chosen.add(name)
+                wanted.append(name)
     return [r for r in runs if r.name in chosen]
 
 
@@ -138,7 +149,9 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
     the fused atlases agree on more firmly (confidence 0.8 and 0.9, default 0.7), or fusing each atlas
     registered twice (regular and flexible warps), propagation selecting and saving an average of
     the weights (``--weight-ema``), and both together; then propagation and pairs evaluated with
-    atlas fusion at inference (the same trained run, the atlases registered to each test scan too).
+    atlas fusion at inference (the same trained run, the atlases registered to each test scan too),
+    and the pairs run trained with two more seeds, the three averaged at inference without and with
+    atlas fusion.
     The paper's rows and today's label-set run keep their names (and results)."""
     runs = [RunSpec("unet", "supervised", "bce", 1.0, 0)]
     for f in profile.fractions:
@@ -161,6 +174,8 @@ def plan_atlas(profile: Profile) -> list[RunSpec]:
                      dataclasses.replace(iuc, atlas="both", full_share=FULL_SHARE, augment="standard"),
                      dataclasses.replace(iuc, atlas="propagate", fusion=FUSION_WARPS),
                      dataclasses.replace(iuc, atlas="pairs", fusion=FUSION_WARPS)]
+            runs += [dataclasses.replace(iuc, atlas="pairs", seed=s) for s in range(1, ENSEMBLE)]
+            runs += [dataclasses.replace(iuc, atlas="pairs", members=ENSEMBLE, fusion=f) for f in ((), FUSION_WARPS)]
     return runs
 
 

@@ -84,9 +84,9 @@ def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, s
             f"test volumes: {n_age['preterm']} preterm, {n_age['term']} term, the same in every run.",
             f"- Draws of the fully labelled subjects per fraction: {settings.get('draws', '?')}; fractions "
             f"{', '.join(pct(f) for f in fractions)} plus a 100 % reference.",
-            f"- How the runs ended: {endings([r for r in records if not r.get('fusion')])}"
-            + (" (not counting the fusion runs, which evaluate a trained run)." if any(r.get("fusion") for r in records)
-               else "."),
+            f"- How the runs ended: {endings([r for r in records if not r['evaluates']])}"
+            + (" (not counting the evaluation runs: atlas fusion, ensembles, which evaluate trained runs)."
+               if any(r["evaluates"] for r in records) else "."),
             ""]
 
 
@@ -175,7 +175,7 @@ def _distances_and_significance(rows: list[dict], fractions: list[float]) -> lis
 def _runs_and_times(records: list[dict], settings: dict) -> list[str]:
     """How each group of runs ended, the runs a cap cut while still improving, and each recipe's time."""
     lines = ["## Runs", "", run_table(records, settings), ""]
-    cut = [r for r in records if r.get("still_improving") and not r.get("fusion")]  # fusion: its trained run's
+    cut = [r for r in records if r.get("still_improving") and not r["evaluates"]]  # evaluation runs: as their trained runs
     if cut:
         lines += [f"Cut by a cap while still improving ({len(cut)}): a new best validation score in the last "
                   f"{window(cut[0])} epochs (half the patience) before the run reached its epoch cap or time "
@@ -184,6 +184,7 @@ def _runs_and_times(records: list[dict], settings: dict) -> list[str]:
     lines += ["## Time per recipe", "",
               "Each recipe's runs summed over its draws: wall time (training, validation, pseudo labels, test "
               "evaluation) plus the registrations each run's `atlas.json` records, each run counted with the run "
-              "it starts from (a semi-supervised run's supervised run, a label-set run's IUC run).", "",
+              "it starts from (a semi-supervised run's supervised run, a label-set run's IUC run, an ensemble's "
+              "members).", "",
               time_table(records), ""]
     return lines

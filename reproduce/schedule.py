@@ -29,7 +29,7 @@ def run_runs(todo: list[RunSpec], done: set[str], total: int, profile: Profile, 
             if late and todo:
                 log.warning("%.0f min deadline reached: %d runs not started", profile.deadline_minutes, len(todo))
                 todo = []
-            for spec in [r for r in todo if r.needs is None or r.needs in done]:
+            for spec in [r for r in todo if all(n in done for n in r.needs)]:
                 if len(running) >= workers:
                     break
                 todo.remove(spec)
@@ -41,9 +41,9 @@ def run_runs(todo: list[RunSpec], done: set[str], total: int, profile: Profile, 
                 running[future] = spec
                 if gpus > 1:
                     slots[future] = int(on.split(":")[1])
-            for spec in [r for r in todo if r.needs in failed]:
+            for spec in [r for r in todo if any(n in failed for n in r.needs)]:
                 todo.remove(spec)
-                failed[spec.name] = f"needs {spec.needs}, which failed"
+                failed[spec.name] = f"needs {', '.join(n for n in spec.needs if n in failed)}, which failed"
             if not running:
                 break
             finished, _ = wait(running, return_when=FIRST_COMPLETED)

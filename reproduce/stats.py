@@ -53,7 +53,10 @@ ATLAS_RECIPES = [
     ("Atlas propagation and pairs + IUC", "partial", "iuc+atlas-both", "mean", 1),
     ("Atlas propagation and pairs + IUC, 25 % share, augmented", "partial", "iuc+atlas-both+share25+aug", "mean", 1),
     ("Atlas propagation + IUC, atlas fusion at inference", "partial", "iuc+atlas-propagate+fusion", "mean", 1),
-    ("Atlas-to-scan pairs + IUC, atlas fusion at inference", "partial", "iuc+atlas-pairs+fusion", "mean", 1)]
+    ("Atlas-to-scan pairs + IUC, atlas fusion at inference", "partial", "iuc+atlas-pairs+fusion", "mean", 1),
+    ("Atlas-to-scan pairs + IUC, 3 seeds averaged", "partial", "iuc+atlas-pairs+ens3", "mean", 1),
+    ("Atlas-to-scan pairs + IUC, 3 seeds averaged, atlas fusion at inference", "partial",
+     "iuc+atlas-pairs+ens3+fusion", "mean", 1)]
 BEYOND = [LABELSET, LABELSET_ST, LABELSET_ST_EARLY, ("IUC + self-training", "partial", "iuc+st", "mean", 1),
           *ATLAS_RECIPES]
 # the target (issue 19), as shares of the 100 % model's Dice: in the mean of the draws, in the worst

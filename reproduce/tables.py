@@ -146,6 +146,6 @@ def time_table(records: list[dict]) -> str:
 
 
 def _chain(record: dict, by_name: dict[str, dict]) -> list[dict]:
-    """The run and the runs it starts from, as far as they have finished."""
-    start = by_name.get(record.get("needs") or "")
-    return [record] + (_chain(start, by_name) if start else [])
+    """The run and the runs it starts from (an ensemble's members), as far as they have finished."""
+    starts = [by_name[n] for n in record.get("needs", []) if n in by_name]
+    return [record] + [r for start in starts for r in _chain(start, by_name)]

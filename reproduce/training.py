@@ -27,7 +27,7 @@ def run_config(spec: RunSpec, profile: Profile, data: Path, cache: Path, device:
         epochs=profile.epochs[spec.model] * spec.budget, steps_per_epoch=profile.steps_per_epoch,
         patience=profile.patience * spec.budget, prior_bias=profile.prior_bias,
         max_minutes=profile.max_minutes * spec.budget if profile.max_minutes else None,
-        spacing=profile.spacing, augment=spec.augment, seed=0, device=device,  # the paper's rows: augment "none"
+        spacing=profile.spacing, augment=spec.augment, seed=spec.seed, device=device,  # the paper's rows: augment "none"
         **levers(spec))
     return config
 
@@ -46,6 +46,8 @@ def levers(spec: RunSpec) -> dict:
         wanted["weight_ema"] = spec.weight_ema
     if spec.full_share:
         wanted["full_share"] = spec.full_share
+    if spec.seed:
+        wanted["split_seed"] = 0  # another seed, the same draw's split
     missing = sorted(wanted.keys() - {f.name for f in dataclasses.fields(TrainConfig)})
     if missing:
         raise ValueError(f"run {spec.name} needs neoseg-train's {', '.join(missing)} option (TrainConfig), which "
@@ -63,10 +65,10 @@ def init_worker(threads: int | None) -> None:
 
 
 def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
-    """Train (or resume) one run into ``OUT/runs/<name>``, or evaluate a ``fusion`` run; returns what
+    """Train (or resume) one run into ``OUT/runs/<name>``, or evaluate an evaluation run; returns what
     ``done.json`` records."""
-    if spec.fusion:
-        return evaluate_fused(spec, profile, out, data, device)
+    if spec.evaluates:
+        return evaluate_trained(spec, profile, out, data, device)
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.splits import make_split
     from neoseg.train.baselines import write_pseudo_labels
@@ -86,15 +88,15 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
         sessions = find_sessions(data)
         config = run_config(spec, profile, data, out / "cache", device)
         if spec.kind == "semi":
-            supervised = out / "runs" / spec.needs / "best.pt"
-            pseudo = out / "pseudo" / spec.needs
+            supervised = out / "runs" / spec.needs[0] / "best.pt"
+            pseudo = out / "pseudo" / spec.needs[0]
             if not (pseudo / "done").is_file():
-                split = make_split(sessions, spec.fraction, seed=config.seed, draw=spec.draw)
+                split = make_split(sessions, spec.fraction, seed=config.split_seed_used, draw=spec.draw)
                 write_pseudo_labels(supervised, [s for s in split.train if not split.is_full(s)], pseudo, device)
                 (pseudo / "done").write_text("")
             config = semi_supervised_config(config, supervised, pseudo)
         elif spec.needs:  # a run from_iuc starts from that run's best weights
-            config = dataclasses.replace(config, init_from=str(out / "runs" / spec.needs / "best.pt"))
+            config = dataclasses.replace(config, init_from=str(out / "runs" / spec.needs[0] / "best.pt"))
         result = train(config, run_dir, resume=(run_dir / "config.json").is_file(), progress=False)
     finally:
         train_log.removeHandler(handler)
@@ -111,25 +113,28 @@ def execute(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str)
     return record
 
 
-def evaluate_fused(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
-    """A ``fusion`` run: the best weights of the run it needs, evaluated on its test sessions with
-    atlas fusion (the run's fully labelled training sessions registered to each scan, with the
-    spec's warps, and blended in: ``neoseg-eval --atlas run``) into ``OUT/runs/<name>``. Its
-    ``done.json`` takes how the trained run ended from that run's; its seconds are the evaluation's,
-    registrations included, run as many at once as the profile's threads per run."""
+def evaluate_trained(spec: RunSpec, profile: Profile, out: Path, data: Path, device: str) -> dict:
+    """An evaluation run: the best weights of the runs it needs (several: an ensemble, their
+    probabilities averaged, ``neoseg-eval A B C``), evaluated on their test sessions, with atlas
+    fusion where the spec has ``fusion`` (the run's fully labelled training sessions registered to
+    each scan, with the spec's warps, and blended in: ``neoseg-eval --atlas run``), into
+    ``OUT/runs/<name>``. Its ``done.json`` takes how training ended from the first run's; its
+    seconds are the evaluation's, registrations included, run as many at once as the profile's
+    threads per run."""
     from neoseg.train.evaluate import checkpoint_segmenter, evaluate_sessions, run_atlas_fusion, write_rows
     from neoseg.train.recipes import dataset_split
 
     began = time.monotonic()
-    trained, run_dir = out / "runs" / spec.needs, out / "runs" / spec.name
-    segmenter, config = checkpoint_segmenter([trained / "best.pt"], device)
+    trained, run_dir = [out / "runs" / name for name in spec.needs], out / "runs" / spec.name
+    segmenter, config = checkpoint_segmenter([t / "best.pt" for t in trained], device, own_split=True)
     config = dataclasses.replace(config, data=str(data))  # the folder's cohort, wherever the folder is now
     segmenter.host_threads = profile.threads or 1
-    segmenter.atlas = run_atlas_fusion(config, segmenter.info.hierarchy, warps=spec.fusion)
+    if spec.fusion:
+        segmenter.atlas = run_atlas_fusion(config, segmenter.info.hierarchy, warps=spec.fusion)
     rows = evaluate_sessions(segmenter, list(dataset_split(config).test))
     run_dir.mkdir(parents=True, exist_ok=True)
     write_rows(run_dir / "evaluation.csv", rows)
-    ended = json.loads((trained / "done.json").read_text())
+    ended = json.loads((trained[0] / "done.json").read_text())
     record = {**{k: ended[k] for k in ("best_epoch", "epochs", "stopped_by", "best_val_loss", "self_train_began",
                                       "patience", "epoch_cap") if k in ended},
               "run": spec.name, "seconds": round(time.monotonic() - began, 1), "earlier_seconds": 0.0,

@@ -59,10 +59,10 @@ def report(out, profile=PROFILE, invocations=()) -> str:
 
 def test_a_report_is_written_for_no_run_and_for_the_reference_alone(tmp_path):
     text = report(tmp_path)  # nothing finished yet
-    assert "No finished runs yet" in text and "Not (yet) run: 55 run(s)" in text
+    assert "No finished runs yet" in text and "Not (yet) run: 67 run(s)" in text
     stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE)  # --only f100
     text = report(tmp_path)
-    assert "Not (yet) run: 54 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
+    assert "Not (yet) run: 66 run(s)" in text and "*Supervised U-Net, 100 % fully labelled (reference)*" not in text
     assert "| unet | supervised, 100 % | bce |" in text and "## Figure 4" not in text
     assert not (tmp_path / "figure4.png").exists()
 
@@ -151,26 +151,47 @@ def test_a_recipe_time_counts_its_draws_the_run_it_starts_from_and_registration(
 def test_a_fusion_run_is_its_trained_run_evaluated_again(tmp_path):
     trained = RunSpec("unet", "partial", "iuc", 0.02, 0, atlas="pairs")
     fused = dataclasses.replace(trained, fusion=("regular",))
-    assert fused.name == "unet-partial-iuc-atlas-pairs-fusion-f002-d0" and fused.needs == trained.name
+    assert fused.name == "unet-partial-iuc-atlas-pairs-fusion-f002-d0" and fused.needs == (trained.name,)
     assert dataclasses.replace(trained, fusion=("regular", "flexible")).recipe == \
         "iuc+atlas-pairs+fusion-regular-flexible"
     stand_in(tmp_path, trained, REFERENCE, seconds=120, registration=60, stopped_by="epoch cap", best=(0, 0, 0, 1, 1))
     stand_in(tmp_path, fused, {"dgm": 0.78, "wm": 0.9, "cgm": 0.9}, seconds=30, stopped_by="epoch cap")
     (tmp_path / "runs" / fused.name / "metrics.csv").unlink()  # a fusion run trains nothing
     records = {r["run"]: r for r in finished_records(tmp_path)}
-    assert records[fused.name]["still_improving"] and records[fused.name]["needs"] == trained.name
+    assert records[fused.name]["still_improving"] and records[fused.name]["needs"] == [trained.name]
     assert spec_of(json.loads((tmp_path / "runs" / fused.name / "done.json").read_text())) == fused  # tuples again
     text = report(tmp_path)
     assert "| 2 % | unet | partial | iuc+atlas-pairs+fusion | 1 | 1.0 | 3.5 | 3.5 |" in text  # with its trained run
     assert "Atlas-to-scan pairs + IUC, atlas fusion at inference" in text
-    assert "How the runs ended: 1 by epoch cap (not counting the fusion runs" in text
+    assert "How the runs ended: 1 by epoch cap (not counting the evaluation runs" in text
     assert f"`{fused.name}`" not in text.split("Cut by a cap while still improving")[1].split("\n\n")[0]
+
+
+def test_an_ensemble_row_evaluates_its_members_and_counts_their_time(tmp_path):
+    members = [RunSpec("unet", "partial", "iuc", 0.02, 0, atlas="pairs", seed=s) for s in range(3)]
+    ensemble = dataclasses.replace(members[0], members=3, fusion=("regular",))
+    assert ensemble.needs == tuple(m.name for m in members) and ensemble.evaluates and not members[1].evaluates
+    assert members[2].name == "unet-partial-iuc-atlas-pairs-seed2-f002-d0"
+    assert ensemble.recipe == "iuc+atlas-pairs+ens3+fusion"
+    assert [r.name for r in select(plan(PROFILE), "ens3-fusion-f002-d1")] == [
+        m.name.replace("-d0", "-d1") for m in members] + [ensemble.name.replace("-d0", "-d1")]
+    for i, m in enumerate(members):  # the last member was cut by its cap while improving
+        stand_in(tmp_path, m, REFERENCE, seconds=60, registration=60,  # the same registrations: counted once
+                 stopped_by="epoch cap" if i == 2 else "early stopping", best=(0, 0, 0, 1, 1) if i == 2 else (1, 1, 0, 0, 0))
+    stand_in(tmp_path, ensemble, REFERENCE, seconds=30)
+    (tmp_path / "runs" / ensemble.name / "metrics.csv").unlink()
+    records = {r["run"]: r for r in finished_records(tmp_path)}
+    assert records[ensemble.name]["still_improving"] and records[ensemble.name]["evaluates"]
+    assert spec_of(json.loads((tmp_path / "runs" / ensemble.name / "done.json").read_text())) == ensemble
+    text = report(tmp_path)
+    assert "| 2 % | unet | partial | iuc+atlas-pairs+ens3+fusion | 1 | 1.0 | 4.5 | 4.5 |" in text  # with its 3 members
+    assert "Atlas-to-scan pairs + IUC, 3 seeds averaged, atlas fusion at inference" in text
 
 
 def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
     runs = plan(PROFILE)
     names = [r.name for r in runs]
-    assert len(names) == len(set(names)) == 1 + 18 * 3
+    assert len(names) == len(set(names)) == 1 + 22 * 3
     headline = {r.name for r in plan(dataclasses.replace(PROFILE, grid="headline"))}
     for old in ("unet-supervised-bce-f100-d0", "unet-supervised-bce-f002-d2", "unet-partial-iuc-f002-d1",
                 "unet-partial-labelset-st-f002-d0"):
@@ -183,11 +204,13 @@ def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
         "unet-partial-iuc-atlas-propagate-wema", "unet-partial-iuc-atlas-propagate-warps-regular-flexible-wema",
         "unet-partial-iuc-atlas-pairs", "unet-partial-iuc-atlas-both",
         "unet-partial-iuc-atlas-both-share25-aug", "unet-partial-iuc-atlas-propagate-fusion",
-        "unet-partial-iuc-atlas-pairs-fusion"}
-    assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
+        "unet-partial-iuc-atlas-pairs-fusion", "unet-partial-iuc-atlas-pairs-seed1", "unet-partial-iuc-atlas-pairs-seed2",
+        "unet-partial-iuc-atlas-pairs-ens3", "unet-partial-iuc-atlas-pairs-ens3-fusion"}
+    assert all(names.index(n) < names.index(r.name) for r in runs for n in r.needs)
     from neoseg.reproduce.stats import BEYOND, IUC
     rows = {row[2] for row in [SUPERVISED, IUC] + BEYOND}
-    assert {r.recipe for r in runs} <= rows  # every recipe of the grid has a row in the report's tables
+    # every recipe of the grid has a row in the report's tables; an ensemble's members are reported through it
+    assert {r.recipe for r in runs if not r.seed} <= rows
 
 
 def test_only_selects_by_any_text_and_adds_the_runs_started_from():

@@ -123,7 +123,7 @@ def test_headline_plan_is_two_percent_the_reference_and_the_recipes_beyond():
                      ("partial", "labelset+st", 0.05): 3, ("partial", "iuc", 0.05): 3, ("supervised", "bce", 0.05): 3}
     assert all(r.select == "val-loss" for r in runs)  # the paper's selection, for every row
     names = [r.name for r in runs]
-    assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
+    assert all(names.index(n) < names.index(r.name) for r in runs for n in r.needs)
     full = plan(dataclasses.replace(PROFILES["equal-epochs"], grid="full"))
     assert set(names) < {r.name for r in full}  # the headline runs are the full grid's, so a folder can grow
 
@@ -152,7 +152,7 @@ def test_plan_is_the_papers_grid():
     paper = plan(PROFILES["paper"])
     assert sum(r.model == "segformer" for r in paper) == 30 and len(paper) == 141
     names = [r.name for r in runs]
-    assert all(names.index(r.needs) < names.index(r.name) for r in runs if r.needs)
+    assert all(names.index(n) < names.index(r.name) for r in runs for n in r.needs)
 
 
 def test_anova_and_marks_follow_the_paper():
@@ -287,7 +287,7 @@ def test_a_subset_of_the_grid_trains_and_reports(tiny_dataset, tmp_path):
     run_all(profile, out, data=tiny_dataset, device="cpu", only="f100", progress=False)  # once exited 2 here
     assert [p.name for p in (out / "runs").iterdir()] == ["unet-supervised-bce-f100-d0"]
     text = (out / "REPORT.md").read_text()
-    assert "Runs finished: 1 of 19 planned" in text and "No finished runs yet" in text
+    assert "Runs finished: 1 of 23 planned" in text and "No finished runs yet" in text
     assert "| unet | supervised, 100 % | bce |" in text and not (out / "figure4.png").exists()
     # a fusion run: the propagation run trained, then its best weights evaluated with atlas fusion
     run_all(profile, out, data=tiny_dataset, device="cpu", only="atlas-propagate-fusion-f025-d0", progress=False)
@@ -300,3 +300,13 @@ def test_a_subset_of_the_grid_trains_and_reports(tiny_dataset, tmp_path):
         rows = [r for r in csv.DictReader(f) if r["run"].endswith("fusion-f025-d0")]
     assert rows and {r["output"] for r in rows} == {"mask", "dseg"}
     assert "Atlas propagation + IUC, atlas fusion at inference" in (out / "REPORT.md").read_text()
+    # an ensemble row: the pairs run trained with seeds 0, 1 and 2 on the draw's split, the three averaged
+    run_all(profile, out, data=tiny_dataset, device="cpu", only="atlas-pairs-ens3-f025-d0", progress=False)
+    configs = [json.loads((runs / f"unet-partial-iuc-atlas-pairs{s}-f025-d0" / "config.json").read_text())
+               for s in ("", "-seed1", "-seed2")]
+    assert [(c["seed"], c.get("split_seed")) for c in configs] == [(0, None), (1, 0), (2, 0)]
+    splits = {(runs / f"unet-partial-iuc-atlas-pairs{s}-f025-d0" / "split.json").read_text() for s in ("", "-seed1")}
+    assert len(splits) == 1
+    with (out / "results.csv").open() as f:
+        assert any(r["run"] == "unet-partial-iuc-atlas-pairs-ens3-f025-d0" for r in csv.DictReader(f))
+    assert "Atlas-to-scan pairs + IUC, 3 seeds averaged" in (out / "REPORT.md").read_text()
