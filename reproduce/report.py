@@ -181,6 +181,13 @@ def _runs_and_times(records: list[dict], settings: dict) -> list[str]:
                   f"{window(cut[0])} epochs (half the patience) before the run reached its epoch cap or time "
                   "budget; more epochs would likely have changed its result: "
                   + ", ".join(f"`{r['run']}` ({r['epochs']} epochs, {r['stopped_by']})" for r in cut) + ".", ""]
+    outside: dict[str, list[str]] = {}  # runs a done.json says were trained elsewhere, then copied in
+    for r in records:
+        if r.get("trained_by"):
+            outside.setdefault(r["trained_by"], []).append(f"`{r['run']}`")
+    for how, runs in outside.items():
+        lines += [f"Trained outside this runner and copied into the folder ({len(runs)}; {how}): "
+                  + ", ".join(runs) + ". The wall time above does not include them.", ""]
     lines += ["## Time per recipe", "",
               "Each recipe's runs summed over its draws: wall time (training, validation, pseudo labels, test "
               "evaluation) plus the registrations each run's `atlas.json` records, each run counted with the run "

@@ -180,12 +180,15 @@ def test_an_ensemble_row_evaluates_its_members_and_counts_their_time(tmp_path):
                  stopped_by="epoch cap" if i == 2 else "early stopping", best=(0, 0, 0, 1, 1) if i == 2 else (1, 1, 0, 0, 0))
     stand_in(tmp_path, ensemble, REFERENCE, seconds=30)
     (tmp_path / "runs" / ensemble.name / "metrics.csv").unlink()
+    done = tmp_path / "runs" / members[1].name / "done.json"
+    done.write_text(json.dumps({**json.loads(done.read_text()), "trained_by": "by hand"}))
     records = {r["run"]: r for r in finished_records(tmp_path)}
     assert records[ensemble.name]["still_improving"] and records[ensemble.name]["evaluates"]
     assert spec_of(json.loads((tmp_path / "runs" / ensemble.name / "done.json").read_text())) == ensemble
     text = report(tmp_path)
     assert "| 2 % | unet | partial | iuc+atlas-pairs+ens3+fusion | 1 | 1.0 | 4.5 | 4.5 |" in text  # with its 3 members
     assert "Atlas-to-scan pairs + IUC, 3 seeds averaged, atlas fusion at inference" in text
+    assert f"Trained outside this runner and copied into the folder (1; by hand): `{members[1].name}`." in text
 
 
 def test_the_atlas_grid_keeps_the_names_of_runs_already_measured():
