@@ -175,7 +175,7 @@ def _distances_and_significance(rows: list[dict], fractions: list[float]) -> lis
 def _runs_and_times(records: list[dict], settings: dict) -> list[str]:
     """How each group of runs ended, the runs a cap cut while still improving, and each recipe's time."""
     lines = ["## Runs", "", run_table(records, settings), ""]
-    cut = [r for r in records if r.get("still_improving") and not r["evaluates"]]  # evaluation runs: as their trained runs
+    cut = [r for r in records if r.get("still_improving") and not r["evaluates"]]  # evaluation runs: see their members
     if cut:
         lines += [f"Cut by a cap while still improving ({len(cut)}): a new best validation score in the last "
                   f"{window(cut[0])} epochs (half the patience) before the run reached its epoch cap or time "
