@@ -56,10 +56,11 @@ def evaluate(
             from neoseg.core.io import check_writable
             check_writable(out, overwrite)
         choose = atlas_weight == "choose"
-        if choose and (atlas is None or (data is None and subset != "val")):
+        if choose and atlas is None:
+            raise ValueError("--atlas-weight choose needs --atlas DIR|run")
+        if choose and data is None and subset != "val":
             raise ValueError("--atlas-weight choose picks the weights on the sessions evaluated: pass --atlas and "
-                             "--subset val (never the test sessions)" if atlas is not None else
-                             "--atlas-weight choose needs --atlas DIR|run")
+                             "--subset val (never the test sessions)")
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
 
         segmenter, config = _segmenter(models, thresholds, backend, device, data is None and subset != "all")

@@ -16,25 +16,20 @@ def finished_records(out: Path, patience: int = 8) -> list[dict]:
     """What ``done.json`` records for every finished run, with what the run's folder adds:
     ``still_improving``, ``registration_seconds`` and ``needs`` (the runs it started from).
     ``patience``: the profile's, for runs whose ``done.json`` predates recording it."""
-    records = []
+    records = {}
     for path in sorted((Path(out) / "runs").glob("*/done.json")):
         record = json.loads(path.read_text())
         record.setdefault("patience", patience * record.get("budget", 1))
         spec = spec_of(record)
         record["needs"], record["evaluates"] = list(spec.needs), spec.evaluates
-        record["still_improving"] = still_improving(path.parent, record) if not spec.evaluates else \
-            any(still_improving(path.parent.parent / name, _done(path.parent.parent / name, record))
-                for name in spec.needs)  # an evaluation run: as any run it evaluates
+        record["still_improving"] = not spec.evaluates and still_improving(path.parent, record)
         # another seed of a run reuses its registrations (cached per draw): counted once, with seed 0
         record["registration_seconds"] = 0.0 if spec.seed else registration_seconds(path.parent)
-        records.append(record)
-    return records
-
-
-def _done(run_dir: Path, fallback: dict) -> dict:
-    """A trained run's ``done.json`` (``fallback`` where it has none)."""
-    path = run_dir / "done.json"
-    return json.loads(path.read_text()) if path.is_file() else fallback
+        records[path.parent.name] = record
+    for record in records.values():  # an evaluation run: as any run it evaluates
+        if record["evaluates"]:
+            record["still_improving"] = any(records[n]["still_improving"] for n in record["needs"] if n in records)
+    return list(records.values())
 
 
 def spec_of(record: dict) -> RunSpec:
