@@ -183,6 +183,13 @@ def train(
                                                               "and the transform applied at their own voxel size; "
                                                               "at or below it: full resolution (slower). "
                                                               + _default("atlas_resolution"))] = None,
+    members: Annotated[Optional[str], typer.Option(metavar="N|auto", help="Train N models on one split (seeds "
+                                                   "--seed, --seed+1, ...; the first in OUT, the others in "
+                                                   "OUT/member-K) and score them as one, their probabilities "
+                                                   "averaged; export and segment with all of them. auto: 3 where a "
+                                                   "partial-label loss trains on one fully labelled subject beside "
+                                                   "partially labelled ones (then --atlas auto is pairs), else 1. "
+                                                   + _default("members"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,
     split_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/validation/test split alone (default: "
@@ -203,7 +210,7 @@ def train(
     setup_logging()
     with user_errors("neoseg-train"):
         from neoseg.train.config import TrainConfig
-        from neoseg.train.loop import train as run
+        from neoseg.train.members import train_members
 
         overrides = dict(
             data=str(data) if data else None, hierarchy=hierarchy, model=model.value if model else None,
@@ -221,7 +228,7 @@ def train(
             atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
             atlas_per_target=atlas_per_target, atlas_resolution=atlas_resolution,
             atlas_warps=[w.strip() for w in atlas_warps.split(",")] if atlas_warps else None,
-            seed=seed, split_seed=split_seed, device=device,
+            members=parse_members(members), seed=seed, split_seed=split_seed, device=device,
             thresholds=parse_floats(thresholds, "--thresholds"), spacing=parse_floats(spacing, "--spacing"))
         config = TrainConfig.profile(profile.value, **overrides)
         if profile is Profile.paper and slice_size is None and grid is not None:
@@ -238,18 +245,45 @@ def train(
                 f"dHCP-layout dataset")
         if resume:
             check_resume_options(out, config, [k for k, v in overrides.items() if v is not None])
-        result = run(config, out, resume=resume, progress=not quiet)
+        result = train_members(config, out, resume=resume, progress=not quiet)
     if os.environ.get("RANK", "0") != "0":  # under torchrun only rank 0 reports
         return
-    typer.echo(f"\nTest evaluation (best epoch {result.best_epoch} by {result.selected_by}, val loss "
-               f"{result.best_val_loss:.4f}; stopped by {result.stopped_by}):\n")
+    _report(out, result)
+
+
+def _report(out: Path, result) -> None:
+    """The test evaluation, what was written, and how to use it."""
+    checkpoints = " ".join(str(c) for c in result.checkpoints)
+    ended = ["finished before" if r is None else f"best epoch {r.best_epoch} by {r.selected_by}, val loss "
+             f"{r.best_val_loss:.4f}; stopped by {r.stopped_by}" for r in result.runs]
+    if len(result.checkpoints) == 1:
+        typer.echo(f"\nTest evaluation ({ended[0]}):\n")
+    else:
+        typer.echo("\nMembers: " + "; ".join(f"{c.parent} ({e})" for c, e in zip(result.checkpoints, ended)))
+        typer.echo(f"\nTest evaluation of the {len(result.checkpoints)} members as one model (each member's own: "
+                   f"evaluation.md in its folder):\n")
     typer.echo(result.table)
-    typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, "
-               f"evaluation.csv, evaluation.md")
+    typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, evaluation.csv, "
+               f"evaluation.md" + ("" if len(result.checkpoints) == 1 else
+                                   f", ensemble-evaluation.csv, ensemble-evaluation.md, and the other members' "
+                                   f"runs in {out}/member-*"))
+    if len(result.checkpoints) > 1:
+        typer.echo(f"Use the members together: `neoseg-export {checkpoints} -o model.onnx` (one model, their mean "
+                   f"probability), `neoseg-eval {checkpoints}`.")
     if json.loads((out / "config.json").read_text()).get("atlas", "none") != "none":
-        typer.echo(f"Trained with atlases: `neoseg-eval {out / 'best.pt'} --atlas run` scores the test scans with "
+        typer.echo(f"Trained with atlases: `neoseg-eval {checkpoints} --atlas run` scores the test scans with "
                    f"the fully labelled training sessions registered to each and blended in, as `neoseg-infer "
                    f"--atlas` segments (atlas fusion; seconds per scan at 2 mm, minutes at 0.5 mm).")
+
+
+def parse_members(text: str | None) -> int | str | None:
+    """--members: 'auto' or a count of models."""
+    if text is None or text == "auto":
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise ValueError(f"--members must be a number of models (e.g. 3) or auto, got '{text}'") from None
 
 
 def check_resume_options(out: Path, config, given: list[str]) -> None:

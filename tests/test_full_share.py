@@ -218,7 +218,7 @@ def test_a_labelset_run_with_a_share_starts_from_an_iuc_model(iuc_run, tiny_data
     result = runner.invoke(train_app, [
         "--out", str(out), "--data", str(tiny_dataset), "--slice-size", "32", "--widths", "8,16", "--epochs", "1",
         "--batch-size", "8", "--quiet", "--device", "cpu", "--full-fraction", "0.25", "--loss", "labelset",
-        "--full-share", "0.25", "--init-from", str(iuc_run / "best.pt"), "--select", "child-dice"])
+        "--full-share", "0.25", "--init-from", str(iuc_run / "best.pt"), "--select", "child-dice", "--members", "1"])
     assert result.exit_code == 0, result.output
     assert "best epoch 1 by child-dice" in result.output
     assert "full_share 0.25: 2 of every 8 slices" in caplog.text

@@ -88,6 +88,9 @@ class TrainConfig:
     # applied at their own voxel size (core/registration.py)
     precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA) | auto: the forward pass under autocast, weights
     # and checkpoints FP32 (train/precision.py)
+    members: int | str = 1  # models trained on one split with seeds seed, seed+1, ... and used as one (their
+    # mean probability; train/members.py) | auto: 3 where the run trains a partial-label loss on one fully
+    # labelled subject beside partially labelled ones, else 1 (train/recipes.py; resolved before config.json)
     seed: int = 0
     split_seed: int | None = None  # the train/validation/test split's own seed; None: ``seed``
     device: str = "auto"
@@ -122,6 +125,10 @@ class TrainConfig:
                              f"size of at least 2; got {self.batch_size} (pass e.g. --batch-size 16)")
         self._check_atlas()
         self._check_weight_ema()
+        if self.members != "auto" and (isinstance(self.members, bool) or not isinstance(self.members, int)
+                                       or not 1 <= self.members <= 16):
+            raise ValueError(f"--members is how many models to train and use as one, 1 to 16, or auto; got "
+                             f"{self.members!r}")
         if self.select not in SELECTIONS:
             raise ValueError(f"unknown model selection '{self.select}'; available: {', '.join(SELECTIONS)}")
         if self.self_training and self.loss == "bce":
@@ -175,7 +182,8 @@ class TrainConfig:
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
         epochs fit; docs/training.md, "Mixed precision"), and ``--atlas auto``: where fully and partially
         labelled sessions train together, atlas propagation with one fully labelled subject and the
-        atlas-to-scan pairs with more (the recipes that won on the worst draw, docs/atlas.md).
+        atlas-to-scan pairs with more, and ``--members auto``: with one fully labelled subject three
+        ``pairs`` models as one (the recipes that won on the worst draw, docs/atlas.md).
         ``paper``: the paper's protocol, docs/method.md section 6, the same as the experiment runner's
         ``paper`` profile (reproduce/profiles.py): 250 subjects (200 for training) at 256^3 of 0.5 mm,
         256^2 slices at 0.5 mm, the U-Net of widths 16-32-64-128-256, Adam 5e-3, batch 32, up to 200
@@ -184,7 +192,7 @@ class TrainConfig:
             raise ValueError(f"unknown profile '{name}'; available: {', '.join(PROFILES)}")
         if name == "cpu":
             base = cls(widths=[8, 16, 32, 64, 128], epochs=40, max_minutes=7.5, prior_bias=True, precision="auto",
-                       spacing=[2.0, 2.0, 2.0], atlas="auto")
+                       spacing=[2.0, 2.0, 2.0], atlas="auto", members="auto")
         else:
             base = cls(cohort_subjects=250, cohort_grid=256, slice_size=256, epochs=200, patience=30, batch_size=32,
                        spacing=[0.5, 0.5, 0.5], augment="none")

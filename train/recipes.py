@@ -58,31 +58,57 @@ def semi_supervised_config(config: TrainConfig, supervised_checkpoint: str | Pat
 def resolve_recipe(config: TrainConfig, split: Split) -> TrainConfig:
     """The config a new run trains with: plain BCE cannot learn from partial labels, so ``bce`` on
     a split with partially labelled training subjects (and no pseudo labels or chosen subjects) is
-    the supervised baseline; ``--atlas auto`` becomes ``propagate``, ``pairs`` or ``none`` (:func:`resolve_atlas`).
-    Resolved before the run's config.json is written."""
+    the supervised baseline; ``--members auto`` becomes 3 or 1 (:func:`resolve_members`), then
+    ``--atlas auto`` ``propagate``, ``pairs`` or ``none`` (:func:`resolve_atlas`). Resolved before the
+    run's config.json is written."""
     if config.loss == "bce" and config.pseudo_labels is None and config.train_subjects is None \
             and any(not split.is_full(s) for s in split.train):
         config = supervised_config(config, split)
         log.info("loss bce with partially labelled training subjects: the supervised baseline, trained on the %d "
                  "fully labelled subject(s) only (config.json says so: train_subjects)", len(config.train_subjects))
+    if config.members == "auto":
+        config = resolve_members(config, split)
     return resolve_atlas(config, split) if config.atlas == "auto" else config
+
+
+def resolve_members(config: TrainConfig, split: Split) -> TrainConfig:
+    """``--members auto``: 3 where the run trains a partial-label loss on one fully labelled subject
+    beside partially labelled sessions (at 2 % the only recipe that met its target on the worst draw
+    was three models as one, docs/atlas.md), else 1 (with two fully labelled subjects one model did)."""
+    full_subjects = _partial_label_training(config, split)
+    members = 3 if full_subjects == 1 else 1
+    if members > 1:
+        log.info("--members auto: %d models trained with seeds %d to %d on one split and used as one (one fully "
+                 "labelled subject; about %d times the training time; --members 1 trains one)", members,
+                 config.seed, config.seed + members - 1, members)
+    return dataclasses.replace(config, members=members)
 
 
 def resolve_atlas(config: TrainConfig, split: Split) -> TrainConfig:
     """``--atlas auto``, where the run trains a partial-label loss on fully and partially labelled
-    sessions of its own: ``propagate`` with one fully labelled subject, ``pairs`` with two or more
-    (the recipes that won on the worst draw at 2 % and 5 %, docs/atlas.md); ``none`` where there is
-    nothing to register (all fully labelled, the supervised baseline, pseudo labels in place of the
-    partial maps)."""
+    sessions of its own: ``pairs`` with two or more fully labelled subjects, and with one where the
+    run trains several members, else ``propagate`` (the recipes that won on the worst draw at 2 %
+    and 5 %, docs/atlas.md); ``none`` where there is nothing to register (all fully labelled, the
+    supervised baseline, pseudo labels in place of the partial maps)."""
+    subjects = _partial_label_training(config, split)
+    if not subjects:
+        return dataclasses.replace(config, atlas="none")
+    mode = "propagate" if subjects == 1 and config.members == 1 else "pairs"
     sessions = _chosen_sessions(config, split)
     full = [s for s in sessions if split.is_full(s)]
-    if config.loss == "bce" or config.pseudo_labels is not None or not 0 < len(full) < len(sessions):
-        return dataclasses.replace(config, atlas="none")
-    subjects = len({s.subject for s in full})
-    mode = "propagate" if subjects == 1 else "pairs"
     log.info("--atlas auto: %s (%d fully labelled subject(s), %d session(s), registered to the %d partially labelled "
              "sessions; --atlas none trains without)", mode, subjects, len(full), len(sessions) - len(full))
     return dataclasses.replace(config, atlas=mode)
+
+
+def _partial_label_training(config: TrainConfig, split: Split) -> int:
+    """The fully labelled subjects of a run that trains a partial-label loss on them beside
+    partially labelled sessions of its own; 0 for any other run."""
+    sessions = _chosen_sessions(config, split)
+    full = [s for s in sessions if split.is_full(s)]
+    if config.loss == "bce" or config.pseudo_labels is not None or not 0 < len(full) < len(sessions):
+        return 0
+    return len({s.subject for s in full})
 
 
 def pseudo_label_path(root: str | Path, session: Session) -> Path:

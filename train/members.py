@@ -1,0 +1,84 @@
+"""A run of several members (``--members N``): models trained on one split with seeds ``seed``,
+``seed + 1``, ... and used as one, their probabilities averaged (:mod:`.ensemble`).
+
+The first member is the run itself, in ``OUT`` as any run; member ``k`` trains in ``OUT/member-k``
+with the first one's resolved config (recipe, atlas mode, data, cache) but its own seed, the
+split pinned to the first one's (``split_seed``), so every member holds out the same validation
+and test scans and shares the cached registrations and slices. Each member is an ordinary run
+(resumable on its own); the ensemble is then scored on the test scans into
+``OUT/ensemble-evaluation.csv`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from neoseg.core.io import write_text
+
+from . import loop
+from .config import TrainConfig
+from .loop import RunResult
+from .rundir import cache_folder
+
+log = logging.getLogger("neoseg.train")
+
+ENSEMBLE_ROWS, ENSEMBLE_REPORT = "ensemble-evaluation.csv", "ensemble-evaluation.md"
+
+
+@dataclass
+class MembersResult:
+    runs: list[RunResult | None]  # each member's training, the run in OUT first (None: finished before)
+    checkpoints: list[Path]  # every member's best.pt, member 0 first
+    rows: list[dict]  # the ensemble's test evaluation (the first member's where there is one member)
+    table: str
+
+
+def member_dirs(out: Path, members: int) -> list[Path]:
+    """The run folders of a run of ``members`` members: ``out`` itself, then ``out/member-k``."""
+    return [out] + [out / f"member-{k}" for k in range(1, members)]
+
+
+def member_config(first: TrainConfig, out: Path, k: int) -> TrainConfig:
+    """Member ``k``'s config: the first member's resolved one with seed ``seed + k`` on the first
+    member's split and cache; one model itself."""
+    return dataclasses.replace(first, seed=first.seed + k, split_seed=first.split_seed_used, members=1,
+                               cache=str(cache_folder(first, out)))
+
+
+def train_members(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> MembersResult:
+    """Train the run in ``out`` (its members resolved from ``config.members``), then every further
+    member, and score them as one. With ``resume`` each member continues where it stopped; a member
+    with its test evaluation written is done and not opened again. Under torchrun every rank calls
+    this; rank 0 returns the evaluation, the others empty rows."""
+    runs = [loop.train(config, out, resume=resume, progress=progress)]
+    stored = TrainConfig.from_json((out / "config.json").read_text())
+    dirs = member_dirs(out, stored.members)
+    for k, folder in enumerate(dirs[1:], start=1):
+        if (folder / "evaluation.csv").is_file():
+            runs.append(None)
+            continue
+        log.info("member %d of %d: seed %d, into %s", k + 1, len(dirs), stored.seed + k, folder)
+        runs.append(loop.train(member_config(stored, out, k), folder, resume=(folder / "config.json").is_file(),
+                               progress=progress))
+    checkpoints, first = [folder / "best.pt" for folder in dirs], runs[0]
+    if len(dirs) == 1 or not first.rows:  # one model, or a rank other than 0
+        return MembersResult(runs, checkpoints, first.rows, first.table)
+    return MembersResult(runs, checkpoints, *_evaluate(stored, out, checkpoints))
+
+
+def _evaluate(config: TrainConfig, out: Path, checkpoints: list[Path]) -> tuple[list[dict], str]:
+    """The members as one model (the mean of their probabilities) on the run's test scans."""
+    from .evaluate import checkpoint_segmenter, evaluate_sessions, report, write_rows
+    from .recipes import dataset_split
+
+    segmenter, _ = checkpoint_segmenter(checkpoints, config.device, own_split=True)
+    rows = evaluate_sessions(segmenter, list(dataset_split(config).test))
+    write_rows(out / ENSEMBLE_ROWS, rows)
+    table = report(rows)
+    write_text(out / ENSEMBLE_REPORT, f"# Test evaluation of the {len(checkpoints)} members as one model (the mean "
+               f"of their probabilities)\n\nMembers: {', '.join(str(c) for c in checkpoints)}\n\n{table}\n",
+               overwrite=True)
+    return rows, table
