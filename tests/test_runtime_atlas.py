@@ -276,3 +276,21 @@ def test_the_fusion_cost_benchmark_times_both_settings_and_compares_their_labels
     result = json.loads((tmp_path / "out" / "atlas-fusion-cost.json").read_text())
     assert result["sequential_s"] > 0 and result["parallel_s"] > 0 and result["same_labels"] is True
     assert "2 at once (s)" in (tmp_path / "out" / "atlas-fusion-cost.md").read_text()
+
+
+def test_choosing_weights_leaves_the_fusion_registering_every_scan_even_when_it_fails(monkeypatch):
+    from types import SimpleNamespace
+
+    from neoseg.train import atlas_weights
+
+    fusion = SimpleNamespace(keep_last=False, kids=[1], weights={})
+    segmenter = SimpleNamespace(atlas=fusion)
+
+    def fail(*_):
+        assert fusion.keep_last  # one registration per session while the candidates are scored
+        raise RuntimeError("the scan could not be read")
+
+    monkeypatch.setattr(atlas_weights, "evaluate_sessions", fail)
+    with pytest.raises(RuntimeError, match="could not be read"):
+        atlas_weights.choose_weights(segmenter, ["session"])
+    assert fusion.keep_last is False

@@ -30,15 +30,17 @@ def choose_weights(segmenter: Segmenter, sessions: list[Session], candidates=CAN
     fusion = segmenter.atlas
     fusion.keep_last = True  # each session registered once, blended at every candidate
     rows: dict[float, list[dict]] = {w: [] for w in candidates}
-    for session in tqdm(sessions, desc="choose weights", disable=None if progress else True, leave=False):
-        for w in candidates:
-            fusion.weights = {k: w for k in fusion.kids}
-            rows[w] += evaluate_sessions(segmenter, [session])
+    try:
+        for session in tqdm(sessions, desc="choose weights", disable=None if progress else True, leave=False):
+            for w in candidates:
+                fusion.weights = {k: w for k in fusion.kids}
+                rows[w] += evaluate_sessions(segmenter, [session])
+    finally:
+        fusion.keep_last = False  # the segmenter goes on registering every scan it is given
     scores = {w: mean_mask_dice(rows[w]) for w in candidates}
     names = list(fusion.named_weights())
     chosen = {name: max(candidates, key=lambda w: (round(scores[w].get(name, 0.0), 6), -w)) for name in names}
     fusion.weights = {k: chosen[fusion.hierarchy.names[k]] for k in fusion.kids}
-    fusion.keep_last = False
     return chosen, rows
 
 
