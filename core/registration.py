@@ -25,6 +25,9 @@ import numpy as np
 
 LIBRARY = "picsl-greedy"
 COARSEST_VOXELS = 6  # Greedy's smoothing fails on pyramid levels of 3 voxels a side
+# why a registration process (several run at once, each spawned) ends abruptly
+PROCESS_ENDED = ("a registration process ended abruptly: out of memory, or, called from a Python script, its code "
+                 "is not under `if __name__ == '__main__':`, which every registration process runs again as it starts")
 
 
 @dataclass(frozen=True)

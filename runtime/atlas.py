@@ -199,8 +199,8 @@ def _register_all(jobs: list[_Job], workers: int) -> list[tuple[np.ndarray, np.n
     try:
         return list(pool.map(_register, jobs))
     except BrokenProcessPool as e:  # a registration process killed (e.g. out of memory at 0.5 mm)
-        raise ValueError(f"--atlas: a registration process ended abruptly ({e}); run fewer at once "
-                         f"(--threads 1), or segment without --atlas") from e
+        raise ValueError(f"--atlas: {registration.PROCESS_ENDED} ({e}); run fewer at once (--threads 1), or "
+                         f"segment without --atlas") from e
     finally:  # after a failure, the registrations not yet started are not started
         pool.shutdown(wait=True, cancel_futures=True)
 

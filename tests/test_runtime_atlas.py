@@ -294,3 +294,16 @@ def test_choosing_weights_leaves_the_fusion_registering_every_scan_even_when_it_
     with pytest.raises(RuntimeError, match="could not be read"):
         atlas_weights.choose_weights(segmenter, ["session"])
     assert fusion.keep_last is False
+
+
+def test_a_script_without_a_main_guard_is_told_what_registration_processes_need(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "segment.py"  # its top level runs again in every spawned registration process
+    script.write_text("from neoseg.runtime.atlas import _register_all\n_register_all([None, None], 2)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert "ValueError: --atlas: a registration process ended abruptly" in last
+    assert "if __name__ == '__main__':" in last

@@ -26,6 +26,7 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -131,9 +132,12 @@ def register_pairs(pairs: list[Pair], hierarchy: Hierarchy, workers: int | None 
         with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
             futures = {pool.submit(register_pair, p, hierarchy): p for p in todo}
             for done in as_completed(futures):
-                if done.exception() is not None:  # stop at once: the queued pairs are not run first
+                error = done.exception()
+                if error is not None:  # stop at once: the queued pairs are not run first
                     pool.shutdown(wait=True, cancel_futures=True)
-                    raise _failed(futures[done], done.exception()) from done.exception()
+                    if isinstance(error, BrokenProcessPool):
+                        error = RuntimeError(registration.PROCESS_ENDED)
+                    raise _failed(futures[done], error) from done.exception()
                 bar.update()
     bar.close()
     return len(todo)
