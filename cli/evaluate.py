@@ -16,9 +16,10 @@ app = make_app()
 
 @app.command()
 def evaluate(
-    models: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="MODEL",
+    models: Annotated[list[Path], typer.Argument(exists=True, metavar="MODEL",
                                                  help="Model file: best.pt from neoseg-train, or an exported "
-                                                      ".onnx model; several best.pt: their ensemble (the mean "
+                                                      ".onnx model, or a neoseg-train run folder (all its "
+                                                      "--members); several best.pt: their ensemble (the mean "
                                                       "of their probabilities).")],
     data: Annotated[Optional[Path], typer.Option(exists=True, file_okay=False,
                                                  help="dHCP-layout dataset folder. Default: the model's own data.")] = None,
@@ -49,6 +50,9 @@ def evaluate(
     Partially labelled sessions score only the structures they know."""
     setup_logging()
     with user_errors("neoseg-eval"), as_user_error(BackendUnavailable):
+        from neoseg.train.members import run_checkpoints
+
+        models = run_checkpoints(models)
         subset = subset or ("all" if data is not None else "test")
         if subset not in ("test", "val", "train", "all"):
             raise ValueError(f"--subset must be test, val, train or all, got '{subset}'")

@@ -18,8 +18,9 @@ app = make_app()
 
 @app.command()
 def export(
-    checkpoints: Annotated[list[Path], typer.Argument(exists=True, dir_okay=False, metavar="CHECKPOINT",
-                                                      help="Checkpoint file (best.pt from neoseg-train); several: "
+    checkpoints: Annotated[list[Path], typer.Argument(exists=True, metavar="CHECKPOINT",
+                                                      help="Checkpoint file (best.pt from neoseg-train), or a "
+                                                           "neoseg-train run folder (all its --members); several: "
                                                            "their ensemble as one model (the mean of their "
                                                            "probabilities).")],
     out: Annotated[Optional[Path], typer.Option("-o", "--out", dir_okay=False,
@@ -58,6 +59,9 @@ def export(
     from neoseg.runtime.backends import BackendUnavailable
 
     with user_errors("neoseg-export"), as_user_error(BackendUnavailable, ParityError, EngineBuildError):
+        from neoseg.train.members import run_checkpoints
+
+        checkpoints = run_checkpoints(checkpoints)
         if out is not None and output is not None and out != output:
             raise ValueError(f"-o/--out {out} and --output {output} differ; --output is the old spelling of --out, "
                              f"pass one")

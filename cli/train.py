@@ -253,27 +253,27 @@ def train(
 
 def _report(out: Path, result) -> None:
     """The test evaluation, what was written, and how to use it."""
-    checkpoints = " ".join(str(c) for c in result.checkpoints)
+    several = len(result.checkpoints) > 1
+    model = out if several else result.checkpoints[0]  # a run's folder names every member
     ended = ["finished before" if r is None else f"best epoch {r.best_epoch} by {r.selected_by}, val loss "
              f"{r.best_val_loss:.4f}; stopped by {r.stopped_by}" for r in result.runs]
-    if len(result.checkpoints) == 1:
-        typer.echo(f"\nTest evaluation ({ended[0]}):\n")
-    else:
+    if several:
         typer.echo("\nMembers: " + "; ".join(f"{c.parent} ({e})" for c, e in zip(result.checkpoints, ended)))
         typer.echo(f"\nTest evaluation of the {len(result.checkpoints)} members as one model (each member's own: "
                    f"evaluation.md in its folder):\n")
+    else:
+        typer.echo(f"\nTest evaluation ({ended[0]}):\n")
     typer.echo(result.table)
     typer.echo(f"\nWritten to {out}: best.pt, last.pt, config.json, metrics.csv, split.json, evaluation.csv, "
-               f"evaluation.md" + ("" if len(result.checkpoints) == 1 else
-                                   f", ensemble-evaluation.csv, ensemble-evaluation.md, and the other members' "
-                                   f"runs in {out}/member-*"))
-    if len(result.checkpoints) > 1:
-        typer.echo(f"Use the members together: `neoseg-export {checkpoints} -o model.onnx` (one model, their mean "
-                   f"probability), `neoseg-eval {checkpoints}`.")
+               f"evaluation.md" + (f", ensemble-evaluation.csv, ensemble-evaluation.md, and the other members' runs "
+                                   f"in {out}/member-*" if several else ""))
+    if several:
+        typer.echo(f"Use the members together (the run's folder names all of them; one model, their mean "
+                   f"probability): `neoseg-export {out} -o model.onnx`, `neoseg-eval {out}`.")
     if json.loads((out / "config.json").read_text()).get("atlas", "none") != "none":
-        typer.echo(f"Trained with atlases: `neoseg-eval {checkpoints} --atlas run` scores the test scans with "
-                   f"the fully labelled training sessions registered to each and blended in, as `neoseg-infer "
-                   f"--atlas` segments (atlas fusion; seconds per scan at 2 mm, minutes at 0.5 mm).")
+        typer.echo(f"Trained with atlases: `neoseg-eval {model} --atlas run` scores the test scans with the fully "
+                   f"labelled training sessions registered to each and blended in, as `neoseg-infer --atlas` "
+                   f"segments (atlas fusion; seconds per scan at 2 mm, minutes at 0.5 mm).")
 
 
 def parse_members(text: str | None) -> int | str | None:

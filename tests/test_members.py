@@ -3,6 +3,7 @@ and ``--members auto``: three with one fully labelled subject, whose atlas recip
 
 import csv
 import json
+import logging
 import shutil
 
 import pytest
@@ -10,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 from neoseg.train.config import TrainConfig
-from neoseg.train.members import member_config
+from neoseg.train.members import member_config, run_checkpoints
 from neoseg.train.recipes import dataset_split, resolve_recipe
 
 
@@ -79,8 +80,9 @@ def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(ti
     assert [(s["val"], s["test"]) for s in splits[:1]] == [(s["val"], s["test"]) for s in splits[1:]]
     weights = [torch.load(d / "best.pt", weights_only=False)["model_state"] for d in (out, second)]
     assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # other seeds, other models
-    assert "2 members as one model" in result.output and f"neoseg-export {out / 'best.pt'} {second / 'best.pt'}" \
-        in result.output
+    assert "2 members as one model" in result.output and f"neoseg-export {out} -o model.onnx" in result.output
+    assert run_checkpoints([out]) == [out / "best.pt", second / "best.pt"]  # a run's folder names its members
+    assert run_checkpoints([out / "best.pt"]) == [out / "best.pt"]  # a file is itself
     # the ensemble's evaluation is the two checkpoints' mean probability on the test scans
     segmenter, cfg = checkpoint_segmenter([out / "best.pt", second / "best.pt"], "cpu", own_split=True)
     expected = evaluate_sessions(segmenter, list(dataset_split(cfg).test))
@@ -90,6 +92,8 @@ def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(ti
     # a member lost is trained again on --resume, as it was; a finished one is not opened again
     before = torch.load(second / "best.pt", weights_only=False)["model_state"]
     shutil.rmtree(second)
+    with pytest.raises(ValueError, match="has not finished training every member.*--resume"):
+        run_checkpoints([out])
     result = CliRunner().invoke(app, ["--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output
     after = torch.load(second / "best.pt", weights_only=False)["model_state"]
@@ -98,3 +102,13 @@ def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(ti
     result = CliRunner().invoke(app, ["--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output
     assert (second / "metrics.csv").stat().st_mtime_ns == finished
+
+
+def test_a_folder_that_is_not_a_run_is_refused_and_a_lone_first_member_is_named_as_such(tmp_path, caplog):
+    caplog.set_level(logging.WARNING, logger="neoseg.train")
+    with pytest.raises(ValueError, match="not a neoseg-train run"):
+        run_checkpoints([tmp_path])
+    (tmp_path / "config.json").write_text(TrainConfig(members=3).to_json())
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert run_checkpoints([tmp_path / "best.pt"]) == [tmp_path / "best.pt"]
+    assert "the first of the 3 members" in caplog.text

@@ -41,6 +41,36 @@ def member_dirs(out: Path, members: int) -> list[Path]:
     return [out] + [out / f"member-{k}" for k in range(1, members)]
 
 
+def run_checkpoints(paths: list[Path]) -> list[Path]:
+    """Models named on a command line: a run folder stands for its members' ``best.pt`` (its own,
+    or every member's of a ``--members`` run, which must all be trained); a file for itself. A
+    lone ``best.pt`` of a run of several members is taken as it is, with a note that it is one."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if not path.is_dir():
+            members = _members_of(path.parent) if path.name == "best.pt" else 1
+            if members > 1 and len(paths) == 1:
+                log.warning("%s is the first of the %d members of the run in %s; `%s` names all of them", path,
+                            members, path.parent, path.parent)
+            found.append(path)
+            continue
+        if not (path / "config.json").is_file():
+            raise ValueError(f"{path} is a folder but not a neoseg-train run (no config.json); name the run's folder "
+                             f"or a checkpoint file (best.pt)")
+        for folder in member_dirs(path, _members_of(path)):
+            if not (folder / "best.pt").is_file():
+                raise ValueError(f"{folder / 'best.pt'} is missing: the run in {path} has not finished training "
+                                 f"every member; continue it with neoseg-train --out {path} --resume")
+            found.append(folder / "best.pt")
+    return found
+
+
+def _members_of(run: Path) -> int:
+    """How many members the run in ``run`` trains (1 where it has no config.json)."""
+    config = run / "config.json"
+    return TrainConfig.from_json(config.read_text()).members if config.is_file() else 1
+
+
 def member_config(first: TrainConfig, out: Path, k: int) -> TrainConfig:
     """Member ``k``'s config: the first member's resolved one with seed ``seed + k`` on the first
     member's split and cache; one model itself."""
