@@ -161,8 +161,8 @@ def train(
                                                    "(the atlas image and labels warped into each scan become extra "
                                                    "training sessions), both, none, or auto: where fully and partially "
                                                    "labelled sessions train together with a partial-label "
-                                                   "loss, propagate with one fully labelled subject and "
-                                                   "pairs with more, else none. "
+                                                   "loss, pairs (propagate where one fully labelled subject "
+                                                   "trains one model, --members 1), else none. "
                                                    + _default("atlas"))] = None,
     atlas_confidence: Annotated[Optional[float], typer.Option(min=0.5, max=1.0, help="--atlas propagate: the "
                                                               "share of the parent a fused atlas child needs to be "

@@ -1,6 +1,7 @@
 """neoseg-train's default atlas recipe (``--atlas auto``, train/recipes.py): where fully and
 partially labelled sessions train together with a partial-label loss, propagation with one fully
-labelled subject and the atlas-to-scan pairs with more; nothing elsewhere."""
+labelled subject trained as one model (``members`` 1, TrainConfig's default) and the atlas-to-scan
+pairs with more; nothing elsewhere. With ``--members auto``: tests/test_members.py."""
 
 import json
 

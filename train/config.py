@@ -77,8 +77,8 @@ class TrainConfig:
     atlas: str = "none"  # the fully labelled sessions registered to the partially labelled ones (train/atlas.py):
     # propagate (their children fill in the unknown ones where confident) | pairs (atlas image and labels warped
     # into each scan as extra training sessions) | both | none | auto (where the run trains a partial-label
-    # loss on fully and partially labelled sessions: propagate with one fully labelled subject, pairs with
-    # more; else none; resolved before config.json is written)
+    # loss on fully and partially labelled sessions: pairs, or propagate where one fully labelled subject
+    # trains one model (members 1); else none; resolved before config.json is written)
     atlas_confidence: float = 0.7  # propagate: share of the parent a fused atlas child needs to be written
     atlas_per_target: int = 3  # fully labelled sessions registered to each partially labelled one: the nearest
     # in scan age (train/atlas_plan.py); all of them where there are no more
@@ -180,10 +180,10 @@ class TrainConfig:
         stopped after 7.5 minutes at the latest (the atlas registrations before it are not counted:
         about 4 more minutes for the demo on 2 cores), and the
         forward pass in BF16 where the CPU has BF16 units (``auto``: as good per epoch, and more
-        epochs fit; docs/training.md, "Mixed precision"), and ``--atlas auto``: where fully and partially
-        labelled sessions train together, atlas propagation with one fully labelled subject and the
-        atlas-to-scan pairs with more, and ``--members auto``: with one fully labelled subject three
-        ``pairs`` models as one (the recipes that won on the worst draw, docs/atlas.md).
+        epochs fit; docs/training.md, "Mixed precision"), ``--atlas auto``: where fully and partially
+        labelled sessions train together, the atlas-to-scan pairs (atlas propagation where one fully
+        labelled subject trains one model), and ``--members auto``: three such models as one with one
+        fully labelled subject (the recipes that won on the worst draw, docs/atlas.md).
         ``paper``: the paper's protocol, docs/method.md section 6, the same as the experiment runner's
         ``paper`` profile (reproduce/profiles.py): 250 subjects (200 for training) at 256^3 of 0.5 mm,
         256^2 slices at 0.5 mm, the U-Net of widths 16-32-64-128-256, Adam 5e-3, batch 32, up to 200

@@ -12,6 +12,7 @@ and test scans and shares the cached registrations and slices. Each member is an
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,9 +67,9 @@ def run_checkpoints(paths: list[Path]) -> list[Path]:
 
 
 def _members_of(run: Path) -> int:
-    """How many members the run in ``run`` trains (1 where it has no config.json)."""
+    """How many members the run in ``run`` trains (1 where its config.json has none, or it has none)."""
     config = run / "config.json"
-    return TrainConfig.from_json(config.read_text()).members if config.is_file() else 1
+    return int(json.loads(config.read_text()).get("members", 1)) if config.is_file() else 1
 
 
 def member_config(first: TrainConfig, out: Path, k: int) -> TrainConfig:
