@@ -186,9 +186,10 @@ def train(
     members: Annotated[Optional[str], typer.Option(metavar="N|auto", help="Train N models on one split (seeds "
                                                    "--seed, --seed+1, ...; the first in OUT, the others in "
                                                    "OUT/member-K) and score them as one, their probabilities "
-                                                   "averaged; export and segment with all of them. auto: 3 where a "
-                                                   "partial-label loss trains on one fully labelled subject beside "
-                                                   "partially labelled ones (then --atlas auto is pairs), else 1. "
+                                                   "averaged (neoseg-export OUT: one model of them all). auto: 3 "
+                                                   "where a partial-label loss trains on one fully labelled subject "
+                                                   "beside partially labelled ones (then --atlas auto is pairs), "
+                                                   "else 1. "
                                                    + _default("members"))] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the split and the training. "
                                                 + _default("seed"))] = None,

@@ -114,3 +114,32 @@ def test_when_rank_0_fails_during_setup_every_rank_stops_with_its_message(failur
         assert sorted(p.name for p in out.iterdir()) == ["notes.txt"]
     else:
         assert not out.exists()
+
+
+MEMBERS_SCRIPT = """
+import os
+import sys
+import torch
+torch.set_num_threads(1)
+from neoseg.train.config import TrainConfig
+from neoseg.train.members import train_members
+result = train_members(TrainConfig.from_json(open(sys.argv[1]).read()), __import__("pathlib").Path(sys.argv[2]),
+                       progress=False)
+with open(f"{sys.argv[2]}.rank{os.environ.get('RANK', '0')}.rows", "w") as f:
+    f.write(str(len(result.rows)))
+"""
+
+
+def test_two_gloo_processes_train_every_member_in_one_process_group(tiny_dataset, tmp_path):
+    config = TrainConfig(data=str(tiny_dataset), cache=str(tmp_path / "cache"), slice_size=32, widths=[8, 16],
+                         epochs=1, batch_size=8, full_fraction=0.25, device="cpu", augment="none", members=2)
+    (tmp_path / "config.json").write_text(config.to_json())
+    (tmp_path / "script.py").write_text(MEMBERS_SCRIPT)
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          str(tmp_path / "script.py"), str(tmp_path / "config.json"), str(tmp_path / "run")],
+                         capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run = tmp_path / "run"
+    assert (run / "evaluation.csv").is_file() and (run / "member-1" / "evaluation.csv").is_file()
+    assert (run / "ensemble-evaluation.csv").is_file()
+    assert [(tmp_path / f"run.rank{r}.rows").read_text() for r in (0, 1)] == [str(2 * 11 * 1), "0"]

@@ -89,19 +89,25 @@ def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(ti
     written = rows(out / "ensemble-evaluation.csv")
     assert written and [r["dice"] for r in written] == [str(r["dice"]) for r in expected]
 
-    # a member lost is trained again on --resume, as it was; a finished one is not opened again
+    # a member lost is trained again on --resume, as it was; finished members are not opened again
+    first_files = {f: (out / f).stat().st_mtime_ns for f in ("best.pt", "metrics.csv", "evaluation.csv")}
     before = torch.load(second / "best.pt", weights_only=False)["model_state"]
     shutil.rmtree(second)
-    with pytest.raises(ValueError, match="has not finished training every member.*--resume"):
+    with pytest.raises(ValueError, match="has not finished training.*--resume"):
         run_checkpoints([out])
     result = CliRunner().invoke(app, ["--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output
     after = torch.load(second / "best.pt", weights_only=False)["model_state"]
     assert all(torch.equal(before[k], after[k]) for k in before)
-    finished = (second / "metrics.csv").stat().st_mtime_ns
+    assert {f: (out / f).stat().st_mtime_ns for f in first_files} == first_files
+    assert f"{out} (finished before)" in result.output
+    # a member stopped before its evaluation (best.pt written, evaluation.csv not) counts as unfinished
+    (second / "evaluation.csv").unlink()
+    with pytest.raises(ValueError, match=f"{second} has not finished training"):
+        run_checkpoints([out])
     result = CliRunner().invoke(app, ["--out", str(out), "--resume", "--quiet"])
     assert result.exit_code == 0, result.output
-    assert (second / "metrics.csv").stat().st_mtime_ns == finished
+    assert (second / "evaluation.csv").is_file() and run_checkpoints([out]) == [out / "best.pt", second / "best.pt"]
 
 
 def test_a_folder_that_is_not_a_run_is_refused_and_a_lone_first_member_is_named_as_such(tmp_path, caplog):

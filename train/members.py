@@ -19,9 +19,12 @@ from pathlib import Path
 
 from neoseg.core.io import write_text
 
+import torch
+
 from . import loop
 from .config import TrainConfig
 from .loop import RunResult
+from .ranks import init_ranks, resolve_device
 from .rundir import cache_folder
 
 log = logging.getLogger("neoseg.train")
@@ -44,7 +47,7 @@ def member_dirs(out: Path, members: int) -> list[Path]:
 
 def run_checkpoints(paths: list[Path]) -> list[Path]:
     """Models named on a command line: a run folder stands for its members' ``best.pt`` (its own,
-    or every member's of a ``--members`` run, which must all be trained); a file for itself. A
+    or every member's of a ``--members`` run, which must all have finished); a file for itself. A
     lone ``best.pt`` of a run of several members is taken as it is, with a note that it is one."""
     found: list[Path] = []
     for path in map(Path, paths):
@@ -58,12 +61,18 @@ def run_checkpoints(paths: list[Path]) -> list[Path]:
         if not (path / "config.json").is_file():
             raise ValueError(f"{path} is a folder but not a neoseg-train run (no config.json); name the run's folder "
                              f"or a checkpoint file (best.pt)")
-        for folder in member_dirs(path, _members_of(path)):
-            if not (folder / "best.pt").is_file():
-                raise ValueError(f"{folder / 'best.pt'} is missing: the run in {path} has not finished training "
-                                 f"every member; continue it with neoseg-train --out {path} --resume")
+        dirs = member_dirs(path, _members_of(path))
+        for folder in dirs:
+            if not (folder / "best.pt").is_file() or (len(dirs) > 1 and not finished(folder)):
+                raise ValueError(f"{folder} has not finished training: the run in {path} has {len(dirs)} members; "
+                                 f"continue it with neoseg-train --out {path} --resume")
             found.append(folder / "best.pt")
     return found
+
+
+def finished(run: Path) -> bool:
+    """A run is finished once its test evaluation is written (after its last epoch)."""
+    return (run / "evaluation.csv").is_file()
 
 
 def _members_of(run: Path) -> int:
@@ -74,29 +83,39 @@ def _members_of(run: Path) -> int:
 
 def member_config(first: TrainConfig, out: Path, k: int) -> TrainConfig:
     """Member ``k``'s config: the first member's resolved one with seed ``seed + k`` on the first
-    member's split and cache; one model itself."""
+    member's split and cache (an absolute path); one model itself."""
     return dataclasses.replace(first, seed=first.seed + k, split_seed=first.split_seed_used, members=1,
-                               cache=str(cache_folder(first, out)))
+                               cache=str(cache_folder(first, out).resolve()))
 
 
 def train_members(config: TrainConfig, out: Path, resume: bool = False, progress: bool = True) -> MembersResult:
     """Train the run in ``out`` (its members resolved from ``config.members``), then every further
-    member, and score them as one. With ``resume`` each member continues where it stopped; a member
-    with its test evaluation written is done and not opened again. Under torchrun every rank calls
-    this; rank 0 returns the evaluation, the others empty rows."""
-    runs = [loop.train(config, out, resume=resume, progress=progress)]
-    stored = TrainConfig.from_json((out / "config.json").read_text())
-    dirs = member_dirs(out, stored.members)
-    for k, folder in enumerate(dirs[1:], start=1):
-        if (folder / "evaluation.csv").is_file():
-            runs.append(None)
-            continue
-        log.info("member %d of %d: seed %d, into %s", k + 1, len(dirs), stored.seed + k, folder)
-        runs.append(loop.train(member_config(stored, out, k), folder, resume=(folder / "config.json").is_file(),
-                               progress=progress))
-    checkpoints, first = [folder / "best.pt" for folder in dirs], runs[0]
-    if len(dirs) == 1 or not first.rows:  # one model, or a rank other than 0
-        return MembersResult(runs, checkpoints, first.rows, first.table)
+    member, and score them as one. With ``resume`` each member continues where it stopped, and a
+    finished member of a run of several is not opened again (a run of one model resumes as
+    before). Under torchrun every rank calls this, within one process group; rank 0 returns the
+    evaluation, the others empty rows."""
+    ranks, created = init_ranks(resolve_device(config.device))
+    try:
+        done = resume and (out / "config.json").is_file() and _members_of(out) > 1 and finished(out)
+        first = None if done else loop.train(config, out, resume=resume, progress=progress)
+        stored = TrainConfig.from_json((out / "config.json").read_text())
+        dirs = member_dirs(out, stored.members)
+        runs = [first] + [None] * (len(dirs) - 1)  # None: finished before
+        # every rank decides from the same files, read before rank 0 writes the next member's
+        todo = [(k, folder, (folder / "config.json").is_file()) for k, folder in enumerate(dirs) if k and not
+                finished(folder)]
+        ranks.barrier()
+        for k, folder, started in todo:
+            log.info("member %d of %d: seed %d, into %s", k + 1, len(dirs), stored.seed + k, folder)
+            runs[k] = loop.train(member_config(stored, out, k), folder, resume=started, progress=progress)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+    checkpoints = [folder / "best.pt" for folder in dirs]
+    if not ranks.main:
+        return MembersResult(runs, checkpoints, [], "")
+    if len(dirs) == 1:
+        return MembersResult(runs, checkpoints, runs[0].rows, runs[0].table)
     return MembersResult(runs, checkpoints, *_evaluate(stored, out, checkpoints))
 
 
