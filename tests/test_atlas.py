@@ -221,6 +221,7 @@ def test_neoseg_train_with_atlas_propagate_finishes(tiny_dataset, tmp_path):
 
     out = tmp_path / "run"
     args = ["--data", str(tiny_dataset), "--out", str(out), "--atlas", "propagate", "--atlas-confidence", "0.6",
+            "--members", "1",  # one model: its --resume below trains on (a run of several reopens no finished one)
             "--epochs", "1", "--slice-size", "32", "--widths", "8,16", "--batch-size", "8", "--full-fraction",
             "0.25", "--device", "cpu", "--augment", "none", "--quiet"]
     result = CliRunner().invoke(app, args)
