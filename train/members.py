@@ -17,9 +17,9 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from neoseg.core.io import write_text
-
 import torch
+
+from neoseg.core.io import write_text
 
 from . import loop
 from .config import TrainConfig

@@ -75,8 +75,8 @@ def resolve_members(config: TrainConfig, split: Split) -> TrainConfig:
     """``--members auto``: 3 where the run trains a partial-label loss on one fully labelled subject
     beside partially labelled sessions (at 2 % the only recipe that met its target on the worst draw
     was three models as one, docs/atlas.md), else 1 (with two fully labelled subjects one model did)."""
-    full_subjects = _partial_label_training(config, split)
-    members = 3 if full_subjects == 1 else 1
+    full, _ = _partial_label_training(config, split)
+    members = 3 if len({s.subject for s in full}) == 1 else 1
     if members > 1:
         log.info("--members auto: %d models trained with seeds %d to %d on one split and used as one (one fully "
                  "labelled subject; about %d times the training time; --members 1 trains one)", members,
@@ -90,25 +90,24 @@ def resolve_atlas(config: TrainConfig, split: Split) -> TrainConfig:
     run trains several members, else ``propagate`` (the recipes that won on the worst draw at 2 %
     and 5 %, docs/atlas.md); ``none`` where there is nothing to register (all fully labelled, the
     supervised baseline, pseudo labels in place of the partial maps)."""
-    subjects = _partial_label_training(config, split)
-    if not subjects:
+    full, sessions = _partial_label_training(config, split)
+    if not full:
         return dataclasses.replace(config, atlas="none")
+    subjects = len({s.subject for s in full})
     mode = "propagate" if subjects == 1 and config.members == 1 else "pairs"
-    sessions = _chosen_sessions(config, split)
-    full = [s for s in sessions if split.is_full(s)]
     log.info("--atlas auto: %s (%d fully labelled subject(s), %d session(s), registered to the %d partially labelled "
              "sessions; --atlas none trains without)", mode, subjects, len(full), len(sessions) - len(full))
     return dataclasses.replace(config, atlas=mode)
 
 
-def _partial_label_training(config: TrainConfig, split: Split) -> int:
-    """The fully labelled subjects of a run that trains a partial-label loss on them beside
-    partially labelled sessions of its own; 0 for any other run."""
+def _partial_label_training(config: TrainConfig, split: Split) -> tuple[list[Session], list[Session]]:
+    """The fully labelled training sessions and all training sessions of a run that trains a
+    partial-label loss on both fully and partially labelled ones; ([], []) for any other run."""
     sessions = _chosen_sessions(config, split)
     full = [s for s in sessions if split.is_full(s)]
     if config.loss == "bce" or config.pseudo_labels is not None or not 0 < len(full) < len(sessions):
-        return 0
-    return len({s.subject for s in full})
+        return [], []
+    return full, sessions
 
 
 def pseudo_label_path(root: str | Path, session: Session) -> Path:
