@@ -63,7 +63,7 @@ def rows(path):
 
 
 @pytest.mark.slow
-def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(tiny_dataset, tmp_path):
+def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(tiny_dataset, tmp_path, caplog):
     from neoseg.cli.train import app
     from neoseg.train.evaluate import checkpoint_segmenter, evaluate_sessions
 
@@ -83,6 +83,14 @@ def test_neoseg_train_members_trains_each_on_one_split_and_scores_them_as_one(ti
     assert "2 members as one model" in result.output and f"neoseg-export {out} -o model.onnx" in result.output
     assert run_checkpoints([out]) == [out / "best.pt", second / "best.pt"]  # a run's folder names its members
     assert run_checkpoints([out / "best.pt"]) == [out / "best.pt"]  # a file is itself
+    # neoseg-infer on the first member's checkpoint segments with it alone, and says so
+    from neoseg.cli.infer import app as infer
+
+    caplog.set_level(logging.WARNING, logger="neoseg.train")
+    scan = sorted(tiny_dataset.glob("sub-*/ses-*/anat/*_T2w.nii.gz"))[0]
+    result = CliRunner().invoke(infer, [str(scan), "-m", str(out / "best.pt"), "-o", str(tmp_path / "seg")])
+    assert result.exit_code == 0, result.output
+    assert "first of the 2 members" in caplog.text and f"neoseg-export {out}` makes one model" in caplog.text
     # the ensemble's evaluation is the two checkpoints' mean probability on the test scans
     segmenter, cfg = checkpoint_segmenter([out / "best.pt", second / "best.pt"], "cpu", own_split=True)
     expected = evaluate_sessions(segmenter, list(dataset_split(cfg).test))

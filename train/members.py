@@ -52,10 +52,8 @@ def run_checkpoints(paths: list[Path]) -> list[Path]:
     found: list[Path] = []
     for path in map(Path, paths):
         if not path.is_dir():
-            members = _members_of(path.parent) if path.name == "best.pt" else 1
-            if members > 1 and len(paths) == 1:
-                log.warning("%s is the first of the %d members of the run in %s; `%s` names all of them", path,
-                            members, path.parent, path.parent)
+            if len(paths) == 1:
+                note_lone_member(path, f"`{path.parent}` names all of them")
             found.append(path)
             continue
         if not (path / "config.json").is_file():
@@ -68,6 +66,15 @@ def run_checkpoints(paths: list[Path]) -> list[Path]:
                                  f"continue it with neoseg-train --out {path} --resume")
             found.append(folder / "best.pt")
     return found
+
+
+def note_lone_member(checkpoint: Path, how_all: str) -> None:
+    """Warn where ``checkpoint`` is the first member's ``best.pt`` of a run of several, saying
+    ``how_all`` the members are used together."""
+    members = _members_of(checkpoint.parent) if checkpoint.name == "best.pt" else 1
+    if members > 1:
+        log.warning("%s is the first of the %d members of the run in %s; %s", checkpoint, members,
+                    checkpoint.parent, how_all)
 
 
 def finished(run: Path) -> bool:
