@@ -3,6 +3,7 @@ the registration cache, and a short training run with --atlas."""
 
 import dataclasses
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -286,6 +287,23 @@ def test_a_failing_registration_stops_with_one_line_naming_the_pair(tiny_dataset
                                          r"the images do not overlap$"):
         run_atlas(config(tiny_dataset, atlas="pairs"), tmp_path / "one")
     assert not list((tmp_path / "one" / "cache" / "atlas" / "registrations").glob("*.npz"))
+
+
+def test_a_training_script_without_a_main_guard_is_told_what_registration_processes_need(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "train.py"  # its top level runs again in every spawned registration process
+    script.write_text(
+        "from pathlib import Path\nfrom types import SimpleNamespace as N\n"
+        "from neoseg.train.atlas import register_pairs\n"
+        "pairs = [N(path=Path('missing.npz'), atlas=N(key=f'a{i}'), target=N(key='t'), coarsen=1) for i in range(2)]\n"
+        "register_pairs(pairs, None, workers=2)\n")
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode != 0
+    last = done.stderr.strip().splitlines()[-1]
+    assert re.match(r"ValueError: atlas registration of a\d to t failed: a registration process ended abruptly", last)
+    assert "if __name__ == '__main__':" in last
 
 
 def _fixture_cache(atlas_run):
