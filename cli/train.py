@@ -288,14 +288,15 @@ def parse_members(text: str | None) -> int | str | None:
 
 
 def check_resume_options(out: Path, config, given: list[str]) -> None:
-    """--resume continues the stored run as it was configured: refuse options that differ from it."""
+    """--resume continues the stored run as it was configured: refuse options that differ from it
+    (``auto`` is whatever the run chose)."""
     from neoseg.train.config import TrainConfig
 
     stored_path = out / "config.json"
     if not stored_path.is_file():
         return
     stored = TrainConfig.from_json(stored_path.read_text())
-    differ = [k for k in given if getattr(stored, k) != getattr(config, k)]
+    differ = [k for k in given if getattr(config, k) not in ("auto", getattr(stored, k))]
     if differ:
         listed = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (the run has {getattr(stored, k)})"
                            for k in differ)

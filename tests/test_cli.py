@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from neoseg.cli.evaluate import app as eval_app
@@ -51,6 +52,16 @@ def test_user_errors_are_one_line_with_nonzero_exit(tiny_dataset, tmp_path):
     result = runner.invoke(train_app, ["--out", str(tmp_path / "r4"), "--data", str(tiny_dataset), *TINY,
                                        "--loss", "dice"])
     assert result.exit_code == 2 and "dice" in result.output
+
+
+def test_resume_refuses_options_that_differ_and_takes_auto_as_what_the_run_chose(tmp_path):
+    from neoseg.cli.train import check_resume_options
+    from neoseg.train.config import TrainConfig
+
+    (tmp_path / "config.json").write_text(TrainConfig(members=3, atlas="pairs", epochs=40).to_json())
+    check_resume_options(tmp_path, TrainConfig(members="auto", atlas="auto", epochs=40), ["members", "atlas", "epochs"])
+    with pytest.raises(ValueError, match=r"differ: --members 2 \(the run has 3\), --atlas none \(the run has pairs\);"):
+        check_resume_options(tmp_path, TrainConfig(members=2, atlas="none"), ["members", "atlas"])
 
 
 def test_beyond_the_paper_options_from_the_command_line(tiny_dataset, tmp_path):
