@@ -1,5 +1,5 @@
 """Out-of-distribution robustness of a trained model, on a fixed and seeded suite:
-``python -m neoseg.benchmarks.robustness --checkpoint best.pt [--out DIR]``.
+``python -m neoseg.benchmarks.robustness --checkpoint best.pt|RUN_FOLDER [--out DIR]``.
 
 The suite is built from the test sessions of the checkpoint's own data and split (the built-in
 cohort, or its ``--data``), each corrupted in 3D, on its own grid, under every condition:
@@ -262,19 +262,25 @@ def checkpoint_test_sessions(checkpoint: Path, config) -> list:
     return list(make_split(sessions, config.full_fraction, seed=config.seed, draw=config.draw).test)
 
 
-def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER_SUBJECTS,
+def run_suite(models: list[Path], device: str = "cpu", other_subjects: int = OTHER_SUBJECTS,
               progress: bool = False) -> tuple[list[dict], dict]:
-    """Rows (one per volume, condition and structure) and a description of the suite."""
+    """Rows (one per volume, condition and structure) and a description of the suite, for the
+    model that ``models`` name: a ``best.pt``, several (their mean, as neoseg-export makes one
+    model of them) or a run folder (all its ``--members``)."""
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.synth import default_cohort_dir, generate_cohort
-    from neoseg.train import checkpoint as ckpt
+    from neoseg.train.ensemble import check_one_split, load_models
     from neoseg.train.evaluate import Truth, model_segmenter, score, segment_canonical
+    from neoseg.train.members import run_checkpoints
     from neoseg.train.ranks import resolve_device
 
-    loaded = ckpt.load(checkpoint)
+    checkpoints = run_checkpoints(models)
+    if len(checkpoints) > 1:
+        check_one_split(checkpoints)
+    loaded = load_models(checkpoints)
     config = loaded.config
     thresholds = loaded.state.get("thresholds", config.thresholds)
-    tests = checkpoint_test_sessions(Path(checkpoint), config)
+    tests = checkpoint_test_sessions(Path(checkpoints[0]), config)
     grid = config.cohort_grid if config.data is None else int(min(512, max(16, round(128.0 / min(loaded.spacing)))))
     spec = other_cohort_spec(grid, other_subjects)
     others = find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress)) if other_subjects else []
@@ -293,7 +299,7 @@ def run_suite(checkpoint: Path, device: str = "cpu", other_subjects: int = OTHER
         for row in score(seg, loaded.hierarchy, Truth.of_labels(loaded.hierarchy, case.labels), case.spacing):
             rows.append({"condition": case.condition, "subject": case.subject, "session": case.session,
                          "scan_age": case.scan_age, **{k: row[k] for k in FIELDS[4:]}})
-    about = {"checkpoint": str(checkpoint), "test_sessions": len(tests), "other_sessions": len(others),
+    about = {"checkpoint": ", ".join(map(str, checkpoints)), "test_sessions": len(tests), "other_sessions": len(others),
              "other_cohort": {k: v for k, v in dataclasses.asdict(spec).items()}, "seed": SUITE_SEED,
              "outside": loaded.hierarchy.names[loaded.hierarchy.outside_channel]
              if loaded.hierarchy.outside_channel is not None else None}
@@ -386,7 +392,9 @@ def write(out: Path, rows: list[dict], text: str, overwrite: bool) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(prog="python -m neoseg.benchmarks.robustness", description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", type=Path, required=True, help="best.pt of a neoseg-train run")
+    p.add_argument("--checkpoint", type=Path, nargs="+", required=True,
+                   help="best.pt of a neoseg-train run, several (measured as one model, their mean), or a run "
+                        "folder (all its --members)")
     p.add_argument("--out", type=Path, help="write robustness.csv (per volume) and robustness.md here")
     p.add_argument("--overwrite", action="store_true", help="replace robustness.csv/.md in --out")
     p.add_argument("--other-subjects", type=int, default=OTHER_SUBJECTS,
@@ -402,7 +410,7 @@ def main(argv=None) -> None:
                     raise FileExistsError(f"{args.out / name} exists; pass --overwrite or another --out")
         began = time.monotonic()
         rows, about = run_suite(args.checkpoint, args.device, args.other_subjects, progress=True)
-        text = f"# Robustness of {args.checkpoint}\n\n" + report(rows, about)
+        text = f"# Robustness of {about['checkpoint']}\n\n" + report(rows, about)
         if args.out is not None:
             write(args.out, rows, text, args.overwrite)
     except (ValueError, FileExistsError, FileNotFoundError) as e:

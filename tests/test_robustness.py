@@ -1,6 +1,8 @@
 """The robustness suite: fixed and reproducible inputs, corruptions that keep labels in place, and
 the command end to end on a tiny checkpoint."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -126,3 +128,17 @@ def test_the_command_reports_and_writes_reproducible_results(tiny_dataset, tmp_p
     assert (out / "robustness.csv").read_text() == first
     with pytest.raises(SystemExit, match="does not exist"):
         R.main(["--checkpoint", str(tmp_path / "missing.pt")])
+
+    # a run folder of two members is measured as the one model they make: their mean probability
+    (ckpt.parent / "config.json").write_text(dataclasses.replace(config, members=2).to_json())
+    (ckpt.parent / "evaluation.csv").write_text("")
+    second = ckpt.parent / "member-1"
+    second.mkdir()
+    torch.manual_seed(1)
+    checkpoint.save(second / "best.pt", create_model("unet", 1, 11, widths=[8, 16]), config, builtin(), (2.0, 2.0, 2.0))
+    with pytest.raises(SystemExit, match="has not finished training"):
+        R.main(["--checkpoint", str(ckpt.parent), "--other-subjects", "0"])
+    (second / "evaluation.csv").write_text("")
+    R.main(["--checkpoint", str(ckpt.parent), "--out", str(tmp_path / "both"), "--other-subjects", "1"])
+    assert f"# Robustness of {ckpt}, {second / 'best.pt'}" in capsys.readouterr().out
+    assert (tmp_path / "both" / "robustness.csv").read_text() != first
