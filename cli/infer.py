@@ -153,11 +153,11 @@ def infer(
         else:
             jobs = _file_jobs(inputs, out, probabilities, qc, overwrite)
             plan = FilesPlan(out, jobs, overwrite)
-        if model.suffix == ".pt":
+        opened = open_backend(model, backend.value, threads, precision.value)
+        if model.suffix == ".pt":  # the torch backend opened it, so torch is there for the training code
             from neoseg.train.members import note_lone_member
             note_lone_member(model, f"this command runs it alone; `neoseg-export {model.parent}` makes one model "
                                     f"of all of them")
-        opened = open_backend(model, backend.value, threads, precision.value)
         fusion = None
         if atlas is not None:
             fusion = atlas_fusion(atlas, opened.info.hierarchy, atlas_per_scan, atlas_weight, atlas_warps)
