@@ -269,24 +269,16 @@ def run_suite(models: list[Path], device: str = "cpu", other_subjects: int = OTH
     model of them) or a run folder (all its ``--members``)."""
     from neoseg.data.dhcp import find_sessions
     from neoseg.data.synth import default_cohort_dir, generate_cohort
-    from neoseg.train.ensemble import check_one_split, load_models
-    from neoseg.train.evaluate import Truth, model_segmenter, score, segment_canonical
+    from neoseg.train.evaluate import Truth, checkpoint_segmenter, score, segment_canonical
     from neoseg.train.members import run_checkpoints
-    from neoseg.train.ranks import resolve_device
 
     checkpoints = run_checkpoints(models)
-    if len(checkpoints) > 1:
-        check_one_split(checkpoints)
-    loaded = load_models(checkpoints)
-    config = loaded.config
-    thresholds = loaded.state.get("thresholds", config.thresholds)
+    segmenter, config = checkpoint_segmenter(checkpoints, device, own_split=True)
+    hierarchy, spacing = segmenter.info.hierarchy, segmenter.info.spacing
     tests = checkpoint_test_sessions(Path(checkpoints[0]), config)
-    grid = config.cohort_grid if config.data is None else int(min(512, max(16, round(128.0 / min(loaded.spacing)))))
+    grid = config.cohort_grid if config.data is None else int(min(512, max(16, round(128.0 / min(spacing)))))
     spec = other_cohort_spec(grid, other_subjects)
     others = find_sessions(generate_cohort(default_cohort_dir(spec), spec, progress=progress)) if other_subjects else []
-    dev = resolve_device(device)
-    segmenter = model_segmenter(loaded.model, loaded.hierarchy, config.axis, config.slice_size, dev, thresholds,
-                                model_spacing=loaded.spacing)
     rows = []
     cases = build_cases(tests, others)
     if progress:
@@ -296,13 +288,12 @@ def run_suite(models: list[Path], device: str = "cpu", other_subjects: int = OTH
                      disable=None)
     for case in cases:
         seg = segment_canonical(segmenter, case.image, case.spacing)
-        for row in score(seg, loaded.hierarchy, Truth.of_labels(loaded.hierarchy, case.labels), case.spacing):
+        for row in score(seg, hierarchy, Truth.of_labels(hierarchy, case.labels), case.spacing):
             rows.append({"condition": case.condition, "subject": case.subject, "session": case.session,
                          "scan_age": case.scan_age, **{k: row[k] for k in FIELDS[4:]}})
     about = {"checkpoint": ", ".join(map(str, checkpoints)), "test_sessions": len(tests), "other_sessions": len(others),
              "other_cohort": {k: v for k, v in dataclasses.asdict(spec).items()}, "seed": SUITE_SEED,
-             "outside": loaded.hierarchy.names[loaded.hierarchy.outside_channel]
-             if loaded.hierarchy.outside_channel is not None else None}
+             "outside": hierarchy.names[hierarchy.outside_channel] if hierarchy.outside_channel is not None else None}
     return rows, about
 
 
