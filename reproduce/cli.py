@@ -50,6 +50,11 @@ def reproduce(
     only: Annotated[Optional[str], typer.Option(help="Train only the runs whose name contains this text (or any of "
                                                 "several, comma-separated, e.g. f100,d0), with the runs they start "
                                                 "from; the report covers every finished run of the grid.")] = None,
+    adopt: Annotated[Optional[Path], typer.Option(help="An earlier experiment's folder, or its report's (the one "
+                                                  "holding results.csv), whose finished runs count as finished here: "
+                                                  "their rows join every table and they are not trained again, so "
+                                                  "that a grid too long for one session is completed over several. "
+                                                  "The report compares them with this folder's own runs.")] = None,
     report_only: Annotated[bool, typer.Option("--report-only", help="Start no run: rebuild results.csv and "
                                               "REPORT.md from the runs finished so far.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
@@ -74,7 +79,7 @@ def reproduce(
         from .experiment import run_all
 
         meta = run_all(chosen, out, data, str(resolve_device(device)), workers, only, progress=not quiet,
-                       start_runs=not report_only)
+                       start_runs=not report_only, adopt=adopt)
     took = f" ({meta['invocations'][-1]['seconds'] / 60:.1f} min)" if not report_only else ""
     typer.echo(f"{out / 'REPORT.md'} written{took}")
 

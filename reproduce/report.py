@@ -4,10 +4,12 @@ machine, scale and time of the experiment. The statistics are in :mod:`.stats`, 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from neoseg.core.io import write_text
 
+from . import adopt as adoption
 from .draws import per_draw_table, target_table
 from .figure import FIGURE, figure
 from .records import finished_records, window
@@ -25,13 +27,17 @@ def write_report(out: Path, rows: list[dict], meta: dict, planned: list[str]) ->
     rows = [r for r in parsed if r["output"] == "mask"]  # the paper's metric; the label map's has its own section
     label_maps = [r for r in parsed if r["output"] == "dseg"]
     settings = meta.get("profile_settings", {})
+    finished = sorted({r["run"] for r in parsed})
     records = finished_records(out, settings.get("patience", 8))
+    own = {r["run"] for r in records}
+    records += [r for name, r in adoption.adopted_records(out).items() if name in finished and name not in own]
+    write_text(out / "runs.json", json.dumps({r["run"]: r for r in records}, indent=1), overwrite=True)
     fractions = sorted({r["fraction"] for r in rows} - {1.0})  # every fraction with a finished run
     invocations = meta.get("invocations", [])
     failed = {k: v for inv in invocations[-1:] for k, v in inv.get("failed", {}).items()}
-    finished = sorted({r["run"] for r in rows})
     lines = _introduction(meta, settings)
     lines += _machine_scale_and_time(rows, records, meta, settings, fractions, len(planned), len(finished), failed)
+    lines += _adopted(out, finished, records)
     lines += _scale_and_runs_left(settings, failed, [p for p in planned if p not in finished and p not in failed])
     lines += _dice_tables(rows, fractions, settings.get("draws"))
     lines += _per_draw_tables(rows, fractions)
@@ -88,6 +94,36 @@ def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, s
             + (" (not counting the evaluation runs: atlas fusion, ensembles, which evaluate trained runs)."
                if any(r["evaluates"] for r in records) else "."),
             ""]
+
+
+def _adopted(out: Path, finished: list[str], records: list[dict]) -> list[str]:
+    """Which runs came from another experiment's folder, and how they compare with this folder's own."""
+    sources = adoption.sources(out)
+    if not sources:
+        return []
+    check = adoption.read_check(out)
+    head = "Adopted runs (`--adopt` " + ", ".join(f"`{s['from']}`" for s in sources) + "): "
+    if check.get("same_data") is False:
+        return [head + "**left out of every table**: their test volumes or true volumes differ from this folder's "
+                "runs, so they were measured on other data.", ""]
+    own = {r["run"] for r in records if not r.get("adopted")}
+    taken = sorted({r["run"] for r in adoption.adopted_rows(out)} & set(finished) - own)
+    text = (f"{len(taken)} run(s) finished in an earlier experiment, in every table and not trained here; "
+            f"{sum(1 for r in records if r.get('adopted'))} of them with their run records (time, epochs), the "
+            "tables of runs and time leave the others out; the wall time above counts none of them. ")
+    reruns = check.get("rerun", {})
+    if check.get("same_data") is None:
+        text += "Not yet compared with a run of this folder."
+    elif not reruns:
+        text += ("Their test volumes and true volumes are those of this folder's runs; none of them was trained "
+                 "here again to compare its Dice.")
+    else:
+        worst = max(v["max_dice_difference"] for v in reruns.values())
+        text += (f"Their test volumes and true volumes are those of this folder's runs; trained here again and "
+                 f"compared row by row: {', '.join(f'`{k}`' for k in sorted(reruns))}, largest Dice difference "
+                 f"{worst:.4f}" + (" (identical)." if worst <= adoption.TOLERANCE else
+                                   ": **the code has changed since; the adopted rows are not this code's results**."))
+    return [head + text, ""]
 
 
 def _scale_and_runs_left(settings: dict, failed: dict, missing: list[str]) -> list[str]:

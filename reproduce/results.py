@@ -15,7 +15,26 @@ RESULT_FIELDS = ["run", "model", "kind", "loss", "reduction", "budget", "select"
 
 
 def collect_results(out: Path, runs: list[RunSpec]) -> list[dict]:
-    """Rebuild ``OUT/results.csv`` from the evaluation of every finished run."""
+    """Rebuild ``OUT/results.csv`` from the evaluation of every finished run, and the rows of the
+    runs adopted from another experiment that this folder has not finished itself (:mod:`.adopt`)."""
+    from .adopt import usable_rows
+
+    rows = own_rows(out, runs)
+    adopted = usable_rows(out, rows)
+    by_run: dict[str, list[dict]] = {}
+    for r in rows + adopted:
+        by_run.setdefault(r["run"], []).append(r)
+    rows = [r for spec in runs for r in by_run.get(spec.name, [])]  # in the grid's order
+    if rows:
+        with (out / "results.csv").open("w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+    return rows
+
+
+def own_rows(out: Path, runs: list[RunSpec]) -> list[dict]:
+    """The result rows of the runs finished in ``OUT/runs``."""
     rows = []
     for spec in runs:
         run_dir = out / "runs" / spec.name
@@ -27,11 +46,6 @@ def collect_results(out: Path, runs: list[RunSpec]) -> list[dict]:
                              "reduction": spec.reduction, "budget": spec.budget, "select": spec.select,
                              "fraction": spec.fraction, "draw": spec.draw,
                              **{k: r.get(k, "mask") if k == "output" else r[k] for k in EVALUATION_FIELDS}})
-    if rows:
-        with (out / "results.csv").open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=RESULT_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
     return rows
 
 

@@ -4,10 +4,12 @@ tables and the worst draw, the target check, runs cut by a cap, and each recipe'
 import csv
 import dataclasses
 import json
+import shutil
 
 import pytest
 from typer.testing import CliRunner
 
+from neoseg.reproduce import adopt as adoption
 from neoseg.reproduce import metadata
 from neoseg.reproduce.cli import app
 from neoseg.reproduce.draws import per_draw_table, target_row
@@ -268,9 +270,72 @@ def test_one_folder_holds_one_anatomy(tmp_path):
     (["--fractions", "0.02,1"], "--fractions takes distinct"),
     (["--anatomy", "v2", "--data", "."], "--anatomy chooses the built-in cohort"),
     (["--grid", "atlas", "--only", "f050"], "matches no run"),
+    (["--grid", "atlas", "--adopt", "no-such-folder"], "--adopt no-such-folder: no results.csv there"),
 ])
 def test_command_line_refuses_bad_subsets_in_one_line(tmp_path, args, message):
     out = tmp_path / "exp"
     result = CliRunner().invoke(app, ["--out", str(out), "--device", "cpu", *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not out.exists()  # nothing written
+
+
+def adopt_into(out, source):
+    grid = [r.name for r in plan(PROFILE)]
+    rows, records = adoption.read_source(source, grid, PROFILE, "v2")
+    return adoption.save(out, source, rows, records)
+
+
+def test_runs_adopted_from_an_earlier_experiment_join_the_report_and_are_compared(tmp_path):
+    earlier, here = tmp_path / "earlier", tmp_path / "here"
+    iuc = RunSpec("unet", "partial", "iuc", 0.02, 0)
+    stand_in(earlier, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE, seconds=600)
+    stand_in(earlier, iuc, {"dgm": 0.5, "wm": 0.9, "cgm": 0.9}, seconds=300)
+    report(earlier)  # its report folder: REPORT.md, results.csv and the run records, runs.json
+    shutil.rmtree(earlier / "runs")  # weights and run folders gone: a committed report's folder
+    assert adopt_into(here, earlier) == [iuc.name, "unet-supervised-bce-f100-d0"]
+    text = report(here)
+    assert "Runs finished: 2 of 67 planned" in text and "| 2 % | unet | partial | iuc | 1 | 0.0 | 5.0 | 5.0 |" in text
+    assert "2 run(s) finished in an earlier experiment" in text and "2 of them with their run records" in text
+    assert "Not yet compared with a run of this folder." in text
+    # the same run trained here again: compared row by row, this folder's rows count
+    stand_in(here, iuc, {"dgm": 0.5, "wm": 0.9, "cgm": 0.9}, seconds=100)
+    text = report(here)
+    assert f"compared row by row: `{iuc.name}`, largest Dice difference 0.0000 (identical)." in text
+    assert "| 2 % | unet | partial | iuc | 1 | 0.0 | 1.7 | 1.7 |" in text  # its own record, not the adopted one
+    shutil.rmtree(here / "runs" / iuc.name)
+    stand_in(here, iuc, {"dgm": 0.6, "wm": 0.9, "cgm": 0.9})
+    assert "largest Dice difference 0.1000: **the code has changed since" in report(here)
+    with (here / "results.csv").open() as f:
+        assert {r["run"] for r in csv.DictReader(f)} == {iuc.name, "unet-supervised-bce-f100-d0"}
+    # measured on other data (another cohort's true volumes): left out, and said so
+    evaluation = here / "runs" / iuc.name / "evaluation.csv"
+    evaluation.write_text(evaluation.read_text().replace(",1.0,False", ",2.0,False"))
+    text = report(here)
+    assert "**left out of every table**" in text and "Runs finished: 1 of 67 planned" in text
+    with pytest.raises(ValueError, match="measured on other data"):
+        adoption.refuse_other_data(collect_results(here, plan(PROFILE)), adoption.adopted_rows(here), earlier)
+
+
+def test_adoption_refuses_what_is_not_an_earlier_run_of_this_grid(tmp_path):
+    with pytest.raises(ValueError, match="no results.csv there"):
+        adopt_into(tmp_path / "here", tmp_path)
+    earlier = tmp_path / "earlier"
+    stand_in(earlier, RunSpec("unet", "partial", "huc", 0.02, 0), REFERENCE)  # a run of the full grid only
+    collect_results(earlier, [RunSpec("unet", "partial", "huc", 0.02, 0)])
+    with pytest.raises(ValueError, match=r"1 of its runs are not in this grid \(e.g. unet-partial-huc-f002-d0\)"):
+        adopt_into(tmp_path / "here", earlier)
+    shutil.rmtree(earlier)
+    stand_in(earlier, RunSpec("unet", "partial", "iuc", 0.02, 0), REFERENCE)
+    report(earlier)
+    (earlier / "experiment.json").write_text(json.dumps({"profile": "equal-epochs", "anatomy": "v1"}))
+    with pytest.raises(ValueError, match="anatomy v1, not equal-epochs, v2; adopt from an experiment on the same"):
+        adopt_into(tmp_path / "here", earlier)
+    assert not (tmp_path / "here").exists()
+
+
+def test_an_adopted_run_another_run_starts_from_is_trained_again():
+    grid = select(plan(PROFILE), "labelset-st-from-iuc-f002-d0")
+    iuc, from_iuc = (r.name for r in grid)
+    assert [r.name for r in adoption.to_train(grid, set(), {iuc})] == [iuc, from_iuc]  # its weights are needed
+    assert adoption.to_train(grid, set(), {iuc, from_iuc}) == []
+    assert [r.name for r in adoption.to_train(grid, {iuc}, {from_iuc})] == []

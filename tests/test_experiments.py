@@ -1,6 +1,7 @@
 import csv
 import dataclasses
 import json
+import shutil
 from collections import Counter
 
 import nibabel as nib
@@ -310,3 +311,29 @@ def test_a_subset_of_the_grid_trains_and_reports(tiny_dataset, tmp_path):
     with (out / "results.csv").open() as f:
         assert any(r["run"] == "unet-partial-iuc-atlas-pairs-ens3-f025-d0" for r in csv.DictReader(f))
     assert "Atlas-to-scan pairs + IUC, 3 seeds averaged" in (out / "REPORT.md").read_text()
+
+
+@pytest.mark.slow
+def test_a_grid_is_completed_from_an_earlier_experiments_report(tiny_dataset, tmp_path):
+    """A grid too long for one session: the runs of an earlier session's committed report folder
+    (REPORT.md, results.csv, runs.json, experiment.json; no weights) count as finished, and a run
+    trained here again for its weights matches the adopted rows exactly."""
+    profile = dataclasses.replace(
+        PROFILES["equal-epochs"], name="tiny", slice_size={"unet": 32, "segformer": 32}, widths=[8, 16],
+        batch_size=8, epochs={"unet": 2, "segformer": 1}, patience=1, fractions=(0.25,), draws=1, workers=1,
+        grid="atlas")
+    earlier, committed, here = tmp_path / "earlier", tmp_path / "committed", tmp_path / "here"
+    run_all(profile, earlier, data=tiny_dataset, device="cpu", only="unet-partial-iuc-f025-d0,f100", progress=False)
+    committed.mkdir()
+    for name in ("REPORT.md", "results.csv", "runs.json", "experiment.json"):
+        shutil.copy(earlier / name, committed / name)
+    run_all(profile, here, data=tiny_dataset, device="cpu", only="f100", progress=False, adopt=committed)
+    assert not (here / "runs").exists() or not any((here / "runs").iterdir())  # adopted: nothing trained
+    # a run that starts from the adopted IUC run: the IUC run is trained again here, for its weights
+    run_all(profile, here, data=tiny_dataset, device="cpu", only="labelset-st-from-iuc-f025-d0", progress=False)
+    assert sorted(p.name for p in (here / "runs").iterdir()) == [
+        "unet-partial-iuc-f025-d0", "unet-partial-labelset-st-from-iuc-f025-d0"]
+    text = (here / "REPORT.md").read_text()
+    assert "Runs finished: 3 of 23 planned" in text and "1 of them with their run records" in text
+    assert "compared row by row: `unet-partial-iuc-f025-d0`, largest Dice difference 0.0000 (identical)." in text
+    assert "| unet | supervised, 100 % | bce |" in text  # the adopted reference, with its record
