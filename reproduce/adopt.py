@@ -26,6 +26,7 @@ from .results import RESULT_FIELDS
 log = logging.getLogger("neoseg.experiments")
 
 FOLDER = "adopted"  # OUT/adopted/: results.csv, runs.json (what was adopted), check.json (the last comparison)
+DEFAULTS = {"budget": "1", "select": "val-loss", "output": "mask"}  # columns older results.csv files lack
 TOLERANCE = 1e-6  # true volumes (ml) and Dice that differ by more are different
 
 
@@ -41,6 +42,7 @@ def read_source(source: Path, planned: list[str], profile: Profile, anatomy: str
                          "folder (the one holding results.csv)")
     with path.open(newline="") as f:
         rows = list(csv.DictReader(f))
+    rows = [{**DEFAULTS, **r} for r in rows]  # written before those columns: the values they stand for
     missing = [k for k in RESULT_FIELDS if rows and k not in rows[0]]
     if not rows or missing:
         raise ValueError(f"--adopt {path}: " + ("holds no rows" if not rows else f"lacks the columns {', '.join(missing)}")
@@ -68,7 +70,8 @@ def save(out: Path, source: Path, rows: list[dict], records: dict) -> list[str]:
     runs = sorted({r["run"] for r in rows})
     kept = [r for r in adopted_rows(out) if r["run"] not in set(runs)]
     held = {k: v for k, v in adopted_records(out).items() if k not in set(runs)}
-    listed = sources(out) + [{"from": str(source), "runs": len(runs), "records": len(records)}]
+    listed = [s for s in sources(out) if s["from"] != str(source)] + [
+        {"from": str(source), "runs": len(runs), "records": len(records)}]
     folder = out / FOLDER
     with atomic_paths({"rows": folder / "results.csv", "records": folder / "runs.json",
                        "sources": folder / "sources.json"}, overwrite=True) as tmp:

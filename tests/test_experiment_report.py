@@ -292,7 +292,8 @@ def test_runs_adopted_from_an_earlier_experiment_join_the_report_and_are_compare
     stand_in(earlier, iuc, {"dgm": 0.5, "wm": 0.9, "cgm": 0.9}, seconds=300)
     report(earlier)  # its report folder: REPORT.md, results.csv and the run records, runs.json
     shutil.rmtree(earlier / "runs")  # weights and run folders gone: a committed report's folder
-    assert adopt_into(here, earlier) == [iuc.name, "unet-supervised-bce-f100-d0"]
+    assert adopt_into(here, earlier) == adopt_into(here, earlier) == [iuc.name, "unet-supervised-bce-f100-d0"]
+    assert adoption.sources(here) == [{"from": str(earlier), "runs": 2, "records": 2}]  # adopted again: replaced
     text = report(here)
     assert "Runs finished: 2 of 67 planned" in text and "| 2 % | unet | partial | iuc | 1 | 0.0 | 5.0 | 5.0 |" in text
     assert "2 run(s) finished in an earlier experiment" in text and "2 of them with their run records" in text
@@ -339,3 +340,17 @@ def test_an_adopted_run_another_run_starts_from_is_trained_again():
     assert [r.name for r in adoption.to_train(grid, set(), {iuc})] == [iuc, from_iuc]  # its weights are needed
     assert adoption.to_train(grid, set(), {iuc, from_iuc}) == []
     assert [r.name for r in adoption.to_train(grid, {iuc}, {from_iuc})] == []
+
+
+def test_results_written_before_the_label_map_was_scored_are_adopted_as_masks(tmp_path):
+    earlier = tmp_path / "earlier"
+    stand_in(earlier, RunSpec("unet", "partial", "iuc", 0.02, 0), REFERENCE)
+    collect_results(earlier, plan(PROFILE))
+    text = (earlier / "results.csv").read_text().splitlines()
+    columns = text[0].split(",")
+    drop = [columns.index(c) for c in ("select", "output")]
+    (earlier / "results.csv").write_text("\n".join(",".join(v for i, v in enumerate(line.split(",")) if i not in drop)
+                                                   for line in text) + "\n")
+    assert adopt_into(tmp_path / "here", earlier) == ["unet-partial-iuc-f002-d0"]
+    rows = adoption.adopted_rows(tmp_path / "here")
+    assert {(r["output"], r["select"]) for r in rows} == {("mask", "val-loss")}

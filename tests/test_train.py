@@ -79,7 +79,7 @@ def test_checkpoint_refuses_arbitrary_pickles(tmp_path):
             return (print, ("executed",))
 
     path = tmp_path / "evil.pt"
-    path.write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "x": Evil()}))
+    path.write_bytes(pickle.dumps({"format": checkpoint.FORMAT, "x": Evil()}, protocol=2))  # torch.save's protocol
     with pytest.raises(ValueError, match="not a loadable neoseg checkpoint"):
         checkpoint.load(path)
 
