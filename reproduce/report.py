@@ -36,7 +36,8 @@ def write_report(out: Path, rows: list[dict], meta: dict, planned: list[str]) ->
     invocations = meta.get("invocations", [])
     failed = {k: v for inv in invocations[-1:] for k, v in inv.get("failed", {}).items()}
     lines = _introduction(meta, settings)
-    lines += _machine_scale_and_time(rows, records, meta, settings, fractions, len(planned), len(finished), failed)
+    lines += _machine_scale_and_time(rows, records, meta, settings, fractions, len(planned), len(finished), failed,
+                                     _data_name(out, meta))
     lines += _adopted(out, finished, records)
     lines += _scale_and_runs_left(settings, failed, [p for p in planned if p not in finished and p not in failed])
     lines += _dice_tables(rows, fractions, settings.get("draws"))
@@ -63,7 +64,8 @@ def _introduction(meta: dict, settings: dict) -> list[str]:
 
 
 def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, settings: dict,
-                            fractions: list[float], planned: int, finished: int, failed: dict) -> list[str]:
+                            fractions: list[float], planned: int, finished: int, failed: dict,
+                            data: str) -> list[str]:
     invocations = meta.get("invocations", [])
     wall = sum(inv["seconds"] for inv in invocations)
     last = invocations[-1] if invocations else {}
@@ -85,7 +87,7 @@ def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, s
         machine = [f"- Machine and wall time: not recorded in this folder's `experiment.json`. {trained}"]
     return ["## Machine, scale and time", ""] + machine + [
             f"- Runs finished: {finished} of {planned} planned" + (f"; failed: {len(failed)}" if failed else "") + ".",
-            f"- Data: {meta.get('data')} ({meta.get('sessions', '?')} sessions"
+            f"- Data: {data} ({meta.get('sessions', '?')} sessions"
             + (f", built-in cohort anatomy {meta['anatomy']}" if meta.get("anatomy") else "") + "); split 80/10/10 by subject (seed 0); "
             f"test volumes: {n_age['preterm']} preterm, {n_age['term']} term, the same in every run.",
             f"- Draws of the fully labelled subjects per fraction: {settings.get('draws', '?')}; fractions "
@@ -94,6 +96,14 @@ def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, s
             + (" (not counting the evaluation runs: atlas fusion, ensembles, which evaluate trained runs)."
                if any(r["evaluates"] for r in records) else "."),
             ""]
+
+
+def _data_name(out: Path, meta: dict) -> str:
+    """The data as the report names it: the built-in cohort by its place in the folder (the report
+    travels without the machine's paths)."""
+    data = meta.get("data")
+    inside = data is not None and Path(data).resolve() == (out / "cohort").resolve()
+    return "the experiment folder's cohort/" if inside else str(data)
 
 
 def _adopted(out: Path, finished: list[str], records: list[dict]) -> list[str]:

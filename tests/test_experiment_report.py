@@ -354,3 +354,14 @@ def test_results_written_before_the_label_map_was_scored_are_adopted_as_masks(tm
     assert adopt_into(tmp_path / "here", earlier) == ["unet-partial-iuc-f002-d0"]
     rows = adoption.adopted_rows(tmp_path / "here")
     assert {(r["output"], r["select"]) for r in rows} == {("mask", "val-loss")}
+
+
+def test_the_built_in_cohort_is_named_by_its_place_in_the_folder_not_the_machines_path(tmp_path):
+    grid = plan(PROFILE)
+    meta = {"profile": PROFILE.name, "grid": PROFILE.grid, "invocations": [], "data": str(tmp_path / "cohort"),
+            "profile_settings": dataclasses.asdict(PROFILE)}
+    write_report(tmp_path, collect_results(tmp_path, grid), meta, [r.name for r in grid])
+    assert "- Data: the experiment folder's cohort/ (" in (tmp_path / "REPORT.md").read_text()
+    meta["data"] = "/data/dhcp"  # a dataset of the user's: its own path
+    write_report(tmp_path, collect_results(tmp_path, grid), meta, [r.name for r in grid])
+    assert "- Data: /data/dhcp (" in (tmp_path / "REPORT.md").read_text()
