@@ -19,7 +19,7 @@ from pathlib import Path
 
 from neoseg.core.io import atomic_paths, write_text
 
-from .grid import RunSpec
+from .grid import RunSpec, with_needs
 from .profiles import Profile
 from .results import RESULT_FIELDS
 
@@ -105,15 +105,7 @@ def sources(out: Path) -> list[dict]:
 def to_train(chosen: list[RunSpec], done: set[str], adopted: set[str]) -> list[RunSpec]:
     """The runs of ``chosen`` to train: those neither finished here nor adopted, and the adopted
     runs they start from (an adopted run's weights are not here)."""
-    by_name = {r.name: r for r in chosen}
-    todo = {r.name for r in chosen if r.name not in done | adopted}
-    wanted = list(todo)
-    while wanted:
-        for name in by_name[wanted.pop()].needs:
-            if name in by_name and name not in done | todo:
-                todo.add(name)
-                wanted.append(name)
-    return [r for r in chosen if r.name in todo]
+    return with_needs(chosen, {r.name for r in chosen if r.name not in done | adopted}, have=done)
 
 
 def compare(local: list[dict], adopted: list[dict]) -> dict:

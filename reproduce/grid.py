@@ -101,11 +101,17 @@ def select(runs: list[RunSpec], only: str | None) -> list[RunSpec]:
     chosen = {r.name for r in runs if any(t in r.name for t in texts)}
     if not chosen:
         raise ValueError(f"--only {only} matches no run of the grid; run names look like {runs[0].name}")
+    return with_needs(runs, chosen)
+
+
+def with_needs(runs: list[RunSpec], names: set[str], have: set[str] = frozenset()) -> list[RunSpec]:
+    """The runs of ``runs`` named in ``names`` with the runs they start from, as far as those are
+    in ``runs`` and not in ``have``, in the order of ``runs``."""
     by_name = {r.name: r for r in runs}
-    wanted = list(chosen)
+    chosen, wanted = set(names), list(names)
     while wanted:
         for name in by_name[wanted.pop()].needs:
-            if name in by_name and name not in chosen:
+            if name in by_name and name not in chosen | have:
                 chosen.add(name)
                 wanted.append(name)
     return [r for r in runs if r.name in chosen]

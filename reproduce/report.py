@@ -116,8 +116,7 @@ def _adopted(out: Path, finished: list[str], records: list[dict]) -> list[str]:
     if check.get("same_data") is False:
         return [head + "**left out of every table**: their test volumes or true volumes differ from this folder's "
                 "runs, so they were measured on other data.", ""]
-    own = {r["run"] for r in records if not r.get("adopted")}
-    taken = sorted({r["run"] for r in adoption.adopted_rows(out)} & set(finished) - own)
+    taken = set(finished) - {r["run"] for r in records if not r.get("adopted")}  # rows not of a run here
     text = (f"{len(taken)} run(s) finished in an earlier experiment, in every table and not trained here; "
             f"{sum(1 for r in records if r.get('adopted'))} of them with their run records (time, epochs), the "
             "tables of runs and time leave the others out; the wall time above counts none of them. ")
