@@ -56,7 +56,7 @@ def run_all(profile: Profile, out: Path, data: Path | None = None, device: str =
     if start_runs:  # a report-only call is not an invocation of the grid: it adds no time
         metadata.add_invocation(meta, started_at, time.monotonic() - began, setup_seconds, workers, profile.threads,
                                 device, failed)
-    metadata.describe(meta, profile, data, len(sessions))
+    metadata.describe(out, meta, profile, data, len(sessions))
     metadata.save(out, meta)
     write_report(out, rows, meta, [r.name for r in grid])
     if start_runs:

@@ -9,6 +9,7 @@ from datetime import datetime
 from pathlib import Path
 
 from neoseg.benchmarks.common import machine as benchmark_machine
+from neoseg.core.io import write_text
 
 from .profiles import RENAMED, Profile
 
@@ -24,7 +25,7 @@ def load(out: Path, profile: Profile, builtin_cohort: bool = True) -> dict:
         raise ValueError(f"{out} holds a '{meta['profile']}' experiment; use --profile {meta['profile']} or another --out")
     if builtin_cohort:
         held = meta.get("anatomy")
-        if held is None and meta.get("data") and Path(meta["data"]).resolve() == (out / "cohort").resolve():
+        if held is None and builtin_data(out, meta):
             # made before the anatomy was recorded: the profile settings it stored name it (none: before v2)
             held = meta.get("profile_settings", {}).get("cohort_anatomy", "v1")
         if held is not None and held != profile.cohort_anatomy:
@@ -43,15 +44,23 @@ def add_invocation(meta: dict, started_at: datetime, seconds: float, setup_secon
                                 "machine": machine()})
 
 
-def describe(meta: dict, profile: Profile, data: Path, sessions: int) -> None:
-    """The profile's settings, the data and its number of sessions."""
+def describe(out: Path, meta: dict, profile: Profile, data: Path, sessions: int) -> None:
+    """The profile's settings, the data and its number of sessions; the built-in cohort is named by its
+    place in ``out``, so that the file travels without the machine's paths."""
     meta["profile_settings"] = dataclasses.asdict(profile)
-    meta["data"] = str(data)
+    meta["data"] = "cohort" if data.resolve() == (out / "cohort").resolve() else str(data.resolve())
     meta["sessions"] = sessions
 
 
+def builtin_data(out: Path, meta: dict) -> bool:
+    """Whether the experiment in ``out`` ran on the cohort in its own folder (a relative path is the
+    folder's; older files hold it absolute)."""
+    data = meta.get("data")
+    return data is not None and (out / data).resolve() == (out / "cohort").resolve()
+
+
 def save(out: Path, meta: dict) -> None:
-    (out / "experiment.json").write_text(json.dumps(meta, indent=2))
+    write_text(out / "experiment.json", json.dumps(meta, indent=2), overwrite=True)
 
 
 def machine() -> dict:

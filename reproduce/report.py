@@ -10,6 +10,7 @@ from pathlib import Path
 from neoseg.core.io import write_text
 
 from . import adopt as adoption
+from . import metadata
 from .draws import per_draw_table, target_table
 from .figure import FIGURE, figure
 from .records import finished_records, window
@@ -101,9 +102,7 @@ def _machine_scale_and_time(rows: list[dict], records: list[dict], meta: dict, s
 def _data_name(out: Path, meta: dict) -> str:
     """The data as the report names it: the built-in cohort by its place in the folder (the report
     travels without the machine's paths)."""
-    data = meta.get("data")
-    inside = data is not None and Path(data).resolve() == (out / "cohort").resolve()
-    return "the experiment folder's cohort/" if inside else str(data)
+    return "the experiment folder's cohort/" if metadata.builtin_data(out, meta) else str(meta.get("data"))
 
 
 def _adopted(out: Path, finished: list[str], records: list[dict]) -> list[str]:

@@ -365,3 +365,16 @@ def test_the_built_in_cohort_is_named_by_its_place_in_the_folder_not_the_machine
     meta["data"] = "/data/dhcp"  # a dataset of the user's: its own path
     write_report(tmp_path, collect_results(tmp_path, grid), meta, [r.name for r in grid])
     assert "- Data: /data/dhcp (" in (tmp_path / "REPORT.md").read_text()
+
+
+def test_experiment_json_names_the_built_in_cohort_by_its_place_in_the_folder(tmp_path):
+    meta = {"profile": PROFILE.name, "invocations": []}
+    metadata.describe(tmp_path, meta, PROFILE, tmp_path / "cohort", 52)
+    assert meta["data"] == "cohort" and metadata.builtin_data(tmp_path, meta)
+    metadata.describe(tmp_path, meta, PROFILE, tmp_path / "elsewhere", 52)
+    assert meta["data"] == str((tmp_path / "elsewhere").resolve()) and not metadata.builtin_data(tmp_path, meta)
+    # a folder from before the anatomy was recorded, whose file names the cohort either way, is v1's
+    for data in ("cohort", str(tmp_path / "cohort")):
+        (tmp_path / "experiment.json").write_text(json.dumps({"profile": PROFILE.name, "invocations": [], "data": data}))
+        with pytest.raises(ValueError, match="anatomy v1"):
+            metadata.load(tmp_path, dataclasses.replace(PROFILE, cohort_anatomy="v2"))
