@@ -25,9 +25,10 @@ REFERENCE = {"dgm": 0.80, "wm": 0.90, "cgm": 0.90}  # the 100 % model's Dice in 
 
 
 def stand_in(out, spec: RunSpec, dice: dict, seconds=60.0, stopped_by="early stopping", best=(1, 1, 0, 0, 0),
-             registration=None):
+             registration=None, label_map: dict | None = None):
     """A finished run folder as the runner leaves it: done.json, metrics.csv, evaluation.csv (one
-    preterm and one term test volume with the Dice of ``dice`` per structure)."""
+    preterm and one term test volume with the Dice of ``dice`` per structure for the masks, and of
+    ``label_map`` for the label map where given)."""
     run = out / "runs" / spec.name
     run.mkdir(parents=True)
     record = {"run": spec.name, "seconds": seconds, "best_epoch": max(i + 1 for i, b in enumerate(best) if b),
@@ -42,11 +43,12 @@ def stand_in(out, spec: RunSpec, dice: dict, seconds=60.0, stopped_by="early sto
         writer = csv.DictWriter(f, fieldnames=EVALUATION_FIELDS)
         writer.writeheader()
         for subject, age in (("T1", "preterm"), ("T2", "term")):
-            for s, v in dice.items():
-                writer.writerow({"subject": subject, "session": "1", "scan_age": 35 if age == "preterm" else 40,
-                                 "age_group": age, "output": "mask", "structure": s, "dice": v, "hd95": 1.0,
-                                 "hd100": 2.0, "vol_diff_ml": 0.0, "vol_true_ml": 1.0, "missed": False,
-                                 "truth_empty": False})
+            for output, scores in (("mask", dice), ("dseg", label_map or {})):
+                for s, v in scores.items():
+                    writer.writerow({"subject": subject, "session": "1", "scan_age": 35 if age == "preterm" else 40,
+                                     "age_group": age, "output": output, "structure": s, "dice": v, "hd95": 1.0,
+                                     "hd100": 2.0, "vol_diff_ml": 0.0, "vol_true_ml": 1.0, "missed": False,
+                                     "truth_empty": False})
     if registration is not None:
         (run / "atlas.json").write_text(json.dumps({"seconds": registration}))
 
@@ -378,3 +380,20 @@ def test_experiment_json_names_the_built_in_cohort_by_its_place_in_the_folder(tm
         (tmp_path / "experiment.json").write_text(json.dumps({"profile": PROFILE.name, "invocations": [], "data": data}))
         with pytest.raises(ValueError, match="anatomy v1"):
             metadata.load(tmp_path, dataclasses.replace(PROFILE, cohort_anatomy="v2"))
+
+
+def test_the_label_map_users_read_gets_its_own_significance_table(tmp_path):
+    """The masks tie; on the label map IUC is better: the label map's section says so with its p-values."""
+    for draw in range(3):
+        for kind, loss, gain in (("supervised", "bce", 0.0), ("partial", "iuc", 0.3)):
+            label_map = {s: 0.5 + gain + 0.01 * draw for s in ("dgm", "wm", "cgm")}
+            stand_in(tmp_path, RunSpec("unet", kind, loss, 0.02, draw), {s: 0.6 + 0.01 * draw for s in label_map},
+                     label_map=label_map)
+    text = report(tmp_path)
+    label_map = text.split("## The label map users read (`_dseg`)")[1].split("\n## ")[0]
+    assert "### Significance on the label map" in label_map
+    assert "| Ours: IUC | 0.810 ± 0.010* |" in label_map  # the label map's Dice, not the masks' 0.610
+    iuc_vs_supervised = next(line for line in label_map.splitlines() if line.startswith("| 2 % | IUC vs supervised"))
+    assert iuc_vs_supervised.count("(+0.300)") == 6 and "**" in iuc_vs_supervised
+    masks_significance = text.split("## Significance (U-Net)")[1].split("\n## ")[0]
+    assert "(+0.000)" in masks_significance and "(+0.300)" not in masks_significance
