@@ -48,7 +48,7 @@ def describe(out: Path, meta: dict, profile: Profile, data: Path, sessions: int)
     """The profile's settings, the data and its number of sessions; the built-in cohort is named by its
     place in ``out``, so that the file travels without the machine's paths."""
     meta["profile_settings"] = dataclasses.asdict(profile)
-    meta["data"] = "cohort" if data.resolve() == (out / "cohort").resolve() else str(data.resolve())
+    meta["data"] = "cohort" if _folder_cohort(out, data) else str(data.resolve())
     meta["sessions"] = sessions
 
 
@@ -56,7 +56,11 @@ def builtin_data(out: Path, meta: dict) -> bool:
     """Whether the experiment in ``out`` ran on the cohort in its own folder (a relative path is the
     folder's; older files hold it absolute)."""
     data = meta.get("data")
-    return data is not None and (out / data).resolve() == (out / "cohort").resolve()
+    return data is not None and _folder_cohort(out, out / data)
+
+
+def _folder_cohort(out: Path, data: Path) -> bool:
+    return data.resolve() == (out / "cohort").resolve()
 
 
 def save(out: Path, meta: dict) -> None:
