@@ -300,6 +300,12 @@ def test_runs_adopted_from_an_earlier_experiment_join_the_report_and_are_compare
     assert "Runs finished: 2 of 67 planned" in text and "| 2 % | unet | partial | iuc | 1 | 0.0 | 5.0 | 5.0 |" in text
     assert "2 run(s) finished in an earlier experiment" in text and "2 of them with their run records" in text
     assert "Not yet compared with a run of this folder." in text
+    other = tmp_path / "other"  # a report folder without its run records: no times, and the report says so
+    (earlier / "runs.json").unlink()
+    adopt_into(other, earlier)
+    text = report(other)
+    assert "0 of them with their run records" in text and "No run records here" in text
+    assert "How the runs ended: not recorded (no run records)." in text
     # the same run trained here again: compared row by row, this folder's rows count
     stand_in(here, iuc, {"dgm": 0.5, "wm": 0.9, "cgm": 0.9}, seconds=100)
     text = report(here)
@@ -397,3 +403,21 @@ def test_the_label_map_users_read_gets_its_own_significance_table(tmp_path):
     assert iuc_vs_supervised.count("(+0.300)") == 6 and "**" in iuc_vs_supervised
     masks_significance = text.split("## Significance (U-Net)")[1].split("\n## ")[0]
     assert "(+0.000)" in masks_significance and "(+0.300)" not in masks_significance
+
+
+def test_the_target_is_checked_on_the_label_map_as_well(tmp_path):
+    """The masks meet the target, the label map's DGM does not: each table gives its own verdict."""
+    stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 1.0, 0), REFERENCE, label_map=REFERENCE)
+    propagate = RunSpec("unet", "partial", "iuc", 0.02, 0, atlas="propagate")
+    for d in range(3):
+        stand_in(tmp_path, RunSpec("unet", "supervised", "bce", 0.02, d), {"dgm": 0.0, "wm": 0.8, "cgm": 0.8},
+                 label_map={"dgm": 0.0, "wm": 0.8, "cgm": 0.8})
+        stand_in(tmp_path, dataclasses.replace(propagate, draw=d), {"dgm": 0.79, "wm": 0.89, "cgm": 0.89},
+                 label_map={"dgm": 0.60, "wm": 0.89, "cgm": 0.89})
+    text = report(tmp_path)
+    masks, label_map = text.split("## The label map users read (`_dseg`)")
+    verdict = "| 2 % | Atlas propagation + IUC | 3 | "
+    assert next(x for x in masks.splitlines() if x.startswith(verdict)).endswith("| **yes** |")
+    line = next(x for x in label_map.split("### Beyond the paper on the label map")[1].splitlines()
+                 if x.startswith(verdict))
+    assert line.startswith(verdict + "0.75 / 0.75 |") and line.endswith("| +0.60, +0.60 | no |")
