@@ -9,9 +9,9 @@ import typer
 
 
 def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool, seg: bool,
-               dry_run: bool, descriptions, planes, max_voxel) -> list:
+               dry_run: bool, descriptions, planes, max_voxel, model_digest: str = "") -> list:
     from neoseg.runtime.files import output_state
-    from neoseg.dicom.run import dicom_output_paths, output_stem
+    from neoseg.dicom.run import dicom_output_paths, output_stem, series_source
     from neoseg.dicom.series import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, SeriesRules, choose, find_series, table
 
     from .infer import Job
@@ -41,7 +41,7 @@ def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool,
             if path in planned:
                 raise ValueError(f"{folder} and {planned[path]} would both write {path}; run them separately")
             planned[path] = folder
-        state = "todo" if overwrite else output_state(paths)  # the rule of scan files and datasets
+        state = "todo" if overwrite else output_state(paths, lambda: series_source(chosen), model_digest)
         jobs.append(Job(folder, outdir, f"{folder.name}, {chosen.name}", state=state,
                         overwrite=overwrite or state == "partial", dicom=chosen, paths=paths))
     return jobs

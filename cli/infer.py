@@ -120,6 +120,7 @@ def infer(
     and with --dicom-seg a DICOM SEG. A rerun skips finished scans; --overwrite redoes them."""
     import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for .pt checkpoints
     from neoseg.runtime.backends import BackendUnavailable, open_backend
+    from neoseg.runtime.dataset import file_digest
     from neoseg.runtime.engine import EngineMismatchError
     from neoseg.runtime.pipeline import Segmenter
 
@@ -139,20 +140,23 @@ def infer(
         if root is None and (participant_label or session_label):
             raise ValueError("--participant-label and --session-label select scans of a dataset; pass one "
                              "dataset folder instead of scan files")
+        digest = file_digest(model) if model is not None else ""
         if dicom:
             from neoseg.cli.dicom_inputs import dicom_jobs
 
             jobs = dicom_jobs(dicom, out, probabilities, qc, overwrite, dicom_seg, dry_run,
-                              series_description, plane, max_voxel_size)
+                              series_description, plane, max_voxel_size, digest)
             if dry_run:
                 return
             plan = FilesPlan(out, jobs, overwrite)
         elif root is not None:
-            plan = DatasetPlan(root, out, model, participant_label, session_label, probabilities, qc, overwrite)
+            plan = DatasetPlan(root, out, model, digest, participant_label, session_label, probabilities, qc,
+                               overwrite)
             jobs = plan.jobs
         else:
-            jobs = _file_jobs(inputs, out, probabilities, qc, overwrite)
+            jobs = _file_jobs(inputs, out, probabilities, qc, overwrite, digest)
             plan = FilesPlan(out, jobs, overwrite)
+        _refuse_other_results(jobs)
         opened = open_backend(model, backend.value, threads, precision.value)
         if model.suffix == ".pt":  # the torch backend opened it, so torch is there for the training code
             from neoseg.train.members import note_lone_member
@@ -161,7 +165,8 @@ def infer(
         fusion = None
         if atlas is not None:
             fusion = atlas_fusion(atlas, opened.info.hierarchy, atlas_per_scan, atlas_weight, atlas_warps)
-        runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads, atlas=fusion)
+        runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads, atlas=fusion,
+                           model_digest=digest)
         typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         if fusion is not None:
             weights = ", ".join(f"{name} {w:g}" for name, w in fusion.named_weights().items())
@@ -193,7 +198,8 @@ class Job:
     name: str  # shown in progress lines
     subject: str | None = None
     session: str | None = None
-    state: str = "todo"  # todo, partial (an interrupted run's leftovers: redone) or done (skipped)
+    state: str = "todo"  # todo, partial (an interrupted run's leftovers: redone), done (skipped), or other-scan /
+    # other-model (results of another input or model: refused unless --overwrite)
     overwrite: bool = False
     dicom: object = None  # a DICOM input: the chosen series (neoseg.dicom.series.Series)
     paths: dict | None = None  # a DICOM input's outputs
@@ -256,10 +262,11 @@ def _check_inputs(inputs: list[Path]) -> None:
         raise ValueError(f"{path} does not exist; pass NIfTI scans, one dataset folder or DICOM folders")
 
 
-def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool) -> list[Job]:
+def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool,
+               model_digest: str = "") -> list[Job]:
     """One job per scan file; a scan whose outputs are all there is skipped (unless ``overwrite``)
     and one with only some is redone, the rule of dataset mode."""
-    from neoseg.runtime.files import output_paths, output_state
+    from neoseg.runtime.files import output_paths, output_state, source_digest
 
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir} is a file; pass a folder")
@@ -271,9 +278,21 @@ def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, o
             if path in planned:
                 raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
             planned[path] = scan
-        state = "todo" if overwrite else output_state(paths)
+        state = "todo" if overwrite else output_state(paths, lambda: source_digest(scan), model_digest)
         jobs.append(Job(scan, outdir, scan.name, state=state, overwrite=overwrite or state == "partial", paths=paths))
     return jobs
+
+
+def _refuse_other_results(jobs: list[Job]) -> None:
+    """Results of another scan of the same name, or of another model, are neither skipped as if
+    they were this run's nor replaced unasked."""
+    other = [j for j in jobs if j.state in ("other-scan", "other-model")]
+    if other:
+        first = other[0]
+        made = "from another scan of that name" if first.state == "other-scan" else "by another model"
+        raise ValueError(f"{len(other)} of {len(jobs)} scans have results in the output folder made from another "
+                         f"scan of the same name or by another model (e.g. {first.scan}: its results in "
+                         f"{first.outdir} were made {made}); pass --overwrite to redo them, or another -o")
 
 
 class FilesPlan:
@@ -302,19 +321,19 @@ class FilesPlan:
 class DatasetPlan:
     """Dataset mode: which scans to run, and the dataset-level files before and after."""
 
-    def __init__(self, root: Path, out: Path, model: Path, participants, sessions, probabilities: bool, qc: bool,
-                 overwrite: bool):
+    def __init__(self, root: Path, out: Path, model: Path, digest: str, participants, sessions, probabilities: bool,
+                 qc: bool, overwrite: bool):
         from neoseg.runtime import dataset as ds
 
         self.root, self.out, self.model, self.qc = root, out, model, qc
         scans = ds.find_scans(root, participants, sessions)
         if out.exists() and not out.is_dir():
             raise ValueError(f"-o {out} is a file; pass a folder")
-        self.digest = ds.file_digest(model)
+        self.digest = digest
         ds.check_output_folder(out, root, self.digest, overwrite)
         self.jobs = []
         for scan in scans:
-            state = "todo" if overwrite else ds.scan_state(scan, out, probabilities, qc)
+            state = "todo" if overwrite else ds.scan_state(scan, out, probabilities, qc, digest)
             self.jobs.append(Job(scan.path, scan.outdir(out), (scan.relative / scan.stem).as_posix(), scan.subject,
                                  scan.session, state, overwrite or state == "partial"))
         done = sum(j.state == "done" for j in self.jobs)

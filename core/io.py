@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,16 @@ from typing import Iterable, Iterator, Mapping, TypeVar
 from . import gz
 
 K = TypeVar("K")
+
+
+def files_digest(*paths: str | Path) -> str:
+    """SHA-256 (hex) of the files' bytes, in order: what a model or a scan was, to tell it from another."""
+    digest = hashlib.sha256()
+    for path in paths:
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 class OutputExistsError(FileExistsError):

@@ -47,6 +47,7 @@ class Scan:
     zooms: tuple[float, float, float]
     nonfinite: np.ndarray | None = None  # bool mask of voxels that were NaN or +-Inf (set to background)
     notes: list[str] = field(default_factory=list)
+    source: str = ""  # what was read, to tell it from another input of the same name: a file's SHA-256, a series UID
 
     @property
     def nonfinite_count(self) -> int:

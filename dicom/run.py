@@ -20,6 +20,11 @@ def output_stem(folder: Path) -> str:
     return re.sub(r"[^A-Za-z0-9-]+", "-", Path(folder).resolve().name).strip("-") or "dicom"
 
 
+def series_source(series: Series) -> str:
+    """A series' fingerprint in a results sidecar: its UID (a new acquisition gets a new one)."""
+    return f"SeriesInstanceUID:{series.uid}"
+
+
 def dicom_output_paths(stem: str, outdir: str | Path, probabilities: bool = False, qc: bool = False,
                        seg: bool = False) -> dict[str, Path]:
     paths = output_paths(Path(f"{stem}.nii.gz"), outdir, probabilities, qc)
@@ -35,6 +40,7 @@ def segment_series(series: Series, where: Path, segmenter, paths: dict[str, Path
     clock = PhaseClock()
     clock("read")
     read = read_series(series, where, working_bytes(segmenter, probabilities))
+    read.scan.source = series_source(series)
     clock(None)
     extra = None
     if "seg" in paths:

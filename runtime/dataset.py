@@ -5,16 +5,15 @@ derivatives folder, tell finished scans from interrupted ones, and write the dat
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.io import write_text
+from neoseg.core.io import files_digest, write_text
 
-from .files import output_paths, output_state, stem
+from .files import output_paths, output_state, source_digest, stem
 from .volumes import read_volumes_tsv
 
 BIDS_VERSION = "1.9.0"
@@ -99,10 +98,10 @@ def _few(items: list[str], n: int = 5) -> str:
 
 
 # ---- what is done --------------------------------------------------------------------------
-def scan_state(scan: DatasetScan, out: str | Path, probabilities: bool, qc: bool) -> str:
-    """'done' (every output exists), 'partial' (some: an interrupted or differently configured
-    run, to redo) or 'todo'."""
-    return output_state(output_paths(scan.path, scan.outdir(out), probabilities, qc))
+def scan_state(scan: DatasetScan, out: str | Path, probabilities: bool, qc: bool, model_digest: str = "") -> str:
+    """:func:`~.files.output_state` of ``scan``'s results in ``out``."""
+    return output_state(output_paths(scan.path, scan.outdir(out), probabilities, qc),
+                        lambda: source_digest(scan.path), model_digest)
 
 
 def existing_outputs(scan: DatasetScan, out: str | Path) -> list[Path]:
@@ -112,11 +111,7 @@ def existing_outputs(scan: DatasetScan, out: str | Path) -> list[Path]:
 
 # ---- dataset-level files -------------------------------------------------------------------
 def file_digest(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with Path(path).open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return f"sha256:{h.hexdigest()}"
+    return f"sha256:{files_digest(path)}"
 
 
 def dataset_description(version: str, model: Path, digest: str, info, source: Path) -> dict:

@@ -9,7 +9,9 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.io import atomic_paths, check_writable, write_niftis
+from typing import Callable
+
+from neoseg.core.io import atomic_paths, check_writable, files_digest, write_niftis
 from neoseg.core.scans import Scan, read_scan, voxel_size
 
 from . import geometry
@@ -48,11 +50,42 @@ def output_paths(scan: str | Path, outdir: str | Path, probabilities: bool = Fal
             if k not in OPTIONAL or asked[OPTIONAL[k]]}
 
 
-def output_state(paths: dict[str, Path]) -> str:
+def output_state(paths: dict[str, Path], source: Callable[[], str] | None = None, model: str = "") -> str:
     """'done' (every output exists: a rerun skips the scan), 'partial' (some: an interrupted or
-    differently configured run, to redo) or 'todo'. The one rule of file and dataset mode."""
+    differently configured run, to redo) or 'todo'; 'other-scan' or 'other-model' where every
+    output exists but its sidecar says it was made from another input (``source()``, asked only
+    then) or by another model (digest ``model``): never skipped, never replaced unasked. Sidecars
+    of versions that did not record these count as this input's and model's. The one rule of file,
+    dataset and DICOM mode."""
     present = [p.exists() for p in paths.values()]
-    return "done" if all(present) else "partial" if any(present) else "todo"
+    if not all(present):
+        return "partial" if any(present) else "todo"
+    made = _made_from(paths["sidecar"])
+    if model and made.get("model", model) != model:
+        return "other-model"
+    if source is not None and made.get("source", "") not in ("", source()):
+        return "other-scan"
+    return "done"
+
+
+def _made_from(sidecar: Path) -> dict[str, str]:
+    """The input and model digests a results sidecar records ({} where it cannot be read)."""
+    try:
+        record = json.loads(sidecar.read_text())
+    except (OSError, ValueError):
+        return {}
+    made = {"source": record.get("SourceDigest"), "model": (record.get("Model") or {}).get("digest")}
+    return {k: v for k, v in made.items() if isinstance(v, str) and v}
+
+
+def source_digest(scan: str | Path) -> str:
+    """A scan file's fingerprint: the SHA-256 of its bytes (with its ``.img`` where it is a header)."""
+    path = Path(scan)
+    parts = [path]
+    for header, data in ((".hdr", ".img"), (".hdr.gz", ".img.gz")):
+        if path.name.lower().endswith(header):
+            parts += [p for p in (path.with_name(path.name[: -len(header)] + data),) if p.exists()]
+    return "sha256:" + files_digest(*parts)
 
 
 def load_scan(path: str | Path) -> nib.Nifti1Image:
@@ -72,6 +105,7 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
     clock = PhaseClock()
     clock("read")
     checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
+    checked.source = source_digest(scan)
     clock(None)
     return segment_scan(checked, segmenter, paths, overwrite, probabilities, qc, clock.wall["read"],
                         read_cpu_seconds=clock.cpu["read"])
@@ -196,10 +230,13 @@ def _sidecar(scan, segmenter: Segmenter, seg: Segmentation, checked: Scan) -> di
     info = segmenter.info
     model = {"architecture": info.architecture, "neoseg_version": info.version,
              "config_digest": info.config_digest, "backend": segmenter.backend.name}
+    if segmenter.model_digest:  # the model file's: a rerun with another model is told from this one
+        model["digest"] = segmenter.model_digest
     if seg.atlas is not None:  # the children blended with registered atlases (--atlas)
         model["atlas_fusion"] = seg.atlas
     return {"Sources": [str(Path(scan).name)], "Channels": info.hierarchy.names,
             "Thresholds": list(info.thresholds), "Hierarchy": info.hierarchy.to_dict(), "Model": model,
+            **({"SourceDigest": checked.source} if checked.source else {}),
             "NonFiniteVoxels": checked.nonfinite_count, "Empty": _empty(seg, segmenter),
             "Warnings": list(seg.warnings), "Timings": {k: round(v, 4) for k, v in seg.timings.items()}}
 

@@ -12,12 +12,13 @@ can run beforehand, and checks what the compiled model actually uses afterwards.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 from pathlib import Path
 
 import numpy as np
+
+from neoseg.core.io import files_digest
 
 from .backend import Backend, BackendUnavailable
 from .cpu import cpu_flags, physical_cores
@@ -40,12 +41,7 @@ def cpu_precisions(core) -> tuple[list[str], list[str]]:
 
 def companion_digest(xml: Path) -> str:
     """SHA-256 of an OpenVINO model's ``.xml`` and ``.bin``: binds the INT8 model to its ``.onnx``."""
-    digest = hashlib.sha256()
-    for part in (xml, xml.with_suffix(".bin")):
-        with open(part, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+    return files_digest(xml, xml.with_suffix(".bin"))
 
 
 def companion(path: Path, info: ModelInfo, precision: str) -> tuple[Path | None, str]:

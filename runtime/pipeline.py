@@ -59,7 +59,7 @@ class Segmenter:
     copies); the results do not depend on it."""
 
     def __init__(self, backend: Backend, batch: int | None = None, skip_empty: bool = True,
-                 crop_plane: bool = False, host_threads: int | None = None, atlas=None):
+                 crop_plane: bool = False, host_threads: int | None = None, atlas=None, model_digest: str = ""):
         if batch is not None and batch < 1:
             raise ValueError(f"--batch must be at least 1, got {batch}")
         if host_threads is not None and host_threads < 1:
@@ -71,6 +71,7 @@ class Segmenter:
         self.batch = backend.batch
         self.skip_empty, self.crop_plane = skip_empty, crop_plane
         self.atlas = atlas  # an AtlasFusion (runtime/atlas.py) that blends each scan's children, or None
+        self.model_digest = model_digest  # the model file's SHA-256, recorded with each scan's results
         if backend.fixed_size not in (None, self.info.slice_size):
             raise ValueError(f"{backend.name} runs {backend.fixed_size}^2 slices but the model's slice size is "
                              f"{self.info.slice_size}")

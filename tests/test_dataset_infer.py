@@ -187,6 +187,19 @@ def test_rerun_skips_finished_scans_and_redoes_an_interrupted_one(cohort, model,
     assert result.exit_code == 0 and "redone" in result.output and (out / "index.html").is_file()
 
 
+def test_a_scan_replaced_since_its_results_were_written_is_not_skipped(cohort, model, tmp_path):
+    dataset = tmp_path / "dhcp"
+    shutil.copytree(cohort, dataset)
+    out = tmp_path / "neoseg"
+    assert runner.invoke(app, [str(dataset), "-m", str(model), "-o", str(out)]).exit_code == 0
+    t2 = [s.t2 for s in find_sessions(dataset)]
+    t2[0].write_bytes(t2[1].read_bytes())  # a new scan copied over the old one
+    result = runner.invoke(app, [str(dataset), "-m", str(model), "-o", str(out)])
+    assert result.exit_code == 2 and "1 of" in result.output and "made from another scan of that name" in result.output
+    result = runner.invoke(app, [str(dataset), "-m", str(model), "-o", str(out), "--overwrite"])
+    assert result.exit_code == 0, result.output
+
+
 def test_output_folder_checks(cohort, model, full_run, tmp_path):
     out, _, _ = full_run
     other = tmp_path / "other.onnx"

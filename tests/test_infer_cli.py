@@ -60,6 +60,39 @@ def test_infer_writes_results_and_reports_the_backend(model, scans, tmp_path):
     assert any(p.name.endswith("_desc-neoseg_probseg.nii.gz") for p in tmp_path.iterdir())
 
 
+def test_results_of_another_scan_or_model_are_neither_skipped_nor_replaced(model, scans, tmp_path):
+    import onnx
+
+    from neoseg.runtime.dataset import file_digest
+    from neoseg.runtime.files import source_digest
+
+    out = tmp_path / "out"
+    assert runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(out)]).exit_code == 0
+    dseg, sidecar = next(out.glob("*_dseg.nii.gz")), next(out.glob("*_mask.json"))
+    made = json.loads(sidecar.read_text())
+    assert made["SourceDigest"] == source_digest(scans[0]) and made["Model"]["digest"] == file_digest(model)
+    before = dseg.read_bytes()
+    retrained = onnx.load(model)  # the same network in another file: another model as far as a rerun can tell
+    retrained.metadata_props.add(key="note", value="retrained")
+    onnx.save(retrained, tmp_path / "retrained.onnx")
+    result = runner.invoke(app, [str(scans[0]), "-m", str(tmp_path / "retrained.onnx"), "-o", str(out)])
+    assert result.exit_code == 2 and "were made by another model); pass --overwrite" in result.output, result.output
+    visit = tmp_path / "visit-2" / scans[0].name  # another scan under the same name
+    visit.parent.mkdir()
+    visit.write_bytes(scans[1].read_bytes())
+    result = runner.invoke(app, [str(visit), "-m", str(model), "-o", str(out)])
+    assert result.exit_code == 2 and "made from another scan of that name" in result.output, result.output
+    assert dseg.read_bytes() == before
+    assert "skipped" in runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(out)]).output
+    result = runner.invoke(app, [str(visit), "-m", str(model), "-o", str(out), "--overwrite"])
+    assert result.exit_code == 0 and json.loads(sidecar.read_text())["SourceDigest"] == source_digest(visit)
+    made.pop("SourceDigest")  # results of a version that recorded neither: taken as this scan's and model's
+    del made["Model"]["digest"]
+    sidecar.write_text(json.dumps(made))
+    assert "skipped" in runner.invoke(app, [str(scans[0]), "-m", str(tmp_path / "retrained.onnx"), "-o",
+                                            str(out)]).output
+
+
 def test_scan_paths_are_checked_before_the_model_loads(scans, tmp_path):
     not_a_model = tmp_path / "model.onnx"
     not_a_model.write_bytes(b"not a model")
