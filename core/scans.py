@@ -357,6 +357,27 @@ def read_labels(path: str | Path, max_value: int | None = None, working_bytes=No
     return Scan(path, _single_file(h, data), data, h.affine, h.zooms)
 
 
+def labels_on_scan_grid(labels: Scan, scan: Scan) -> np.ndarray:
+    """``labels``' data in ``scan``'s stored axis order (a map stored in another orientation is
+    reoriented); refused with one line where the two lie on different voxel grids."""
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(labels.affine), nib.io_orientation(scan.affine))
+    img = labels.image.as_reoriented(ornt)
+    check_same_grid(labels.path, img, scan.image, scan.path)
+    return np.asanyarray(img.dataobj)
+
+
+def check_same_grid(path, img, reference, reference_path) -> None:
+    """Refuse an annotation ``img``, in ``reference``'s orientation, that lies on another voxel grid."""
+    name = Path(reference_path).name
+    if tuple(img.shape[:3]) != tuple(reference.shape[:3]):
+        raise ScanError(f"{path}: shape {plain_shape(img.shape[:3])} differs from {name}'s "
+                        f"{plain_shape(reference.shape[:3])}; resample it onto the scan's grid (nearest neighbour)")
+    gap = float(np.abs(img.affine - reference.affine).max())
+    if gap > 1e-3:
+        raise ScanError(f"{path}: same shape as {name} but placed elsewhere in space (their affines differ by up to "
+                        f"{gap:.3g}); resample it onto the scan's grid (nearest neighbour), or correct its header")
+
+
 def load_image(path: str | Path, what: str = "scan") -> nib.Nifti1Image:
     """A NIfTI file of the family nibabel reads, checked and read into a single-file image."""
     h, data = read_image(path, what)

@@ -42,7 +42,7 @@ from neoseg.core.atlas_fusion import fuse
 from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
 from neoseg.core.partial import partial_values
-from neoseg.core.scans import read_labels, read_scan, voxel_size
+from neoseg.core.scans import check_same_grid, read_labels, read_scan, voxel_size
 
 RESOLUTION_MM = 1.0  # finest registration level, as neoseg-train --atlas-resolution's default
 EPS = 1e-6
@@ -252,8 +252,6 @@ def _load(atlas: Atlas) -> tuple[np.ndarray, np.ndarray, tuple[float, float, flo
     """An atlas's T2 (float32) and label map, canonical, on one grid."""
     image = nib.as_closest_canonical(read_scan(atlas.t2, nonfinite="refuse").image)
     labels = nib.as_closest_canonical(read_labels(atlas.labels, max_value=MAX_LABEL_VALUE).image)
+    check_same_grid(atlas.labels, labels, image, atlas.t2)
     data = np.asarray(labels.dataobj)
-    if data.shape != image.shape or not np.allclose(labels.affine, image.affine, atol=1e-3):
-        raise ValueError(f"{atlas.labels}: lies on another voxel grid than {atlas.t2.name}; resample it onto the "
-                         f"T2's grid (nearest neighbour)")
     return np.asarray(image.dataobj, np.float32), as_label_map(data, atlas.labels), voxel_size(image)

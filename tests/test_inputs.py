@@ -522,7 +522,7 @@ def test_training_data_is_checked_the_same_way(tiny_dataset, tmp_path):
         "T2 with NaN": (0, "t2", lambda d: np.where(np.arange(d.size).reshape(d.shape) % 97 == 0, np.nan, d),
                         "NaN or infinite"),
         "fractional labels": (1, "labels", lambda d: d.astype(np.float32) * 0.5, "non-integer values"),
-        "labels on another grid": (2, "labels", lambda d: d[:, :, :-1], "another voxel grid"),
+        "labels on another grid": (2, "labels", lambda d: d[:, :, :-1], "resample it onto the scan's grid"),
     }
     for name, (index, which, change, words) in cases.items():
         root = tmp_path / name.replace(" ", "_") / "data"
@@ -541,6 +541,31 @@ def test_training_data_is_checked_the_same_way(tiny_dataset, tmp_path):
         assert len(lines) == 1 and str(target) in lines[0] and words in lines[0], (name, result.stderr)
         assert not out.exists(), name
     assert len(sessions) == 6
+
+
+def test_annotations_are_scored_on_the_scans_grid_whatever_their_stored_orientation(tiny_dataset, tmp_path):
+    """A label map stored flipped (with the affine that says so) is the same annotation; one placed
+    elsewhere in space is refused, as neoseg-train refuses it."""
+    import dataclasses
+
+    from neoseg.core.hierarchy import builtin
+    from neoseg.core.scans import read_scan
+    from neoseg.train.evaluate import session_truth
+
+    session = find_sessions(tiny_dataset)[0]
+    scan, hierarchy = read_scan(session.t2), builtin()
+    truth = session_truth(session, hierarchy, scan)
+    img = nib.load(session.labels)
+    flipped, shifted = tmp_path / "flipped_dseg.nii.gz", tmp_path / "shifted_dseg.nii.gz"
+    nib.save(img.as_reoriented([[0, -1], [1, 1], [2, -1]]), flipped)  # LPI storage of the same map
+    assert not np.array_equal(np.asanyarray(nib.load(flipped).dataobj), np.asanyarray(img.dataobj))
+    found = session_truth(dataclasses.replace(session, labels=flipped), hierarchy, scan)
+    assert np.array_equal(found.codes, truth.codes)
+    moved = img.affine.copy()
+    moved[0, 3] += 1.0
+    nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), moved), shifted)
+    with pytest.raises(ValueError, match=r"placed elsewhere in space .* differ by up to 1\); resample it"):
+        session_truth(dataclasses.replace(session, labels=shifted), hierarchy, scan)
 
 
 def test_evaluation_data_is_checked_the_same_way(model, tiny_dataset, tmp_path):

@@ -31,7 +31,7 @@ from neoseg.core.hierarchy import UNKNOWN, Hierarchy
 from neoseg.core.io import atomic_path
 from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
 from neoseg.core.partial import code_session
-from neoseg.core.scans import plain_shape, read_labels, read_scan
+from neoseg.core.scans import Scan, labels_on_scan_grid, read_labels, read_scan
 from neoseg.core.thresholds import check_thresholds
 from neoseg.data.dhcp import Session
 from neoseg.runtime.files import segment_checked
@@ -144,29 +144,21 @@ def score(seg: Segmentation, hierarchy: Hierarchy, truth: Truth, spacing) -> lis
     return rows
 
 
-def session_truth(session: Session, hierarchy: Hierarchy, shape: tuple[int, ...]) -> Truth:
-    """A session's annotation as stored (the T2's axis order), checked to lie on its grid."""
+def session_truth(session: Session, hierarchy: Hierarchy, scan: Scan) -> Truth:
+    """A session's annotation on its T2's stored grid (reoriented where stored otherwise), checked
+    to lie on that grid."""
     if session.labels is not None:
-        data = as_label_map(read_labels(session.labels, max_value=MAX_LABEL_VALUE).data, session.labels)
-        _same_shape(session.labels, data.shape, shape)
+        data = as_label_map(labels_on_scan_grid(read_labels(session.labels, max_value=MAX_LABEL_VALUE), scan),
+                            session.labels)
         unnamed = hierarchy.unnamed(present_values(data))
         if unnamed:
             raise ValueError(f"{session.labels}: label values {unnamed} are not named by hierarchy "
                              f"'{hierarchy.name}' (known: {hierarchy.label_values}); pass the matching hierarchy")
         return Truth.of_labels(hierarchy, data)
-    masks = []
-    for name, path in session.masks:
-        data = read_labels(path, max_value=MAX_LABEL_VALUE).data
-        _same_shape(path, data.shape, shape)
-        masks.append((name, data))
+    masks = [(name, labels_on_scan_grid(read_labels(path, max_value=MAX_LABEL_VALUE), scan))
+             for name, path in session.masks]
     coded = code_session(hierarchy, None, masks, [str(p) for _, p in session.masks])
     return Truth(coded.codes, coded.table(hierarchy))
-
-
-def _same_shape(path, found, expected) -> None:
-    if tuple(found) != tuple(expected):
-        raise ValueError(f"{path}: shape {plain_shape(found)} differs from its T2's {plain_shape(expected)}; "
-                         f"resample the annotation onto the T2's grid (nearest neighbour)")
 
 
 def evaluate_sessions(segmenter: Segmenter, sessions: list[Session], progress: bool = False) -> list[dict]:
@@ -178,7 +170,7 @@ def evaluate_sessions(segmenter: Segmenter, sessions: list[Session], progress: b
     rows = []
     for session in tqdm(sessions, desc="evaluate", disable=None if progress else True, leave=False):
         checked = read_scan(session.t2)
-        truth = session_truth(session, hierarchy, checked.data.shape)
+        truth = session_truth(session, hierarchy, checked)
         seg = segment_checked(checked, segmenter)
         for row in score(seg, hierarchy, truth, checked.zooms):
             rows.append({"subject": session.subject, "session": session.session, "scan_age": session.scan_age,

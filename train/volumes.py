@@ -32,7 +32,7 @@ from neoseg.core.io import atomic_path
 from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
 from neoseg.core.partial import code_session, partial_values
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
-from neoseg.core.scans import plain_shape, read_labels, read_scan, voxel_size
+from neoseg.core.scans import check_same_grid, read_labels, read_scan, voxel_size
 from neoseg.data.dhcp import Session
 from neoseg.runtime.geometry import needs_resampling, resampled_shape, resize_linear
 
@@ -63,15 +63,8 @@ def load_session(session: Session) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Im
     """A session's T2 (float32) and label map, canonical, checked to lie on the same grid."""
     image, img = load_canonical(session.t2, np.float32)
     labels, limg = load_labels(session.labels)
-    _check_grid(session.labels, labels, limg, image, img, session.t2)
+    check_same_grid(session.labels, limg, img, session.t2)
     return image, labels, img
-
-
-def _check_grid(path, data, dimg, image, img, t2) -> None:
-    if data.shape != image.shape or not np.allclose(dimg.affine, img.affine, atol=1e-3):
-        raise ValueError(f"{path}: lies on another voxel grid than {Path(t2).name} "
-                         f"(shape {plain_shape(data.shape)} vs {plain_shape(image.shape)}, or the affines "
-                         f"differ); resample it onto the T2's grid (nearest neighbour)")
 
 
 def load_coded(session: Session, hierarchy: Hierarchy):
@@ -84,7 +77,7 @@ def load_coded(session: Session, hierarchy: Hierarchy):
     masks = []
     for name, path in session.masks:
         data, mimg = load_canonical(path, labels=True)
-        _check_grid(path, data, mimg, image, img, session.t2)
+        check_same_grid(path, mimg, img, session.t2)
         masks.append((name, data))
     return image, code_session(hierarchy, None, masks, [str(p) for _, p in session.masks]), img
 
