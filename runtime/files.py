@@ -162,7 +162,7 @@ def segment_checked(checked: Scan, segmenter: Segmenter, probabilities: bool = F
                          f"or crop or downsample the scan") from None
     seg.timings = {"read": read_seconds, **seg.timings}
     seg.cpu_timings = {"read": read_cpu_seconds, **seg.cpu_timings}
-    seg.warnings = list(checked.notes)
+    seg.warnings = list(checked.notes) + [f"{checked.path}: {note}" for note in seg.warnings]
     if checked.nonfinite is not None:
         _set_outside(seg, checked.nonfinite, segmenter)
     if _empty(seg, segmenter):

@@ -29,6 +29,7 @@ MARGIN = 4  # voxels of context kept around the head's box (slices and in-plane)
 HEAD_SHARE = 0.1  # planes with less than this share of the fullest plane's foreground are not head
 OUTSIDE_LOGIT = 30.0  # sigmoid(30) == 1 in float32: "outside" where no slice was computed
 THREADED_VOXELS = 1 << 21  # smaller volumes (below ~128^3) are quicker on one thread than handed round
+AXIS_NAMES = ("left-right", "front-back", "up-down")  # the canonical (RAS+) axes
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Segmentation:
     probs: np.ndarray | None
     computed_slices: int
     timings: dict[str, float] = field(default_factory=dict)  # wall seconds per phase
-    warnings: list[str] = field(default_factory=list)  # what the user should know (set by segment_file)
+    warnings: list[str] = field(default_factory=list)  # what the user should know
     cpu_timings: dict[str, float] = field(default_factory=dict)  # CPU seconds per phase, all threads
     atlas: dict | None = None  # what atlas fusion did (runtime/atlas.py), or None without it
 
@@ -91,21 +92,21 @@ class Segmenter:
         # results are decoded straight into arrays on the stored grid, in the file's (Fortran) order
         out = self._outputs(np.shape(data)[:3], probabilities or self.atlas is not None)
         targets = [None if a is None else geometry.to_canonical(a, ornt) for a in out]
-        n = self._predict_into(image, clock, targets, native_shape if resample else None)
+        n, cut = self._predict_into(image, clock, targets, native_shape if resample else None)
         atlas = None
         if self.atlas is not None:  # the atlases' children blended in, on the scan's grid
             clock("atlas")
             atlas = self.atlas.refine(native, spacing, *targets, self.info.thresholds, workers=self.host_threads)
             clock(None)
         probs = out[2] if probabilities else None
-        return Segmentation(out[0], out[1], probs, n, clock.wall, cpu_timings=clock.cpu, atlas=atlas)
+        return Segmentation(out[0], out[1], probs, n, clock.wall, cut, cpu_timings=clock.cpu, atlas=atlas)
 
     # ---- canonical volumes at the model's spacing ----------------------------------------------
     def predict(self, image: np.ndarray, timings: dict | None = None, probabilities: bool = False):
         """Canonical (X, Y, Z) volume at the model's spacing -> (:class:`Decoded`, number of slices
         computed)."""
         labels, masks, probs = self._outputs(image.shape, probabilities)
-        n = self._predict_into(image, PhaseClock(timings), [labels, masks, probs])
+        n, _ = self._predict_into(image, PhaseClock(timings), [labels, masks, probs])
         return Decoded(labels, np.moveaxis(masks, -1, 0), None if probs is None else np.moveaxis(probs, -1, 0)), n
 
     def _outputs(self, shape, probabilities: bool) -> list:
@@ -132,7 +133,22 @@ class Segmenter:
         windows = plane_windows(image.shape, info.axis, info.slice_size, center)
         box = head_box(profiles, HEAD_SHARE)  # robust to stray bright voxels: what is computed
         todo, plane = self._regions(box, windows, image.shape[info.axis])
-        return windows, todo, plane, (float(image.min()), float(image.max()))
+        return windows, todo, plane, (float(image.min()), float(image.max())), self._cut(profiles, box, windows)
+
+    def _cut(self, profiles: list[np.ndarray], box, windows) -> list[str]:
+        """What the user should know where the head reaches beyond the slice window: it is labelled
+        outside there (training refuses such a scan; inference says so, once per axis)."""
+        notes = []
+        for a, w in sorted(windows.items()) if box is not None else ():
+            beyond = max(0, w.src.start - box[a][0]) + max(0, box[a][1] + 1 - w.src.stop)
+            if beyond:
+                voxels = int(profiles[a][:w.src.start].sum() + profiles[a][w.src.stop:].sum())
+                mm = self.info.spacing[a]
+                notes.append(f"the head reaches {beyond * mm:.0f} mm beyond the model's slice window along the "
+                             f"{AXIS_NAMES[a]} axis ({w.size} voxels of {mm:g} mm); its {voxels} voxels there are "
+                             f"labelled outside; crop the scan to the head, or use a model trained with a larger "
+                             f"--slice-size")
+        return notes
 
     def _batches(self, image: np.ndarray, windows, todo: slice, plane, scale,
                  pool: ThreadPoolExecutor | None = None):
@@ -176,7 +192,8 @@ class Segmenter:
                     np.divide(region, hi - lo, out=region)
                 yield i, j, buf[:j - i, :, plane[0], plane[1]]
 
-    def _predict_into(self, image: np.ndarray, clock: PhaseClock, targets: list, native_shape=None) -> int:
+    def _predict_into(self, image: np.ndarray, clock: PhaseClock, targets: list,
+                      native_shape=None) -> tuple[int, list[str]]:
         """Compute ``image``'s head slices and decode each batch straight into ``targets``
         (labels, masks, probs or None: canonical (X, Y, Z[, C]) views of the outputs, already
         "outside"): no slice stacks, no restacking pass. With ``native_shape`` the targets lie on
@@ -189,7 +206,7 @@ class Segmenter:
         threaded = self.host_threads > 1 and image.size >= THREADED_VOXELS
         threads = ThreadPoolExecutor(1, "neoseg-copy-out") if threaded else nullcontext()
         with threads as pool:  # None: one thread
-            windows, todo, plane, scale = self._plan(image)
+            windows, todo, plane, scale, cut = self._plan(image)
             probabilities = targets[2] is not None
             if native_shape is None:
                 (_, w1), (_, w2) = sorted(windows.items())
@@ -212,7 +229,7 @@ class Segmenter:
             sink.finish()
             staged.finish()  # the last copies out are done
             clock(None)
-        return todo.stop - todo.start
+        return todo.stop - todo.start, cut
 
     def _resampler(self, shape, native_shape, windows, todo: slice, plane, targets: list,
                    pool: ThreadPoolExecutor | None = None) -> tuple[PlaneResampler, "Staged"]:

@@ -140,6 +140,20 @@ def test_scan_at_another_spacing_is_segmented_on_its_own_grid(model, scan, tmp_p
     assert (fine_seg.labels == nearest).mean() > 0.8
 
 
+def test_a_head_beyond_the_slice_window_is_reported_not_cut_silently(model, scan, tmp_path):
+    from neoseg.core.scans import read_scan
+    from neoseg.runtime.files import segment_checked
+
+    img = nib.load(scan)  # 24^3 at 2 mm in a window of 32 slices of 2 mm
+    big = tmp_path / "big_T2w.nii.gz"  # the same voxels stated at 4 mm: a head 96 mm wide, the window 64 mm
+    nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([2, 2, 2, 1])), big)
+    runner = Segmenter(open_backend(model))
+    notes = [w for w in segment_checked(read_scan(big), runner).warnings if "slice window" in w]
+    assert len(notes) == 2 and all(w.startswith(f"{big}: the head reaches ") for w in notes)  # both in-plane axes
+    assert "--slice-size" in notes[0] and " voxels there are labelled outside" in notes[0]
+    assert not any("slice window" in w for w in segment_checked(read_scan(scan), runner).warnings)
+
+
 def _whole_volume_reference(backend, data, zooms):
     """The resampled path as a whole (C, X, Y, Z) logit volume: every slice computed, logits
     interpolated back onto the scan's grid, then decoded (labels by Hierarchy.to_labels)."""
@@ -241,7 +255,7 @@ def test_input_blocks_gathered_ahead_on_the_second_thread_equal_those_gathered_i
     monkeypatch.setattr(staging, "STAGED", 4)
     data = np.asfortranarray(np.asarray(nib.load(scan).dataobj, np.float32))  # as a NIfTI file holds it
     segmenter = Segmenter(TiedLogits(OrtBackend(model).info), skip_empty=False)
-    windows, todo, plane, scale = segmenter._plan(data)
+    windows, todo, plane, scale, _ = segmenter._plan(data)
     in_turn = [(i, j, x.copy()) for i, j, x in segmenter._batches(data, windows, todo, plane, scale)]
     copy, threads = staging.copy_blocked, []
 
