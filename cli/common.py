@@ -12,7 +12,15 @@ from typing import Iterator
 import typer
 
 # Errors a user can act on; anything else is a bug and keeps its traceback.
-USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, ImportError)
+USER_ERRORS = (ValueError, FileExistsError, FileNotFoundError, PermissionError, ImportError)
+
+
+def user_message(e: BaseException) -> str:
+    """A user error in one line; a refused permission names the path and the fix."""
+    if isinstance(e, PermissionError) and e.filename:
+        return (f"{e.filename}: {e.strerror or 'permission denied'}; choose a folder you can write to, or fix its "
+                "permissions")
+    return str(e)
 
 
 def make_app(help: str | None = None) -> typer.Typer:
@@ -37,7 +45,7 @@ def user_errors(prog: str) -> Iterator[None]:
     try:
         yield
     except USER_ERRORS as e:
-        typer.echo(f"{prog}: error: {e}", err=True)
+        typer.echo(f"{prog}: error: {user_message(e)}", err=True)
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         typer.echo(f"{prog}: interrupted", err=True)

@@ -57,8 +57,8 @@ def evaluate(
         if subset not in ("test", "val", "train", "all"):
             raise ValueError(f"--subset must be test, val, train or all, got '{subset}'")
         if out is not None:
-            from neoseg.core.io import check_writable
-            check_writable(out, overwrite)
+            from neoseg.core.io import check_can_write, check_writable
+            check_can_write(check_writable(out, overwrite))
         choose = atlas_weight == "choose"
         if choose and atlas is None:
             raise ValueError("--atlas-weight choose needs --atlas DIR|run")

@@ -53,7 +53,7 @@ def export(
 ) -> None:
     """Export CHECKPOINT (or the ensemble of several) to ONNX (and TensorRT), verified against PyTorch
     on real scans."""
-    from neoseg.core.io import check_writable
+    from neoseg.core.io import check_can_write, check_writable
     from neoseg.export.onnx_export import ParityError
     from neoseg.export.trt_engine import EngineBuildError
     from neoseg.runtime.backends import BackendUnavailable
@@ -75,6 +75,7 @@ def export(
         companions = {k: output.with_name(output.stem + suffix) for k, suffix in COMPANIONS.items()}
         for path in (output, *companions.values()):  # a companion not written anew is removed
             check_writable(path, overwrite)
+        check_can_write(output)
         bf16 = verify_scans > 0 and has_openvino()
         outputs = {"onnx": output} | {k: p for k, p in companions.items() if (bf16 if k.startswith("bf16") else int8)}
         if int8:

@@ -11,7 +11,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from .common import ATLAS_WARPS_HELP, make_app, USER_ERRORS, as_user_error, atlas_fusion, user_errors
+from .common import (ATLAS_WARPS_HELP, USER_ERRORS, as_user_error, atlas_fusion, make_app, user_errors,
+                     user_message)
 from .progress import Progress
 from .summary import Summary
 
@@ -391,7 +392,7 @@ def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summar
                     else:
                         paths, seg = segment_file(job.scan, runner, job.outdir, job.overwrite, probabilities, qc)
                 except Exception as e:  # noqa: BLE001 - one scan's failure must not stop the others
-                    error = str(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
+                    error = user_message(e) if isinstance(e, USER_ERRORS) else f"{type(e).__name__}: {e}"
                     if not isinstance(e, USER_ERRORS):  # a bug: keep its traceback for the report
                         traceback.print_exc()
                     summary.add(job, "failed", error=error)

@@ -36,6 +36,22 @@ def check_writable(path: str | Path, overwrite: bool = False) -> Path:
     return path
 
 
+def check_can_write(path: str | Path) -> Path:
+    """Refuse, before any work, an output whose folder cannot be written (permissions, a read-only
+    or immutable folder): a file is made and removed where the output's nearest existing folder is."""
+    path = Path(path)
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        with tempfile.TemporaryFile(dir=folder, prefix=".neoseg-probe-"):
+            pass
+    except OSError as e:
+        raise ValueError(f"{path}: cannot write in {folder} ({e.strerror or e}); choose another output folder, or "
+                         f"fix its permissions") from None
+    return path
+
+
 @contextmanager
 def atomic_path(path: str | Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; it replaces ``path`` only if the block succeeds.

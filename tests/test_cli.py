@@ -37,6 +37,10 @@ def test_train_then_eval_from_the_command_line(tiny_dataset, tmp_path):
     # an existing output is never overwritten unasked
     result = runner.invoke(eval_app, [str(out), "--out", str(csv_out), "--device", "cpu", "-q"])
     assert result.exit_code == 2 and "already exists" in result.output and "--overwrite" in result.output
+    # an output where nothing can be written is refused before any work, in one line
+    result = runner.invoke(eval_app, [str(out), "--out", str(csv_out / "eval.csv"), "--device", "cpu", "-q"])
+    assert result.exit_code == 2 and f"cannot write in {csv_out} (" in result.output
+    assert "Traceback" not in result.output and "Test evaluation" not in result.output
 
 
 def test_user_errors_are_one_line_with_nonzero_exit(tiny_dataset, tmp_path):
@@ -52,6 +56,17 @@ def test_user_errors_are_one_line_with_nonzero_exit(tiny_dataset, tmp_path):
     result = runner.invoke(train_app, ["--out", str(tmp_path / "r4"), "--data", str(tiny_dataset), *TINY,
                                        "--loss", "dice"])
     assert result.exit_code == 2 and "dice" in result.output
+    (tmp_path / "file").write_text("")  # --out under a file: nothing can be written there
+    result = runner.invoke(train_app, ["--out", str(tmp_path / "file" / "run"), "--data", str(tiny_dataset), *TINY])
+    assert result.exit_code == 2 and f"cannot write in {tmp_path / 'file'}" in result.output, result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_refused_permission_is_one_line_naming_the_path_and_the_fix():
+    from neoseg.cli.common import user_message
+
+    message = user_message(PermissionError(13, "Permission denied", "/data/runs/demo"))
+    assert message == "/data/runs/demo: Permission denied; choose a folder you can write to, or fix its permissions"
 
 
 def test_resume_refuses_options_that_differ_and_takes_auto_as_what_the_run_chose(tmp_path):

@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from neoseg.core.io import write_text
+from neoseg.core.io import check_can_write, write_text
 from neoseg.data.dhcp import Session
 from neoseg.data.splits import Split
 
@@ -31,6 +31,7 @@ def stored_config(out: Path, resume: bool) -> TrainConfig | None:
         return TrainConfig.from_json(config_path.read_text())
     if out.exists() and any(out.iterdir()):
         raise RunExistsError(f"{out} exists and is not empty (and holds no neoseg run); choose another --out")
+    check_can_write(config_path)
     return None
 
 
