@@ -354,6 +354,9 @@ def read_labels(path: str | Path, max_value: int | None = None, working_bytes=No
     if max_value is not None and data.size and float(data.max()) > max_value:
         raise ScanError(f"{path}: label map holds values up to {float(data.max()):g}, more than {max_value}; "
                         f"map its labels onto the hierarchy's values")
+    if data.size and not data.any():
+        raise ScanError(f"{path}: label map holds only 0 (outside) everywhere: no annotation; check the export that "
+                        f"wrote it (or remove this session)")
     return Scan(path, _single_file(h, data), data, h.affine, h.zooms)
 
 

@@ -14,6 +14,7 @@ for sessions without a label map (see :mod:`neoseg.core.partial`).
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,11 @@ T2_SUFFIX = "_desc-restore_T2w.nii.gz"
 LABEL_SUFFIX = "_desc-drawem9_dseg.nii.gz"
 MASK_SUFFIX = "_mask.nii.gz"  # with a desc-<structure> entity before it
 AGE_COLUMNS = ("scan_age", "age_at_scan")
+NIFTI_ENDINGS = (".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz")
+SHOWN = 5  # files left out named in the warning; the rest counted
+
+log = logging.getLogger("neoseg.data")
+_said: set[tuple] = set()  # warnings already given in this process (a dataset is read more than once per run)
 
 
 @dataclass(frozen=True)
@@ -102,4 +108,44 @@ def find_sessions(root: str | Path, require_labels: bool = True, mask_names: lis
         wanted = f" and *{LABEL_SUFFIX}" + (f" or a desc-<{'|'.join(mask_names)}>{MASK_SUFFIX}" if mask_names else "")
         raise ValueError(f"no sessions with *{T2_SUFFIX}" + (wanted if require_labels else "")
                          + f" found under {root}; expected sub-*/ses-*/anat/ (dHCP derivative layout)")
+    if require_labels:
+        _warn_left_out(root, sessions, mask_names or [])
     return sessions
+
+
+def _warn_left_out(root: Path, sessions: list[Session], mask_names: list[str]) -> None:
+    """Say which scans and annotations under ``root`` no session uses, and why: a T2 without an
+    annotation, an annotation without its T2, or a T2 / label map named or placed otherwise than
+    the layout (in a folder where no session was found). Other files (a release's T1w, other
+    segmentations, masks beside a label map) are not named."""
+    used = {p for s in sessions for p in (s.t2, s.labels, *(m for _, m in s.masks)) if p is not None}
+    folders = {p.parent for p in used}
+    left = []
+    for path in sorted(root.glob("sub-*/**/*")):
+        if path in used or not path.name.lower().endswith(NIFTI_ENDINGS) or not path.is_file():
+            continue
+        why = _why_left_out(path, mask_names, path.parent in folders)
+        if why:
+            left.append((path, why))
+    key = (str(root), tuple(str(p) for p, _ in left))
+    if not left or key in _said:
+        return
+    _said.add(key)
+    shown = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in left[:SHOWN])
+    log.warning("%s: %d scan or annotation file(s) not used: %s%s", root, len(left), shown,
+                f"; and {len(left) - SHOWN} more" if len(left) > SHOWN else "")
+
+
+def _why_left_out(path: Path, mask_names: list[str], beside_a_session: bool) -> str | None:
+    """Why a scan or annotation file is not used, or None for a file neoseg does not look for."""
+    name, in_layout = path.name, path.parent.name == "anat" and path.parents[1].name.startswith("ses-")
+    masks = [f"_desc-{m}{MASK_SUFFIX}" for m in mask_names]
+    if in_layout and name.endswith(T2_SUFFIX):
+        return f"a T2 without an annotation: no *{LABEL_SUFFIX}" + (" or *" + " or *".join(masks) if masks else "") \
+            + " beside it"
+    for suffix in (LABEL_SUFFIX, *masks):
+        if in_layout and name.endswith(suffix) and not beside_a_session:
+            return f"an annotation without its T2 {name[: -len(suffix)]}{T2_SUFFIX}"
+    if not beside_a_session and ("_T2w." in name or "_desc-drawem9_dseg." in name):
+        return f"not read: neoseg reads sub-*/ses-*/anat/*{T2_SUFFIX} and *{LABEL_SUFFIX}"
+    return None

@@ -28,6 +28,32 @@ def test_reader_without_sessions_tsv_gives_unknown_age(tmp_path, tiny_dataset):
     assert math.isnan(s.scan_age) and s.age_group == "unknown"
 
 
+def test_reader_names_the_scans_and_annotations_it_leaves_out_and_why(tmp_path, tiny_dataset, caplog):
+    import shutil
+
+    shutil.copytree(tiny_dataset, tmp_path / "data")
+    root = tmp_path / "data"
+    assert len(find_sessions(root)) == 6 and "not used" not in caplog.text  # a clean dataset: nothing to say
+    anat = [s.t2.parent for s in find_sessions(root)]
+    next(anat[0].glob("*_dseg.nii.gz")).unlink()  # a scan without its annotation
+    next(anat[1].glob("*_T2w.nii.gz")).unlink()  # an annotation without its scan
+    label = next(anat[2].glob("*_dseg.nii.gz"))  # a label map saved as .nii, and so its scan unannotated
+    nib.save(nib.load(label), label.with_name(label.name.removesuffix(".gz")))
+    label.unlink()
+    (anat[3] / "sub-T03_ses-1_T1w.nii.gz").write_bytes(b"")  # what a release holds besides: not named
+    with caplog.at_level("WARNING", logger="neoseg.data"):
+        assert len(find_sessions(root)) == 3
+    lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith(f"{root}: 4 scan or annotation file(s) not used: ")
+    assert "sub-T00/ses-1/anat/sub-T00_ses-1_desc-restore_T2w.nii.gz (a T2 without an annotation" in lines[0]
+    assert "sub-T01_ses-1_desc-drawem9_dseg.nii.gz (an annotation without its T2 sub-T01_ses-1_desc-restore" \
+           in lines[0]
+    assert "sub-T02_ses-1_desc-drawem9_dseg.nii (not read:" in lines[0] and "T1w" not in lines[0]
+    caplog.clear()
+    find_sessions(root)  # read again in the same run: said once
+    assert "not used" not in caplog.text
+
+
 def test_reader_errors_name_the_expected_layout(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         find_sessions(tmp_path / "missing")

@@ -591,6 +591,7 @@ def test_evaluation_data_is_checked_the_same_way(model, tiny_dataset, tmp_path):
     (lambda d: d.astype(np.int32) + 70000, "values up to"),  # above 65535, the most a hierarchy names
     (lambda d: np.where(d == 3, np.nan, d.astype(np.float32)), "NaN or infinite"),
     (lambda d: d.astype(np.float32) + 0.25, "non-integer values"),
+    (lambda d: np.zeros_like(d), "only 0 \\(outside\\) everywhere: no annotation"),  # a failed export
 ])
 def test_label_maps_hold_whole_label_numbers(values, words, tiny_dataset, tmp_path):
     from neoseg.train.volumes import load_canonical
