@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -104,8 +105,10 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
         check_writable(p, overwrite)
     clock = PhaseClock()
     clock("read")
-    checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
-    checked.source = source_digest(scan)
+    with ThreadPoolExecutor(1, "neoseg-digest") as pool:  # the file hashed while it is decoded (both free the GIL)
+        source = pool.submit(source_digest, scan) if segmenter.host_threads > 1 else None
+        checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
+        checked.source = source.result() if source is not None else source_digest(scan)
     clock(None)
     return segment_scan(checked, segmenter, paths, overwrite, probabilities, qc, clock.wall["read"],
                         read_cpu_seconds=clock.cpu["read"])
