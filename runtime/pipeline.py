@@ -143,9 +143,9 @@ class Segmenter:
             beyond = max(0, w.src.start - box[a][0]) + max(0, box[a][1] + 1 - w.src.stop)
             if beyond:
                 voxels = int(profiles[a][:w.src.start].sum() + profiles[a][w.src.stop:].sum())
-                mm = self.info.spacing[a]
+                mm, ml = self.info.spacing[a], voxels * float(np.prod(self.info.spacing)) / 1000
                 notes.append(f"the head reaches {beyond * mm:.0f} mm beyond the model's slice window along the "
-                             f"{AXIS_NAMES[a]} axis ({w.size} voxels of {mm:g} mm); its {voxels} voxels there are "
+                             f"{AXIS_NAMES[a]} axis ({w.size} voxels of {mm:g} mm); the {ml:.1f} ml of it there are "
                              f"labelled outside; crop the scan to the head, or use a model trained with a larger "
                              f"--slice-size")
         return notes

@@ -150,7 +150,7 @@ def test_a_head_beyond_the_slice_window_is_reported_not_cut_silently(model, scan
     runner = Segmenter(open_backend(model))
     notes = [w for w in segment_checked(read_scan(big), runner).warnings if "slice window" in w]
     assert len(notes) == 2 and all(w.startswith(f"{big}: the head reaches ") for w in notes)  # both in-plane axes
-    assert "--slice-size" in notes[0] and " voxels there are labelled outside" in notes[0]
+    assert "--slice-size" in notes[0] and " ml of it there are labelled outside" in notes[0]
     assert not any("slice window" in w for w in segment_checked(read_scan(scan), runner).warnings)
 
 
