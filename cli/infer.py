@@ -121,8 +121,8 @@ def infer(
     and with --dicom-seg a DICOM SEG. A rerun skips finished scans; --overwrite redoes them."""
     import neoseg.train.torch_backend  # noqa: F401 - provides torch-cpu/torch-cuda for .pt checkpoints
     from neoseg.runtime.backends import BackendUnavailable, open_backend
-    from neoseg.runtime.dataset import file_digest
     from neoseg.runtime.engine import EngineMismatchError
+    from neoseg.runtime.files import file_digest
     from neoseg.runtime.pipeline import Segmenter
 
     with user_errors("neoseg-infer"), as_user_error(BackendUnavailable, EngineMismatchError):
@@ -267,7 +267,7 @@ def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, o
                model_digest: str = "") -> list[Job]:
     """One job per scan file; a scan whose outputs are all there is skipped (unless ``overwrite``)
     and one with only some is redone, the rule of dataset mode."""
-    from neoseg.runtime.files import output_paths, output_state, source_digest
+    from neoseg.runtime.files import file_digest, output_paths, output_state
 
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir} is a file; pass a folder")
@@ -279,7 +279,7 @@ def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, o
             if path in planned:
                 raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
             planned[path] = scan
-        state = "todo" if overwrite else output_state(paths, lambda: source_digest(scan), model_digest)
+        state = "todo" if overwrite else output_state(paths, lambda: file_digest(scan), model_digest)
         jobs.append(Job(scan, outdir, scan.name, state=state, overwrite=overwrite or state == "partial", paths=paths))
     return jobs
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.io import files_digest, write_text
+from neoseg.core.io import write_text
 
-from .files import output_paths, output_state, source_digest, stem
+from .files import file_digest, output_paths, output_state, stem
 from .volumes import read_volumes_tsv
 
 BIDS_VERSION = "1.9.0"
@@ -101,7 +101,7 @@ def _few(items: list[str], n: int = 5) -> str:
 def scan_state(scan: DatasetScan, out: str | Path, probabilities: bool, qc: bool, model_digest: str = "") -> str:
     """:func:`~.files.output_state` of ``scan``'s results in ``out``."""
     return output_state(output_paths(scan.path, scan.outdir(out), probabilities, qc),
-                        lambda: source_digest(scan.path), model_digest)
+                        lambda: file_digest(scan.path), model_digest)
 
 
 def existing_outputs(scan: DatasetScan, out: str | Path) -> list[Path]:
@@ -110,10 +110,6 @@ def existing_outputs(scan: DatasetScan, out: str | Path) -> list[Path]:
 
 
 # ---- dataset-level files -------------------------------------------------------------------
-def file_digest(path: str | Path) -> str:
-    return f"sha256:{files_digest(path)}"
-
-
 def dataset_description(version: str, model: Path, digest: str, info, source: Path) -> dict:
     """BIDS derivative ``dataset_description.json``; the model's digest says which model made it."""
     return {

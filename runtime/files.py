@@ -79,9 +79,10 @@ def _made_from(sidecar: Path) -> dict[str, str]:
     return {k: v for k, v in made.items() if isinstance(v, str) and v}
 
 
-def source_digest(scan: str | Path) -> str:
-    """A scan file's fingerprint: the SHA-256 of its bytes (with its ``.img`` where it is a header)."""
-    path = Path(scan)
+def file_digest(file: str | Path) -> str:
+    """A file's fingerprint (a model's, a scan's): ``sha256:`` and the SHA-256 of its bytes, with its
+    ``.img`` where it is a header."""
+    path = Path(file)
     parts = [path]
     for header, data in ((".hdr", ".img"), (".hdr.gz", ".img.gz")):
         if path.name.lower().endswith(header):
@@ -106,9 +107,9 @@ def segment_file(scan: str | Path, segmenter: Segmenter, outdir: str | Path, ove
     clock = PhaseClock()
     clock("read")
     with ThreadPoolExecutor(1, "neoseg-digest") as pool:  # the file hashed while it is decoded (both free the GIL)
-        source = pool.submit(source_digest, scan) if segmenter.host_threads > 1 else None
+        source = pool.submit(file_digest, scan) if segmenter.host_threads > 1 else None
         checked = read_scan(scan, working_bytes=working_bytes(segmenter, probabilities))
-        checked.source = source.result() if source is not None else source_digest(scan)
+        checked.source = source.result() if source is not None else file_digest(scan)
     clock(None)
     return segment_scan(checked, segmenter, paths, overwrite, probabilities, qc, clock.wall["read"],
                         read_cpu_seconds=clock.cpu["read"])

@@ -63,14 +63,13 @@ def test_infer_writes_results_and_reports_the_backend(model, scans, tmp_path):
 def test_results_of_another_scan_or_model_are_neither_skipped_nor_replaced(model, scans, tmp_path):
     import onnx
 
-    from neoseg.runtime.dataset import file_digest
-    from neoseg.runtime.files import source_digest
+    from neoseg.runtime.files import file_digest
 
     out = tmp_path / "out"
     assert runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(out)]).exit_code == 0
     dseg, sidecar = next(out.glob("*_dseg.nii.gz")), next(out.glob("*_mask.json"))
     made = json.loads(sidecar.read_text())
-    assert made["SourceDigest"] == source_digest(scans[0]) and made["Model"]["digest"] == file_digest(model)
+    assert made["SourceDigest"] == file_digest(scans[0]) and made["Model"]["digest"] == file_digest(model)
     before = dseg.read_bytes()
     retrained = onnx.load(model)  # the same network in another file: another model as far as a rerun can tell
     retrained.metadata_props.add(key="note", value="retrained")
@@ -85,7 +84,7 @@ def test_results_of_another_scan_or_model_are_neither_skipped_nor_replaced(model
     assert dseg.read_bytes() == before
     assert "skipped" in runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(out)]).output
     result = runner.invoke(app, [str(visit), "-m", str(model), "-o", str(out), "--overwrite"])
-    assert result.exit_code == 0 and json.loads(sidecar.read_text())["SourceDigest"] == source_digest(visit)
+    assert result.exit_code == 0 and json.loads(sidecar.read_text())["SourceDigest"] == file_digest(visit)
     made.pop("SourceDigest")  # results of a version that recorded neither: taken as this scan's and model's
     del made["Model"]["digest"]
     sidecar.write_text(json.dumps(made))
