@@ -8,7 +8,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, TypeVar
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 from . import gz
 
@@ -83,6 +83,24 @@ def atomic_paths(paths: Mapping[K, str | Path], overwrite: bool = False,
             tmp.unlink(missing_ok=True)
 
 
+def write_once(path: str | Path, write: Callable[[Path], None]) -> bool:
+    """Write one content-keyed cache file atomically (``write`` fills the temporary path it is
+    given) unless it is there. One that appears meanwhile (another process sharing the cache)
+    holds the same result and is kept: nothing is ever overwritten, so a process reading the
+    cache never finds a file missing. Returns whether this call wrote it."""
+    path = Path(path)
+    if path.is_file():
+        return False
+    try:
+        with atomic_path(path) as tmp:
+            write(tmp)
+    except OutputExistsError:
+        if path.is_file():
+            return False
+        raise  # something else (a folder) is in the way
+    return True
+
+
 def _temp_beside(path: Path, tag: str) -> Path:
     suffix = "".join(path.suffixes)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f"{tag}{suffix}", dir=path.parent)
@@ -94,6 +112,10 @@ def _commit(tmps: dict, final: dict, overwrite: bool, stale: list[Path]) -> None
     mode = 0o666 & ~_umask()  # mkstemp makes 0600; outputs get the usual permissions
     for tmp in tmps.values():
         os.chmod(tmp, mode)
+    if overwrite and len(final) == 1 and not stale:  # one file: a rename replaces it in one step, so
+        (k, path), = final.items()                   # a process reading it never finds it missing
+        os.replace(tmps[k], path)
+        return
     placed: list[Path] = []  # outputs that now hold new content
     saved: list[tuple[Path, Path]] = []  # (backup, output) of replaced files
     try:

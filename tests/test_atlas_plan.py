@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from neoseg.core.io import OutputExistsError
 from neoseg.data.dhcp import Session
 from neoseg.data.splits import Split
 from neoseg.train.atlas_pairs import hard_labels
-from neoseg.train.atlas_plan import nearest_atlases, plan_pairs, write_once
+from neoseg.train.atlas_plan import nearest_atlases, plan_pairs
 from neoseg.train.config import TrainConfig
 
 
@@ -71,23 +70,6 @@ def test_atlas_per_target_must_be_at_least_one(tmp_path):
     result = CliRunner().invoke(app, ["--atlas-per-target", "5", "--show-config"])
     assert result.exit_code == 0 and '"atlas_per_target": 5' in result.output
 
-
-def test_cache_files_are_written_once_and_never_overwritten(tmp_path):
-    path = tmp_path / "cache" / "a.txt"
-    assert write_once(path, lambda tmp: tmp.write_text("first"))
-    assert not write_once(path, lambda tmp: tmp.write_text("second"))  # there: kept, not rewritten
-    assert path.read_text() == "first"
-
-    def another_run_wins(tmp):  # the same file appears while this run writes it
-        tmp.write_text("mine")
-        path2.write_text("theirs")
-
-    path2 = tmp_path / "cache" / "b.txt"
-    assert not write_once(path2, another_run_wins)
-    assert path2.read_text() == "theirs" and sorted(p.name for p in path2.parent.iterdir()) == ["a.txt", "b.txt"]
-    (tmp_path / "cache" / "dir.txt").mkdir()  # not a file of the cache's: refused, untouched
-    with pytest.raises(OutputExistsError):
-        write_once(tmp_path / "cache" / "dir.txt", lambda tmp: tmp.write_text("x"))
 
 
 def test_hard_labels_outside_the_warped_field_of_view_are_outside():

@@ -121,3 +121,16 @@ def test_cache_and_slice_dataset_encode_full_and_partial(tiny_dataset, tmp_path)
     mtime = next((tmp_path / "cache").glob("*.image.npy")).stat().st_mtime_ns
     cache.get(sessions[0])
     assert next((tmp_path / "cache").glob("*.image.npy")).stat().st_mtime_ns == mtime
+
+
+def test_a_cache_entry_built_twice_at_once_is_never_replaced(tiny_dataset, tmp_path):
+    """Two runs sharing a cache may both miss an entry and build it; the second build must leave
+    the first one's files in place (replacing them leaves a moment in which a reader finds none)."""
+    session = find_sessions(tiny_dataset)[0]
+    cache = VolumeCache(tmp_path / "cache", axis=0, size=32, hierarchy=builtin())
+    first = cache.get(session)
+    files = sorted((tmp_path / "cache").iterdir())
+    inodes = [f.stat().st_ino for f in files]
+    cache._build(session, tmp_path / "cache" / cache._key(session))  # the other run's build
+    assert sorted((tmp_path / "cache").iterdir()) == files and [f.stat().st_ino for f in files] == inodes
+    assert np.array_equal(cache.get(session).labels, first.labels)

@@ -219,3 +219,36 @@ def test_without_isal_the_stdlib_codec_reads_and_writes(tmp_path, monkeypatch):
         monkeypatch.undo()  # isal importable again
         importlib.reload(gz)
     assert gz.codec() == ("isal" if importlib.util.find_spec("isal") else "zlib")
+
+
+def test_cache_files_are_written_once_and_never_overwritten(tmp_path):
+    path = tmp_path / "cache" / "a.txt"
+    assert io.write_once(path, lambda tmp: tmp.write_text("first"))
+    assert not io.write_once(path, lambda tmp: tmp.write_text("second"))  # there: kept, not rewritten
+    assert path.read_text() == "first"
+
+    def another_run_wins(tmp):  # the same file appears while this run writes it
+        tmp.write_text("mine")
+        path2.write_text("theirs")
+
+    path2 = tmp_path / "cache" / "b.txt"
+    assert not io.write_once(path2, another_run_wins)
+    assert path2.read_text() == "theirs" and sorted(p.name for p in path2.parent.iterdir()) == ["a.txt", "b.txt"]
+    (tmp_path / "cache" / "dir.txt").mkdir()  # not a file of the cache's: refused, untouched
+    with pytest.raises(io.OutputExistsError):
+        io.write_once(tmp_path / "cache" / "dir.txt", lambda tmp: tmp.write_text("x"))
+
+
+def test_replacing_one_file_never_leaves_a_moment_without_it(tmp_path, monkeypatch):
+    """Another process may read the file while it is replaced (a shared cache, a timing cache)."""
+    path = tmp_path / "cache.bin"
+    path.write_text("old")
+    seen = []
+    for name in ("replace", "link", "unlink", "rename"):
+        def watched(*args, _real=getattr(io.os, name), **kwargs):
+            _real(*args, **kwargs)
+            seen.append(path.exists())
+        monkeypatch.setattr(io.os, name, watched)
+    io.write_text(path, "new", overwrite=True)
+    monkeypatch.undo()
+    assert path.read_text() == "new" and seen and all(seen)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.io import write_nifti, write_text
+from neoseg.core.io import write_nifti, write_once, write_text
 from neoseg.core.partial import Coded
 from neoseg.core.scans import voxel_size
 from neoseg.data.dhcp import LABEL_SUFFIX, T2_SUFFIX, Session
@@ -42,7 +42,7 @@ from neoseg.data.splits import Split
 from neoseg.core import registration
 from neoseg.core.atlas_fusion import dice_by_value, fuse, leaf_values, most_likely, open_voxels, propagate
 from .atlas_pairs import hard_labels, match_intensities
-from .atlas_plan import Pair, digest, plan_pairs, write_once
+from .atlas_plan import Pair, digest, plan_pairs
 from .config import TrainConfig
 from .recipes import pseudo_label_path, with_label_map
 from .rundir import cache_folder

@@ -1,18 +1,15 @@
 """Which atlas is registered to which target (train/atlas.py): each partially labelled training
 session (a *target*) gets the ``per_target`` fully labelled ones (the *atlases*) nearest to it in
-scan age, and each (atlas, target) pair its cache file, named by a hash of what makes its result.
-Also the write-once rule of the atlas cache, whose files are content-keyed."""
+scan age, and each (atlas, target) pair its cache file, named by a hash of what makes its result."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from neoseg.core.io import OutputExistsError, atomic_path
 from neoseg.core.scans import voxel_size
 from neoseg.data.dhcp import Session
 from neoseg.data.splits import Split
@@ -83,19 +80,3 @@ def identity(session: Session) -> list:
 
 def digest(obj) -> str:
     return hashlib.sha1(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
-
-
-def write_once(path: Path, write: Callable[[Path], None]) -> bool:
-    """Write one content-keyed cache file atomically (``write`` fills the temporary path it is
-    given) unless it is there. One that appears meanwhile (another run sharing the cache) holds the
-    same result and is kept: nothing is ever overwritten. Returns whether this call wrote it."""
-    if path.is_file():
-        return False
-    try:
-        with atomic_path(path) as tmp:
-            write(tmp)
-    except OutputExistsError:
-        if path.is_file():
-            return False
-        raise  # something else (a folder) is in the way
-    return True

@@ -28,7 +28,7 @@ import nibabel as nib
 import numpy as np
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.io import atomic_path
+from neoseg.core.io import write_once
 from neoseg.core.labels import MAX_LABEL_VALUE, as_label_map, present_values
 from neoseg.core.partial import code_session, partial_values
 from neoseg.core.preprocess import head_center, minmax_scale, plane_windows, to_slices
@@ -180,13 +180,13 @@ class VolumeCache:
         present = np.flatnonzero(labels.reshape(len(labels), -1).any(axis=1))
         keep = slice(max(0, present[0] - SLICE_MARGIN), present[-1] + SLICE_MARGIN + 1) if present.size else slice(0, 0)
         self.folder.mkdir(parents=True, exist_ok=True)
+        # Runs sharing the cache may build one entry at once: each file is written once, never
+        # replaced (a run reading it would find it missing for a moment), the .json last.
         for suffix, array in ((".image.npy", image[keep].astype(np.float16)), (".labels.npy", labels[keep])):
-            with atomic_path(f"{base}{suffix}", overwrite=True) as tmp:
-                np.save(tmp, array)
+            write_once(f"{base}{suffix}", lambda tmp, array=array: np.save(tmp, array))
         meta = {"spacing": list(spacing), "native_spacing": list(native), "t2": str(session.t2), "values": values,
                 "extra_rows": [list(r) for r in coded.extra_rows], "first_extra": coded.first_extra, "partial": partial}
-        with atomic_path(base.with_suffix(".json"), overwrite=True) as tmp:  # written last: marks completion
-            tmp.write_text(json.dumps(meta))
+        write_once(base.with_suffix(".json"), lambda tmp: tmp.write_text(json.dumps(meta)))  # marks completion
 
     def _inside_brain(self, codes: np.ndarray, coded) -> np.ndarray:
         """The voxels annotated as something other than outside the brain (label value 0)."""
