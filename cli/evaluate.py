@@ -68,7 +68,7 @@ def evaluate(
         from neoseg.train.evaluate import evaluate_sessions, report, write_rows
 
         segmenter, config = _segmenter(models, thresholds, backend, device, data is None and subset != "all")
-        sessions = _sessions(config, data, subset)
+        sessions = _sessions(config, data, subset, segmenter.info.hierarchy)
         if atlas is not None:
             segmenter.atlas = _atlas_fusion(atlas, config, sessions, segmenter.info.hierarchy, atlas_per_scan,
                                             "0.5" if choose else atlas_weight, atlas_warps)
@@ -119,8 +119,9 @@ def _segmenter(models: list[Path], thresholds: str | None, backend: str, device:
     return checkpoint_segmenter(models, device, thresholds, own_split)
 
 
-def _sessions(config, data: Path | None, subset: str) -> list:
-    """The sessions of ``subset`` of ``data`` (default: the model's own data), split as in training."""
+def _sessions(config, data: Path | None, subset: str, hierarchy) -> list:
+    """The sessions of ``subset`` of ``data`` (default: the model's own data), split as in training;
+    ``hierarchy``: the model's own (its training config may name a file that is elsewhere now)."""
     import dataclasses
 
     from neoseg.train.config import dataset_sessions
@@ -129,8 +130,8 @@ def _sessions(config, data: Path | None, subset: str) -> list:
     if data is not None:
         config = dataclasses.replace(config, data=str(data))
     if subset == "all":
-        return dataset_sessions(config)
-    return list(getattr(dataset_split(config), subset))
+        return dataset_sessions(config, hierarchy=hierarchy)
+    return list(getattr(dataset_split(config, hierarchy=hierarchy), subset))
 
 
 def _atlas_fusion(atlas: str, config, evaluated: list, hierarchy, per_scan: int, weight: str, warps: str):

@@ -214,18 +214,18 @@ def train(
         from neoseg.train.members import train_members
 
         overrides = dict(
-            data=str(data) if data else None, hierarchy=hierarchy, model=model.value if model else None,
+            data=_absolute(data), hierarchy=_absolute_hierarchy(hierarchy), model=model.value if model else None,
             widths=parse_ints(widths, "--widths"), loss=loss.value if loss else None,
             reduction=reduction.value if reduction else None, dice_weight=dice_weight, self_training=self_training,
             self_train_after=self_train_after, confidence=confidence, select=select.value if select else None,
             weight_ema=weight_ema,
             full_fraction=full_fraction, draw=draw, epochs=epochs, full_share=full_share,
-            init_from=str(init_from) if init_from else None,
+            init_from=_absolute(init_from),
             patience=patience, lr=lr, batch_size=batch_size, slice_size=slice_size, axis=axis,
             cohort_subjects=subjects, cohort_grid=grid, cohort_anatomy=cohort_anatomy.value if cohort_anatomy else None,
-            cache=str(cache) if cache else None, max_minutes=max_minutes, prior_bias=prior_bias,
+            cache=_absolute(cache), max_minutes=max_minutes, prior_bias=prior_bias,
             augment=augment.value if augment else None, synthesis=synthesis,
-            synth_labels=str(synth_labels) if synth_labels else None, precision=precision.value if precision else None,
+            synth_labels=_absolute(synth_labels), precision=precision.value if precision else None,
             atlas=atlas.value if atlas else None, atlas_confidence=atlas_confidence,
             atlas_per_target=atlas_per_target, atlas_resolution=atlas_resolution,
             atlas_warps=[w.strip() for w in atlas_warps.split(",")] if atlas_warps else None,
@@ -287,6 +287,35 @@ def parse_members(text: str | None) -> int | str | None:
         raise ValueError(f"--members must be a number of models (e.g. 3) or auto, got '{text}'") from None
 
 
+def _absolute(path: Path | str | None) -> str | None:
+    """A path option as the run stores it: absolute (not resolved through links), so that the run
+    folder works from any working directory (export, evaluation, --resume)."""
+    return None if path is None else os.path.abspath(path)
+
+
+def _absolute_hierarchy(spec: str | None) -> str | None:
+    """--hierarchy: a built-in name as it is, a JSON file's path absolute."""
+    from neoseg.core.hierarchy import builtin_names
+
+    return spec if spec is None or spec in builtin_names() else _absolute(spec)
+
+
+PATH_OPTIONS = ("data", "hierarchy", "init_from", "cache", "synth_labels")
+
+
+def _same(key: str, given, stored) -> bool:
+    """Whether an option given with --resume is the run's: ``auto``, equal, or (a path) the same
+    file or folder as the stored one, however written."""
+    if given in ("auto", stored):
+        return True
+    if key not in PATH_OPTIONS or given is None or stored is None:
+        return False
+    try:
+        return os.path.samefile(given, stored)
+    except OSError:
+        return False
+
+
 def check_resume_options(out: Path, config, given: list[str]) -> None:
     """--resume continues the stored run as it was configured: refuse options that differ from it
     (``auto`` is whatever the run chose)."""
@@ -296,7 +325,7 @@ def check_resume_options(out: Path, config, given: list[str]) -> None:
     if not stored_path.is_file():
         return
     stored = TrainConfig.from_json(stored_path.read_text())
-    differ = [k for k in given if getattr(config, k) not in ("auto", getattr(stored, k))]
+    differ = [k for k in given if not _same(k, getattr(config, k), getattr(stored, k))]
     if differ:
         listed = ", ".join(f"--{k.replace('_', '-')} {getattr(config, k)} (the run has {getattr(stored, k)})"
                            for k in differ)

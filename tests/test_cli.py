@@ -79,6 +79,45 @@ def test_resume_refuses_options_that_differ_and_takes_auto_as_what_the_run_chose
         check_resume_options(tmp_path, TrainConfig(members=2, atlas="none"), ["members", "atlas"])
 
 
+def test_a_run_stores_its_paths_absolute_and_resume_knows_them_however_written(tiny_dataset, tmp_path, monkeypatch):
+    """A run trained with relative paths must work from any folder (export, evaluation, --resume)."""
+    import json
+    import shutil
+
+    from neoseg.cli.train import check_resume_options
+    from neoseg.core.hierarchy import builtin
+    from neoseg.train.config import TrainConfig
+
+    shutil.copytree(tiny_dataset, tmp_path / "mylab")
+    (tmp_path / "mylab.json").write_text(builtin().to_json())
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(train_app, ["--data", "mylab", "--hierarchy", "mylab.json", "--cache", "c", "--show-config"])
+    shown = json.loads(result.output)
+    assert (shown["data"], shown["hierarchy"], shown["cache"]) == tuple(str(tmp_path / n) for n in ("mylab", "mylab.json", "c"))
+    result = runner.invoke(train_app, ["--hierarchy", "dhcp-drawem9", "--show-config"])
+    assert json.loads(result.output)["hierarchy"] == "dhcp-drawem9"  # a built-in name stays a name
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text(TrainConfig(data=str(tmp_path / "mylab")).to_json())
+    check_resume_options(tmp_path / "run", TrainConfig(data="mylab"), ["data"])  # the same folder, written relative
+    check_resume_options(tmp_path / "run", TrainConfig(data="./mylab/../mylab"), ["data"])
+    with pytest.raises(ValueError, match=r"differ: --data other \(the run has "):
+        check_resume_options(tmp_path / "run", TrainConfig(data="other"), ["data"])
+
+
+def test_evaluation_reads_the_split_with_the_models_hierarchy_not_its_training_file(tiny_dataset, tmp_path, monkeypatch):
+    """An older run may name its --hierarchy file relative to a folder it was trained in."""
+    from neoseg.cli.evaluate import _sessions
+    from neoseg.core.hierarchy import builtin
+    from neoseg.train.config import TrainConfig
+
+    monkeypatch.chdir(tmp_path)
+    config = TrainConfig(data=str(tiny_dataset), hierarchy="mylab.json")  # no such file here
+    with pytest.raises(ValueError, match="mylab.json"):
+        _sessions(config, None, "all", None)
+    assert len(_sessions(config, None, "all", builtin())) == 6
+    assert {s.subject for s in _sessions(config, None, "test", builtin())} <= {f"T{i:02d}" for i in range(6)}
+
+
 def test_beyond_the_paper_options_from_the_command_line(tiny_dataset, tmp_path):
     import json
 

@@ -234,9 +234,10 @@ class TrainConfig:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
 
 
-def dataset_sessions(config: TrainConfig, progress: bool = False) -> list:
+def dataset_sessions(config: TrainConfig, progress: bool = False, hierarchy=None) -> list:
     """The sessions of ``config.data`` (with a label map, or else masks of the hierarchy's
-    structures), or of the built-in synthetic cohort (generated once, then reused)."""
+    structures), or of the built-in synthetic cohort (generated once, then reused). ``hierarchy``:
+    a model's own (None: ``config.hierarchy``'s, read again)."""
     from neoseg.core.hierarchy import resolve
     from neoseg.core.partial import mask_names
     from neoseg.data.dhcp import find_sessions
@@ -244,4 +245,4 @@ def dataset_sessions(config: TrainConfig, progress: bool = False) -> list:
 
     if config.data is None:
         return cohort_sessions(config.cohort_spec(), progress)
-    return find_sessions(config.data, mask_names=mask_names(resolve(config.hierarchy)))
+    return find_sessions(config.data, mask_names=mask_names(hierarchy or resolve(config.hierarchy)))

@@ -88,7 +88,7 @@ def run_atlas_fusion(config: TrainConfig, hierarchy: Hierarchy, per_scan: int = 
 
     from .recipes import dataset_split
 
-    split = dataset_split(config)
+    split = dataset_split(config, hierarchy=hierarchy)
     atlases = [s for s in split.train if split.is_full(s) and s.key not in exclude]
     return AtlasFusion.from_sessions(atlases, hierarchy, per_scan, weight, warps,
                                      where="the run's fully labelled training sessions (less those evaluated)")

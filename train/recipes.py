@@ -14,7 +14,7 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from neoseg.core.hierarchy import resolve
+from neoseg.core.hierarchy import Hierarchy, resolve
 from neoseg.data.dhcp import LABEL_SUFFIX, Session
 from neoseg.data.splits import Split, make_split, split_by_annotation
 
@@ -24,12 +24,14 @@ from .volumes import partial_sessions
 log = logging.getLogger("neoseg.train")
 
 
-def dataset_split(config: TrainConfig, progress: bool = False) -> Split:
+def dataset_split(config: TrainConfig, progress: bool = False, hierarchy: Hierarchy | None = None) -> Split:
     """The subject split of ``config``'s data. A dataset whose files hold partial annotations is
     split by them (:func:`~neoseg.data.splits.split_by_annotation`); a fully labelled one by
-    ``--full-fraction``, the simulation of partial labels."""
-    sessions = dataset_sessions(config, progress)
-    partial = partial_sessions(sessions, resolve(config.hierarchy)) if config.data is not None else {}
+    ``--full-fraction``, the simulation of partial labels. ``hierarchy``: a model's own (None:
+    ``config.hierarchy``'s, read again)."""
+    hierarchy = hierarchy or resolve(config.hierarchy)
+    sessions = dataset_sessions(config, progress, hierarchy)
+    partial = partial_sessions(sessions, hierarchy) if config.data is not None else {}
     if not any(partial.values()):
         return make_split(sessions, config.full_fraction, seed=config.split_seed_used, draw=config.draw)
     log.info("%s holds %d fully and %d partially labelled sessions (read from the files; --full-fraction "
