@@ -8,39 +8,42 @@ from pathlib import Path
 import typer
 
 
+def series_rules(descriptions, planes, max_voxel, numbers, repeats: str):
+    """The rules of the DICOM options: --series-description replaces the default patterns and their
+    exclusions, and so does --series-number without --series-description."""
+    from neoseg.dicom.choice import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, SeriesRules
+
+    explicit = bool(descriptions or planes or max_voxel is not None or numbers)
+    default = not descriptions and not numbers
+    return SeriesRules(tuple(descriptions or ()) or (DEFAULT_INCLUDE if default else ()),
+                       DEFAULT_EXCLUDE if default else (), tuple(p.lower() for p in planes or ()), max_voxel,
+                       explicit, tuple(numbers or ()), repeats)
+
+
 def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool, seg: bool,
-               dry_run: bool, descriptions, planes, max_voxel, model_digest: str = "") -> list:
-    from neoseg.runtime.files import output_state
+               dry_run: bool, rules, model_digest: str = "") -> list:
+    from neoseg.dicom.choice import NoChoice, choose, table
     from neoseg.dicom.run import dicom_output_paths, output_stem, series_source
-    from neoseg.dicom.series import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, SeriesRules, choose, find_series, table
+    from neoseg.dicom.series import find_series
+    from neoseg.runtime.files import output_state
 
     from .infer import Job
 
-    explicit = bool(descriptions or planes or max_voxel is not None)
-    rules = SeriesRules(tuple(descriptions) if descriptions else DEFAULT_INCLUDE,
-                        () if descriptions else DEFAULT_EXCLUDE, tuple(p.lower() for p in planes or ()), max_voxel,
-                        explicit)
     if dry_run:
-        typer.echo(rules.describe() + ("" if explicit else " (a folder of one series: that series)"))
-    jobs, planned = [], {}
+        typer.echo(rules.describe() + ("" if rules.explicit else " (a folder of one image series: that series)"))
+    jobs = []
     for folder in folders:
         found = find_series(folder)
         try:
-            chosen = choose(found, rules, folder)
-        except ValueError:
+            chosen, outcome = choose(found, rules, folder), ""
+        except NoChoice as e:
             if not dry_run:
                 raise
-            chosen = None
+            chosen, outcome = None, f"-> none chosen: {e.fix.removesuffix(' (see --dry-run)')}"
         if dry_run:
-            typer.echo(f"{folder}: {len(found)} series\n{table(found)}\n"
-                       + (f"-> {chosen.name}" if chosen else "-> none chosen; set the rules (see --help)"))
+            typer.echo(f"{folder}: {len(found)} series\n{table(found)}\n{outcome or f'-> {chosen.name}'}")
             continue
-        stem = output_stem(folder)
-        paths = dicom_output_paths(stem, outdir, probabilities, qc, seg)
-        for path in paths.values():
-            if path in planned:
-                raise ValueError(f"{folder} and {planned[path]} would both write {path}; run them separately")
-            planned[path] = folder
+        paths = dicom_output_paths(output_stem(folder), outdir, probabilities, qc, seg)
         state = "todo" if overwrite else output_state(paths, lambda: series_source(chosen), model_digest)
         jobs.append(Job(folder, outdir, f"{folder.name}, {chosen.name}", state=state,
                         overwrite=overwrite or state == "partial", dicom=chosen, paths=paths))

@@ -30,6 +30,12 @@ class BackendName(str, Enum):
     torch_cpu = "torch-cpu"
 
 
+class Repeats(str, Enum):
+    refuse = "refuse"
+    first = "first"
+    last = "last"
+
+
 class Precision(str, Enum):
     auto = "auto"
     fp32 = "fp32"
@@ -98,6 +104,14 @@ def infer(
         help="DICOM study: only series in this slice plane: axial, sagittal, coronal or oblique (repeatable).")] = None,
     max_voxel_size: Annotated[Optional[float], typer.Option(
         min=0, help="DICOM study: only series whose voxels are at most this large (mm) along every axis.")] = None,
+    series_number: Annotated[Optional[list[int]], typer.Option(
+        show_default=False,
+        help="DICOM study: the T2w series is the one with this SeriesNumber (repeatable: any of them); the "
+             "default description patterns are then dropped.")] = None,
+    repeats: Annotated[Repeats, typer.Option(
+        help="DICOM study: when several series pass that are repeats of one acquisition (same description, "
+             "protocol, plane and voxel size), refuse them, or take the first or last by series number.")] =
+        Repeats.refuse,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="DICOM input: list the series found and which one "
                                           "the rules choose, then stop.")] = False,
     atlas: Annotated[Optional[Path], typer.Option(
@@ -129,9 +143,11 @@ def infer(
         out = _output_folder(out, outdir)
         summary = Summary(json_summary, overwrite)
         _check_inputs(inputs)
-        dicom = _dicom_folders(inputs)
-        _check_dicom_options(bool(dicom), dicom_seg, dry_run, series_description, plane, max_voxel_size)
-        root = None if dicom else _dataset_root(inputs)
+        root = _dataset_root(inputs)
+        dicom = [] if root is not None else _dicom_folders(inputs)
+        scans = [p for p in inputs if root is None and p not in dicom]
+        _check_dicom_options(bool(dicom), dicom_seg, dry_run, series_description, plane, max_voxel_size,
+                             series_number, repeats != Repeats.refuse)
         if root is not None and out is None:
             out = root / "derivatives" / "neoseg"
         if not dry_run and (model is None or out is None):
@@ -142,20 +158,22 @@ def infer(
             raise ValueError("--participant-label and --session-label select scans of a dataset; pass one "
                              "dataset folder instead of scan files")
         digest = file_digest(model) if model is not None else ""
-        if dicom:
-            from neoseg.cli.dicom_inputs import dicom_jobs
-
-            jobs = dicom_jobs(dicom, out, probabilities, qc, overwrite, dicom_seg, dry_run,
-                              series_description, plane, max_voxel_size, digest)
-            if dry_run:
-                return
-            plan = FilesPlan(out, jobs, overwrite)
-        elif root is not None:
+        if root is not None:
             plan = DatasetPlan(root, out, model, digest, participant_label, session_label, probabilities, qc,
                                overwrite)
             jobs = plan.jobs
         else:
-            jobs = _file_jobs(inputs, out, probabilities, qc, overwrite, digest)
+            jobs = []
+            if dicom:
+                from neoseg.cli.dicom_inputs import dicom_jobs, series_rules
+
+                rules = series_rules(series_description, plane, max_voxel_size, series_number, repeats.value)
+                jobs = dicom_jobs(dicom, out, probabilities, qc, overwrite, dicom_seg, dry_run, rules, digest)
+            if dry_run:
+                return
+            jobs = _file_jobs(scans, out, probabilities, qc, overwrite, digest) + jobs
+            jobs.sort(key=lambda job: inputs.index(job.scan))  # in the order given
+            _refuse_collisions(jobs)
             plan = FilesPlan(out, jobs, overwrite)
         _refuse_other_results(jobs)
         opened = open_backend(model, backend.value, threads, precision.value)
@@ -206,41 +224,38 @@ class Job:
     paths: dict | None = None  # a DICOM input's outputs
 
 
+def _dataset_root(inputs: list[Path]) -> Path | None:
+    """The dataset folder, when the one input is a BIDS / dHCP-layout dataset; a dataset given with
+    other inputs is refused."""
+    datasets = [p for p in inputs if p.is_dir() and any(p.glob("sub-*"))]
+    if datasets and len(inputs) > 1:
+        raise ValueError(f"{datasets[0]} is a dataset folder (sub-* folders): pass it alone, not with other "
+                         f"datasets, scan files or DICOM folders")
+    return datasets[0] if datasets else None
+
+
 def _dicom_folders(inputs: list[Path]) -> list[Path]:
-    """The inputs when every one is a DICOM series or study folder, else []."""
+    """The folders among the inputs, each a DICOM series or study folder (the other inputs are scan
+    files); a folder of neither kind is refused."""
     from neoseg.dicom.detect import is_dicom_folder
 
-    if not inputs or not all(p.is_dir() for p in inputs):
-        return []
-    found = [is_dicom_folder(p) for p in inputs]
-    if any(found) and not all(found):
-        bad = inputs[found.index(False)]
-        raise ValueError(f"{bad} holds no DICOM files, unlike the other folders; pass DICOM folders only")
-    bare = next((p for p in inputs if not any(p.glob("sub-*"))), None)
-    if not any(found) and bare is not None:
+    folders = [p for p in inputs if p.is_dir()]
+    bare = next((p for p in folders if not is_dicom_folder(p)), None)
+    if bare is not None:
         raise ValueError(f"{bare} is neither a BIDS / dHCP-layout dataset (no sub-* folders) nor a DICOM folder (no "
-                         f"DICOM Part 10 files, i.e. with the DICM marker); pass a dataset, a DICOM series or study "
-                         f"folder, or NIfTI scans")
-    return list(inputs) if all(found) else []
+                         f"DICOM Part 10 files, i.e. with the DICM marker); pass a dataset, DICOM series or study "
+                         f"folders, or NIfTI scans")
+    return folders
 
 
 def _check_dicom_options(dicom: bool, seg: bool, dry_run: bool, *rules) -> None:
     if dicom:
         return
     given = [name for name, on in (("--dicom-seg", seg), ("--dry-run", dry_run), ("--series-description", rules[0]),
-                                   ("--plane", rules[1]), ("--max-voxel-size", rules[2] is not None)) if on]
+                                   ("--plane", rules[1]), ("--max-voxel-size", rules[2] is not None),
+                                   ("--series-number", rules[3]), ("--repeats", rules[4])) if on]
     if given:
         raise ValueError(f"{given[0]} applies to DICOM input; pass DICOM series or study folders")
-
-
-def _dataset_root(inputs: list[Path]) -> Path | None:
-    folders = [p for p in inputs if p.is_dir()]
-    if not folders:
-        return None
-    if len(inputs) > 1:
-        raise ValueError(f"{folders[0]} is a folder: pass either one dataset folder or scan files, not both "
-                         f"or several folders")
-    return folders[0]
 
 
 def _output_folder(out: Path | None, old: Path | None) -> Path | None:
@@ -271,17 +286,22 @@ def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, o
 
     if outdir.exists() and not outdir.is_dir():
         raise ValueError(f"-o {outdir} is a file; pass a folder")
-    planned: dict[Path, Path] = {}
     jobs = []
-    for scan in scans:  # every collision is reported before any work
+    for scan in scans:
         paths = output_paths(scan, outdir, probabilities, qc)
-        for path in paths.values():
-            if path in planned:
-                raise ValueError(f"{scan} and {planned[path]} would both write {path}; run them separately")
-            planned[path] = scan
         state = "todo" if overwrite else output_state(paths, lambda: file_digest(scan), model_digest)
         jobs.append(Job(scan, outdir, scan.name, state=state, overwrite=overwrite or state == "partial", paths=paths))
     return jobs
+
+
+def _refuse_collisions(jobs: list[Job]) -> None:
+    """Every pair of inputs (scan files, DICOM folders) that would write the same file, before any work."""
+    planned: dict[Path, Path] = {}
+    for job in jobs:
+        for path in job.paths.values():
+            if path in planned:
+                raise ValueError(f"{job.scan} and {planned[path]} would both write {path}; run them separately")
+            planned[path] = job.scan
 
 
 def _refuse_other_results(jobs: list[Job]) -> None:

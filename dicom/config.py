@@ -11,7 +11,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .series import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, SeriesRules
+from .choice import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, REPEATS, SeriesRules
 
 EXAMPLE = """\
 [node]
@@ -39,6 +39,8 @@ description = ["t2"]
 exclude = ["scout|locali[sz]er|survey"]
 planes = []                    # e.g. ["axial"]
 # max_voxel_size = 3.0
+# numbers = [3]                # only these series numbers (description and exclude then apply only if set)
+# repeats = "last"             # of repeats of one acquisition (after motion), the last; default "refuse"
 
 # [atlas]                      # optional: atlas fusion, as neoseg-infer --atlas (needs the atlas extra)
 # folder = "/opt/neoseg/atlases" # a dHCP-layout folder; its fully labelled sessions are the atlases
@@ -99,9 +101,7 @@ def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
     if unknown:
         raise ValueError(f"{where}: unknown table [{sorted(unknown)[0]}]; the tables are node, model, destination, "
                          f"series and atlas")
-    rules = SeriesRules(tuple(series.get("description", DEFAULT_INCLUDE)),
-                        tuple(series.get("exclude", DEFAULT_EXCLUDE)), tuple(series.get("planes", ())),
-                        series.get("max_voxel_size"), explicit=True)
+    rules = _rules(series, where)
     return NodeConfig(
         listen=Peer(str(node.get("ae_title", "NEOSEG")), str(node.get("host", "0.0.0.0")), _port(node, where, "node")),
         destination=Peer(_need(dest, "ae_title", where, "destination"), _need(dest, "host", where, "destination"),
@@ -113,6 +113,42 @@ def parse_config(data: dict, where: Path | str = "config") -> NodeConfig:
         queue_size=int(_positive(node, "queue_size", 16, where)),
         timeout_seconds=_positive(node, "timeout_seconds", 30.0, where), rules=rules,
         atlas=_atlas(data, where))
+
+
+def _rules(series: dict, where) -> SeriesRules:
+    """``[series]``: neoseg-infer's rules; with ``numbers`` and without ``description`` (or ``exclude``),
+    the default description patterns (or exclusions) are dropped, as with --series-number."""
+    unknown = set(series) - {"description", "exclude", "planes", "max_voxel_size", "numbers", "repeats"}
+    if unknown:
+        raise ValueError(f"{where}: [series] has no setting '{sorted(unknown)[0]}'; the settings are description, "
+                         f"exclude, planes, max_voxel_size, numbers and repeats")
+    by_number = "numbers" in series
+    texts = {key: _strings(series, key, where) for key in ("description", "exclude", "planes")}
+    numbers = series.get("numbers", [])
+    if not isinstance(numbers, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
+        raise ValueError(f"{where}: [series] numbers must be a list of series numbers, e.g. [3], got {numbers!r}")
+    voxel = series.get("max_voxel_size")
+    if voxel is not None and (isinstance(voxel, bool) or not isinstance(voxel, (int, float)) or voxel <= 0):
+        raise ValueError(f"{where}: [series] max_voxel_size must be a positive number (mm), got {voxel!r}")
+    repeats = series.get("repeats", "refuse")
+    if repeats not in REPEATS:
+        raise ValueError(f"{where}: [series] repeats must be one of {', '.join(REPEATS)}, got {repeats!r}")
+    include, exclude = texts["description"], texts["exclude"]
+    include = (() if by_number else DEFAULT_INCLUDE) if include is None else include
+    exclude = (() if by_number else DEFAULT_EXCLUDE) if exclude is None else exclude
+    return SeriesRules(include, exclude, texts["planes"] or (), voxel, explicit=True, numbers=tuple(numbers),
+                       repeats=repeats)
+
+
+def _strings(table: dict, key: str, where) -> tuple[str, ...] | None:
+    value = table.get(key)
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{where}: [series] {key} must be a list of strings, got {value!r}")
+    return tuple(value)
 
 
 def _atlas(data: dict, where) -> AtlasSettings | None:

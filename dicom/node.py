@@ -8,6 +8,7 @@ A failing study is logged, its files moved to ``<spool>/failed``, and the node g
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import shutil
@@ -126,7 +127,6 @@ class Node:
                 study = self.queue.get(timeout=0.2)
             except queue.Empty:
                 continue
-            start = time.perf_counter()
             work = self.spool / ".work" / study
             try:
                 with self.lock:  # what has arrived is this run's; later instances start the study anew
@@ -135,27 +135,36 @@ class Node:
                     (self.spool / study).replace(work)
                 text = self.process(study, work)
             except Exception as e:  # noqa: BLE001 - one study's failure must not stop the node
-                log.error(f"study {study}: error: {_one_line(e)}")
-                self._set_aside(work)
+                kept = self._set_aside(work)
+                log.error(f"study {study}: error: {_failure(e, work, kept)}")
             else:
-                log.info(f"study {study}: {text} ({time.perf_counter() - start:.1f} s)")
+                log.info(f"study {study}: {text}")
                 shutil.rmtree(work, ignore_errors=True)
 
     def process(self, study: str, folder: Path) -> str:
         """Segment the T2w series of a received study (its instances in ``folder``) and send its SEG;
-        returns the log text."""
+        returns the log text: what was done, how long it took, and any warnings."""
+        from .choice import NODE, choose
         from .run import dicom_output_paths, segment_series
-        from .series import choose, find_series
+        from .series import find_series
 
-        chosen = choose(find_series(folder), self.config.rules, folder)
+        start = time.perf_counter()
+        chosen = choose(find_series(folder), self.config.rules, folder, NODE)
         out = self.config.output / study
         paths = dicom_output_paths(chosen.uid, out, seg=True)
+        fresh = not out.exists()
         out.mkdir(parents=True, exist_ok=True)
-        segment_series(chosen, folder, self.segmenter, paths, overwrite=True)
+        try:
+            _, result = segment_series(chosen, folder, self.segmenter, paths, overwrite=True)
+        except BaseException:
+            if fresh and not any(out.iterdir()):
+                out.rmdir()  # nothing was written: no empty folder is left for a failed study
+            raise
         seg = pydicom.dcmread(paths["seg"])
         self._send(seg)
+        warnings = "".join(f"; warning: {_in_study(w, folder)}" for w in result.warnings)
         return (f"{chosen.name}, {chosen.frames} frames -> SEG {seg.SOPInstanceUID} sent to "
-                f"{_peer(self.config.destination)}")
+                f"{_peer(self.config.destination)} ({time.perf_counter() - start:.1f} s){warnings}")
 
     def _send(self, seg) -> None:
         dest = self.config.destination
@@ -176,8 +185,9 @@ class Node:
                                   f"{'none' if code is None else hex(code)}); the SEG stays in "
                                   f"{self.config.output}")
 
-    def _set_aside(self, work: Path) -> None:
-        """A failed study's instances, kept for a look in ``<spool>/failed/<study>``."""
+    def _set_aside(self, work: Path) -> Path | None:
+        """A failed study's instances, kept for a look in ``<spool>/failed/<study>``; returns that folder
+        (None when they could not be moved there, and were removed)."""
         self.failed.mkdir(parents=True, exist_ok=True)
         target = self.failed / work.name
         shutil.rmtree(target, ignore_errors=True)
@@ -185,6 +195,8 @@ class Node:
             work.replace(target)
         except OSError:
             shutil.rmtree(work, ignore_errors=True)
+            return None
+        return target
 
 
 def _peer(p) -> str:
@@ -193,3 +205,17 @@ def _peer(p) -> str:
 
 def _one_line(e: Exception) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def _failure(e: Exception, work: Path, kept: Path | None) -> str:
+    """The error of a failed study, naming its files where they now are (``kept``), not where they were."""
+    text = _one_line(e)
+    if kept is None:
+        return f"{text} (its instances could not be moved to {work.parent.parent / 'failed'})"
+    text = text.replace(str(work), str(kept))
+    return text if str(kept) in text else f"{text} (its instances are in {kept})"
+
+
+def _in_study(text: str, folder: Path) -> str:
+    """A warning about a received study, with its files named inside the study, not in the spool's work folder."""
+    return text.replace(f"{folder}{os.sep}", "").replace(str(folder), "the study")

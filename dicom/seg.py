@@ -11,13 +11,14 @@ images, as the standard requires of a derived object; nothing else of the patien
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 from pydicom.sr.coding import Code
 
-from neoseg.core.hierarchy import Hierarchy
+from neoseg.core.hierarchy import Hierarchy, builtin
 from neoseg.core.version import neoseg_version
 from neoseg.runtime.qc import structure_colours
 from neoseg.runtime.volumes import structure_volumes
@@ -46,10 +47,23 @@ STRUCTURES = {
 }
 
 
-def segment_codes(name: str) -> tuple[Code, Code, str, tuple]:
-    """Category, type, label and related structures of a channel; a channel of another hierarchy
-    gets a private code named after it."""
-    return STRUCTURES.get(name) or (ANATOMY, Code(name[:16], OWN, name), name, ())
+def segment_codes(name: str, hierarchy: Hierarchy) -> tuple[Code, Code, str, tuple]:
+    """Category, type, label and related structures of a channel. The SNOMED CT codes are those of the
+    built-in hierarchy's channels; a channel of any other hierarchy, whatever its name, gets a private
+    code named after it (its ``csf`` or ``wm`` may hold other structures than drawem9's)."""
+    if is_builtin(hierarchy) and name in STRUCTURES:
+        return STRUCTURES[name]
+    return ANATOMY, Code(name[:16], OWN, name), name, ()
+
+
+def is_builtin(hierarchy: Hierarchy) -> bool:
+    """The built-in dhcp-drawem9 hierarchy: the same channels, values and tree (whatever its name)."""
+    return hierarchy.channels == _builtin_channels()
+
+
+@lru_cache(maxsize=1)
+def _builtin_channels() -> tuple:
+    return builtin().channels
 
 
 def _leaves(hierarchy: Hierarchy) -> list[int]:
@@ -70,7 +84,7 @@ def build_seg(read: DicomScan, labels: np.ndarray, info, equipment: dict | None 
     for number, i in enumerate(_leaves(hierarchy), 1):
         channel = hierarchy.channels[i]
         numbers[np.isin(labels, list(channel.values))] = number
-        category, kind, label, related = segment_codes(channel.name)
+        category, kind, label, related = segment_codes(channel.name, hierarchy)
         descriptions.append(hd.seg.SegmentDescription(
             segment_number=number, segment_label=label, segmented_property_category=category,
             segmented_property_type=kind, algorithm_type="AUTOMATIC", algorithm_identification=algorithm,
@@ -124,7 +138,7 @@ def _code_text(name: str, hierarchy: Hierarchy) -> str | None:
     i = hierarchy.index(name)
     if i not in _leaves(hierarchy):
         return None  # a parent (TCV) or the outside: no segment
-    kind = segment_codes(name)[1]
+    kind = segment_codes(name, hierarchy)[1]
     return f"{kind.scheme_designator}:{kind.value}"
 
 

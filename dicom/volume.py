@@ -21,7 +21,8 @@ from neoseg.core.scans import Scan, ScanError, available_memory, human_bytes, pl
 
 from .deps import highdicom as hd
 from .deps import pydicom
-from .series import MR_CLASSES, MR_IMAGE, OBLIQUE_DEGREES, Frame, Series, frame_geometry, normal
+from .headers import MR_CLASSES, MR_IMAGE, cause
+from .series import OBLIQUE_DEGREES, Frame, Series, frame_geometry, normal
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 SPACING_RTOL = 0.01  # slice steps may differ from the median step by this share (highdicom's default)
@@ -67,7 +68,7 @@ def read_series(series: Series, where: Path, working_bytes=None) -> DicomScan:
     image = nib.Nifti1Image(data, affine)
     image.header.set_qform(affine, code=1)
     image.header.set_sform(affine, code=1)
-    notes = []
+    notes = list(series.notes)
     if series.tilt is not None and series.tilt > OBLIQUE_DEGREES:
         notes.append(f"{name}: oblique slices ({series.tilt:.1f} deg from the nearest axis); segmented on its own "
                      f"grid, slice by slice along the nearest axis, without resampling")
@@ -161,5 +162,19 @@ def _assemble(s: Series, name: str):
     except MemoryError:
         raise ScanError(f"{name}: ran out of memory reading the voxels; use a machine with more memory") from None
     except Exception as e:  # noqa: BLE001 - pydicom, the decoders and highdicom raise many types
-        raise ScanError(f"{name} could not be read ({type(e).__name__}: {' '.join(str(e).split())[:160]}); the "
-                        f"files are damaged or of a kind neoseg does not read; export the series again") from None
+        path, e = _undecodable(s.files, e)
+        raise ScanError(f"{name}: {path or 'the series'} could not be read ({type(e).__name__}: {cause(e)}); it "
+                        f"is damaged or of a kind neoseg does not read; export the series again") from None
+
+
+def _undecodable(files: list[Path], error: Exception) -> tuple[Path | None, Exception]:
+    """After a failure to assemble the series: the first file whose own pixels do not decode, and why
+    (each read again, one at a time); None when each decodes alone."""
+    for path in files:
+        try:
+            pydicom.dcmread(path).pixel_array  # noqa: B018 - decoded only to find the damaged file
+        except MemoryError:
+            break
+        except Exception as e:  # noqa: BLE001 - as above
+            return path, e
+    return None, error

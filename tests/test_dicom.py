@@ -286,7 +286,8 @@ def test_compressed_series_read_as_uncompressed(cohort, tmp_path):
     the same voxels as the uncompressed one."""
     from pydicom.uid import JPEGLSLossless, RLELossless
 
-    from neoseg.dicom.series import SeriesRules, choose, find_series
+    from neoseg.dicom.choice import SeriesRules, choose
+    from neoseg.dicom.series import find_series
     from neoseg.dicom.volume import read_series
 
     data, affine = cohort
@@ -342,7 +343,8 @@ def test_without_the_dicom_extra_the_error_names_it(study, tmp_path):
 def test_tilted_stacking_is_refused(cohort, tmp_path):
     """Slices whose positions drift sideways (gantry tilt) are no regular volume."""
     from neoseg.core.scans import ScanError
-    from neoseg.dicom.series import SeriesRules, choose, find_series
+    from neoseg.dicom.choice import SeriesRules, choose
+    from neoseg.dicom.series import find_series
     from neoseg.dicom.volume import read_series
 
     data, affine = cohort

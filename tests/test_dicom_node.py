@@ -215,3 +215,87 @@ def test_atlas_settings_of_the_node_are_checked(model, tmp_path):
     config = parse_config({**example, "model": {"path": str(model)}, "atlas": {"folder": str(tmp_path / "none")}})
     with pytest.raises(ValueError, match=r"\[atlas\] folder .* is not a folder"):
         build_node(config)
+
+
+def test_series_settings_of_the_node_are_checked():
+    import tomllib
+
+    example = tomllib.loads(EXAMPLE)
+    rules = parse_config({**example, "series": {"numbers": [5], "repeats": "last"}}).rules
+    assert rules.numbers == (5,) and rules.repeats == "last" and rules.explicit
+    assert rules.include == () and rules.exclude == ()  # a series number alone: the default patterns dropped
+    assert parse_config(example).rules.repeats == "refuse"  # never a silent pick by default
+    for table, message in (({"series_number": 5}, r"\[series\] has no setting 'series_number'"),
+                           ({"repeats": "newest"}, r"\[series\] repeats must be one of refuse, first, last"),
+                           ({"numbers": 5}, r"\[series\] numbers must be a list"),
+                           ({"description": [3]}, r"\[series\] description must be a list of strings")):
+        with pytest.raises(ValueError, match=message):
+            parse_config({**example, "series": table})
+
+
+def _wait(condition, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline and not condition():
+        time.sleep(0.2)
+
+
+def test_failed_studies_name_where_their_files_are_and_the_setting_that_fixes_them(model, tiny_dataset, tmp_path,
+                                                                                   caplog):
+    """A repeated T2w acquisition and an incomplete series: one error line each, naming the study's
+    files in spool/failed and node.toml's [series] settings (not neoseg-infer's options), and no empty
+    output folder; with repeats = "last" the repeated study gives the last repeat's SEG."""
+    import shutil
+
+    from neoseg.cli.serve import build_node
+
+    caplog.set_level(logging.INFO, logger="neoseg.serve")
+    img = nib.load(find_sessions(tiny_dataset)[5].t2)
+    data = np.round(np.asarray(img.dataobj)).astype(np.int16)
+    spool, out = tmp_path / "spool", tmp_path / "out"
+    repeat, gap = new_study(), new_study()
+    series = {n: write_series(data, img.affine, spool / repeat["uid"] / f"s{n}", repeat, description="T2w TSE",
+                              number=n) for n in (3, 5)}
+    write_series(data, img.affine, spool / gap["uid"] / "s3", gap)
+    sorted((spool / gap["uid"] / "s3").iterdir())[-1].unlink()  # the last image lost: incomplete
+    received: list = []
+    destination = _destination(received)
+
+    def node(**series_table):
+        return build_node(parse_config({
+            "node": {"host": "127.0.0.1", "port": 0, "spool": str(spool), "output": str(out), "settle_seconds": 0.5,
+                     "timeout_seconds": 5},
+            "model": {"path": str(model), "backend": "ort-cpu"},
+            "destination": {"ae_title": "DEST", "host": "127.0.0.1", "port": destination.server_address[1]},
+            "series": series_table}))
+
+    first = node()
+    first.start()
+    try:
+        _wait(lambda: len([r for r in caplog.records if r.levelno >= logging.ERROR]) >= 2)
+    finally:
+        first.stop()
+    lines = {study: next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"study {study}:"))
+             for study in (repeat["uid"], gap["uid"])}
+    kept = spool / "failed" / repeat["uid"]
+    assert lines[repeat["uid"]].startswith(f"study {repeat['uid']}: error: {kept}: 2 series pass the T2w rules")
+    assert "choose one with numbers = [3] or numbers = [5]" in lines[repeat["uid"]]
+    assert 'repeats = "last" in the [series] table of node.toml' in lines[repeat["uid"]]
+    assert f"{spool / 'failed' / gap['uid']}" in lines[gap["uid"]] and "incomplete" in lines[gap["uid"]]
+    for line in lines.values():
+        assert ".work" not in line and " --" not in line and "dry-run" not in line, line
+    assert kept.is_dir() and (spool / "failed" / gap["uid"]).is_dir()
+    assert not out.exists() or not any(out.iterdir())  # no empty output/<StudyInstanceUID>/ of a failed study
+
+    shutil.move(kept, spool / repeat["uid"])  # sent again, to a node that takes the last repeat
+    caplog.clear()
+    second = node(repeats="last")
+    second.start()
+    try:
+        _wait(lambda: received)
+    finally:
+        second.stop()
+        destination.shutdown()
+    assert [str(s.ReferencedSeriesSequence[0].SeriesInstanceUID) for s in received] == [series[5]]
+    done = next(r.getMessage() for r in caplog.records if r.getMessage().startswith(f"study {repeat['uid']}:"))
+    assert done.startswith(f"study {repeat['uid']}: series 5 (T2w TSE), 24 frames -> SEG"), done
+    assert "warning: series 3, 5 are repeats of one acquisition; the last, series 5 (T2w TSE), is segmented" in done
