@@ -51,6 +51,15 @@ def tiny_dataset(tmp_path_factory) -> Path:
     return write_dataset(tmp_path_factory.mktemp("tiny") / "data")
 
 
+@pytest.fixture(scope="module")
+def model(tiny_dataset, tmp_path_factory) -> Path:
+    """A toy U-Net trained for a few steps on tiny_dataset's first four scans, exported to ONNX (per module)."""
+    from neoseg.benchmarks.toy import toy_onnx
+    from neoseg.data.dhcp import find_sessions
+
+    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
+
+
 @pytest.fixture(scope="session")
 def toy_run(tiny_dataset, tmp_path_factory) -> Path:
     """A run folder as neoseg-train leaves it, of a toy U-Net trained on tiny_dataset's T00-T03:

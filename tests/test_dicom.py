@@ -27,13 +27,6 @@ SECRETS = (PATIENT_NAME, PATIENT_ID, "Secretina", "ACC-SECRET-9")
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    from neoseg.benchmarks.toy import toy_onnx
-
-    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
-
-
-@pytest.fixture(scope="module")
 def cohort(tiny_dataset):
     """A cohort scan as integers (DICOM stores integers) and its affine."""
     img = nib.load(find_sessions(tiny_dataset)[5].t2)

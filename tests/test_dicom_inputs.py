@@ -28,13 +28,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    from neoseg.benchmarks.toy import toy_onnx
-
-    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
-
-
-@pytest.fixture(scope="module")
 def cohort(tiny_dataset):
     img = nib.load(find_sessions(tiny_dataset)[5].t2)
     return np.round(np.asarray(img.dataobj)).astype(np.int16), img.affine

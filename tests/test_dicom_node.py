@@ -26,13 +26,6 @@ from neoseg.dicom.config import EXAMPLE, parse_config  # noqa: E402
 SECRETS = (PATIENT_NAME, PATIENT_ID, "Secretina")
 
 
-@pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    from neoseg.benchmarks.toy import toy_onnx
-
-    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
-
-
 def _destination(received: list):
     ae = AE(ae_title="DEST")
     ae.add_supported_context(SegmentationStorage, ALL_TRANSFER_SYNTAXES)

@@ -19,13 +19,6 @@ CPU_DEFAULT = "openvino" if importlib.util.find_spec("openvino") else "onnxrunti
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    from neoseg.benchmarks.toy import toy_onnx
-
-    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
-
-
-@pytest.fixture(scope="module")
 def scans(tiny_dataset):
     return [s.t2 for s in find_sessions(tiny_dataset)[4:6]]
 

@@ -25,13 +25,6 @@ runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    from neoseg.benchmarks.toy import toy_onnx
-
-    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
-
-
-@pytest.fixture(scope="module")
 def clean(tiny_dataset):
     return nib.load(find_sessions(tiny_dataset)[5].t2)
 

@@ -119,14 +119,6 @@ def test_the_readme_opens_with_the_main_job_and_the_tests_on_cpu_torch():
 
 
 # ---- the runtime's messages -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def model(tiny_dataset, tmp_path_factory):
-    from neoseg.benchmarks.toy import toy_onnx
-    from neoseg.data.dhcp import find_sessions
-
-    return toy_onnx(tmp_path_factory.mktemp("model"), find_sessions(tiny_dataset)[:4])[1]
-
-
 def test_missing_gpu_provider_names_the_install_line(model, monkeypatch):
     with pytest.raises(BackendUnavailable) as e:  # this machine: the CPU package only
         open_backend(model, "ort-cuda")
