@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, wait
 from pathlib import Path
+
+from neoseg.core.workers import process_pool
 
 from .grid import RunSpec
 from .profiles import Profile
@@ -21,8 +23,7 @@ def run_runs(todo: list[RunSpec], done: set[str], total: int, profile: Profile, 
     runs of the grid; ``began``: when the command started, for the profile's deadline). Returns the
     failed runs, each with its reason."""
     todo, failed = list(todo), {}
-    with ProcessPoolExecutor(workers, mp_context=_spawn(), initializer=init_worker,
-                             initargs=(profile.threads,)) as pool:
+    with process_pool(workers, init_worker, (profile.threads,)) as pool:  # Ctrl-C ends the runs at once
         running, slots = {}, {}  # future -> spec; future -> GPU index (runs spread over the GPUs)
         while todo or running:
             late = profile.deadline_minutes is not None and (time.monotonic() - began) / 60 > profile.deadline_minutes
@@ -66,9 +67,3 @@ def gpu_count() -> int:
     import torch
 
     return torch.cuda.device_count()
-
-
-def _spawn():
-    import multiprocessing
-
-    return multiprocessing.get_context("spawn")  # never fork a process that may hold OpenMP threads

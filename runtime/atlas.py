@@ -191,18 +191,16 @@ def _register_all(jobs: list[_Job], workers: int) -> list[tuple[np.ndarray, np.n
     """:func:`_register` of every job, in order; up to ``workers`` processes at once."""
     if workers <= 1 or len(jobs) == 1:
         return [_register(job) for job in jobs]
-    from concurrent.futures import ProcessPoolExecutor
     from concurrent.futures.process import BrokenProcessPool
-    from multiprocessing import get_context
 
-    pool = ProcessPoolExecutor(min(workers, len(jobs)), mp_context=get_context("spawn"))
+    from neoseg.core.workers import process_pool
+
     try:
-        return list(pool.map(_register, jobs))
+        with process_pool(min(workers, len(jobs))) as pool:  # a failure or Ctrl-C stops it at once
+            return list(pool.map(_register, jobs))
     except BrokenProcessPool as e:  # a registration process killed (e.g. out of memory at 0.5 mm)
         raise ValueError(f"--atlas: {registration.PROCESS_ENDED} ({e}); run fewer at once (--threads 1), or "
                          f"segment without --atlas") from e
-    finally:  # after a failure, the registrations not yet started are not started
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _register(job: _Job) -> tuple[np.ndarray, np.ndarray]:

@@ -251,10 +251,14 @@ def test_each_target_gets_its_nearest_atlases_and_atlas_json_says_so(tiny_datase
         assert [n for n in names if f"--{target.key}-" in n][0].startswith(f"{nearest.key}--")
 
 
-def test_registrations_in_two_worker_processes(tiny_dataset, tmp_path):
+def test_registrations_in_two_worker_processes(tiny_dataset, tmp_path, caplog):
     cfg = config(tiny_dataset, atlas="pairs")
-    split, sessions, new, flags, report = run_atlas(cfg, tmp_path / "run", workers=2)
+    with caplog.at_level("INFO", logger="neoseg.train"):
+        split, sessions, new, flags, report = run_atlas(cfg, tmp_path / "run", workers=2)
     assert report["registered"] == report["pairs"] == len(new) - len(sessions) == 3
+    # said before the work and as it goes, for a log file or a batch job (no progress bar there)
+    assert "atlas: registering 3 of 3 pairs (0 cached), 2 at once" in caplog.text
+    assert "atlas: 3 of 3 registered (" in caplog.text
     cached = sorted((tmp_path / "run" / "cache" / "atlas" / "registrations").glob("*.npz"))
     assert len(cached) == 3 and not list(cached[0].parent.glob(".*"))  # no temporary files left
     for path in cached:

@@ -25,9 +25,8 @@ import logging
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import as_completed
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -36,6 +35,7 @@ from neoseg.core.hierarchy import Hierarchy
 from neoseg.core.io import write_nifti, write_once, write_text
 from neoseg.core.partial import Coded
 from neoseg.core.scans import voxel_size
+from neoseg.core.workers import process_pool
 from neoseg.data.dhcp import LABEL_SUFFIX, T2_SUFFIX, Session
 from neoseg.data.splits import Split
 
@@ -120,25 +120,34 @@ def register_pairs(pairs: list[Pair], hierarchy: Hierarchy, workers: int | None 
 
     todo = [p for p in pairs if not p.path.is_file()]
     workers = max(1, min(workers or len(os.sched_getaffinity(0)), len(todo)))
+    if todo:
+        log.info("atlas: registering %d of %d pairs (%d cached), %d at once", len(todo), len(pairs),
+                 len(pairs) - len(todo), workers)
     bar = tqdm(total=len(todo), desc="atlas registrations", disable=None if progress else True, leave=False)
+    began, step = time.monotonic(), max(1, len(todo) // 10)
+
+    def one_done(n: int) -> None:  # the bar on a terminal; a log line each tenth in a log file or batch job
+        bar.update()
+        if bar.disable and (n % step == 0 or n == len(todo)):
+            log.info("atlas: %d of %d registered (%.0f s)", n, len(todo), time.monotonic() - began)
+
     if workers == 1:
-        for pair in todo:
+        for n, pair in enumerate(todo, 1):
             try:
                 register_pair(pair, hierarchy)
             except Exception as e:  # noqa: BLE001 - named and re-raised
                 raise _failed(pair, e) from e
-            bar.update()
+            one_done(n)
     elif todo:
-        with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+        with process_pool(workers) as pool:  # a failure or Ctrl-C stops it at once; what is cached stays
             futures = {pool.submit(register_pair, p, hierarchy): p for p in todo}
-            for done in as_completed(futures):
+            for n, done in enumerate(as_completed(futures), 1):
                 error = done.exception()
-                if error is not None:  # stop at once: the queued pairs are not run first
-                    pool.shutdown(wait=True, cancel_futures=True)
+                if error is not None:
                     if isinstance(error, BrokenProcessPool):
                         error = RuntimeError(registration.PROCESS_ENDED)
                     raise _failed(futures[done], error) from done.exception()
-                bar.update()
+                one_done(n)
     bar.close()
     return len(todo)
 
