@@ -110,7 +110,23 @@ def find_sessions(root: str | Path, require_labels: bool = True, mask_names: lis
                          + f" found under {root}; expected sub-*/ses-*/anat/ (dHCP derivative layout)")
     if require_labels:
         _warn_left_out(root, sessions, mask_names or [])
+        _warn_no_age(root, sessions)
     return sessions
+
+
+def _warn_no_age(root: Path, sessions: list[Session]) -> None:
+    """Name the sessions without a scan age: the atlases registered to them are chosen by name, not
+    by the nearest age, and evaluation puts them in an 'unknown' age group."""
+    unknown = [s for s in sessions if math.isnan(s.scan_age)]
+    key = ("age", str(root), tuple(s.key for s in unknown))
+    if not unknown or key in _said:
+        return
+    _said.add(key)
+    shown = ", ".join(s.key for s in unknown[:SHOWN]) + (f" and {len(unknown) - SHOWN} more" if len(unknown) > SHOWN
+                                                         else "")
+    log.warning("%s: %d of %d session(s) without a scan age (a number in the %s column of "
+                "sub-<id>/sub-<id>_sessions.tsv): %s; their atlases are chosen by name, not by age, and they are "
+                "evaluated as age group 'unknown'", root, len(unknown), len(sessions), AGE_COLUMNS[0], shown)
 
 
 def _warn_left_out(root: Path, sessions: list[Session], mask_names: list[str]) -> None:

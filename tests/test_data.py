@@ -19,13 +19,20 @@ def test_reader_finds_sessions_ages_and_groups(tiny_dataset):
     assert sessions[0].labels.name == "sub-T00_ses-1_desc-drawem9_dseg.nii.gz"
 
 
-def test_reader_without_sessions_tsv_gives_unknown_age(tmp_path, tiny_dataset):
+def test_reader_without_sessions_tsv_gives_unknown_age_and_says_so(tmp_path, tiny_dataset, caplog):
     import shutil
 
-    shutil.copytree(tiny_dataset / "sub-T00", tmp_path / "sub-T00")
+    for sub in ("sub-T00", "sub-T01", "sub-T02"):
+        shutil.copytree(tiny_dataset / sub, tmp_path / sub)
     (tmp_path / "sub-T00" / "sub-T00_sessions.tsv").unlink()
-    (s,) = find_sessions(tmp_path)
-    assert math.isnan(s.scan_age) and s.age_group == "unknown"
+    tsv = tmp_path / "sub-T01" / "sub-T01_sessions.tsv"
+    tsv.write_text("session_id\tscan_age\n1\tn/a\n")
+    s, t, u = find_sessions(tmp_path)
+    assert math.isnan(s.scan_age) and s.age_group == "unknown" and math.isnan(t.scan_age)
+    assert not math.isnan(u.scan_age)
+    assert "2 of 3 session(s) without a scan age" in caplog.text and "sub-T00_ses-1, sub-T01_ses-1;" in caplog.text
+    find_sessions(tmp_path)
+    assert caplog.text.count("without a scan age") == 1  # once per run
 
 
 def test_reader_names_the_scans_and_annotations_it_leaves_out_and_why(tmp_path, tiny_dataset, caplog):
