@@ -89,7 +89,7 @@ def evaluate(
                              f"sessions with full label maps or parent masks")
         if out is not None:
             write_rows(out, rows, overwrite)
-    typer.echo(report(rows))
+    typer.echo(report(rows, hierarchy=segmenter.info.hierarchy))
 
 
 def _segmenter(models: list[Path], thresholds: str | None, backend: str, device: str, own_split: bool):

@@ -123,6 +123,28 @@ def test_the_split_keeps_fully_labelled_subjects_for_training(release):
         split_by_annotation(sessions, {k: True for k in partial})
 
 
+def test_without_a_fully_labelled_session_to_score_the_children_the_run_and_its_report_say_so(tmp_path, caplog):
+    """Two fully labelled subjects both train: validation and test know no cortex, white matter or deep
+    grey matter, which the log says once and every evaluation report names."""
+    from neoseg.train.config import TrainConfig
+    from neoseg.train.evaluate import report
+    from neoseg.train.recipes import dataset_split
+
+    root = write_release_like(tmp_path / "lab", SUBJECTS[:2] + [s for s in SUBJECTS if s[1] != "full"])
+    config = TrainConfig(data=str(root))
+    with caplog.at_level("WARNING", logger="neoseg.train"):
+        split = dataset_split(config)
+        dataset_split(config)
+    assert not ({s.subject for s in split.val + split.test} & split.fully_labelled)
+    assert caplog.text.count("no fully labelled session in validation or test") == 1
+    assert "cgm, dgm, wm are neither validated nor scored" in caplog.text
+    rows = [{"subject": "R05", "session": "1", "structure": n, "age_group": "term", "output": "dseg", "dice": 0.9, "hd100": 2.0, "vol_diff_ml": 0.1,
+             "hd95": 1.0} for n in H.names if n not in ("cgm", "wm", "dgm")]
+    text = report(rows, hierarchy=H)
+    assert "1 of 1 sessions are partially labelled" in text and "**Not scored: cgm, wm, dgm**" in text
+    assert "Not scored" not in report(rows)  # without the hierarchy, nothing to compare with
+
+
 # ---- the walk-through of docs/own-data.md, on a small dataset of that shape ----------------------
 TINY = ["--spacing", "2", "--slice-size", "32", "--widths", "8,16", "--batch-size", "8", "--quiet", "--device", "cpu"]
 

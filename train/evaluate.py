@@ -185,18 +185,23 @@ def write_rows(path: str | Path, rows: list[dict], overwrite: bool = True) -> No
         writer.writerows(rows)
 
 
-def report(rows: list[dict], structures: list[str] | None = None) -> str:
+def report(rows: list[dict], structures: list[str] | None = None, hierarchy: Hierarchy | None = None) -> str:
     """Markdown: per output (the label map first), mean ± std per age group of Dice and HD95 for
-    each structure."""
+    each structure; first, which sessions are partially labelled and (given the ``hierarchy``)
+    which of its structures no session scores."""
     parts = []
     scored: dict[tuple, set] = {}
     for r in rows:
         scored.setdefault((r["subject"], r["session"]), set()).add(r["structure"])
-    most = max((len(v) for v in scored.values()), default=0)
+    most = len(hierarchy) if hierarchy is not None else max((len(v) for v in scored.values()), default=0)
     partial = sum(len(v) < most for v in scored.values())
     if partial:
         parts.append(f"{partial} of {len(scored)} sessions are partially labelled: each is scored only on the "
                      f"structures its annotation knows at every voxel (the n columns count the sessions of each cell).")
+    unscored = [] if hierarchy is None else [n for n in hierarchy.names if not any(n in v for v in scored.values())]
+    if unscored and scored:
+        parts.append(f"**Not scored: {', '.join(unscored)}**: no session here labels them (none is fully labelled "
+                     f"where they are); score them on fully labelled sessions, e.g. `neoseg-eval MODEL --data FOLDER`.")
     for output, what in OUTPUTS.items():
         chosen = [r for r in rows if r.get("output", "mask") == output
                   and (structures is None or r["structure"] in structures)]

@@ -373,7 +373,7 @@ def _evaluate_test(run: _Run, split: Split, schedule: Schedule) -> RunResult:
                                 config.thresholds, best.spacing)
     rows = evaluate_sessions(segmenter, list(split.test), progress=run.ctx.progress)
     write_rows(run.out / "evaluation.csv", rows)
-    table = report(rows)
+    table = report(rows, hierarchy=run.hierarchy)
     write_text(run.out / "evaluation.md", f"# Test evaluation of {best_path} (epoch {best.state['epoch']}, selected "
                f"by {config.select}; the run ended by {schedule.stopped_by})\n\n{table}\n", overwrite=True)
     return RunResult(run.out, best.state["epoch"], best.state["best_val_loss"], rows, table, schedule.stopped_by,

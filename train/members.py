@@ -134,7 +134,7 @@ def _evaluate(config: TrainConfig, out: Path, checkpoints: list[Path]) -> tuple[
     segmenter, _ = checkpoint_segmenter(checkpoints, config.device, own_split=True)
     rows = evaluate_sessions(segmenter, list(dataset_split(config).test))
     write_rows(out / ENSEMBLE_ROWS, rows)
-    table = report(rows)
+    table = report(rows, hierarchy=segmenter.info.hierarchy)
     write_text(out / ENSEMBLE_REPORT, f"# Test evaluation of the {len(checkpoints)} members as one model (the mean "
                f"of their probabilities)\n\nMembers: {', '.join(str(c) for c in checkpoints)}\n\n{table}\n",
                overwrite=True)
