@@ -153,3 +153,20 @@ def test_weight_ema_validates_and_saves_the_average_and_resumes_it(tiny_dataset,
     assert all(torch.allclose(ra[k].float(), sa[k].float()) for k in sa)
     with pytest.raises(ValueError, match="--weight-ema is the average's decay"):
         TrainConfig(weight_ema=1.0)
+
+
+def test_a_resumed_run_counts_the_time_it_trained_before_against_its_budget(tiny_dataset, tmp_path):
+    """--max-minutes is the run's budget, not each invocation's: an interrupted run does not train longer."""
+    out = tmp_path / "run"
+    train(tiny_config(tiny_dataset, epochs=1, max_minutes=1.0), out, progress=False)
+    stored = json.loads((out / "config.json").read_text())
+    stored["epochs"] = 3  # as if interrupted after epoch 1 of 3
+    (out / "config.json").write_text(json.dumps(stored))
+    text = (out / "metrics.csv").read_text().splitlines()
+    first = text[1].split(",")
+    first[-1] = "61.0"  # epoch 1 took 61 s: the 1 minute is spent
+    (out / "metrics.csv").write_text("\r\n".join([text[0], ",".join(first)]) + "\r\n")
+    result = train(tiny_config(tiny_dataset, epochs=3, max_minutes=1.0), out, resume=True, progress=False)
+    assert result.stopped_by == "time budget"
+    with (out / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]  # no epoch trained after the budget

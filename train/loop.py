@@ -49,7 +49,8 @@ from .models import create_model, input_divisor
 from .precision import grad_scaler, resolve_precision
 from .ranks import Ranks, init_ranks, resolve_device
 from .recipes import dataset_split, resolve_recipe, training_sessions
-from .rundir import append_metrics, cache_folder, create_run_dir, stored_config, truncate_metrics, write_split
+from .rundir import (append_metrics, cache_folder, create_run_dir, stored_config, trained_seconds, truncate_metrics,
+                     write_split)
 from .sampling import training_batches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
@@ -297,7 +298,8 @@ def _resume(run: _Run, schedule: Schedule) -> int:
 
 
 def _run_epochs(run: _Run, schedule: Schedule, start: int) -> None:
-    config, began = run.config, time.monotonic()
+    # the time budget counts the epochs a resumed run trained before, so an interruption does not lengthen it
+    config, began = run.config, time.monotonic() - trained_seconds(run.out / "metrics.csv", start)
     for epoch in range(start, config.epochs + 1):
         step = schedule.before_epoch(epoch, (time.monotonic() - began) / 60, run.ctx.ranks.any)
         if step is Step.STOP:

@@ -67,6 +67,15 @@ def truncate_metrics(path: Path, start: int) -> None:
         write_text(path, text.getvalue(), overwrite=True)
 
 
+def trained_seconds(path: Path, before_epoch: int) -> float:
+    """The seconds ``metrics.csv`` records for the epochs before ``before_epoch``: what a resumed run
+    has spent of its time budget already."""
+    if not path.is_file():
+        return 0.0
+    with path.open(newline="") as f:
+        return sum(float(r["seconds"] or 0) for r in csv.DictReader(f) if int(r["epoch"]) < before_epoch)
+
+
 def read_split(checkpoint: Path) -> tuple[dict, Path] | None:
     """The subject split of the checkpoint's run (``split.json`` beside it, :func:`write_split`)
     and its file, or None where there is none."""
