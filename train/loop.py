@@ -154,8 +154,10 @@ def _train(config: TrainConfig, out: Path, resume: bool, progress: bool, split: 
     schedule = Schedule.of(config)
     start = _resume(run, schedule) if resume and (out / "last.pt").is_file() else 1
     if ranks.main:
-        log.info("%d train sessions (%d fully labelled subjects%s), %d val, %d test; %d train slices of %d^2 on %s%s, "
-                 "precision %s", len(train_sessions), len(split.fully_labelled),
+        pairs = len(train_sessions) - len(split.train)  # the atlas-to-scan pairs (--atlas pairs/both)
+        log.info("%d train sessions%s (%d fully labelled subjects%s), %d val, %d test; %d train slices of %d^2 on "
+                 "%s%s, precision %s", len(split.train), f" and {pairs} atlas-to-scan pairs" if pairs else "",
+                 len(split.fully_labelled),
                  ", the rest pseudo-labelled" if config.pseudo_labels else "", len(split.val), len(split.test),
                  len(train_set), config.slice_size, device, f" x {ranks.world} processes" if ranks.world > 1 else "",
                  precision + (f" ({precision_note})" if precision_note else ""))
