@@ -19,6 +19,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from neoseg.core.once import warn_once
+
 T2_SUFFIX = "_desc-restore_T2w.nii.gz"
 LABEL_SUFFIX = "_desc-drawem9_dseg.nii.gz"
 MASK_SUFFIX = "_mask.nii.gz"  # with a desc-<structure> entity before it
@@ -27,7 +29,6 @@ NIFTI_ENDINGS = (".nii", ".nii.gz", ".hdr", ".hdr.gz", ".img", ".img.gz")
 SHOWN = 5  # files left out named in the warning; the rest counted
 
 log = logging.getLogger("neoseg.data")
-_said: set[tuple] = set()  # warnings already given in this process (a dataset is read more than once per run)
 
 
 @dataclass(frozen=True)
@@ -118,15 +119,14 @@ def _warn_no_age(root: Path, sessions: list[Session]) -> None:
     """Name the sessions without a scan age: the atlases registered to them are chosen by name, not
     by the nearest age, and evaluation puts them in an 'unknown' age group."""
     unknown = [s for s in sessions if math.isnan(s.scan_age)]
-    key = ("age", str(root), tuple(s.key for s in unknown))
-    if not unknown or key in _said:
+    if not unknown:
         return
-    _said.add(key)
     shown = ", ".join(s.key for s in unknown[:SHOWN]) + (f" and {len(unknown) - SHOWN} more" if len(unknown) > SHOWN
                                                          else "")
-    log.warning("%s: %d of %d session(s) without a scan age (a number in the %s column of "
-                "sub-<id>/sub-<id>_sessions.tsv): %s; their atlases are chosen by name, not by age, and they are "
-                "evaluated as age group 'unknown'", root, len(unknown), len(sessions), AGE_COLUMNS[0], shown)
+    warn_once(log, ("age", str(root), tuple(s.key for s in unknown)),
+              "%s: %d of %d session(s) without a scan age (a number in the %s column of "
+              "sub-<id>/sub-<id>_sessions.tsv): %s; their atlases are chosen by name, not by age, and they are "
+              "evaluated as age group 'unknown'", root, len(unknown), len(sessions), AGE_COLUMNS[0], shown)
 
 
 def _warn_left_out(root: Path, sessions: list[Session], mask_names: list[str]) -> None:
@@ -143,13 +143,12 @@ def _warn_left_out(root: Path, sessions: list[Session], mask_names: list[str]) -
         why = _why_left_out(path, mask_names, path.parent in folders)
         if why:
             left.append((path, why))
-    key = (str(root), tuple(str(p) for p, _ in left))
-    if not left or key in _said:
+    if not left:
         return
-    _said.add(key)
     shown = "; ".join(f"{p.relative_to(root)} ({why})" for p, why in left[:SHOWN])
-    log.warning("%s: %d scan or annotation file(s) not used: %s%s", root, len(left), shown,
-                f"; and {len(left) - SHOWN} more" if len(left) > SHOWN else "")
+    warn_once(log, ("left out", str(root), tuple(str(p) for p, _ in left)),
+              "%s: %d scan or annotation file(s) not used: %s%s", root, len(left), shown,
+              f"; and {len(left) - SHOWN} more" if len(left) > SHOWN else "")
 
 
 def _why_left_out(path: Path, mask_names: list[str], beside_a_session: bool) -> str | None:

@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 
 from neoseg.core.hierarchy import Hierarchy, resolve
+from neoseg.core.once import warn_once
 from neoseg.data.dhcp import LABEL_SUFFIX, Session
 from neoseg.data.splits import Split, make_split, split_by_annotation
 
@@ -42,20 +43,17 @@ def dataset_split(config: TrainConfig, progress: bool = False, hierarchy: Hierar
     return split
 
 
-_warned: set[str] = set()  # datasets already warned about in this process (the split is made more than once a run)
-
-
 def _warn_unscored_children(split: Split, hierarchy: Hierarchy, data) -> None:
     """Say it where validation and test hold no fully labelled session (with fewer than three fully
     labelled subjects all of them train): the children are then neither validated nor scored."""
-    if any(s.key not in split.partial_sessions for s in (*split.val, *split.test)) or str(data) in _warned:
+    if any(s.key not in split.partial_sessions for s in (*split.val, *split.test)):
         return
-    _warned.add(str(data))
     children = sorted({hierarchy.names[k] for _, kids in hierarchy.sibling_groups for k in kids})
-    log.warning("%s: no fully labelled session in validation or test (with fewer than 3 fully labelled subjects, "
-                "all of them train): %s are neither validated nor scored at the end of training, and the best epoch "
-                "is chosen on what the validation sessions know; score the model on fully labelled scans with "
-                "neoseg-eval MODEL --data FOLDER", data, ", ".join(children) or "the children")
+    warn_once(log, ("unscored children", str(data)),
+              "%s: no fully labelled session in validation or test (with fewer than 3 fully labelled subjects, "
+              "all of them train): %s are neither validated nor scored at the end of training, and the best epoch "
+              "is chosen on what the validation sessions know; score the model on fully labelled scans with "
+              "neoseg-eval MODEL --data FOLDER", data, ", ".join(children) or "the children")
 
 
 def supervised_config(config: TrainConfig, split: Split) -> TrainConfig:
