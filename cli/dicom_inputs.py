@@ -11,13 +11,11 @@ import typer
 def series_rules(descriptions, planes, max_voxel, numbers, repeats: str):
     """The rules of the DICOM options: --series-description replaces the default patterns and their
     exclusions, and so does --series-number without --series-description."""
-    from neoseg.dicom.choice import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, SeriesRules
+    from neoseg.dicom.choice import SeriesRules
 
     explicit = bool(descriptions or planes or max_voxel is not None or numbers)
-    default = not descriptions and not numbers
-    return SeriesRules(tuple(descriptions or ()) or (DEFAULT_INCLUDE if default else ()),
-                       DEFAULT_EXCLUDE if default else (), tuple(p.lower() for p in planes or ()), max_voxel,
-                       explicit, tuple(numbers or ()), repeats)
+    return SeriesRules.given(tuple(descriptions) if descriptions else None, () if descriptions else None, planes,
+                             max_voxel, numbers, repeats, explicit)
 
 
 def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool, overwrite: bool, seg: bool,

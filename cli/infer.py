@@ -125,6 +125,8 @@ def infer(
                                                    "0 to 1: one for every child, or per child, e.g. "
                                                    "0.5,wm=0,cgm=0.")] = "0.5",
     atlas_warps: Annotated[str, typer.Option(help=ATLAS_WARPS_HELP)] = "regular",
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Warnings and errors only: no progress bar and no "
+                                                              "line per scan (--json keeps the timings).")] = False,
 ) -> None:
     """Segment each SCAN, or every T2w scan of a DATASET; write <stem>_desc-neoseg_dseg.nii.gz
     (labels) with its _dseg.json, _mask.nii.gz (4D, one volume per channel), _mask.json and
@@ -139,6 +141,7 @@ def infer(
     from neoseg.runtime.files import file_digest
     from neoseg.runtime.pipeline import Segmenter
 
+    say = (lambda line: None) if quiet else typer.echo
     with user_errors("neoseg-infer"), as_user_error(BackendUnavailable, EngineMismatchError):
         out = _output_folder(out, outdir)
         summary = Summary(json_summary, overwrite)
@@ -160,7 +163,7 @@ def infer(
         digest = file_digest(model) if model is not None else ""
         if root is not None:
             plan = DatasetPlan(root, out, model, digest, participant_label, session_label, probabilities, qc,
-                               overwrite)
+                               overwrite, say)
             jobs = plan.jobs
         else:
             jobs = []
@@ -174,7 +177,7 @@ def infer(
             jobs = _file_jobs(scans, out, probabilities, qc, overwrite, digest) + jobs
             jobs.sort(key=lambda job: inputs.index(job.scan))  # in the order given
             _refuse_collisions(jobs)
-            plan = FilesPlan(out, jobs, overwrite)
+            plan = FilesPlan(out, jobs, overwrite, say)
         _refuse_other_results(jobs)
         opened = open_backend(model, backend.value, threads, precision.value)
         if model.suffix == ".pt":  # the torch backend opened it, so torch is there for the training code
@@ -186,16 +189,17 @@ def infer(
             fusion = atlas_fusion(atlas, opened.info.hierarchy, atlas_per_scan, atlas_weight, atlas_warps)
         runner = Segmenter(opened, batch, skip_empty, crop_plane, host_threads=threads, atlas=fusion,
                            model_digest=digest)
-        typer.echo(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
+        say(f"backend: {opened.name}, batch {runner.batch}" + (f" ({opened.note})" if opened.note else ""))
         if fusion is not None:
             weights = ", ".join(f"{name} {w:g}" for name, w in fusion.named_weights().items())
-            typer.echo(f"atlas fusion: {len(fusion.atlases)} fully labelled session(s) in {atlas}, "
+            say(f"atlas fusion: {len(fusion.atlases)} fully labelled session(s) in {atlas}, "
                        f"{min(atlas_per_scan, len(fusion.atlases))} per scan, warps {','.join(fusion.warps)}, "
                        f"weights {weights}")
         summary.begin(model, runner.backend.name, root, out)
         plan.begin(runner.info)
         try:
-            _run(jobs, runner, probabilities, qc, summary, say_failures=root is not None or len(jobs) > 1)
+            _run(jobs, runner, probabilities, qc, summary, say_failures=root is not None or len(jobs) > 1,
+                 quiet=quiet)
         finally:  # also when interrupted: what is done is summarised
             summary.head["dataset_files"] = [str(p) for p in plan.finish(runner.info, summary.failed)]
             summary.write()
@@ -319,11 +323,11 @@ def _refuse_other_results(jobs: list[Job]) -> None:
 class FilesPlan:
     """Scan files and DICOM folders: the look-up table of the label values beside the results."""
 
-    def __init__(self, out: Path, jobs: list[Job], overwrite: bool):
+    def __init__(self, out: Path, jobs: list[Job], overwrite: bool, say=typer.echo):
         self.out, self.jobs, self.overwrite = out, jobs, overwrite
         done = sum(j.state == "done" for j in jobs)
         if done:
-            typer.echo(f"{done} of {len(jobs)} scans already done (skipped; --overwrite redoes them)")
+            say(f"{done} of {len(jobs)} scans already done (skipped; --overwrite redoes them)")
 
     def begin(self, info) -> None:
         from neoseg.runtime.dataset import planned_dseg_tsv
@@ -343,10 +347,10 @@ class DatasetPlan:
     """Dataset mode: which scans to run, and the dataset-level files before and after."""
 
     def __init__(self, root: Path, out: Path, model: Path, digest: str, participants, sessions, probabilities: bool,
-                 qc: bool, overwrite: bool):
+                 qc: bool, overwrite: bool, say=typer.echo):
         from neoseg.runtime import dataset as ds
 
-        self.root, self.out, self.model, self.qc = root, out, model, qc
+        self.root, self.out, self.model, self.qc, self.say = root, out, model, qc, say
         scans = ds.find_scans(root, participants, sessions)
         if out.exists() and not out.is_dir():
             raise ValueError(f"-o {out} is a file; pass a folder")
@@ -358,7 +362,7 @@ class DatasetPlan:
             self.jobs.append(Job(scan.path, scan.outdir(out), (scan.relative / scan.stem).as_posix(), scan.subject,
                                  scan.session, state, overwrite or state == "partial"))
         done = sum(j.state == "done" for j in self.jobs)
-        typer.echo(f"dataset {root}: {len(scans)} T2w scans"
+        say(f"dataset {root}: {len(scans)} T2w scans"
                    + (f", {done} already done (skipped; --overwrite redoes them)" if done else "")
                    + f" -> {out}")
 
@@ -386,16 +390,17 @@ class DatasetPlan:
         written = write_group_files(self.out, info.hierarchy, self.description(info),
                                     [FailedScan(f.name, f.error) for f in failed], self.qc)
         written = [self.out / "dataset_description.json", self.out / "dseg.tsv", *written]
-        typer.echo("dataset files: " + ", ".join(p.name for p in written))
+        self.say("dataset files: " + ", ".join(p.name for p in written))
         return written
 
 
-def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summary, say_failures: bool = True) -> None:
+def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summary, say_failures: bool = True,
+         quiet: bool = False) -> None:
     """Every job in turn; a failing scan is reported (unless ``say_failures`` is off: a single scan's
-    error is the command's own) and the others go on."""
+    error is the command's own) and the others go on. ``quiet``: failures only, no bar."""
     from neoseg.runtime.files import output_paths, segment_file
 
-    with Progress(len(jobs)) as progress:
+    with Progress(len(jobs), bar=False if quiet else None, quiet=quiet) as progress:
         try:
             for job in jobs:
                 if job.state == "done":

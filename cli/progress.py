@@ -12,8 +12,9 @@ import typer
 
 
 class Progress:
-    def __init__(self, total: int, unit: str = "scan", bar: bool | None = None):
-        self.total, self.count = total, 0
+    def __init__(self, total: int, unit: str = "scan", bar: bool | None = None, quiet: bool = False):
+        """``bar``: None shows one in a terminal; ``quiet``: only the lines written to stderr."""
+        self.total, self.count, self.quiet = total, 0, quiet
         self.bar = None
         if bar if bar is not None else sys.stderr.isatty():
             from tqdm import tqdm
@@ -28,6 +29,8 @@ class Progress:
         """One finished item: its line, then the bar advances."""
         self.count += 1
         line = f"[{self.count}/{self.total}] {message}"
+        if self.quiet and not err:
+            return
         if self.bar is not None:
             self.bar.write(line, file=sys.stderr if err else sys.stdout)
             self.bar.update(1)

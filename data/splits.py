@@ -6,6 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from neoseg.core.partial import BRAIN
+
 from .dhcp import Session
 
 
@@ -56,17 +58,20 @@ def make_split(sessions: list[Session], full_fraction: float, seed: int = 0, dra
 def split_by_annotation(sessions: list[Session], partial: dict[str, bool], seed: int = 0,
                         fractions=(0.8, 0.1, 0.1)) -> Split:
     """The split of a dataset that holds really partial sessions (``partial``: by session key).
-    Subjects with every session fully labelled and the others are split apart, each by
-    ``fractions``, so that the training side keeps fully labelled subjects: with fewer than three
-    of them they all train (validation and test then score only what partial sessions know).
-    ``fully_labelled`` holds the fully labelled training subjects."""
+    Subjects with every session fully labelled, the other subjects with a label map or a
+    structure's mask, and those with brain masks only are split apart, each by ``fractions``, so
+    that the training side keeps fully labelled subjects and validation never rests on brain masks
+    alone; a group of fewer than three subjects trains whole (with fewer than three fully labelled
+    subjects validation and test score only what partial sessions know). ``fully_labelled`` holds
+    the fully labelled training subjects."""
     subjects = sorted({s.subject for s in sessions})
     full = [x for x in subjects if not any(partial[s.key] for s in sessions if s.subject == x)]
     if not full:
         raise ValueError("the dataset has no fully labelled session (a drawem9 label map without any parent's "
                          "own value, e.g. TCV = 10); the children cannot be learned: fully label at least one session")
+    brain_only = [x for x in subjects if all(_brain_only(s) for s in sessions if s.subject == x)]
     sides = [[], [], []]
-    for group in (full, [x for x in subjects if x not in full]):
+    for group in (full, [x for x in subjects if x not in full and x not in brain_only], brain_only):
         parts = split_subjects(group, fractions, seed) if len(group) >= 3 else (group, [], [])
         for side, names in zip(sides, parts):
             side += names
@@ -76,3 +81,8 @@ def split_by_annotation(sessions: list[Session], partial: dict[str, bool], seed:
     pick = lambda names: tuple(s for s in sessions if s.subject in set(names))  # noqa: E731
     return Split(pick(sides[0]), pick(sides[1]), pick(sides[2]), frozenset(x for x in full if x in sides[0]),
                  frozenset(k for k, p in partial.items() if p))
+
+
+def _brain_only(session: Session) -> bool:
+    """True for a session annotated by a brain mask alone (it scores no structure)."""
+    return session.labels is None and all(name == BRAIN for name, _ in session.masks)

@@ -71,6 +71,19 @@ class SeriesRules:
         if self.repeats not in REPEATS:
             raise ValueError(f"repeats {self.repeats!r}: choose from {', '.join(REPEATS)}")
 
+    @classmethod
+    def given(cls, include=None, exclude=None, planes=(), max_voxel=None, numbers=(), repeats="refuse",
+              explicit=False) -> "SeriesRules":
+        """The rules a user set (None: not set). Series numbers without description patterns (or
+        exclusions) drop the default patterns (or exclusions): the number names the series."""
+        numbers = tuple(numbers or ())
+
+        def default(given, patterns):
+            return tuple(given) if given is not None else (() if numbers else patterns)
+
+        return cls(default(include, DEFAULT_INCLUDE), default(exclude, DEFAULT_EXCLUDE),
+                   tuple(p.lower() for p in planes or ()), max_voxel, explicit, numbers, repeats)
+
     def describe(self) -> str:
         """The rules in one line, as the dry run shows them."""
         parts = [f"description or protocol matches {' or '.join(self.include) or 'anything'}"]

@@ -11,7 +11,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
-from .choice import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, REPEATS, SeriesRules
+from .choice import REPEATS, SeriesRules
 
 EXAMPLE = """\
 [node]
@@ -122,7 +122,6 @@ def _rules(series: dict, where) -> SeriesRules:
     if unknown:
         raise ValueError(f"{where}: [series] has no setting '{sorted(unknown)[0]}'; the settings are description, "
                          f"exclude, planes, max_voxel_size, numbers and repeats")
-    by_number = "numbers" in series
     texts = {key: _strings(series, key, where) for key in ("description", "exclude", "planes")}
     numbers = series.get("numbers", [])
     if not isinstance(numbers, list) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
@@ -133,11 +132,8 @@ def _rules(series: dict, where) -> SeriesRules:
     repeats = series.get("repeats", "refuse")
     if repeats not in REPEATS:
         raise ValueError(f"{where}: [series] repeats must be one of {', '.join(REPEATS)}, got {repeats!r}")
-    include, exclude = texts["description"], texts["exclude"]
-    include = (() if by_number else DEFAULT_INCLUDE) if include is None else include
-    exclude = (() if by_number else DEFAULT_EXCLUDE) if exclude is None else exclude
-    return SeriesRules(include, exclude, texts["planes"] or (), voxel, explicit=True, numbers=tuple(numbers),
-                       repeats=repeats)
+    return SeriesRules.given(texts["description"], texts["exclude"], texts["planes"], voxel, numbers, repeats,
+                             explicit=True)
 
 
 def _strings(table: dict, key: str, where) -> tuple[str, ...] | None:

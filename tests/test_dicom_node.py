@@ -217,6 +217,14 @@ def test_series_settings_of_the_node_are_checked():
     rules = parse_config({**example, "series": {"numbers": [5], "repeats": "last"}}).rules
     assert rules.numbers == (5,) and rules.repeats == "last" and rules.explicit
     assert rules.include == () and rules.exclude == ()  # a series number alone: the default patterns dropped
+    from neoseg.cli.dicom_inputs import series_rules  # the same rules as neoseg-infer's options
+    assert rules == series_rules(None, None, None, [5], "last")
+    for table, options in (({"numbers": []}, (None, None, None, [], "refuse")),
+                           ({"description": ["t2"], "numbers": [5]}, (["t2"], None, None, [5], "refuse")),
+                           ({"planes": ["Axial"], "max_voxel_size": 1.0}, (None, ["axial"], 1.0, None, "refuse"))):
+        ours, theirs = parse_config({**example, "series": table}).rules, series_rules(*options)
+        assert (ours.include, ours.exclude, ours.planes, ours.max_voxel, ours.numbers) == \
+            (theirs.include, theirs.exclude, theirs.planes, theirs.max_voxel, theirs.numbers), table
     assert parse_config(example).rules.repeats == "refuse"  # never a silent pick by default
     for table, message in (({"series_number": 5}, r"\[series\] has no setting 'series_number'"),
                            ({"repeats": "newest"}, r"\[series\] repeats must be one of refuse, first, last"),

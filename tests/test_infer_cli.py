@@ -53,6 +53,17 @@ def test_infer_writes_results_and_reports_the_backend(model, scans, tmp_path):
     assert any(p.name.endswith("_desc-neoseg_probseg.nii.gz") for p in tmp_path.iterdir())
 
 
+def test_quiet_writes_failures_only(model, scans, tmp_path):
+    broken = tmp_path / "sub-X_ses-1_T2w.nii.gz"
+    broken.write_bytes(scans[0].read_bytes()[:2000])  # cut short
+    out = tmp_path / "out"
+    result = runner.invoke(app, [str(scans[0]), str(broken), "-m", str(model), "-o", str(out), "-q"])
+    assert result.exit_code == 1
+    assert result.stdout == "" and result.stderr.count("\n") == 2, result.output
+    assert "[2/2] sub-X_ses-1_T2w.nii.gz: FAILED" in result.stderr and "1 of 2 scans failed" in result.stderr
+    assert any(p.name.endswith("_desc-neoseg_dseg.nii.gz") for p in out.iterdir())
+
+
 def test_results_of_another_scan_or_model_are_neither_skipped_nor_replaced(model, scans, tmp_path):
     import onnx
 

@@ -3,13 +3,15 @@ the training spacing, nothing cropped silently."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from neoseg.core.hierarchy import UNKNOWN, builtin
 from neoseg.core.partial import code_session, known_channels
 from neoseg.core.preprocess import head_center, plane_windows, to_slices
-from neoseg.data.dhcp import find_sessions
+from neoseg.data.dhcp import Session, find_sessions
 from neoseg.data.splits import split_by_annotation
 from neoseg.core.partial import mask_names
 from neoseg.runtime.geometry import resampled_shape, resize_linear
@@ -121,6 +123,22 @@ def test_the_split_keeps_fully_labelled_subjects_for_training(release):
     assert {s.key for s in split.train + split.val + split.test} == set(partial)
     with pytest.raises(ValueError, match="no fully labelled session"):
         split_by_annotation(sessions, {k: True for k in partial})
+
+
+def test_validation_and_test_never_rest_on_brain_masks_alone():
+    """Subjects with brain masks only are split apart from those whose files know a structure, so
+    every seed's validation and test hold a session that scores a structure."""
+    def session(i, kind):
+        masks = () if kind != "brain" else (("brain", Path(f"{i}_desc-brain_mask.nii.gz")),)
+        labels = None if kind == "brain" else Path(f"{i}_desc-drawem9_dseg.nii.gz")
+        return Session(f"S{i:02d}", "1", Path(f"{i}_T2w.nii.gz"), labels, float("nan"), masks)
+
+    sessions = [session(i, kind) for i, kind in enumerate(["full"] * 2 + ["partial"] * 3 + ["brain"] * 3)]
+    partial = {s.key: s.subject not in ("S00", "S01") for s in sessions}  # both fully labelled subjects train
+    for seed in range(20):
+        split = split_by_annotation(sessions, partial, seed=seed)
+        assert all(any(s.labels is not None for s in side) for side in (split.val, split.test)), seed
+        assert len(split.train) + len(split.val) + len(split.test) == len(sessions)
 
 
 def test_without_a_fully_labelled_session_to_score_the_children_the_run_and_its_report_say_so(tmp_path, caplog):

@@ -64,6 +64,21 @@ def test_existing_run_is_never_overwritten_and_resume_continues(tiny_dataset, tm
     assert all(torch.allclose(wa[k].float(), wb[k].float()) for k in wa)
 
 
+def test_resume_refuses_data_that_now_splits_otherwise(tmp_path):
+    """Subjects added to the data folder after a run began would change its split mid-run."""
+    from conftest import write_dataset
+
+    data = write_dataset(tmp_path / "data")
+    out = tmp_path / "run"
+    train(tiny_config(data, epochs=1), out, progress=False)
+    for subject in sorted(write_dataset(tmp_path / "more", n_subjects=9).glob("sub-T0[678]")):
+        subject.rename(data / subject.name)
+    with pytest.raises(ValueError, match="split its subjects otherwise .train differs"):
+        train(tiny_config(data, epochs=2), out, resume=True, progress=False)
+    with (out / "metrics.csv").open() as f:
+        assert [r["epoch"] for r in csv.DictReader(f)] == ["1"]
+
+
 def test_foreign_folder_is_refused(tiny_dataset, tmp_path):
     (tmp_path / "mine.txt").write_text("keep me")
     with pytest.raises(RunExistsError, match="not empty"):

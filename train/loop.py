@@ -49,8 +49,8 @@ from .models import create_model, input_divisor
 from .precision import grad_scaler, resolve_precision
 from .ranks import Ranks, init_ranks, resolve_device
 from .recipes import dataset_split, resolve_recipe, training_sessions
-from .rundir import (append_metrics, cache_folder, create_run_dir, stored_config, trained_seconds, truncate_metrics,
-                     write_split)
+from .rundir import (append_metrics, cache_folder, check_same_split, create_run_dir, stored_config, trained_seconds,
+                     truncate_metrics, write_split)
 from .sampling import training_batches
 from .schedule import Schedule, Step
 from .selftrain import EmaTeacher, complete_targets
@@ -183,6 +183,8 @@ def _open_run(config: TrainConfig, out: Path, resume: bool, progress: bool, spli
             if stored is None:
                 config = resolve_recipe(config, split)
                 create_run_dir(out, config)
+            else:
+                check_same_split(out / "split.json", split)
         except Exception as e:  # noqa: BLE001 - every rank stops with it, see after_main
             error = e
     ranks.after_main(error)

@@ -89,6 +89,20 @@ def read_split(checkpoint: Path) -> tuple[dict, Path] | None:
     return split, path
 
 
+def check_same_split(path: Path, split: Split) -> None:
+    """Raise unless ``split`` holds the subjects of the run's ``split.json`` (if any) in each part:
+    a resumed run must not train or select on other subjects than it began with."""
+    if not path.is_file():
+        return
+    stored = json.loads(path.read_text())
+    names = lambda ss: sorted({s.subject for s in ss})  # noqa: E731
+    for part, sessions in (("train", split.train), ("val", split.val), ("test", split.test)):
+        if stored.get(part) != names(sessions):
+            raise ValueError(f"{path}: the data now split its subjects otherwise ({part} differs: subjects added, "
+                             f"removed or annotated anew since the run began, or another neoseg version); "
+                             f"resume with the data as it was, or start a new run with another --out")
+
+
 def write_split(path: Path, split: Split, trained_on: list[Session]) -> None:
     """The subjects of each part of ``split``, and the sessions actually trained on."""
     names = lambda ss: sorted({s.subject for s in ss})  # noqa: E731

@@ -46,7 +46,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from neoseg.core.hierarchy import Hierarchy
 
