@@ -6,6 +6,7 @@ and on request an FP16 TensorRT engine."""
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -61,7 +62,13 @@ def export(
     with user_errors("neoseg-export"), as_user_error(BackendUnavailable, ParityError, EngineBuildError):
         from neoseg.train.members import run_checkpoints
 
+        for option, value in (("--engine", engine), ("--timing-cache", timing_cache)):
+            if value is not None and not trt:
+                raise ValueError(f"{option} needs --trt (it is for the TensorRT engine); add --trt or leave out "
+                                 f"{option}")
         checkpoints = run_checkpoints(checkpoints)
+        for checkpoint in checkpoints:
+            check_checkpoint(checkpoint)
         if out is not None and output is not None and out != output:
             raise ValueError(f"-o/--out {out} and --output {output} differ; --output is the old spelling of --out, "
                              f"pass one")
@@ -95,6 +102,41 @@ def export(
 COMPANIONS = {"xml": ".int8.xml", "bin": ".int8.bin", "bf16_xml": ".bf16.xml", "bf16_bin": ".bf16.bin"}
 
 
+def not_checkpoint(path: Path) -> str:
+    return f"{path} is not a neoseg checkpoint (best.pt from neoseg-train) or run folder"
+
+
+def check_checkpoint(path: Path) -> None:
+    """Refuse, before any work, a file that is no checkpoint (a scan, a model): neoseg-train saves
+    with ``torch.save``, a zip archive holding ``data.pkl``."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist()):
+                return
+    except zipfile.BadZipFile:
+        pass
+    raise ValueError(not_checkpoint(path))
+
+
+def write_failure(output: Path, e: OSError) -> str | None:
+    """One line for a failure to write the export's outputs (a full disk, a failing device) that
+    names the folder and its free space; None where ``e`` is not one (a scan that cannot be read)."""
+    import errno
+    import shutil
+
+    full = e.errno in (errno.ENOSPC, errno.EDQUOT)
+    inside = e.filename is None or Path(e.filename).resolve().is_relative_to(output.parent.resolve())
+    if not (full or e.errno in (errno.EFBIG, errno.EIO, errno.EROFS)) or not inside:
+        return None
+    folder = next(p for p in (output.parent, *output.parent.parents) if p.exists())
+    free = shutil.disk_usage(folder).free / 1e6
+    why = "no space left on the device" if full else e.strerror or str(e)
+    return f"cannot write {output} (and the models beside it): {why} ({free:.1f} MB free in {folder}); free " \
+           f"space or choose another -o"
+
+
 def has_openvino() -> bool:
     import importlib.util
 
@@ -109,22 +151,24 @@ def _export(checkpoints, outputs, companions, timing_cache, thresholds, data, ve
     this export does not write are removed in the same commit, and only under ``--overwrite``:
     they bear the names neoseg-export gives the OpenVINO models of the .onnx being replaced, and
     would outlive it; nothing else a user had is touched."""
-    import os
-    import tempfile
-
-    from neoseg.core.io import atomic_paths
-    from neoseg.export.onnx_export import export_onnx, verification_slices
+    from neoseg.export.onnx_export import verification_slices
     from neoseg.export.scans import Scans, calibration_sessions, verification_sessions
     from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
     from neoseg.train.ensemble import check_one_split, load_models
 
-    loaded = load_models(checkpoints, own_thresholds=bool(thresholds))
+    try:
+        loaded = load_models(checkpoints, own_thresholds=bool(thresholds))
+    except ValueError as e:  # torch's error on a foreign file spans lines and advises weights_only=False
+        foreign = [p for p in checkpoints if str(e).startswith(f"{p} is not a")]
+        if foreign:
+            raise ValueError(not_checkpoint(foreign[0])) from None
+        raise
     checkpoint = checkpoints[0]  # its run's split and data choose the scans (the same for every member)
     if data is None and (verify_scans or "xml" in outputs):
         check_one_split(checkpoints)
     chosen = parse_thresholds(thresholds, len(loaded.hierarchy)) if thresholds else None
     info = info_from_checkpoint(loaded, chosen)
-    verify, x = [], None
+    verify, x, gate, calibrate = [], None, None, None
     if verify_scans:
         verify, source = verification_sessions(checkpoint, loaded.config, data, verify_scans)
         fewer = f" (fewer than --verify-scans {verify_scans}: no more there)" if len(verify) < verify_scans else ""
@@ -134,29 +178,18 @@ def _export(checkpoints, outputs, companions, timing_cache, thresholds, data, ve
     if "xml" in outputs:  # chosen before anything is computed
         calibrate = calibration_sessions(checkpoint, loaded.config, calibration_data, calibration_scans, verify)
     output = outputs["onnx"]
-    output.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
-        staged = {k: Path(stage) / p.name for k, p in outputs.items()}
-        report = export_onnx(loaded.model, info, staged["onnx"], verify_on=x, overwrite=True)
-        if "bf16_xml" in outputs:
-            from neoseg.export.bf16 import export_bf16
-
-            report.reduced["bf16"] = export_bf16(staged["onnx"], loaded.model, gate, log=typer.echo)
-        if "xml" in outputs:
-            from neoseg.export.int8 import export_int8
-
-            report.reduced["int8"] = export_int8(staged["onnx"], info, Scans.load(*calibrate), gate, log=typer.echo)
-        engine_report = None
-        if "engine" in outputs:
-            from neoseg.export.trt_engine import build_engine
-
-            engine_report = build_engine(staged["onnx"], info, staged["engine"], timing_cache, verify_on=x,
-                                         overwrite=True)
-        written = {k: outputs[k] for k, path in staged.items() if path.exists()}
-        stale = [path for k, path in companions.items() if k not in written and path.exists()]
-        with atomic_paths(written, overwrite, remove=stale) as tmp:
-            for k in written:
-                os.replace(staged[k], tmp[k])
+    made = [p for p in (output.parent, *output.parent.parents) if not p.exists()]  # removed if it fails
+    try:
+        report, engine_report, written, stale = _write(loaded.model, info, outputs, companions, gate, calibrate, x,
+                                                       timing_cache, overwrite)
+    except OSError as e:
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        message = write_failure(output, e)
+        if message is None:
+            raise
+        raise ValueError(message) from None
     engine = outputs.get("engine")
     typer.echo(f"wrote {output} ({info.architecture}, {len(info.hierarchy)} channels, slices {info.slice_size}^2 "
                f"along axis {info.axis}, spacing {'x'.join(f'{s:g}' for s in info.spacing)} mm, "
@@ -175,6 +208,43 @@ def _export(checkpoints, outputs, companions, timing_cache, thresholds, data, ve
         typer.echo(f"wrote {engine} (FP16 TensorRT engine, 1..256 slices)")
         for line in engine_report.lines() if engine_report else []:
             typer.echo(line)
+
+
+def _write(model, info, outputs, companions, gate, calibrate, x, timing_cache, overwrite):
+    """The writing half of :func:`_export` (its staging folder and commit); returns the parity
+    report, the engine's, the outputs written and the stale companions removed."""
+    import os
+    import tempfile
+
+    from neoseg.core.io import atomic_paths
+    from neoseg.export.onnx_export import export_onnx
+    from neoseg.export.scans import Scans
+
+    output = outputs["onnx"]
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".neoseg-export-", dir=output.parent) as stage:
+        staged = {k: Path(stage) / p.name for k, p in outputs.items()}
+        report = export_onnx(model, info, staged["onnx"], verify_on=x, overwrite=True)
+        if "bf16_xml" in outputs:
+            from neoseg.export.bf16 import export_bf16
+
+            report.reduced["bf16"] = export_bf16(staged["onnx"], model, gate, log=typer.echo)
+        if "xml" in outputs:
+            from neoseg.export.int8 import export_int8
+
+            report.reduced["int8"] = export_int8(staged["onnx"], info, Scans.load(*calibrate), gate, log=typer.echo)
+        engine_report = None
+        if "engine" in outputs:
+            from neoseg.export.trt_engine import build_engine
+
+            engine_report = build_engine(staged["onnx"], info, staged["engine"], timing_cache, verify_on=x,
+                                         overwrite=True)
+        written = {k: outputs[k] for k, path in staged.items() if path.exists()}
+        stale = [path for k, path in companions.items() if k not in written and path.exists()]
+        with atomic_paths(written, overwrite, remove=stale) as tmp:
+            for k in written:
+                os.replace(staged[k], tmp[k])
+    return report, engine_report, written, stale
 
 
 def main() -> None:

@@ -142,10 +142,12 @@ def infer(
     from neoseg.runtime.pipeline import Segmenter
 
     say = (lambda line: None) if quiet else typer.echo
+    notice = lambda line: typer.echo(line, err=quiet)  # noqa: E731 - what a rerun skipped: said even with -q
     with user_errors("neoseg-infer"), as_user_error(BackendUnavailable, EngineMismatchError):
         out = _output_folder(out, outdir)
         summary = Summary(json_summary, overwrite)
         _check_inputs(inputs)
+        inputs = _once(inputs)
         root = _dataset_root(inputs)
         dicom = [] if root is not None else _dicom_folders(inputs)
         scans = [p for p in inputs if root is None and p not in dicom]
@@ -163,7 +165,7 @@ def infer(
         digest = file_digest(model) if model is not None else ""
         if root is not None:
             plan = DatasetPlan(root, out, model, digest, participant_label, session_label, probabilities, qc,
-                               overwrite, say)
+                               overwrite, say, notice)
             jobs = plan.jobs
         else:
             jobs = []
@@ -177,7 +179,7 @@ def infer(
             jobs = _file_jobs(scans, out, probabilities, qc, overwrite, digest) + jobs
             jobs.sort(key=lambda job: inputs.index(job.scan))  # in the order given
             _refuse_collisions(jobs)
-            plan = FilesPlan(out, jobs, overwrite, say)
+            plan = FilesPlan(out, jobs, overwrite, notice)
         _refuse_other_results(jobs)
         opened = open_backend(model, backend.value, threads, precision.value)
         if model.suffix == ".pt":  # the torch backend opened it, so torch is there for the training code
@@ -222,7 +224,7 @@ class Job:
     subject: str | None = None
     session: str | None = None
     state: str = "todo"  # todo, partial (an interrupted run's leftovers: redone), done (skipped), or other-scan /
-    # other-model (results of another input or model: refused unless --overwrite)
+    # other-model / edited (results of another input or model, a hand-corrected label map: refused unless --overwrite)
     overwrite: bool = False
     dicom: object = None  # a DICOM input: the chosen series (neoseg.dicom.series.Series)
     paths: dict | None = None  # a DICOM input's outputs
@@ -298,41 +300,59 @@ def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, o
     return jobs
 
 
+def _once(inputs: list[Path]) -> list[Path]:
+    """Each input once (a file named twice, or by two spellings), in the order first given."""
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        seen.setdefault(path.resolve(), path)
+    return list(seen.values())
+
+
 def _refuse_collisions(jobs: list[Job]) -> None:
-    """Every pair of inputs (scan files, DICOM folders) that would write the same file, before any work."""
+    """Every pair of inputs (scan files, DICOM folders) that would write the same file, and an input
+    that its own results would replace, before any work."""
     planned: dict[Path, Path] = {}
+    inputs = {job.scan.resolve() for job in jobs}
     for job in jobs:
         for path in job.paths.values():
+            if path.resolve() in inputs:
+                raise ValueError(f"{job.scan}: its results would replace the input {path} (is it a neoseg result?); "
+                                 f"rename the scan or pass another -o")
             if path in planned:
                 raise ValueError(f"{job.scan} and {planned[path]} would both write {path}; run them separately")
             planned[path] = job.scan
 
 
 def _refuse_other_results(jobs: list[Job]) -> None:
-    """Results of another scan of the same name, or of another model, are neither skipped as if
-    they were this run's nor replaced unasked."""
-    other = [j for j in jobs if j.state in ("other-scan", "other-model")]
+    """Results of another scan of the same name or of another model, and hand-corrected label maps,
+    are neither skipped as if they were this run's nor replaced unasked."""
+    other = [j for j in jobs if j.state in ("other-scan", "other-model", "edited")]
     if other:
         first = other[0]
-        made = "from another scan of that name" if first.state == "other-scan" else "by another model"
+        made = {"other-scan": "were made from another scan of that name", "other-model": "were made by another model",
+                "edited": "hold a label map edited since neoseg wrote it"}[first.state]
         raise ValueError(f"{len(other)} of {len(jobs)} scans have results in the output folder made from another "
-                         f"scan of the same name or by another model (e.g. {first.scan}: its results in "
-                         f"{first.outdir} were made {made}); pass --overwrite to redo them, or another -o")
+                         f"scan of the same name or by another model, or edited by hand (e.g. {first.scan}: its "
+                         f"results in {first.outdir} {made}); pass --overwrite to redo them, or another -o")
 
 
 class FilesPlan:
     """Scan files and DICOM folders: the look-up table of the label values beside the results."""
 
-    def __init__(self, out: Path, jobs: list[Job], overwrite: bool, say=typer.echo):
+    def __init__(self, out: Path, jobs: list[Job], overwrite: bool, notice=typer.echo):
+        from neoseg.core.io import check_can_write
+
+        check_can_write(out / "dseg.tsv")  # before the model loads
         self.out, self.jobs, self.overwrite = out, jobs, overwrite
         done = sum(j.state == "done" for j in jobs)
         if done:
-            say(f"{done} of {len(jobs)} scans already done (skipped; --overwrite redoes them)")
+            notice(f"{done} of {len(jobs)} scans already done (skipped; --overwrite redoes them)")
 
     def begin(self, info) -> None:
         from neoseg.runtime.dataset import planned_dseg_tsv
 
         planned_dseg_tsv(self.out, info.hierarchy, replace=self.overwrite)  # refused before any scan
+        _remove_leftovers(self.jobs)
 
     def finish(self, info, failed) -> list[Path]:
         """dseg.tsv, once some scan's results are there (nothing is left behind when none is)."""
@@ -347,7 +367,7 @@ class DatasetPlan:
     """Dataset mode: which scans to run, and the dataset-level files before and after."""
 
     def __init__(self, root: Path, out: Path, model: Path, digest: str, participants, sessions, probabilities: bool,
-                 qc: bool, overwrite: bool, say=typer.echo):
+                 qc: bool, overwrite: bool, say=typer.echo, notice=typer.echo):
         from neoseg.runtime import dataset as ds
 
         self.root, self.out, self.model, self.qc, self.say = root, out, model, qc, say
@@ -362,9 +382,9 @@ class DatasetPlan:
             self.jobs.append(Job(scan.path, scan.outdir(out), (scan.relative / scan.stem).as_posix(), scan.subject,
                                  scan.session, state, overwrite or state == "partial"))
         done = sum(j.state == "done" for j in self.jobs)
-        say(f"dataset {root}: {len(scans)} T2w scans"
-                   + (f", {done} already done (skipped; --overwrite redoes them)" if done else "")
-                   + f" -> {out}")
+        say(f"dataset {root}: {len(scans)} T2w scans -> {out}")
+        if done:
+            notice(f"{done} of {len(scans)} scans already done (skipped; --overwrite redoes them)")
 
     def description(self, info) -> dict:
         from neoseg.core.version import neoseg_version
@@ -379,18 +399,19 @@ class DatasetPlan:
         self.out.mkdir(parents=True, exist_ok=True)
         write_description(self.out, self.description(info))
         write_dseg_tsv(self.out, info.hierarchy, replace=True)
-        for job in self.jobs:
-            if job.state != "done":  # temporary files of a killed run
-                for leftover in job.outdir.glob(f".{_stem(job.scan)}_desc-neoseg_*.part*"):
-                    leftover.unlink(missing_ok=True)
+        _remove_leftovers(self.jobs)
 
     def finish(self, info, failed) -> list[Path]:
         from neoseg.runtime.report import FailedScan, write_group_files
 
-        written = write_group_files(self.out, info.hierarchy, self.description(info),
-                                    [FailedScan(f.name, f.error) for f in failed], self.qc)
+        report = self.qc or (self.out / "index.html").exists()  # an earlier report is kept current
+        written, others = write_group_files(self.out, info.hierarchy, self.description(info),
+                                            [FailedScan(f.name, f.error) for f in failed], report, self.digest)
         written = [self.out / "dataset_description.json", self.out / "dseg.tsv", *written]
         self.say("dataset files: " + ", ".join(p.name for p in written))
+        if others:
+            typer.echo(f"neoseg-infer: warning: {others} scan(s) in {self.out} hold another model's results (an "
+                       f"interrupted --overwrite?): left out of the group files; rerun with --overwrite", err=True)
         return written
 
 
@@ -429,12 +450,21 @@ def _run(jobs: list[Job], runner, probabilities: bool, qc: bool, summary: Summar
                 summary.add(job, "done", paths, timings=seg.timings, computed_slices=seg.computed_slices)
                 total = sum(seg.timings.values())
                 parts = ", ".join(f"{k} {v:.2f}" for k, v in seg.timings.items())
-                redo = " (redone: earlier run incomplete)" if job.state == "partial" else ""
+                redo = " (redone: some outputs were missing)" if job.state == "partial" else ""
                 progress.done(f"{job.name}: {total:.2f} s ({parts}); {seg.computed_slices} slices computed "
                               f"-> {paths['dseg']}{redo}")
         finally:  # interrupted: the rest is recorded as not run
             for job in jobs[len(summary.outcomes):]:
                 summary.add(job, "not run")
+
+
+def _remove_leftovers(jobs: list[Job]) -> None:
+    """The temporary files a killed run left beside the results of the scans to do."""
+    for job in jobs:
+        if job.state != "done" and job.outdir.is_dir():
+            name = job.paths["dseg"].name.removesuffix("dseg.nii.gz") if job.paths else f"{_stem(job.scan)}_desc-neoseg_"
+            for leftover in job.outdir.glob(f".{name}*.part*"):
+                leftover.unlink(missing_ok=True)
 
 
 def _stem(scan: Path) -> str:

@@ -27,6 +27,10 @@ class Summary:
         if path is not None and path.exists() and not overwrite and not self._ours(path):
             raise ValueError(f"--json {path} already exists and is not a neoseg summary; choose another file "
                              f"or pass --overwrite")
+        if path is not None:  # found now, not after every scan is segmented
+            from neoseg.core.io import check_can_write
+
+            check_can_write(path)
         self.head: dict = {}
 
     @staticmethod

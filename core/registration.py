@@ -86,7 +86,7 @@ def require_library() -> None:
         _greedy()
     except ImportError as e:
         raise ValueError("--atlas registers with Greedy, which is not installed; install the atlas extra "
-                         "(pip install 'neoseg[atlas]'; the train extra includes it)") from e
+                         "(pip install -e '.[atlas]' in the neoseg checkout; the train extra includes it)") from e
 
 
 def warp_atlas(target: np.ndarray, target_parent: np.ndarray, atlas: np.ndarray, atlas_parent: np.ndarray,

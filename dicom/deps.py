@@ -5,6 +5,6 @@ try:
     import pydicom
 except ImportError as e:  # pragma: no cover - depends on the install
     raise ImportError(f"DICOM support needs the dicom extra ({e.name} is missing); install it with "
-                      f"pip install 'neoseg[dicom]'") from None
+                      f"pip install -e '.[dicom]' in the neoseg checkout") from None
 
 __all__ = ["highdicom", "pydicom"]

@@ -90,7 +90,7 @@ def _check_kind(s: Series, name: str) -> None:
         syntax = pydicom.uid.UID(str(syntax))
         if syntax.is_compressed and not _decodable(syntax):
             raise ScanError(f"{name} is compressed as {syntax.name} ({syntax}), which this install cannot decode; "
-                            f"install the decoders (pip install 'neoseg[dicom]') or decompress it first "
+                            f"install the decoders (pip install -e '.[dicom]' in the neoseg checkout) or decompress it first "
                             f"(e.g. gdcmconv --raw or dcmdjpeg)")
     if int(s.headers[0].get("SamplesPerPixel", 1)) != 1:
         raise ScanError(f"{name} holds colour pixels; neoseg reads grey-scale MR; choose the T2w series")

@@ -72,9 +72,11 @@ def write_bf16_model(onnx: Path, xml: Path, size: int, levels: int = 1) -> list[
     :func:`full_resolution` convolutions marked ``precise``; their names."""
     import openvino as ov
 
+    from .int8 import save_openvino
+
     model = ov.Core().read_model(str(onnx))
     kept = full_resolution(model, size, levels)
-    ov.save_model(model, str(xml), compress_to_fp16=False)
+    save_openvino(model, xml, onnx)
     tree = ElementTree.parse(xml)
     layers = {layer.get("name"): layer for layer in tree.getroot().iter("layer")}
     for name in kept:

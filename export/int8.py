@@ -113,12 +113,30 @@ def export_int8(onnx: Path, info, calibration: Scans, scans: Scans, log=print) -
 
 def write_int8_model(onnx: Path, xml: Path, model) -> None:
     """Save the quantised OpenVINO ``model`` at ``xml`` and name it, with its digest, in ``onnx``."""
-    import openvino as ov
-
     from neoseg.runtime.openvino_backend import companion_digest
 
-    ov.save_model(model, str(xml), compress_to_fp16=False)
+    save_openvino(model, xml, onnx)
     set_metadata(onnx, {"neoseg.int8": json.dumps({"xml": xml.name, "sha256": companion_digest(xml)})})
+
+
+def save_openvino(model, xml: Path, onnx: Path) -> None:
+    """``ov.save_model`` whose failure to write is an ``OSError`` naming ``xml``: OpenVINO raises a
+    bare ``RuntimeError`` (``basic_ios::clear: iostream error``). Its usual cause is a full disk,
+    taken as the cause where less space is left than the ``.onnx`` beside it holds (the partly
+    written model has used up the rest)."""
+    import errno
+    import shutil
+
+    import openvino as ov
+
+    from neoseg.runtime.openvino_backend import reason
+
+    try:
+        ov.save_model(model, str(xml), compress_to_fp16=False)
+    except RuntimeError as e:
+        full = shutil.disk_usage(xml.parent).free < onnx.stat().st_size
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"OpenVINO could not save {xml.name} ({reason(e)})",
+                      str(xml)) from None
 
 
 def metadata(path: Path) -> dict[str, str]:

@@ -60,6 +60,54 @@ def model_kind(path: Path) -> str:
                      f"or a .pt checkpoint for the torch backends")
 
 
+# Top-level fields of ONNX's ModelProto every model has, with their protobuf wire types: ir_version
+# (varint), graph and opset_import (length-delimited)
+ONNX_REQUIRED = {1: 0, 7: 2, 8: 2}
+
+
+def check_onnx(path: Path) -> None:
+    """Refuse a damaged or truncated ``.onnx`` before any backend reads it (each would fail in its own
+    words): its top-level protobuf fields must be well formed, end with the file, and include
+    :data:`ONNX_REQUIRED`. Only field headers are read: no onnx package, no weights."""
+    fields = _top_level_fields(path)
+    if fields is None or any(fields.get(field) != wire for field, wire in ONNX_REQUIRED.items()):
+        raise ValueError(f"{path} is damaged or truncated (not a valid ONNX file); export it again")
+
+
+def _top_level_fields(path: Path) -> dict[int, int] | None:
+    """Field number -> wire type of a protobuf message that fills the file ``path``; None where it
+    is not one (a field runs past the end, or a header is invalid)."""
+    size, fields = path.stat().st_size, {}
+    with open(path, "rb") as f:
+        while f.tell() < size:
+            tag = _varint(f)
+            wire = -1 if tag is None or tag < 8 else tag & 7
+            if wire == 0:
+                ok = _varint(f) is not None
+            elif wire in (1, 2, 5):
+                length = {1: 8, 5: 4}.get(wire) or _varint(f)
+                ok = length is not None and f.seek(length, 1) <= size
+            else:  # a group (never in ONNX) or no field at all
+                ok = False
+            if not ok:
+                return None
+            fields[tag >> 3] = wire
+    return fields
+
+
+def _varint(f) -> int | None:
+    """A protobuf varint read from ``f``; None where the file ends first or it is overlong."""
+    value = 0
+    for shift in range(0, 64, 7):
+        byte = f.read(1)
+        if not byte:
+            return None
+        value |= (byte[0] & 0x7F) << shift
+        if byte[0] < 0x80:
+            return value
+    return None
+
+
 def open_backend(path: str | Path, backend: str = "auto", threads: int | None = None,
                  precision: str = "auto") -> Backend:
     """Open ``path`` with ``backend`` (one of :data:`BACKENDS`) in ``precision`` (one of
@@ -71,6 +119,8 @@ def open_backend(path: str | Path, backend: str = "auto", threads: int | None = 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend '{backend}'; choose one of {', '.join(BACKENDS)}")
     kind = model_kind(path)
+    if kind == "onnx":
+        check_onnx(path)
     if backend != "auto":
         if KIND_OF[backend] != kind:
             raise ValueError(f"backend {backend} runs {KIND_LABEL[KIND_OF[backend]]} but {path} is "

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from neoseg.core.hierarchy import Hierarchy
-from neoseg.core.io import write_text
+from neoseg.core.io import check_can_write, write_text
 
 from .files import file_digest, output_paths, output_state, stem
 from .volumes import read_volumes_tsv
@@ -129,11 +129,14 @@ def dataset_description(version: str, model: Path, digest: str, info, source: Pa
 
 
 def check_output_folder(out: Path, root: Path, digest: str, overwrite: bool) -> None:
-    """Refuse an output folder that is the dataset itself, another dataset, or results of another
-    model (unless ``overwrite``: then every scan is redone)."""
-    if out.resolve() == root.resolve():
-        raise ValueError(f"-o {out} is the input dataset; write derivatives elsewhere, e.g. "
-                         f"{root / 'derivatives' / 'neoseg'}")
+    """Refuse an output folder that is the dataset itself or a folder in it outside its
+    ``derivatives``, one that cannot be written, another dataset, or results of another model
+    (unless ``overwrite``: then every scan is redone)."""
+    where, dataset = out.resolve(), root.resolve()
+    if where.is_relative_to(dataset) and not where.is_relative_to(dataset / "derivatives"):
+        what = "the input dataset" if where == dataset else "inside the input dataset, outside its derivatives"
+        raise ValueError(f"-o {out} is {what}; write derivatives elsewhere, e.g. {root / 'derivatives' / 'neoseg'}")
+    check_can_write(out / "dataset_description.json")
     description = out / "dataset_description.json"
     if not description.is_file():
         taken = [name for name in DATASET_FILES if (out / name).exists()]
@@ -199,22 +202,27 @@ class FinishedScan:
     qc: Path | None  # relative to the derivatives folder
 
 
-def finished_scans(out: Path, scans: list[DatasetScan]) -> list[FinishedScan]:
-    """The scans of ``scans`` with a volumes table in ``out``, with what the group files need."""
-    done = []
+def finished_scans(out: Path, scans: list[DatasetScan], model: str = "") -> tuple[list[FinishedScan], int]:
+    """The scans of ``scans`` with a volumes table in ``out``, with what the group files need, and
+    how many were left out as made by another model than ``model`` (a digest; '' takes every one)."""
+    done, others = [], 0
     for scan in scans:
         paths = output_paths(scan.path, scan.outdir(out), True, True)
         if not paths["volumes"].is_file() or not paths["sidecar"].is_file():
             continue
-        volumes = read_volumes_tsv(paths["volumes"])
         try:
-            timings = json.loads(paths["sidecar"].read_text()).get("Timings") or {}
+            sidecar = json.loads(paths["sidecar"].read_text())
+            timings = sidecar.get("Timings") or {}
             seconds = float(sum(timings.values())) if timings else None
-        except (json.JSONDecodeError, TypeError, ValueError):
-            seconds = None
+            made_by = (sidecar.get("Model") or {}).get("digest")
+        except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
+            seconds, made_by = None, None
+        if model and made_by and made_by != model:  # an interrupted --overwrite: not this model's results
+            others += 1
+            continue
         qc = paths["qc"].relative_to(out) if paths["qc"].is_file() else None
-        done.append(FinishedScan(scan, volumes, seconds, qc))
-    return done
+        done.append(FinishedScan(scan, read_volumes_tsv(paths["volumes"]), seconds, qc))
+    return done, others
 
 
 def group_volumes_tsv(finished: list[FinishedScan], structures: list[str]) -> str:

@@ -52,30 +52,33 @@ def output_paths(scan: str | Path, outdir: str | Path, probabilities: bool = Fal
 
 
 def output_state(paths: dict[str, Path], source: Callable[[], str] | None = None, model: str = "") -> str:
-    """'done' (every output exists: a rerun skips the scan), 'partial' (some: an interrupted or
-    differently configured run, to redo) or 'todo'; 'other-scan' or 'other-model' where every
-    output exists but its sidecar says it was made from another input (``source()``, asked only
-    then) or by another model (digest ``model``): never skipped, never replaced unasked. Sidecars
-    of versions that did not record these count as this input's and model's. The one rule of file,
-    dataset and DICOM mode."""
-    present = [p.exists() for p in paths.values()]
-    if not all(present):
-        return "partial" if any(present) else "todo"
-    made = _made_from(paths["sidecar"])
+    """'done' (every output exists: a rerun skips the scan), 'partial' (some: an interrupted run,
+    or one that asked for fewer outputs; redone) or 'todo'; and, never skipped nor replaced unasked,
+    'other-scan' or 'other-model' where the results' sidecar says they were made from another input
+    (``source()``) or by another model (digest ``model``), and 'edited' where the label map is not
+    the one neoseg wrote (a hand correction). Sidecars of versions that did not record these count
+    as this input's and model's, unedited. The one rule of file, dataset and DICOM mode."""
+    present = {k: p.exists() for k, p in paths.items()}
+    if not any(present.values()):
+        return "todo"
+    made = _made_from(paths["sidecar"]) if present["sidecar"] else {}
     if model and made.get("model", model) != model:
         return "other-model"
     if source is not None and made.get("source", "") not in ("", source()):
         return "other-scan"
-    return "done"
+    if present["dseg"] and "dseg" in made and file_digest(paths["dseg"]) != made["dseg"]:
+        return "edited"
+    return "done" if all(present.values()) else "partial"
 
 
 def _made_from(sidecar: Path) -> dict[str, str]:
-    """The input and model digests a results sidecar records ({} where it cannot be read)."""
+    """The input, model and label map digests a results sidecar records ({} where it cannot be read)."""
     try:
         record = json.loads(sidecar.read_text())
     except (OSError, ValueError):
         return {}
-    made = {"source": record.get("SourceDigest"), "model": (record.get("Model") or {}).get("digest")}
+    made = {"source": record.get("SourceDigest"), "model": (record.get("Model") or {}).get("digest"),
+            "dseg": record.get("LabelMapDigest")}
     return {k: v for k, v in made.items() if isinstance(v, str) and v}
 
 
@@ -125,11 +128,12 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     seg = segment_checked(checked, segmenter, probabilities, read_seconds, read_cpu_seconds)
     img = checked.image
     name = paths["dseg"].name.removesuffix(OUTPUTS["dseg"])
+    stale = _stale_outputs(paths, name, checked, segmenter) if overwrite else []
     clock = PhaseClock(seg.timings, seg.cpu_timings)
     clock("write")
     try:
         with atomic_paths(paths, overwrite) as tmp:
-            images = [(_like(img, seg.labels, seg.labels.dtype), tmp["dseg"]),
+            images = [(_like(img, seg.labels, seg.labels.dtype, intent="label"), tmp["dseg"]),
                       (_like(img, seg.masks, np.uint8), tmp["mask"])]
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
                 images.append((_like(img, seg.probs, np.uint8), tmp["probseg"]))
@@ -141,6 +145,7 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
                 save_qc(render_qc(checked.data, seg.labels, img.affine, zooms, segmenter.info.hierarchy,
                                   name, _qc_subtitle(volumes)), tmp["qc"])
             sidecar = _sidecar(checked.path, segmenter, seg, checked)
+            sidecar["LabelMapDigest"] = file_digest(tmp["dseg"])  # a later hand correction is told from it
             tmp["sidecar"].write_text(json.dumps(sidecar, indent=2))
             tmp["dseg_sidecar"].write_text(json.dumps(_dseg_sidecar(sidecar, segmenter.info.hierarchy.name), indent=2))
             if extra is not None:
@@ -150,8 +155,19 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     except OSError as e:  # a full disk, a read-only folder: nothing was left behind
         raise ValueError(f"{checked.path}: its results could not be written to {outdir} ({e.strerror or e}); "
                          f"check the folder's free space and permissions") from None
+    for path in stale:
+        path.unlink(missing_ok=True)
     clock(None)
     return paths, seg
+
+
+def _stale_outputs(paths: dict[str, Path], name: str, checked: Scan, segmenter: Segmenter) -> list[Path]:
+    """Optional outputs (QC picture, probabilities) not asked for this time, left by results of
+    another model or input that these replace: removed with them, never kept beside them."""
+    unasked = [paths["dseg"].parent / f"{name}{OUTPUTS[k]}" for k in OPTIONAL if k not in paths]
+    made = _made_from(paths["sidecar"])
+    same = made.get("model", "") == (segmenter.model_digest or "") and made.get("source", "") == (checked.source or "")
+    return [] if same else [p for p in unasked if p.exists()]
 
 
 def segment_checked(checked: Scan, segmenter: Segmenter, probabilities: bool = False,
@@ -221,12 +237,21 @@ def _empty(seg: Segmentation, segmenter: Segmenter) -> bool:
     return not np.any(seg.labels != _outside(segmenter)[1])
 
 
-def _like(img: nib.Nifti1Image, data: np.ndarray, dtype) -> nib.Nifti1Image:
-    """``data`` on ``img``'s grid: same affine and header, with the data type of the result."""
+def _like(img: nib.Nifti1Image, data: np.ndarray, dtype, intent: str = "none") -> nib.Nifti1Image:
+    """``data`` on ``img``'s grid: the scan's affine, orientation codes and voxel sizes, with the
+    result's data type and intent; the scan's text (description, aux file, extensions: they may
+    name the patient), display window and time units are not carried over."""
     header = img.header.copy()
     header.set_data_dtype(dtype)
     if "descrip" in header:
         header["descrip"] = b"neoseg"
+    for key, blank in (("aux_file", b""), ("cal_min", 0), ("cal_max", 0)):
+        if key in header:
+            header[key] = blank
+    if hasattr(header, "extensions"):
+        header.extensions.clear()
+        header.set_intent(intent)
+        header.set_xyzt_units(header.get_xyzt_units()[0], "unknown")  # a mask's channels are not time points
     return type(img)(data, img.affine, header)
 
 

@@ -111,7 +111,7 @@ class OpenVinoBackend(Backend):
             self.compiled = core.compile_model(model, "CPU", config)
         except Exception as e:  # noqa: BLE001
             raise BackendUnavailable(f"OpenVINO could not compile {path} for the CPU in {self.precision}: "
-                                     f"{str(e).splitlines()[0]}") from None
+                                     f"{reason(e)}") from None
         ran = self.compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
         if ran != HINT[self.precision]:  # e.g. a bf16 request on a CPU the plugin misjudged
             raise BackendUnavailable(f"OpenVINO compiled the model in {ran}, not the requested {self.precision}")
@@ -141,7 +141,16 @@ def _read(core, path: Path):
     try:
         return core.read_model(str(path))
     except Exception as e:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses of its own
-        raise BackendUnavailable(f"OpenVINO could not read {path}: {str(e).splitlines()[0]}") from None
+        raise BackendUnavailable(f"OpenVINO could not read {path} ({reason(e)}); if it is damaged, export it "
+                                 f"again") from None
+
+
+def reason(e: Exception) -> str:
+    """The first line of an OpenVINO error that says something: its first lines only name the
+    source files the exception passed through (``Exception from src/...:84:``)."""
+    lines = [line.strip() for line in str(e).splitlines()]
+    said = [line for line in lines if line and not line.startswith("Exception from ")]
+    return said[0] if said else "no reason given"
 
 
 def convolutions(compiled) -> list[tuple[list[str], str]]:

@@ -25,8 +25,9 @@ from importlib import metadata
 from pathlib import Path
 
 CPU_PACKAGE, GPU_PACKAGE = "onnxruntime", "onnxruntime-gpu"
-INSTALL_CPU = "pip install 'neoseg[cpu]'"
-INSTALL_GPU = "pip install 'neoseg[gpu]'"
+# neoseg installs from its checkout (README), not from PyPI
+INSTALL_CPU = "pip install -e '.[cpu]' in the neoseg checkout"
+INSTALL_GPU = "pip install -e '.[gpu]' in the neoseg checkout"
 # TensorRT libraries that ONNX Runtime's TensorRT provider links against, in load order
 TENSORRT_LIBRARIES = ("libnvinfer.so.*", "libnvinfer_plugin.so.*", "libnvonnxparser.so.*")
 

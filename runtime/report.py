@@ -156,9 +156,11 @@ def volume_columns(hierarchy) -> list[str]:
     return parents + [hierarchy.channels[i].name for i in hierarchy.leaves if i != outside]
 
 
-def write_group_files(out, hierarchy, description: dict, failed: list[FailedScan], report: bool):
-    """The group ``volumes.tsv`` (+ column sidecar) over every scan with results in ``out``, and
-    with ``report`` the ``index.html``. Returns the paths written."""
+def write_group_files(out, hierarchy, description: dict, failed: list[FailedScan], report: bool,
+                      model: str = "") -> tuple[list, int]:
+    """The group ``volumes.tsv`` (+ column sidecar) over every scan with results in ``out`` made by
+    ``model`` (a digest; '' any), and with ``report`` the ``index.html``. Returns the paths written
+    and the number of scans left out as another model's."""
     import json
     from pathlib import Path
 
@@ -168,7 +170,7 @@ def write_group_files(out, hierarchy, description: dict, failed: list[FailedScan
     from .qc import structure_colours
 
     out = Path(out)
-    finished = finished_scans(out, dataset_scans_in(out))
+    finished, others = finished_scans(out, dataset_scans_in(out), model)
     columns = volume_columns(hierarchy)
     written = [write_text(out / "volumes.tsv", group_volumes_tsv(finished, columns), overwrite=True),
                write_text(out / "volumes.json", json.dumps(group_volumes_json(columns), indent=2) + "\n",
@@ -176,4 +178,4 @@ def write_group_files(out, hierarchy, description: dict, failed: list[FailedScan
     if report:
         page = render_report(finished, failed, columns, structure_colours(hierarchy), description)
         written.append(write_text(out / "index.html", page, overwrite=True))
-    return written
+    return written, others

@@ -14,7 +14,7 @@ from .backend import Backend, BackendUnavailable
 from .engine import EngineHeader, check_compatible, read_engine
 from .model import INPUT, OUTPUT, ModelInfo
 
-INSTALL = "pip install 'neoseg[trt]' on a machine with an NVIDIA GPU and CUDA"
+INSTALL = "pip install -e '.[trt]' in the neoseg checkout, on a machine with an NVIDIA GPU and CUDA"
 
 
 def import_tensorrt():

@@ -208,6 +208,20 @@ def test_output_folder_checks(cohort, model, full_run, tmp_path):
     assert result.exit_code == 2 and "results of another model" in result.output and "--overwrite" in result.output
     result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(cohort)])
     assert result.exit_code == 2 and "is the input dataset" in result.output
+    subject = next(cohort.glob("sub-*"))
+    for inside in (subject, subject / "ses-1" / "anat", cohort / "sub-999"):
+        result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(inside)])
+        assert result.exit_code == 2 and "inside the input dataset, outside its derivatives" in result.output
+    assert not (cohort / "sub-999").exists() and not (subject / "dataset_description.json").exists()
+    # a run of another model cut short after one scan: the group tables hold only what it made
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    result = runner.invoke(app, [str(cohort), "-m", str(other), "-o", str(half), "--overwrite",
+                                 "--participant-label", subject.name])
+    assert result.exit_code == 0 and "hold another model's results" in result.output, result.output
+    assert [row["participant_id"] for row in tsv(half / "volumes.tsv")] == [subject.name]
+    other_digest = "sha256:" + hashlib.sha256(other.read_bytes()).hexdigest()
+    assert other_digest[:19] in (half / "index.html").read_text()  # the earlier report rewritten, not left stale
     # --overwrite: the other model redoes every scan, and the folder then names it
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)

@@ -330,7 +330,7 @@ def test_without_the_dicom_extra_the_error_names_it(study, tmp_path):
     code = ("import sys; sys.modules['pydicom'] = None; from neoseg.cli.infer import main; "
             f"sys.argv = ['neoseg-infer', {str(study / 'study')!r}, '--dry-run']; main()")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "pip install 'neoseg[dicom]'" in done.stderr, done.stderr
+    assert done.returncode == 2 and "pip install -e '.[dicom]'" in done.stderr, done.stderr
 
 
 def test_tilted_stacking_is_refused(cohort, tmp_path):

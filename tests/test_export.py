@@ -107,7 +107,7 @@ def test_trt_without_tensorrt_says_what_to_install_and_writes_nothing(trained, t
     _, ckpt = trained
     result = runner.invoke(app, [str(ckpt), "-o", str(tmp_path / "m.onnx"), "--trt", "--verify-scans", "0"])
     assert result.exit_code == 2
-    assert "TensorRT is not installed: pip install 'neoseg[trt]'" in result.output
+    assert "TensorRT is not installed: pip install -e '.[trt]'" in result.output
     assert "Traceback" not in result.output and list(tmp_path.iterdir()) == []
 
 
@@ -146,7 +146,7 @@ def test_engine_without_tensorrt_names_the_install(tmp_path):
     except ImportError:
         pass
     write_engine(tmp_path / "m.engine", _header(), b"")
-    with pytest.raises(BackendUnavailable, match=r"TensorRT is not installed: pip install 'neoseg\[trt\]'"):
+    with pytest.raises(BackendUnavailable, match=r"TensorRT is not installed: pip install -e '\.\[trt\]'"):
         open_backend(tmp_path / "m.engine", "tensorrt")
 
 

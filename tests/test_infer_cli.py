@@ -89,7 +89,8 @@ def test_results_of_another_scan_or_model_are_neither_skipped_nor_replaced(model
     assert "skipped" in runner.invoke(app, [str(scans[0]), "-m", str(model), "-o", str(out)]).output
     result = runner.invoke(app, [str(visit), "-m", str(model), "-o", str(out), "--overwrite"])
     assert result.exit_code == 0 and json.loads(sidecar.read_text())["SourceDigest"] == file_digest(visit)
-    made.pop("SourceDigest")  # results of a version that recorded neither: taken as this scan's and model's
+    made.pop("SourceDigest")  # results of a version that recorded none: taken as this scan's and model's, unedited
+    made.pop("LabelMapDigest")
     del made["Model"]["digest"]
     sidecar.write_text(json.dumps(made))
     assert "skipped" in runner.invoke(app, [str(scans[0]), "-m", str(tmp_path / "retrained.onnx"), "-o",
@@ -144,7 +145,7 @@ def test_runtime_runs_without_torch_or_onnx(model, scans, tmp_path):
                         f"sys.argv = ['neoseg-infer', {str(scans[0])!r}, '-m', {pt!r}, '-o', {str(tmp_path / 'pt')!r}, "
                         f"'--backend', {backend!r}]; main()")
         done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-        assert done.returncode != 0 and "torch is not installed: pip install 'neoseg[train]'" in done.stderr, backend
+        assert done.returncode != 0 and "torch is not installed: pip install -e '.[train]'" in done.stderr, backend
         assert done.stderr.startswith("neoseg-infer: error: ") and not (tmp_path / "pt").exists()
 
 

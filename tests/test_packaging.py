@@ -124,13 +124,13 @@ def test_missing_gpu_provider_names_the_install_line(model, monkeypatch):
         open_backend(model, "ort-cuda")
     message = str(e.value)
     assert "\n" not in message and "CUDAExecutionProvider" in message
-    assert "pip uninstall -y onnxruntime && pip install 'neoseg[gpu]'" in message
+    assert "pip uninstall -y onnxruntime && pip install -e '.[gpu]'" in message
     # both packages installed: the message says so and how to keep one
     monkeypatch.setattr(ort_packages, "installed_packages",
                         lambda: {"onnxruntime": "1.32.0", "onnxruntime-gpu": "1.31.1"})
     with pytest.raises(BackendUnavailable, match="overwrite each other's onnxruntime module") as e:
         open_backend(model, "ort-trt")
-    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install 'neoseg[gpu]'" in str(e.value)
+    assert "pip uninstall -y onnxruntime onnxruntime-gpu && pip install -e '.[gpu]'" in str(e.value)
 
 
 def test_listed_but_unloadable_provider_names_the_libraries(model, monkeypatch):
@@ -144,7 +144,7 @@ def test_listed_but_unloadable_provider_names_the_libraries(model, monkeypatch):
                         lambda path, options, providers: real(path, options, providers=["CPUExecutionProvider"]))
     with pytest.raises(BackendUnavailable, match="did not activate TensorrtExecutionProvider") as e:
         open_backend(model, "ort-trt")
-    assert loaded == [True] and "TensorRT 10" in str(e.value) and "pip install 'neoseg[gpu]'" in str(e.value)
+    assert loaded == [True] and "TensorRT 10" in str(e.value) and "pip install -e '.[gpu]'" in str(e.value)
 
 
 def test_no_onnxruntime_at_all_is_one_line_naming_both_flavours(model, tmp_path):
@@ -160,7 +160,7 @@ def test_no_onnxruntime_at_all_is_one_line_naming_both_flavours(model, tmp_path)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert "ONNX Runtime is not installed" in done.stderr
-    assert "pip install 'neoseg[cpu]'" in done.stderr and "pip install 'neoseg[gpu]'" in done.stderr
+    assert "pip install -e '.[cpu]'" in done.stderr and "pip install -e '.[gpu]'" in done.stderr
     assert not any(tmp_path.glob("*_desc-neoseg_*"))
 
 
@@ -188,4 +188,4 @@ def test_gpu_libraries_are_preloaded_quietly_and_tensorrt_from_its_wheel(tmp_pat
     assert calls == ["cuda"] * 3 and opened == ["libnvinfer.so.10", "libnvinfer_plugin.so.10", "libnvonnxparser.so.10"]
     assert capsys.readouterr().out == ""  # stdout stays the user's
     message = ort_packages.not_activated_message("CUDAExecutionProvider", ["CPUExecutionProvider"], ["libcurand.so.10"])
-    assert "libcurand.so.10 did not load; pip install 'neoseg[gpu]'" in message and "\n" not in message
+    assert "libcurand.so.10 did not load; pip install -e '.[gpu]'" in message and "\n" not in message

@@ -18,8 +18,8 @@ from neoseg.runtime import backends
 from neoseg.runtime.backend import Backend, BackendUnavailable
 from neoseg.runtime.model import ModelInfo, info_from_checkpoint
 
-TORCH_MISSING = ("torch is not installed: pip install 'neoseg[train]' "
-                 "('neoseg[train-gpu]' where neoseg was installed with the gpu extra)")
+TORCH_MISSING = ("torch is not installed: pip install -e '.[train]' in the neoseg checkout "
+                 "('.[train-gpu]' where neoseg was installed with the gpu extra)")
 
 
 def fold_batchnorm(model):
