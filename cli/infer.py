@@ -233,7 +233,7 @@ class Job:
 def _dataset_root(inputs: list[Path]) -> Path | None:
     """The dataset folder, when the one input is a BIDS / dHCP-layout dataset; a dataset given with
     other inputs is refused."""
-    datasets = [p for p in inputs if p.is_dir() and any(p.glob("sub-*"))]
+    datasets = [p for p in inputs if p.is_dir() and any(q.is_dir() for q in p.glob("sub-*"))]
     if datasets and len(inputs) > 1:
         raise ValueError(f"{datasets[0]} is a dataset folder (sub-* folders): pass it alone, not with other "
                          f"datasets, scan files or DICOM folders")
@@ -248,9 +248,11 @@ def _dicom_folders(inputs: list[Path]) -> list[Path]:
     folders = [p for p in inputs if p.is_dir()]
     bare = next((p for p in folders if not is_dicom_folder(p)), None)
     if bare is not None:
+        scans = sorted(q.name for q in bare.iterdir() if q.name.lower().endswith((".nii", ".nii.gz")))
+        fix = f"it holds NIfTI files: pass them ({bare / '*.nii.gz'})" if scans else \
+            "pass a dataset, DICOM series or study folders, or NIfTI scans"
         raise ValueError(f"{bare} is neither a BIDS / dHCP-layout dataset (no sub-* folders) nor a DICOM folder (no "
-                         f"DICOM Part 10 files, i.e. with the DICM marker); pass a dataset, DICOM series or study "
-                         f"folders, or NIfTI scans")
+                         f"DICOM Part 10 files, i.e. with the DICM marker); {fix}")
     return folders
 
 

@@ -3,16 +3,21 @@ the training and evaluation readers.
 
 A file is inspected by its header before any voxel is read: the claimed data size is compared
 with the file's size (for ``.gz`` with the most that DEFLATE can expand it to, so nothing is
-decompressed first) and with the memory available; shape, data type and orientation are checked;
-only then is the data read, at most the claimed number of bytes. Every refusal is a
-:class:`ScanError` (a ``ValueError``): one line that names the file, the problem and the fix.
+decompressed first) and with the memory available; shape, data type, orientation and (for scans)
+the field of view are checked; only then is the data read, at most the claimed number of bytes.
+Voxel sizes are in mm: a header's metres or microns (``xyzt_units``) are converted, the affine
+itself is kept as the file states it. Every refusal is a :class:`ScanError` (a ``ValueError``):
+one line that names the file, the problem and the fix.
 """
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
+import struct
 import sys
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -29,6 +34,16 @@ GZIP_SLACK = 1 << 16
 SINGLE_FILE = {nib.Nifti1Pair: nib.Nifti1Image, nib.Nifti2Pair: nib.Nifti2Image}
 PAIR_EXTENSIONS = (".hdr", ".img")
 COMPRESSED = (".gz", ".bz2", ".zst")
+GZIP_MAGIC = b"\x1f\x8b"
+NIFTI_HEADER_SIZES = (348, 540)  # sizeof_hdr, the first 4 bytes of a NIfTI-1 / NIfTI-2 file
+# mm per spatial unit of xyzt_units (its low 3 bits: 1 metre, 2 mm, 3 micron); 0 (unknown) and
+# invalid codes are taken as mm, as NIfTI readers do
+MM_PER_UNIT = {1: 1000.0, 2: 1.0, 3: 0.001}
+UNIT_NAMES = {1: "metres", 2: "mm", 3: "microns"}
+# a field of view (mm) that can hold a neonatal head; outside it the voxel sizes or units are wrong
+# (the least is far below a head: test volumes of 8 voxels of 1 mm must pass)
+MIN_FOV_MM = 5.0  # the largest extent at least
+MAX_FOV_MM = 1000.0  # every extent at most
 
 
 class ScanError(ValueError):
@@ -38,13 +53,13 @@ class ScanError(ValueError):
 @dataclass
 class Scan:
     """A checked volume: ``data`` (X, Y, Z) as stored (axis order of the file), the affine that
-    places it in world space, voxel sizes from that affine, and what was noticed."""
+    places it in world space, voxel sizes (mm) from that affine, and what was noticed."""
 
     path: Path
     image: nib.Nifti1Image  # single-file NIfTI image holding ``data``, with the file's header
     data: np.ndarray
-    affine: np.ndarray
-    zooms: tuple[float, float, float]
+    affine: np.ndarray  # as the file states it (in its own units)
+    zooms: tuple[float, float, float]  # mm
     nonfinite: np.ndarray | None = None  # bool mask of voxels that were NaN or +-Inf (set to background)
     notes: list[str] = field(default_factory=list)
     source: str = ""  # what was read, to tell it from another input of the same name: a file's SHA-256, a series UID
@@ -55,8 +70,24 @@ class Scan:
 
 
 def voxel_size(img) -> tuple[float, float, float]:
-    """The voxel size (mm) a NIfTI header states for the first three axes, as plain floats."""
-    return tuple(float(z) for z in img.header.get_zooms()[:3])
+    """The voxel size a NIfTI header states for the first three axes, in mm (converted from the
+    header's units), as plain floats."""
+    scale = mm_per_unit(img.header)
+    return tuple(float(z) * scale for z in img.header.get_zooms()[:3])
+
+
+def unit_code(header) -> int:
+    """The spatial unit code of ``xyzt_units`` (as nibabel's ``get_xyzt_units()`` reads it, without
+    its KeyError for invalid codes); 0 for formats without units."""
+    try:
+        return int(header["xyzt_units"]) & 0x07
+    except (KeyError, ValueError, TypeError):  # Analyze, MGH: no such field
+        return 0
+
+
+def mm_per_unit(header) -> float:
+    """The factor from the header's voxel sizes and affine to mm."""
+    return MM_PER_UNIT.get(unit_code(header), 1.0)
 
 
 # ---- plain-text formatting --------------------------------------------------------------------
@@ -124,7 +155,7 @@ class Header:
     offset: int
     nbytes: int
     affine: np.ndarray
-    zooms: tuple[float, float, float]
+    zooms: tuple[float, float, float]  # mm
 
     @property
     def compressed(self) -> bool:
@@ -135,8 +166,9 @@ def inspect(path: str | Path, what: str = "scan",
             working_bytes: Callable[[tuple[int, int, int], tuple[float, float, float]], int] | None = None,
             ) -> Header:
     """Read and check the header of ``path``; nothing of the data is read. ``working_bytes``
-    estimates the memory that processing a volume of that shape and voxel size needs besides
-    the data itself."""
+    estimates the memory that processing a volume of that shape and voxel size (mm) needs besides
+    the data itself. A scan's field of view is checked after the memory its voxels take (the
+    voxel size plays no part in that) and before the estimate, which depends on the voxel size."""
     path = Path(path)
     if not path.exists():
         raise ScanError(f"{what} {path} does not exist; check the path")
@@ -146,6 +178,7 @@ def inspect(path: str | Path, what: str = "scan",
     try:
         img = nib.load(str(path))
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for unreadable files
+        _check_compression(path)
         raise ScanError(f"{path} is not a readable NIfTI file ({_one_line(e)}); pass a NIfTI-1 or NIfTI-2 "
                         f".nii, .nii.gz or .hdr/.img file") from None
     if isinstance(img, nib.AnalyzeImage) and not isinstance(img, nib.Nifti1Pair):
@@ -164,8 +197,41 @@ def inspect(path: str | Path, what: str = "scan",
     data_file = Path(img.file_map["image"].filename)
     affine, zooms = _check_orientation(path, img)
     found = Header(path, img, shape, shape3, dtype, data_file, offset, nbytes, affine, zooms)
-    _check_size(found, working_bytes)
+    _check_file_size(found)
+    avail = available_memory()
+    _check_memory(found, found.nbytes, avail)  # the voxels as stored, whatever their size in mm
+    if what == "scan":
+        _check_field_of_view(found)  # before the estimate, which grows with the voxel size
+    if working_bytes:
+        _check_memory(found, found.nbytes + working_bytes(found.shape3, found.zooms), avail)
     return found
+
+
+def _check_compression(path: Path) -> None:
+    """Refuse a NIfTI file whose name says the wrong compression (told by the gzip magic bytes)."""
+    name = path.name
+    if not name.lower().endswith((".nii", ".nii.gz")):
+        return
+    try:
+        with open(path, "rb") as f:
+            gzipped = f.read(2) == GZIP_MAGIC
+        named_gz = name.lower().endswith(".gz")
+        if gzipped == named_gz:
+            return
+        with (gzip.open if gzipped else open)(path, "rb") as f:
+            start = f.read(4)
+    except (OSError, EOFError, zlib.error):  # unreadable either way: the caller says so
+        return
+    if not _nifti_start(start):
+        return  # not a NIfTI file under the other name either
+    if gzipped:
+        raise ScanError(f"{path} is gzip-compressed, but its name ends in .nii; name it {name}.gz")
+    raise ScanError(f"{path} is not gzip-compressed, but its name ends in .nii.gz; name it {name[:-3]}")
+
+
+def _nifti_start(start: bytes) -> bool:
+    """Whether ``start`` opens a NIfTI-1 or -2 header (sizeof_hdr, either byte order)."""
+    return len(start) == 4 and any(struct.unpack(f"{order}i", start)[0] in NIFTI_HEADER_SIZES for order in "<>")
 
 
 def _check_partner(path: Path) -> None:
@@ -225,15 +291,34 @@ def _check_orientation(path: Path, img) -> tuple[np.ndarray, tuple[float, float,
     if not np.all(np.isfinite(affine)):
         raise ScanError(f"{path}: its {which} affine holds NaN or infinite values; repair the header's orientation "
                         f"(e.g. re-export from DICOM)")
-    zooms = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))
-    if np.any(zooms <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * float(np.prod(zooms)):
+    sizes = np.sqrt((affine[:3, :3] ** 2).sum(axis=0))  # in the header's units, as the affine
+    zooms = sizes * mm_per_unit(header)  # mm, for everything that follows
+    if np.any(sizes <= 0) or abs(np.linalg.det(affine[:3, :3])) <= 1e-6 * float(np.prod(sizes)):
         raise ScanError(f"{path}: its {which} affine is singular (voxel sizes "
                         f"{', '.join(f'{z:g}' for z in zooms)} mm); repair the header's orientation and voxel "
                         f"size (e.g. re-export from DICOM)")
     return affine, tuple(float(z) for z in zooms)
 
 
-def _check_size(h: Header, working_bytes) -> None:
+def _check_field_of_view(h: Header) -> None:
+    """Refuse a scan whose field of view (voxels x voxel size) cannot hold a neonatal head: its
+    voxel sizes or their units are wrong, and it would be segmented as empty or need absurd memory."""
+    fov = [n * z for n, z in zip(h.shape3, h.zooms)]
+    if MIN_FOV_MM <= max(fov) <= MAX_FOV_MM:
+        return
+    units = UNIT_NAMES.get(unit_code(h.image.header), "unknown, read as mm")
+    problem = (f"too small to hold a neonatal head (under {MIN_FOV_MM:g} mm)" if max(fov) < MIN_FOV_MM else
+               f"too large for a neonatal head (over {MAX_FOV_MM:g} mm)")
+    raise ScanError(f"{h.path}: its field of view, {_xyz(fov)} mm ({_xyz(h.shape3)} voxels of {_xyz(h.zooms)} mm; "
+                    f"units in the header: {units}), is {problem}; check the voxel sizes (pixdim) and units "
+                    f"(xyzt_units) in the header")
+
+
+def _xyz(values) -> str:
+    return " x ".join(f"{float(v):g}" for v in values)
+
+
+def _check_file_size(h: Header) -> None:
     claimed = h.offset + h.nbytes
     what = f"{plain_shape(h.shape)} {dtype_name(h.dtype)} voxels"
     size = h.data_file.stat().st_size
@@ -245,8 +330,10 @@ def _check_size(h: Header, working_bytes) -> None:
         raise ScanError(f"{h.path}: its header claims {what} ({human_bytes(claimed)}), but a gzip file of "
                         f"{human_bytes(size)} holds at most {human_bytes(GZIP_MAX_RATIO * size + GZIP_SLACK)}; "
                         f"{damaged}")
-    need = h.nbytes + (working_bytes(h.shape3, h.zooms) if working_bytes else 0)
-    avail = available_memory()
+
+
+def _check_memory(h: Header, need: int, avail: int | None) -> None:
+    what = f"{plain_shape(h.shape)} {dtype_name(h.dtype)} voxels"
     if avail is not None and need > avail:
         raise ScanError(f"{h.path}: {what} need about {human_bytes(need)} of memory to process, but "
                         f"{human_bytes(avail)} is available; use a machine with more memory, or crop or "

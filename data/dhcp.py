@@ -156,6 +156,10 @@ def _why_left_out(path: Path, mask_names: list[str], beside_a_session: bool) -> 
     name, in_layout = path.name, path.parent.name == "anat" and path.parents[1].name.startswith("ses-")
     masks = [f"_desc-{m}{MASK_SUFFIX}" for m in mask_names]
     if in_layout and name.endswith(T2_SUFFIX):
+        others = sorted(p.name for p in path.parent.glob(f"{name[: -len(T2_SUFFIX)]}_desc-*{MASK_SUFFIX}"))
+        if others:  # masks this command does not read (an atlas folder needs label maps)
+            return f"a T2 with masks only ({', '.join(others)}): this command needs a *{LABEL_SUFFIX}" \
+                + (" or *" + " or *".join(masks) if masks else "")
         return f"a T2 without an annotation: no *{LABEL_SUFFIX}" + (" or *" + " or *".join(masks) if masks else "") \
             + " beside it"
     for suffix in (LABEL_SUFFIX, *masks):

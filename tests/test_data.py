@@ -48,10 +48,13 @@ def test_reader_names_the_scans_and_annotations_it_leaves_out_and_why(tmp_path, 
     nib.save(nib.load(label), label.with_name(label.name.removesuffix(".gz")))
     label.unlink()
     (anat[3] / "sub-T03_ses-1_T1w.nii.gz").write_bytes(b"")  # what a release holds besides: not named
+    mask = next(anat[4].glob("*_dseg.nii.gz"))  # a session annotated by a mask, read where masks are not
+    mask.rename(anat[4] / "sub-T04_ses-1_desc-tcv_mask.nii.gz")
     with caplog.at_level("WARNING", logger="neoseg.data"):
-        assert len(find_sessions(root)) == 3
+        assert len(find_sessions(root)) == 2
     lines = [r.getMessage() for r in caplog.records if "not used" in r.getMessage()]
-    assert len(lines) == 1 and lines[0].startswith(f"{root}: 4 scan or annotation file(s) not used: ")
+    assert len(lines) == 1 and lines[0].startswith(f"{root}: 5 scan or annotation file(s) not used: ")
+    assert "(a T2 with masks only (sub-T04_ses-1_desc-tcv_mask.nii.gz): this command needs a *_desc-drawem9" in lines[0]
     assert "sub-T00/ses-1/anat/sub-T00_ses-1_desc-restore_T2w.nii.gz (a T2 without an annotation" in lines[0]
     assert "sub-T01_ses-1_desc-drawem9_dseg.nii.gz (an annotation without its T2 sub-T01_ses-1_desc-restore" \
            in lines[0]

@@ -138,3 +138,12 @@ def test_results_carry_the_scans_grid_but_not_its_text_window_or_time_units(mode
         assert b"DOE" not in gzip.decompress(outputs(out, kind).read_bytes())
     assert nib.load(outputs(out, "dseg.nii.gz")).header.get_intent()[0] == "label"
     assert json.loads(outputs(out, "mask.json").read_text())["LabelMapDigest"].startswith("sha256:")
+
+
+def test_a_flat_folder_of_bids_named_scans_is_not_taken_for_a_dataset(model, scan, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    (flat / "sub-01_T2w.nii.gz").write_bytes(scan.read_bytes())
+    result = infer(flat, "-m", model, "-o", tmp_path / "out")
+    assert result.exit_code == 2 and "it holds NIfTI files: pass them" in result.output, result.output
+    assert infer(*flat.glob("*.nii.gz"), "-m", model, "-o", tmp_path / "out").exit_code == 0
