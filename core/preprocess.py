@@ -38,12 +38,51 @@ def robust_sample(volume: np.ndarray, step: int = ROBUST_SAMPLE_STEP) -> np.ndar
     return np.concatenate([rows[first == c, c::step].reshape(-1) for c in range(min(step, nx))])
 
 
-def foreground_profiles(volume: np.ndarray, fraction: float = 0.1) -> list[np.ndarray]:
-    """Per axis, the number of voxels in each plane brighter than ``fraction`` of the robust
-    intensity range (minimum to the 99.5th percentile): the head, not stray bright voxels."""
+@dataclass(frozen=True)
+class Intensities:
+    """A volume's intensity range: minimum and maximum, the robust maximum (99.5th percentile) and
+    the share of voxels at the minimum (both read off :func:`robust_sample`)."""
+
+    lo: float
+    hi: float
+    robust_hi: float
+    share_at_lo: float
+
+
+def intensities(volume: np.ndarray) -> Intensities:
+    sample = robust_sample(volume)
     lo = float(volume.min())
-    hi = float(np.percentile(robust_sample(volume), 99.5))
-    return plane_counts(volume > lo + fraction * (hi - lo))
+    return Intensities(lo, float(volume.max()), float(np.percentile(sample, 99.5)),
+                       float(np.count_nonzero(sample == lo)) / max(1, sample.size))
+
+
+OUTLIER_RATIO = 4.0  # a maximum this many times the robust range above the minimum: stray bright voxels
+FILL_SHARE = 0.2  # this share of voxels at a negative minimum: a background fill
+
+
+def intensity_notes(found: Intensities) -> list[str]:
+    """What min-max scaling (the model's intensity rule) makes of a volume that a user should fix:
+    stray bright voxels that squeeze the head's contrast, or a background filled below zero that
+    lifts the head off the 0 the model saw."""
+    notes = []
+    spread, robust = found.hi - found.lo, found.robust_hi - found.lo
+    if robust > 0 and spread > OUTLIER_RATIO * robust:
+        notes.append(f"a few voxels are far brighter than the rest (maximum {found.hi:g}, 99.5th percentile "
+                     f"{found.robust_hi:g}): min-max scaling squeezes the head into the lowest {robust / spread:.0%} "
+                     f"of the range; clip them (e.g. at the 99.5th percentile) and segment again")
+    if found.lo < 0 and found.share_at_lo >= FILL_SHARE:
+        notes.append(f"{found.share_at_lo:.0%} of the voxels hold the minimum, {found.lo:g}, below zero (a background "
+                     f"fill?): min-max scaling lifts the head off the 0 the model was trained with; set the background "
+                     f"to 0 and segment again")
+    return notes
+
+
+def foreground_profiles(volume: np.ndarray, fraction: float = 0.1, found: Intensities | None = None) -> list[np.ndarray]:
+    """Per axis, the number of voxels in each plane brighter than ``fraction`` of the robust
+    intensity range (minimum to the 99.5th percentile): the head, not stray bright voxels.
+    ``found``: the volume's :func:`intensities`, where already known."""
+    found = found or intensities(volume)
+    return plane_counts(volume > found.lo + fraction * (found.robust_hi - found.lo))
 
 
 def plane_counts(mask: np.ndarray) -> list[np.ndarray]:

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neoseg.core.preprocess import box_center, foreground_profiles, head_box, plane_windows
+from neoseg.core.preprocess import (box_center, foreground_profiles, head_box, intensities, intensity_notes,
+                                     plane_windows)
 
 from . import geometry
 from .backend import Backend
@@ -128,12 +129,13 @@ class Segmenter:
         """The slice windows around the head, the slices and in-plane box to compute, and the
         intensity range of the min-max scaling."""
         info = self.info
-        profiles = foreground_profiles(image, info.head_fraction)
+        found = intensities(image)
+        profiles = foreground_profiles(image, info.head_fraction, found)
         center = box_center(head_box(profiles), image.shape)  # = head_center(image), as in training
         windows = plane_windows(image.shape, info.axis, info.slice_size, center)
         box = head_box(profiles, HEAD_SHARE)  # robust to stray bright voxels: what is computed
         todo, plane = self._regions(box, windows, image.shape[info.axis])
-        return windows, todo, plane, (float(image.min()), float(image.max())), self._cut(profiles, box, windows)
+        return windows, todo, plane, (found.lo, found.hi), intensity_notes(found) + self._cut(profiles, box, windows)
 
     def _cut(self, profiles: list[np.ndarray], box, windows) -> list[str]:
         """What the user should know where the head reaches beyond the slice window: it is labelled

@@ -147,3 +147,21 @@ def test_a_flat_folder_of_bids_named_scans_is_not_taken_for_a_dataset(model, sca
     result = infer(flat, "-m", model, "-o", tmp_path / "out")
     assert result.exit_code == 2 and "it holds NIfTI files: pass them" in result.output, result.output
     assert infer(*flat.glob("*.nii.gz"), "-m", model, "-o", tmp_path / "out").exit_code == 0
+
+
+def test_intensities_that_min_max_scaling_mishandles_are_named(model, scan, tmp_path):
+    img = nib.load(scan)
+    data = np.asarray(img.dataobj, np.float32)
+    hot, filled = data.copy(), data.copy()
+    hot.flat[data.argmax()] = 50 * data.max()  # one stray bright voxel
+    filled[data <= np.percentile(data, 30)] = -1000  # the background filled below zero
+    clean = infer(scan, "-m", model, "-o", tmp_path / "clean")
+    assert clean.exit_code == 0 and "far brighter" not in clean.output and "below zero" not in clean.output
+    for name, volume, words in (("hot", hot, "a few voxels are far brighter than the rest"),
+                                ("filled", filled, "of the voxels hold the minimum, -1000, below zero")):
+        path = tmp_path / f"{name}_T2w.nii.gz"
+        nib.save(nib.Nifti1Image(volume, img.affine), path)
+        result = infer(path, "-m", model, "-o", tmp_path / name)
+        assert result.exit_code == 0 and words in result.stderr, result.output
+        warnings = json.loads(outputs(tmp_path / name, "mask.json").read_text())["Warnings"]
+        assert any(words in w for w in warnings)
