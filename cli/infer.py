@@ -195,8 +195,8 @@ def infer(
         if fusion is not None:
             weights = ", ".join(f"{name} {w:g}" for name, w in fusion.named_weights().items())
             say(f"atlas fusion: {len(fusion.atlases)} fully labelled session(s) in {atlas}, "
-                       f"{min(atlas_per_scan, len(fusion.atlases))} per scan, warps {','.join(fusion.warps)}, "
-                       f"weights {weights}")
+                f"{min(atlas_per_scan, len(fusion.atlases))} per scan, warps {','.join(fusion.warps)}, "
+                f"weights {weights}")
         summary.begin(model, runner.backend.name, root, out)
         plan.begin(runner.info)
         try:
