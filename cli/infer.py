@@ -3,6 +3,7 @@ dHCP dataset, or DICOM series, on the scans' own voxel grids."""
 
 from __future__ import annotations
 
+import os
 import traceback
 from dataclasses import dataclass
 from enum import Enum
@@ -304,9 +305,9 @@ def _file_jobs(scans: list[Path], outdir: Path, probabilities: bool, qc: bool, o
 
 def _once(inputs: list[Path]) -> list[Path]:
     """Each input once (a file named twice, or by two spellings), in the order first given."""
-    seen: dict[Path, Path] = {}
+    seen: dict[str, Path] = {}
     for path in inputs:
-        seen.setdefault(path.resolve(), path)
+        seen.setdefault(os.path.abspath(path), path)  # not resolved: two links to one file are two scans
     return list(seen.values())
 
 
@@ -328,14 +329,19 @@ def _refuse_collisions(jobs: list[Job]) -> None:
 def _refuse_other_results(jobs: list[Job]) -> None:
     """Results of another scan of the same name or of another model, and hand-corrected label maps,
     are neither skipped as if they were this run's nor replaced unasked."""
-    other = [j for j in jobs if j.state in ("other-scan", "other-model", "edited")]
+    edited = [j for j in jobs if j.state == "edited"]
+    if edited:
+        raise ValueError(f"{len(edited)} of {len(jobs)} scans have a label map edited since neoseg wrote it, and outputs "
+                         f"missing that redoing them would add (e.g. {edited[0].scan}, in {edited[0].outdir}); so as "
+                         f"not to replace the correction, leave out what they lack (--qc, --probabilities) or their "
+                         f"--participant-label, or pass --overwrite to replace it")
+    other = [j for j in jobs if j.state in ("other-scan", "other-model")]
     if other:
         first = other[0]
-        made = {"other-scan": "were made from another scan of that name", "other-model": "were made by another model",
-                "edited": "hold a label map edited since neoseg wrote it"}[first.state]
+        made = "from another scan of that name" if first.state == "other-scan" else "by another model"
         raise ValueError(f"{len(other)} of {len(jobs)} scans have results in the output folder made from another "
-                         f"scan of the same name or by another model, or edited by hand (e.g. {first.scan}: its "
-                         f"results in {first.outdir} {made}); pass --overwrite to redo them, or another -o")
+                         f"scan of the same name or by another model (e.g. {first.scan}: its results in "
+                         f"{first.outdir} were made {made}); pass --overwrite to redo them, or another -o")
 
 
 class FilesPlan:
@@ -377,7 +383,7 @@ class DatasetPlan:
         if out.exists() and not out.is_dir():
             raise ValueError(f"-o {out} is a file; pass a folder")
         self.digest = digest
-        ds.check_output_folder(out, root, self.digest, overwrite)
+        ds.check_output_folder(out, root, self.digest, overwrite, bool(participants or sessions))
         self.jobs = []
         for scan in scans:
             state = "todo" if overwrite else ds.scan_state(scan, out, probabilities, qc, digest)
@@ -412,8 +418,9 @@ class DatasetPlan:
         written = [self.out / "dataset_description.json", self.out / "dseg.tsv", *written]
         self.say("dataset files: " + ", ".join(p.name for p in written))
         if others:
-            typer.echo(f"neoseg-infer: warning: {others} scan(s) in {self.out} hold another model's results (an "
-                       f"interrupted --overwrite?): left out of the group files; rerun with --overwrite", err=True)
+            typer.echo(f"neoseg-infer: warning: {others} scan(s) in {self.out} hold results made by another model: "
+                       f"left out of the group files, which describe this model's; redo them with --overwrite and "
+                       f"no --participant-label or --session-label", err=True)
         return written
 
 

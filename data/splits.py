@@ -58,20 +58,23 @@ def make_split(sessions: list[Session], full_fraction: float, seed: int = 0, dra
 def split_by_annotation(sessions: list[Session], partial: dict[str, bool], seed: int = 0,
                         fractions=(0.8, 0.1, 0.1)) -> Split:
     """The split of a dataset that holds really partial sessions (``partial``: by session key).
-    Subjects with every session fully labelled, the other subjects with a label map or a
-    structure's mask, and those with brain masks only are split apart, each by ``fractions``, so
-    that the training side keeps fully labelled subjects and validation never rests on brain masks
-    alone; a group of fewer than three subjects trains whole (with fewer than three fully labelled
-    subjects validation and test score only what partial sessions know). ``fully_labelled`` holds
-    the fully labelled training subjects."""
+    Subjects with every session fully labelled and the others are split apart, each by
+    ``fractions``, so that the training side keeps fully labelled subjects; with three or more
+    partial subjects that know a structure (a label map, a structure's mask), those with brain
+    masks only are split apart from them, so that validation and test hold one of them. A group of
+    fewer than three subjects trains whole (with fewer than three fully labelled subjects
+    validation and test score only what partial sessions know). ``fully_labelled`` holds the fully
+    labelled training subjects."""
     subjects = sorted({s.subject for s in sessions})
     full = [x for x in subjects if not any(partial[s.key] for s in sessions if s.subject == x)]
     if not full:
         raise ValueError("the dataset has no fully labelled session (a drawem9 label map without any parent's "
                          "own value, e.g. TCV = 10); the children cannot be learned: fully label at least one session")
-    brain_only = [x for x in subjects if all(_brain_only(s) for s in sessions if s.subject == x)]
+    brain_only = [x for x in subjects if x not in full and all(_brain_only(s) for s in sessions if s.subject == x)]
+    known = [x for x in subjects if x not in full and x not in brain_only]
+    groups = (full, known, brain_only) if len(known) >= 3 else (full, known + brain_only)
     sides = [[], [], []]
-    for group in (full, [x for x in subjects if x not in full and x not in brain_only], brain_only):
+    for group in groups:
         parts = split_subjects(group, fractions, seed) if len(group) >= 3 else (group, [], [])
         for side, names in zip(sides, parts):
             side += names

@@ -128,7 +128,7 @@ def dataset_description(version: str, model: Path, digest: str, info, source: Pa
     }
 
 
-def check_output_folder(out: Path, root: Path, digest: str, overwrite: bool) -> None:
+def check_output_folder(out: Path, root: Path, digest: str, overwrite: bool, selected: bool = False) -> None:
     """Refuse an output folder that is the dataset itself or a folder in it outside its
     ``derivatives``, one that cannot be written, another dataset, or results of another model
     (unless ``overwrite``: then every scan is redone)."""
@@ -153,8 +153,10 @@ def check_output_folder(out: Path, root: Path, digest: str, overwrite: bool) -> 
                          f"choose an empty folder such as {root / 'derivatives' / 'neoseg'}")
     previous = generated.get("Model", {}).get("Digest")
     if previous != digest and not overwrite:
+        redo = ("to redo the selected scans with this model (the others' results then drop out of the group "
+                "tables)") if selected else "to redo every scan with this model"
         raise ValueError(f"{out} holds results of another model ({previous}, this one is {digest}); choose "
-                         f"another -o, or pass --overwrite to redo every scan with this model")
+                         f"another -o, or pass --overwrite {redo}")
 
 
 def write_description(out: Path, description: dict) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 from typing import Callable
 
 from neoseg.core.io import atomic_paths, check_writable, files_digest, write_niftis
-from neoseg.core.scans import Scan, read_scan, voxel_size
+from neoseg.core.scans import Scan, read_scan
 
 from . import geometry
 from .clock import PhaseClock
@@ -55,9 +55,11 @@ def output_state(paths: dict[str, Path], source: Callable[[], str] | None = None
     """'done' (every output exists: a rerun skips the scan), 'partial' (some: an interrupted run,
     or one that asked for fewer outputs; redone) or 'todo'; and, never skipped nor replaced unasked,
     'other-scan' or 'other-model' where the results' sidecar says they were made from another input
-    (``source()``) or by another model (digest ``model``), and 'edited' where the label map is not
-    the one neoseg wrote (a hand correction). Sidecars of versions that did not record these count
-    as this input's and model's, unedited. The one rule of file, dataset and DICOM mode."""
+    (``source()``) or by another model (digest ``model``), and 'edited' where outputs are missing
+    but the label map is not the one neoseg wrote (a hand correction: redoing the scan would
+    replace it; with every output there it is 'done', kept). Sidecars of versions that did not
+    record these count as this input's and model's, unedited. The one rule of file, dataset and
+    DICOM mode."""
     present = {k: p.exists() for k, p in paths.items()}
     if not any(present.values()):
         return "todo"
@@ -66,9 +68,10 @@ def output_state(paths: dict[str, Path], source: Callable[[], str] | None = None
         return "other-model"
     if source is not None and made.get("source", "") not in ("", source()):
         return "other-scan"
-    if present["dseg"] and "dseg" in made and file_digest(paths["dseg"]) != made["dseg"]:
-        return "edited"
-    return "done" if all(present.values()) else "partial"
+    if all(present.values()):
+        return "done"
+    edited = present["dseg"] and "dseg" in made and file_digest(paths["dseg"]) != made["dseg"]
+    return "edited" if edited else "partial"
 
 
 def _made_from(sidecar: Path) -> dict[str, str]:
@@ -128,7 +131,7 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     seg = segment_checked(checked, segmenter, probabilities, read_seconds, read_cpu_seconds)
     img = checked.image
     name = paths["dseg"].name.removesuffix(OUTPUTS["dseg"])
-    stale = _stale_outputs(paths, name, checked, segmenter) if overwrite else []
+    stale = _stale_outputs(paths, outdir, name, checked, segmenter) if overwrite else []
     clock = PhaseClock(seg.timings, seg.cpu_timings)
     clock("write")
     try:
@@ -138,7 +141,7 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
             if probabilities:  # stored as uint8 with a scale factor of ~1/255
                 images.append((_like(img, seg.probs, np.uint8), tmp["probseg"]))
             write_niftis(images, segmenter.host_threads)  # compressed side by side
-            zooms = voxel_size(img)
+            zooms = checked.zooms  # mm, from the affine, as the scan was segmented
             volumes = structure_volumes(seg.labels, zooms, segmenter.info.hierarchy)
             tmp["volumes"].write_text(volumes_tsv(volumes))
             if qc:
@@ -161,13 +164,14 @@ def segment_scan(checked: Scan, segmenter: Segmenter, paths: dict[str, Path], ov
     return paths, seg
 
 
-def _stale_outputs(paths: dict[str, Path], name: str, checked: Scan, segmenter: Segmenter) -> list[Path]:
-    """Optional outputs (QC picture, probabilities) not asked for this time, left by results of
-    another model or input that these replace: removed with them, never kept beside them."""
-    unasked = [paths["dseg"].parent / f"{name}{OUTPUTS[k]}" for k in OPTIONAL if k not in paths]
+def _stale_outputs(paths: dict[str, Path], outdir: Path, name: str, checked: Scan,
+                   segmenter: Segmenter) -> list[Path]:
+    """The scan's outputs not asked for this time (QC picture, probabilities, a DICOM SEG), left by
+    results of another model or input that these replace: removed with them, never kept beside them."""
+    unasked = set(outdir.glob(f"{name}_desc-neoseg_*")) - set(paths.values())
     made = _made_from(paths["sidecar"])
     same = made.get("model", "") == (segmenter.model_digest or "") and made.get("source", "") == (checked.source or "")
-    return [] if same else [p for p in unasked if p.exists()]
+    return [] if same else sorted(p for p in unasked if p.is_file())
 
 
 def segment_checked(checked: Scan, segmenter: Segmenter, probabilities: bool = False,
@@ -245,13 +249,13 @@ def _like(img: nib.Nifti1Image, data: np.ndarray, dtype, intent: str = "none") -
     header.set_data_dtype(dtype)
     if "descrip" in header:
         header["descrip"] = b"neoseg"
-    for key, blank in (("aux_file", b""), ("cal_min", 0), ("cal_max", 0)):
+    for key, blank in (("aux_file", b""), ("db_name", b""), ("data_type", b""), ("cal_min", 0), ("cal_max", 0)):
         if key in header:
             header[key] = blank
     if hasattr(header, "extensions"):
         header.extensions.clear()
         header.set_intent(intent)
-        header.set_xyzt_units(header.get_xyzt_units()[0], "unknown")  # a mask's channels are not time points
+        header["xyzt_units"] = int(header["xyzt_units"]) & 0x07  # spatial units kept; a mask's channels are not time points
     return type(img)(data, img.affine, header)
 
 

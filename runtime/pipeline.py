@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from neoseg.core.preprocess import (box_center, foreground_profiles, head_box, intensities, intensity_notes,
-                                     plane_windows)
+from neoseg.core.preprocess import (Intensities, box_center, foreground_profiles, head_box, intensities,
+                                     intensity_notes, plane_windows)
 
 from . import geometry
 from .backend import Backend
@@ -93,7 +93,10 @@ class Segmenter:
         # results are decoded straight into arrays on the stored grid, in the file's (Fortran) order
         out = self._outputs(np.shape(data)[:3], probabilities or self.atlas is not None)
         targets = [None if a is None else geometry.to_canonical(a, ornt) for a in out]
-        n, cut = self._predict_into(image, clock, targets, native_shape if resample else None)
+        found = intensities(native)  # the scan's own values, as the user can check them
+        n, cut = self._predict_into(image, clock, targets, native_shape if resample else None,
+                                    None if resample else found)
+        cut = intensity_notes(found) + cut
         atlas = None
         if self.atlas is not None:  # the atlases' children blended in, on the scan's grid
             clock("atlas")
@@ -125,17 +128,18 @@ class Segmenter:
                 probs[..., out_ch] = 1.0
         return [labels, masks, probs]
 
-    def _plan(self, image: np.ndarray):
+    def _plan(self, image: np.ndarray, found: Intensities | None = None):
         """The slice windows around the head, the slices and in-plane box to compute, and the
-        intensity range of the min-max scaling."""
+        intensity range of the min-max scaling (``found``: ``image``'s :func:`intensities`, where
+        already known)."""
         info = self.info
-        found = intensities(image)
+        found = found or intensities(image)
         profiles = foreground_profiles(image, info.head_fraction, found)
         center = box_center(head_box(profiles), image.shape)  # = head_center(image), as in training
         windows = plane_windows(image.shape, info.axis, info.slice_size, center)
         box = head_box(profiles, HEAD_SHARE)  # robust to stray bright voxels: what is computed
         todo, plane = self._regions(box, windows, image.shape[info.axis])
-        return windows, todo, plane, (found.lo, found.hi), intensity_notes(found) + self._cut(profiles, box, windows)
+        return windows, todo, plane, (found.lo, found.hi), self._cut(profiles, box, windows)
 
     def _cut(self, profiles: list[np.ndarray], box, windows) -> list[str]:
         """What the user should know where the head reaches beyond the slice window: it is labelled
@@ -195,7 +199,7 @@ class Segmenter:
                 yield i, j, buf[:j - i, :, plane[0], plane[1]]
 
     def _predict_into(self, image: np.ndarray, clock: PhaseClock, targets: list,
-                      native_shape=None) -> tuple[int, list[str]]:
+                      native_shape=None, found: Intensities | None = None) -> tuple[int, list[str]]:
         """Compute ``image``'s head slices and decode each batch straight into ``targets``
         (labels, masks, probs or None: canonical (X, Y, Z[, C]) views of the outputs, already
         "outside"): no slice stacks, no restacking pass. With ``native_shape`` the targets lie on
@@ -208,7 +212,7 @@ class Segmenter:
         threaded = self.host_threads > 1 and image.size >= THREADED_VOXELS
         threads = ThreadPoolExecutor(1, "neoseg-copy-out") if threaded else nullcontext()
         with threads as pool:  # None: one thread
-            windows, todo, plane, scale, cut = self._plan(image)
+            windows, todo, plane, scale, cut = self._plan(image, found)
             probabilities = targets[2] is not None
             if native_shape is None:
                 (_, w1), (_, w2) = sorted(windows.items())

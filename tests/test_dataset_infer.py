@@ -218,7 +218,7 @@ def test_output_folder_checks(cohort, model, full_run, tmp_path):
     shutil.copytree(out, half)
     result = runner.invoke(app, [str(cohort), "-m", str(other), "-o", str(half), "--overwrite",
                                  "--participant-label", subject.name])
-    assert result.exit_code == 0 and "hold another model's results" in result.output, result.output
+    assert result.exit_code == 0 and "hold results made by another model" in result.output, result.output
     assert [row["participant_id"] for row in tsv(half / "volumes.tsv")] == [subject.name]
     other_digest = "sha256:" + hashlib.sha256(other.read_bytes()).hexdigest()
     assert other_digest[:19] in (half / "index.html").read_text()  # the earlier report rewritten, not left stale

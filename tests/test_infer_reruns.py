@@ -54,9 +54,12 @@ def test_asking_for_more_outputs_never_replaces_another_models_or_a_hand_correct
     labels[labels == labels.max()] = 1  # a hand correction
     nib.save(nib.Nifti1Image(labels, corrected.affine, corrected.header), dseg)
     edited = dseg.read_bytes()
+    result = infer(scan, "-m", model, "-o", out)  # a plain rerun skips it: nothing is replaced
+    assert result.exit_code == 0 and "1 of 1 scans already done" in result.output, result.output
     for extra in ("--qc", "--probabilities"):
         result = infer(scan, "-m", model, "-o", out, extra)
-        assert result.exit_code == 2 and "hold a label map edited since neoseg wrote it" in result.output, result.output
+        assert result.exit_code == 2 and "have a label map edited since neoseg wrote it" in result.output, result.output
+        assert "leave out what they lack (--qc, --probabilities)" in result.output
     outputs(out, "volumes.tsv").unlink()  # a missing output does not open the door either
     assert infer(scan, "-m", model, "-o", out).exit_code == 2
     assert dseg.read_bytes() == edited and not list(out.glob("*_qc.png"))
@@ -77,9 +80,11 @@ def test_a_missing_output_is_redone_and_the_same_models_extras_are_kept(model, s
 def test_overwrite_with_another_model_leaves_none_of_the_earlier_runs_outputs(model, other_model, scan, tmp_path):
     out = tmp_path / "out"
     assert infer(scan, "-m", model, "-o", out, "--qc", "--probabilities").exit_code == 0
+    seg = outputs(out, "dseg.nii.gz").with_name(outputs(out, "dseg.nii.gz").name.replace("dseg.nii.gz", "seg.dcm"))
+    seg.write_bytes(b"a DICOM SEG of the earlier model")  # as --dicom-seg leaves one
     result = infer(scan, "-m", other_model, "-o", out, "--overwrite")
     assert result.exit_code == 0, result.output
-    assert not list(out.glob("*_qc.png")) and not list(out.glob("*_probseg.nii.gz"))
+    assert not list(out.glob("*_qc.png")) and not list(out.glob("*_probseg.nii.gz")) and not seg.exists()
     assert outputs(out, "dseg.nii.gz").is_file()
 
 
@@ -96,6 +101,10 @@ def test_an_input_is_never_replaced_by_its_own_results_and_one_named_twice_runs_
     assert dseg.read_bytes() == before
     result = infer(copy, tmp_path / "out" / ".." / "out" / copy.name, "-m", model, "-o", tmp_path / "twice")
     assert result.exit_code == 0 and "[1/1]" in result.output and "[1/2]" not in result.output, result.output
+    link = out / "sub-02_T2w.nii.gz"  # another name for the same bytes (a git-annex dataset): another scan
+    link.symlink_to(copy)
+    result = infer(copy, link, "-m", model, "-o", tmp_path / "links")
+    assert result.exit_code == 0 and "[2/2]" in result.output and len(list((tmp_path / "links").glob("*_dseg.nii.gz"))) == 2
 
 
 def test_leftovers_of_a_killed_run_are_removed_and_a_rerun_with_q_says_what_it_skipped(model, scan, tmp_path):
@@ -123,8 +132,8 @@ def test_unwritable_summary_or_output_is_refused_before_any_scan(model, scan, tm
 def test_results_carry_the_scans_grid_but_not_its_text_window_or_time_units(model, scan, tmp_path):
     img = nib.load(scan)
     header = img.header.copy()
-    header["cal_min"], header["cal_max"], header["aux_file"] = 0, 3387.0, b"DOE^JOHN"
-    header.set_xyzt_units("mm", "sec")
+    header["cal_min"], header["cal_max"], header["aux_file"], header["db_name"] = 0, 3387.0, b"DOE^JOHN", b"DOE^J"
+    header["xyzt_units"] = 2 | 8 | 64  # mm, seconds, and a time code nibabel does not know
     header.extensions.append(nib.nifti1.Nifti1Extension(6, b"PatientName=DOE^JOHN"))
     tagged = tmp_path / "tagged_T2w.nii.gz"
     nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine, header), tagged)
@@ -157,10 +166,12 @@ def test_intensities_that_min_max_scaling_mishandles_are_named(model, scan, tmp_
     filled[data <= np.percentile(data, 30)] = -1000  # the background filled below zero
     clean = infer(scan, "-m", model, "-o", tmp_path / "clean")
     assert clean.exit_code == 0 and "far brighter" not in clean.output and "below zero" not in clean.output
-    for name, volume, words in (("hot", hot, "a few voxels are far brighter than the rest"),
-                                ("filled", filled, "of the voxels hold the minimum, -1000, below zero")):
+    finer = img.affine @ np.diag([0.5, 0.5, 0.5, 1])  # resampled to the model's voxels: told on the scan's own
+    for name, volume, affine, words in (("hot", hot, img.affine, "a few voxels are far brighter than the rest"),
+                                        ("hotfine", hot, finer, "a few voxels are far brighter than the rest"),
+                                        ("filled", filled, img.affine, "of the voxels hold the minimum, -1000, below zero")):
         path = tmp_path / f"{name}_T2w.nii.gz"
-        nib.save(nib.Nifti1Image(volume, img.affine), path)
+        nib.save(nib.Nifti1Image(volume, affine), path)
         result = infer(path, "-m", model, "-o", tmp_path / name)
         assert result.exit_code == 0 and words in result.stderr, result.output
         warnings = json.loads(outputs(tmp_path / name, "mask.json").read_text())["Warnings"]

@@ -139,6 +139,10 @@ def test_validation_and_test_never_rest_on_brain_masks_alone():
         split = split_by_annotation(sessions, partial, seed=seed)
         assert all(any(s.labels is not None for s in side) for side in (split.val, split.test)), seed
         assert len(split.train) + len(split.val) + len(split.test) == len(sessions)
+    # with fewer than three that know a structure, the brain-mask-only subjects join them (one group)
+    sessions = [session(i, kind) for i, kind in enumerate(["full"] * 2 + ["partial"] + ["brain"] * 5)]
+    held_out = {s.subject for seed in range(20) for s in split_by_annotation(sessions, partial, seed=seed).val}
+    assert "S02" in held_out and len(held_out) > 1
 
 
 def test_without_a_fully_labelled_session_to_score_the_children_the_run_and_its_report_say_so(tmp_path, caplog):

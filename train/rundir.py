@@ -94,13 +94,17 @@ def check_same_split(path: Path, split: Split) -> None:
     a resumed run must not train or select on other subjects than it began with."""
     if not path.is_file():
         return
-    stored = json.loads(path.read_text())
+    try:
+        stored = json.loads(path.read_text())
+    except ValueError:
+        raise ValueError(f"{path} is damaged (not JSON); restore it, or start a new run with another --out") from None
     names = lambda ss: sorted({s.subject for s in ss})  # noqa: E731
     for part, sessions in (("train", split.train), ("val", split.val), ("test", split.test)):
         if stored.get(part) != names(sessions):
-            raise ValueError(f"{path}: the data now split its subjects otherwise ({part} differs: subjects added, "
-                             f"removed or annotated anew since the run began, or another neoseg version); "
-                             f"resume with the data as it was, or start a new run with another --out")
+            raise ValueError(f"{path}: the data now split its subjects otherwise ({part} differs: subjects added or "
+                             f"removed since the run began, or annotated so that they moved between parts, or "
+                             f"another neoseg version); resume with the data as it was, or start a new run with "
+                             f"another --out")
 
 
 def write_split(path: Path, split: Split, trained_on: list[Session]) -> None:
