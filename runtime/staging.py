@@ -7,8 +7,12 @@ from __future__ import annotations
 import math
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from .pipeline import Segmenter
 
 STAGED = 64  # slices decoded before they are copied to the outputs: one 64-byte cache line of uint8
 CACHE_LINE, PAGE = 64, 4096  # bytes
@@ -31,7 +35,7 @@ class Staged:
     (Fortran-ordered) outputs in blocks: along the sagittal axis, the file's fastest, STAGED uint8
     slices fill whole cache lines, where one slice at a time would touch every line once per slice."""
 
-    def __init__(self, segmenter: "Segmenter", todo: slice, dst: list, crop: tuple[slice, slice],
+    def __init__(self, segmenter: Segmenter, todo: slice, dst: list, crop: tuple[slice, slice],
                  pool: ThreadPoolExecutor | None = None):
         """``dst``: labels, masks, probs (or None) with the slices first, the part that ``todo``'s
         slices fill; ``crop``: the part of each slice's (rows, cols) that goes there; ``pool``: a
