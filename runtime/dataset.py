@@ -133,8 +133,10 @@ def check_output_folder(out: Path, root: Path, digest: str, overwrite: bool, sel
     ``derivatives``, one that cannot be written, another dataset, or results of another model
     (unless ``overwrite``: then every scan is redone)."""
     where, dataset = out.resolve(), root.resolve()
-    if where.is_relative_to(dataset) and not where.is_relative_to(dataset / "derivatives"):
-        what = "the input dataset" if where == dataset else "inside the input dataset, outside its derivatives"
+    if where.is_relative_to(dataset) and (where == dataset / "derivatives" or
+                                          not where.is_relative_to(dataset / "derivatives")):
+        what = {dataset: "the input dataset", dataset / "derivatives": "the dataset's derivatives folder itself"}.get(
+            where, "inside the input dataset, outside its derivatives")
         raise ValueError(f"-o {out} is {what}; write derivatives elsewhere, e.g. {root / 'derivatives' / 'neoseg'}")
     check_can_write(out / "dataset_description.json")
     description = out / "dataset_description.json"

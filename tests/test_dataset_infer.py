@@ -209,9 +209,10 @@ def test_output_folder_checks(cohort, model, full_run, tmp_path):
     result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(cohort)])
     assert result.exit_code == 2 and "is the input dataset" in result.output
     subject = next(cohort.glob("sub-*"))
-    for inside in (subject, subject / "ses-1" / "anat", cohort / "sub-999"):
+    for inside in (subject, subject / "ses-1" / "anat", cohort / "sub-999", cohort / "derivatives"):
         result = runner.invoke(app, [str(cohort), "-m", str(model), "-o", str(inside)])
-        assert result.exit_code == 2 and "inside the input dataset, outside its derivatives" in result.output
+        assert result.exit_code == 2 and ("inside the input dataset, outside its derivatives" in result.output
+                                          or "the dataset's derivatives folder itself" in result.output)
     assert not (cohort / "sub-999").exists() and not (subject / "dataset_description.json").exists()
     # a run of another model cut short after one scan: the group tables hold only what it made
     half = tmp_path / "half"
