@@ -249,9 +249,9 @@ def _dicom_folders(inputs: list[Path]) -> list[Path]:
     folders = [p for p in inputs if p.is_dir()]
     bare = next((p for p in folders if not is_dicom_folder(p)), None)
     if bare is not None:
-        scans = sorted(q.name for q in bare.iterdir() if q.name.lower().endswith((".nii", ".nii.gz")))
-        fix = f"it holds NIfTI files: pass them ({bare / ('*.nii.gz' if scans[0].lower().endswith('gz') else '*.nii')})" \
-            if scans else \
+        scans = sorted(q.name.lower() for q in bare.iterdir() if q.name.lower().endswith((".nii", ".nii.gz")))
+        pattern = bare / ("*.nii.gz" if scans and scans[0].endswith(".gz") else "*.nii")
+        fix = f"it holds NIfTI files: pass them ({pattern})" if scans else \
             "pass a dataset, DICOM series or study folders, or NIfTI scans"
         raise ValueError(f"{bare} is neither a BIDS / dHCP-layout dataset (no sub-* folders) nor a DICOM folder (no "
                          f"DICOM Part 10 files, i.e. with the DICM marker); {fix}")
