@@ -50,6 +50,8 @@ class Intensities:
 
 
 def intensities(volume: np.ndarray) -> Intensities:
+    """The volume's :class:`Intensities`: one pass for the minimum, one for the maximum, the rest on
+    the sample."""
     sample = robust_sample(volume)
     lo = float(volume.min())
     return Intensities(lo, float(volume.max()), float(np.percentile(sample, 99.5)),
@@ -78,7 +80,8 @@ def intensity_notes(found: Intensities) -> list[str]:
     return notes
 
 
-def foreground_profiles(volume: np.ndarray, fraction: float = 0.1, found: Intensities | None = None) -> list[np.ndarray]:
+def foreground_profiles(volume: np.ndarray, fraction: float = 0.1,
+                        found: Intensities | None = None) -> list[np.ndarray]:
     """Per axis, the number of voxels in each plane brighter than ``fraction`` of the robust
     intensity range (minimum to the 99.5th percentile): the head, not stray bright voxels.
     ``found``: the volume's :func:`intensities`, where already known."""

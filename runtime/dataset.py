@@ -221,7 +221,7 @@ def finished_scans(out: Path, scans: list[DatasetScan], model: str = "") -> tupl
             made_by = (sidecar.get("Model") or {}).get("digest")
         except (json.JSONDecodeError, TypeError, ValueError, AttributeError):
             seconds, made_by = None, None
-        if model and made_by and made_by != model:  # an interrupted --overwrite: not this model's results
+        if model and made_by and made_by != model:  # another model's (a run cut short, or of some participants)
             others += 1
             continue
         qc = paths["qc"].relative_to(out) if paths["qc"].is_file() else None

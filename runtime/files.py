@@ -255,7 +255,7 @@ def _like(img: nib.Nifti1Image, data: np.ndarray, dtype, intent: str = "none") -
     if hasattr(header, "extensions"):
         header.extensions.clear()
         header.set_intent(intent)
-        header["xyzt_units"] = int(header["xyzt_units"]) & 0x07  # spatial units kept; a mask's channels are not time points
+        header["xyzt_units"] = int(header["xyzt_units"]) & 0x07  # spatial units kept; channels are no time points
     return type(img)(data, img.affine, header)
 
 
