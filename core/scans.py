@@ -70,10 +70,11 @@ class Scan:
 
 
 def voxel_size(img) -> tuple[float, float, float]:
-    """The voxel size a NIfTI header states for the first three axes, in mm (converted from the
-    header's units), as plain floats."""
-    scale = mm_per_unit(img.header)
-    return tuple(float(z) * scale for z in img.header.get_zooms()[:3])
+    """The voxel size of the first three axes in mm, as plain floats: the lengths of the affine's
+    columns (where the voxels lie, as :func:`read_scan` places them; a pixdim that disagrees does
+    not count), in the header's units converted to mm."""
+    affine = np.asarray(img.affine, np.float64)[:3, :3]
+    return tuple(float(z) * mm_per_unit(img.header) for z in np.sqrt((affine ** 2).sum(axis=0)))
 
 
 def unit_code(header) -> int:

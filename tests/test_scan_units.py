@@ -157,3 +157,15 @@ def test_neoseg_infer_segments_a_scan_in_metres_as_in_mm_and_refuses_a_wrong_one
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"neoseg-infer: error: {wrong}: its field of view, 0.048 x "), lines
     assert lines[0].endswith(FIX) and not (tmp_path / "out").exists()
+
+
+def test_voxel_sizes_follow_the_affine_where_pixdim_disagrees(tmp_path):
+    """Training, inference and the volumes all take the voxel size where the voxels lie (the affine)."""
+    img = nib.Nifti1Image(np.arange(4000, dtype=np.float32).reshape(20, 20, 10), np.diag([0.8, 0.8, 1.6, 1.0]))
+    img.header.set_zooms((1.6, 1.6, 3.2))  # a pixdim that disagrees with the sform
+    path = tmp_path / "pixdim_T2w.nii.gz"
+    nib.save(img, path)
+    loaded = nib.load(path)
+    assert loaded.header.get_zooms()[:3] == pytest.approx((1.6, 1.6, 3.2))
+    assert scans.voxel_size(loaded) == pytest.approx((0.8, 0.8, 1.6))
+    assert scans.read_scan(path).zooms == pytest.approx((0.8, 0.8, 1.6))
