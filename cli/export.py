@@ -67,8 +67,6 @@ def export(
                 raise ValueError(f"{option} needs --trt (it is for the TensorRT engine); add --trt or leave out "
                                  f"{option}")
         checkpoints = run_checkpoints(checkpoints)
-        for checkpoint in checkpoints:
-            check_checkpoint(checkpoint)
         if out is not None and output is not None and out != output:
             raise ValueError(f"-o/--out {out} and --output {output} differ; --output is the old spelling of --out, "
                              f"pass one")
@@ -100,24 +98,6 @@ def export(
 
 # the OpenVINO models neoseg-export writes beside the .onnx (found there by name)
 COMPANIONS = {"xml": ".int8.xml", "bin": ".int8.bin", "bf16_xml": ".bf16.xml", "bf16_bin": ".bf16.bin"}
-
-
-def not_checkpoint(path: Path) -> str:
-    return f"{path} is not a neoseg checkpoint (best.pt from neoseg-train) or run folder"
-
-
-def check_checkpoint(path: Path) -> None:
-    """Refuse, before any work, a file that is no checkpoint (a scan, a model): neoseg-train saves
-    with ``torch.save``, a zip archive holding ``data.pkl``."""
-    import zipfile
-
-    try:
-        with zipfile.ZipFile(path) as archive:
-            if any(name.rsplit("/", 1)[-1] == "data.pkl" for name in archive.namelist()):
-                return
-    except zipfile.BadZipFile:
-        pass
-    raise ValueError(not_checkpoint(path))
 
 
 def write_failure(output: Path, e: OSError) -> str | None:
@@ -156,13 +136,12 @@ def _export(checkpoints, outputs, companions, timing_cache, thresholds, data, ve
     from neoseg.runtime.model import info_from_checkpoint, parse_thresholds
     from neoseg.train.ensemble import check_one_split, load_models
 
+    from neoseg.train.checkpoint import NotACheckpoint
+
     try:
         loaded = load_models(checkpoints, own_thresholds=bool(thresholds))
-    except ValueError as e:  # torch's error on a foreign file spans lines and advises weights_only=False
-        foreign = [p for p in checkpoints if str(e).startswith(f"{p} is not a")]
-        if foreign:
-            raise ValueError(not_checkpoint(foreign[0])) from None
-        raise
+    except NotACheckpoint as e:  # torch's own reason spans lines and advises an unsafe load
+        raise ValueError(f"{e.path} is not a neoseg checkpoint (best.pt from neoseg-train) or run folder") from None
     checkpoint = checkpoints[0]  # its run's split and data choose the scans (the same for every member)
     if data is None and (verify_scans or "xml" in outputs):
         check_one_split(checkpoints)

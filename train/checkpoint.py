@@ -19,6 +19,14 @@ from .models import create_model
 FORMAT = "neoseg-checkpoint/1"
 
 
+class NotACheckpoint(ValueError):
+    """A file :func:`load` cannot read as a neoseg checkpoint (``path``: the file)."""
+
+    def __init__(self, path: Path, message: str):
+        super().__init__(message)
+        self.path = path
+
+
 @dataclass
 class Loaded:
     model: nn.Module  # one logit per hierarchy channel, whatever the head (see .heads)
@@ -44,9 +52,9 @@ def load(path: str | Path, map_location: str = "cpu") -> Loaded:
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - any unpickling failure means: not our file
-        raise ValueError(f"{path} is not a loadable neoseg checkpoint ({type(e).__name__}: {e})") from None
+        raise NotACheckpoint(path, f"{path} is not a loadable neoseg checkpoint ({type(e).__name__}: {e})") from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a neoseg checkpoint (expected format {FORMAT})")
+        raise NotACheckpoint(path, f"{path} is not a neoseg checkpoint (expected format {FORMAT})")
     config = TrainConfig.from_json(payload.pop("config"))
     hierarchy = Hierarchy.from_json(payload.pop("hierarchy"))
     net = create_model(config.model, 1, output_channels(config.head, hierarchy), **config.model_kwargs())
