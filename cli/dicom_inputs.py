@@ -25,7 +25,7 @@ def dicom_jobs(folders: list[Path], outdir: Path, probabilities: bool, qc: bool,
     from neoseg.dicom.series import find_series
     from neoseg.runtime.files import output_state
 
-    from .infer import Job
+    from .infer_jobs import Job
 
     if dry_run:
         typer.echo(rules.describe() + ("" if rules.explicit else " (a folder of one image series: that series)"))

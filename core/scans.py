@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import gzip
 import math
-import os
 import struct
-import sys
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +25,7 @@ import numpy as np
 from nibabel.volumeutils import apply_read_scaling
 
 from . import gz
+from .sizes import available_memory, dtype_name, human_bytes, one_line, plain_shape
 
 # DEFLATE expands at most 1032-fold; gzip headers and several members add a little
 GZIP_MAX_RATIO = 1032
@@ -91,59 +90,6 @@ def mm_per_unit(header) -> float:
     return MM_PER_UNIT.get(unit_code(header), 1.0)
 
 
-# ---- plain-text formatting --------------------------------------------------------------------
-def plain_shape(shape) -> str:
-    """``(12, 5, 7)``, never ``(np.int64(12), ...)``."""
-    return "(" + ", ".join(str(int(n)) for n in shape) + ("," if len(shape) == 1 else "") + ")"
-
-
-def human_bytes(n: float) -> str:
-    for unit in ("bytes", "kB", "MB", "GB", "TB", "PB"):
-        if abs(n) < 1000 or unit == "PB":
-            return f"{int(n)} bytes" if unit == "bytes" else f"{n:.1f} {unit}"
-        n /= 1000
-    raise AssertionError  # pragma: no cover
-
-
-def dtype_name(dtype: np.dtype) -> str:
-    if dtype.fields:
-        return {3: "RGB24", 4: "RGBA32"}.get(len(dtype.fields), "structured")
-    big = dtype.byteorder == ">" or (dtype.byteorder == "=" and sys.byteorder == "big")
-    return f"{dtype.newbyteorder('=').name}{' big-endian' if big else ''}"
-
-
-def _one_line(text: str, limit: int = 200) -> str:
-    text = " ".join(str(text).split())
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-# ---- memory -------------------------------------------------------------------------------------
-def available_memory() -> int | None:
-    """Bytes this process can still allocate: MemAvailable, capped by a cgroup (container) limit;
-    None where the system does not say."""
-    avail = None
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    avail = int(line.split()[1]) * 1024
-                    break
-    except OSError:
-        try:
-            avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (ValueError, OSError, AttributeError):
-            return None
-    try:  # cgroup v2: a container's limit, less what it uses
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
-            free = max(0, int(limit) - used)
-            avail = free if avail is None else min(avail, free)
-    except (OSError, ValueError):
-        pass
-    return avail
-
-
 # ---- header inspection ------------------------------------------------------------------------
 @dataclass
 class Header:
@@ -180,7 +126,7 @@ def inspect(path: str | Path, what: str = "scan",
         img = nib.load(str(path))
     except Exception as e:  # noqa: BLE001 - nibabel raises many types for unreadable files
         _check_compression(path)
-        raise ScanError(f"{path} is not a readable NIfTI file ({_one_line(e)}); pass a NIfTI-1 or NIfTI-2 "
+        raise ScanError(f"{path} is not a readable NIfTI file ({one_line(e)}); pass a NIfTI-1 or NIfTI-2 "
                         f".nii, .nii.gz or .hdr/.img file") from None
     if isinstance(img, nib.AnalyzeImage) and not isinstance(img, nib.Nifti1Pair):
         raise ScanError(f"{path} is an Analyze 7.5 file, which has no orientation; convert it to NIfTI with its "
@@ -359,7 +305,7 @@ def read_image(path: str | Path, what: str = "scan", working_bytes=None) -> tupl
         raise ScanError(f"{h.path}: ran out of memory reading {human_bytes(h.nbytes)} of voxels; use a machine "
                         f"with more memory") from None
     except Exception as e:  # noqa: BLE001 - zlib, EOF and nibabel errors of damaged files
-        raise ScanError(f"{h.path} could not be read ({_one_line(e)}); the file is damaged; export it again") from None
+        raise ScanError(f"{h.path} could not be read ({one_line(e)}); the file is damaged; export it again") from None
     return h, data.reshape(h.shape3)
 
 

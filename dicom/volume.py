@@ -17,7 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
-from neoseg.core.scans import Scan, ScanError, available_memory, human_bytes, plain_shape
+from neoseg.core.scans import Scan, ScanError
+from neoseg.core.sizes import available_memory, human_bytes, plain_shape
 
 from .deps import highdicom as hd
 from .deps import pydicom
